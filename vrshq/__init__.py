@@ -1,0 +1,1 @@
+"""vrshq: VRS-HQ video reasoning segmentation (model and metrics library; imports no Ray)."""
