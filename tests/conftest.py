@@ -1,0 +1,123 @@
+"""Shared test fixtures: a local S3 server (moto) and a small synthetic ReVOS dataset.
+
+``s3_server`` starts one moto server per session on 127.0.0.1 at a free port; tests create their
+own bucket with ``s3_server.make_bucket()`` so they never see each other's objects. s3fs caches
+filesystem instances (and their directory listings) per process: the caches are cleared after
+every test so a listing made by one test cannot hide files written by the next.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SECURITY_TOKEN": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@dataclass
+class S3Server:
+    """A running moto S3 server.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:<port>``.
+        storage_options: fsspec/s3fs options reaching it (``url_to_fs(uri, **storage_options)``).
+    """
+
+    endpoint_url: str
+    storage_options: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage_options = {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint_url},  # region: AWS_DEFAULT_REGION (a region_name here
+            # would make s3fs send LocationConstraint=us-east-1 on mkdir, which S3 rejects)
+        }
+
+    def filesystem(self):
+        """A fresh ``s3fs.S3FileSystem`` on this server (no cached instance, so no stale listings);
+        Ray Data accepts it as ``filesystem=`` (it wraps it in ``pyarrow.fs.PyFileSystem``), and so
+        does pyarrow."""
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True, **self.storage_options)
+
+    def arrow_filesystem(self):
+        """The same filesystem as a ``pyarrow.fs.FileSystem`` (for pyarrow.parquet / pyarrow.dataset)."""
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return PyFileSystem(FSSpecHandler(self.filesystem()))
+
+    def make_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a unique name by default) and return its URI ``s3://<name>``."""
+        name = name or f"test-{uuid.uuid4().hex[:12]}"
+        self.filesystem().mkdir(name)
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 (random port) for the whole session, with AWS_* set to "testing"."""
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _AWS_ENV.items():
+            patch.setenv(key, value)
+        patch.delenv("AWS_PROFILE", raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield S3Server(endpoint_url=f"http://{host}:{port}")
+        finally:
+            server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clear_s3fs_caches():
+    """Clear s3fs's instance cache after each test (only if a test imported s3fs)."""
+    yield
+    s3fs = sys.modules.get("s3fs")
+    if s3fs is not None:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+# Seed 8 gives every expression kind (referring, group, fastest, static, moving, hides_behind,
+# covers, no_target) within 4 videos of 6 frames.
+_SYNTHETIC_REVOS_ARGS: dict[str, Any] = dict(num_videos=4, num_frames=6, height=64, width=96, seed=8, split="valid")
+
+
+@pytest.fixture(scope="session")
+def synthetic_revos_args() -> dict[str, Any]:
+    """Arguments of ``write_synthetic_revos`` for the session's dataset (to rebuild it elsewhere, e.g. on S3)."""
+    return dict(_SYNTHETIC_REVOS_ARGS)
+
+
+@pytest.fixture(scope="session")
+def synthetic_revos_info(tmp_path_factory, synthetic_revos_args):
+    """:class:`vrshq.data.SyntheticRevosInfo` of a small synthetic ReVOS dataset on local disk (with mp4s)."""
+    from vrshq.data import write_synthetic_revos
+
+    root = tmp_path_factory.mktemp("synthetic_revos")
+    return write_synthetic_revos(os.fspath(root), write_mp4=True, **synthetic_revos_args)
+
+
+@pytest.fixture(scope="session")
+def synthetic_revos_local(synthetic_revos_info) -> Path:
+    """Path of the small synthetic ReVOS dataset (``read_revos(path, split="valid")`` reads it).
+
+    4 videos of 6 frames of 64x96, all expression types, ``videos/<video_id>.mp4`` next to
+    ``JPEGImages``; details in the ``synthetic_revos_info`` fixture.
+    """
+    return Path(synthetic_revos_info.root_uri)

@@ -1,0 +1,88 @@
+"""Small fsspec helpers shared by the readers and the synthetic writer.
+
+Every path in :mod:`vrshq.data` is a URI opened through fsspec, so one code path serves a local
+folder and ``s3://bucket/prefix``. Remote paths never go through ``os.path``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from vrshq.data.errors import DataError
+
+__all__ = ["resolve", "join_uri", "read_bytes", "read_json", "exists", "cat_many", "write_many"]
+
+
+def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for ``uri`` (the path is protocol-free, as fsspec expects)."""
+    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
+    return fs, path
+
+
+def canonical_uri(uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``uri`` without a trailing '/', made absolute for local paths (records must not depend on the cwd)."""
+    fs, path = resolve(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return path.rstrip("/") or "/"
+    return fs.unstrip_protocol(path.rstrip("/"))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join URI parts with '/' (parts may themselves contain '/', e.g. ReVOS video ids)."""
+    out = str(base).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    fs, path = resolve(uri, storage_options)
+    return bool(fs.exists(path))
+
+
+def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "file") -> bytes:
+    """Read a whole file; a missing file becomes a :class:`DataError` naming it."""
+    fs, path = resolve(uri, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise DataError(uri, f"{what} not found") from None
+    except IsADirectoryError:
+        raise DataError(uri, f"expected a {what}, found a folder") from None
+
+
+def read_json(uri: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "json file") -> Any:
+    """Read and parse a JSON file; bad JSON becomes a :class:`DataError` with the parser's position."""
+    data = read_bytes(uri, storage_options, what=what)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(uri, f"{what} is not valid JSON: {exc}") from None
+
+
+def cat_many(fs: fsspec.AbstractFileSystem, paths: Sequence[str]) -> dict[str, bytes | Exception]:
+    """Fetch many whole files in one call (concurrent for async filesystems such as s3fs).
+
+    Uses ``cat_ranges`` rather than ``cat`` so that names holding glob characters ('[', '*') are
+    read literally. Returns a dict path -> bytes, or the exception raised for that path, so that
+    the caller can name the first missing file instead of losing all of them to one error.
+    """
+    paths = list(paths)
+    if not paths:
+        return {}
+    results = fs.cat_ranges(paths, None, None, on_error="return")
+    return dict(zip(paths, results))
+
+
+def write_many(fs: fsspec.AbstractFileSystem, files: Mapping[str, bytes]) -> None:
+    """Write many files in one call (``pipe``: concurrent on s3fs); creates local parent folders."""
+    if not files:
+        return
+    if isinstance(fs, LocalFileSystem):
+        for parent in {p.rsplit("/", 1)[0] for p in files}:
+            fs.makedirs(parent, exist_ok=True)
+    fs.pipe(dict(files))
