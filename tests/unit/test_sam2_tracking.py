@@ -1,0 +1,171 @@
+"""Joint mask propagation (method §5.3 steps 3-5) against single-object and stock SAM2 tracking."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import sam2.utils.misc
+import torch
+from PIL import Image
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
+
+from vrshq.model.sam2_config import sam2_tiny
+from vrshq.model.sam2_model import connected_components
+from vrshq.model.sam2_segmenter import Sam2Segmenter
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread: the CI/dev machine has 2 shared cores; keeps timings stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_segmenter(*, obj_bias: float = 3.0, **options) -> Sam2Segmenter:
+    torch.manual_seed(0)
+    seg = Sam2Segmenter(sam2_tiny(image_size=SIZE, **options))
+    with torch.no_grad():
+        seg.mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(obj_bias)
+    return seg
+
+
+def box_masks(boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
+    masks = torch.zeros(len(boxes), SIZE, SIZE, dtype=torch.bool)
+    for i, (y0, y1, x0, x1) in enumerate(boxes):
+        masks[i, y0:y1, x0:x1] = True
+    return masks
+
+
+def test_joint_tracking_equals_tracking_each_object_alone():
+    seg = make_segmenter()
+    frames = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    feats = seg.encode_video(frames)
+    keyframes = [0, 3, 7, 3]  # first frame, shared middle keyframe, last frame
+    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60)])
+    joint = seg.track(feats, keyframes, masks)
+    assert joint.low_res_logits.shape == (4, 8, SIZE // 4, SIZE // 4)
+    assert joint.object_score_logits.shape == (4, 8)
+    for obj, k in enumerate(keyframes):
+        alone = seg.track(feats, [k], masks[obj : obj + 1])
+        assert (joint.low_res_logits[obj] - alone.low_res_logits[0]).abs().max() < 1e-4
+        assert (joint.object_score_logits[obj] - alone.object_score_logits[0]).abs().max() < 1e-4
+        # the keyframe output is the inserted mask (±10 logits), object score +10
+        assert joint.object_score_logits[obj, k] == 10.0
+    full = seg.propagate(feats, keyframes, masks)
+    assert full.shape == (4, 8, SIZE, SIZE)
+    # the (E,T,S,S) logits are SAM2's bilinear upsampling of the S/4 logits
+    up = torch.nn.functional.interpolate(joint.low_res_logits[:, 5:6], size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(full[:, 5:6], up)
+    assert ((full[1, 3] > 0) == masks[1]).float().mean() > 0.95
+
+
+def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
+    """Past 15 frames from the keyframe, objects with different keyframes share one batch."""
+    seg = make_segmenter()
+    frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    feats = seg.encode_video(frames)
+    keyframes = [0, 2, 5, 20, 23]
+    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60), (2, 9, 2, 9)])
+    calls = []
+    original = seg.sam2.track_step
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["current_vision_feats"][-1].shape[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg.sam2, "track_step", counting)
+    joint = seg.track(feats, keyframes, masks)
+    joint_calls = list(calls)
+    singles = []
+    for obj, k in enumerate(keyframes):
+        singles.append(seg.track(feats, [k], masks[obj : obj + 1]))
+    # forward: groups 0, 2 and 5 merge at frames 16, 18 and 21; backward: 23 and 20 at frame 4
+    assert max(joint_calls) == 3 and 2 in joint_calls
+    assert len(joint_calls) < len(calls) - len(joint_calls) - 10
+    for obj, alone in enumerate(singles):
+        assert (joint.low_res_logits[obj] - alone.low_res_logits[0]).abs().max() < 1e-4
+        assert (joint.object_score_logits[obj] - alone.object_score_logits[0]).abs().max() < 1e-4
+
+
+def _stock_tracking(model, folder: str, keyframe: int, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The stock SAM2VideoPredictor, driven as VRS-HQ drives it (method §5.3 steps 3-4)."""
+    state = model.init_state(folder)
+    out: dict[int, torch.Tensor] = {}
+    model.add_new_mask(state, keyframe, 1, mask)
+    if keyframe < state["num_frames"] - 1 or keyframe == 0:
+        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe):
+            out[f] = logits[0, 0]
+    if keyframe > 0:
+        model.reset_state(state)
+        model.add_new_mask(state, keyframe, 1, mask)
+        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe, reverse=True):
+            out.setdefault(f, logits[0, 0])
+    return out, state["images"]
+
+
+@pytest.mark.parametrize("keyframe", [2, 19])
+def test_single_object_matches_stock_video_predictor(tmp_path, monkeypatch, keyframe):
+    # sam2._C is not built here: give the stock hole filling the same CPU components
+    monkeypatch.setattr(sam2.utils.misc, "get_connected_components", connected_components)
+    # the stock predictor stores memory features in bf16: store ours the same way to compare
+    seg = make_segmenter(memory_dtype="bfloat16")
+    rng = np.random.default_rng(0)
+    num_frames = 20  # > 16 object pointers and 7 memories: exercises memory pruning
+    for t in range(num_frames):
+        Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)).save(tmp_path / f"{t:05d}.jpg")
+    mask = box_masks([(10, 40, 12, 50)])[0]
+    stock, images = _stock_tracking(seg.sam2, str(tmp_path), keyframe, mask)
+    ours = seg.propagate(seg.encode_video(images), [keyframe], mask[None])
+    assert sorted(stock) == list(range(num_frames))
+    for t in range(num_frames):
+        assert (ours[0, t] - stock[t]).abs().max() < 1e-4, t
+    assert (ours[0] > 0).float().mean() > 0.05  # not a degenerate empty track
+
+
+def test_float32_memory_is_close_to_bf16_memory():
+    frames = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    mask = box_masks([(10, 40, 12, 50)])
+    results = []
+    for dtype in (None, "bfloat16"):
+        seg = make_segmenter(memory_dtype=dtype, offload_memory_to_cpu=True, offload_features_to_cpu=True)
+        results.append(seg.track(seg.encode_video(frames), [1], mask).low_res_logits)
+    diff = (results[0] - results[1]).abs().max()
+    assert 0 < diff < 1.0
+
+
+def test_object_score_gate_empties_absent_frames():
+    seg = make_segmenter(obj_bias=-3.0)
+    feats = seg.encode_video(torch.randn(4, 3, SIZE, SIZE))
+    result = seg.track(feats, [1], box_masks([(10, 40, 12, 50)]))
+    others = [0, 2, 3]
+    assert torch.equal(result.low_res_logits[0, others], torch.full((3, SIZE // 4, SIZE // 4), NO_OBJ_SCORE))
+    assert (result.object_score_logits[0, others] < 0).all()
+    assert result.object_score_logits[0, 1] == 10.0
+
+
+def test_track_validates_inputs():
+    seg = make_segmenter()
+    feats = seg.encode_video(torch.randn(3, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="keyframe_masks"):
+        seg.track(feats, [0, 1], box_masks([(0, 4, 0, 4)]))
+    with pytest.raises(ValueError, match="outside"):
+        seg.track(feats, [3], box_masks([(0, 4, 0, 4)]))
+
+
+def test_offloaded_features_live_on_cpu_and_give_the_same_result():
+    frames = torch.randn(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    mask = box_masks([(10, 40, 12, 50)])
+    plain = make_segmenter()
+    offloaded = make_segmenter(offload_features_to_cpu=True, encode_chunk_size=3)
+    feats = offloaded.encode_video(frames)
+    assert all(x.device.type == "cpu" for x in feats.backbone_fpn) and feats.num_frames == 4
+    assert dataclasses.asdict(offloaded.cfg)["encode_chunk_size"] == 3
+    a = plain.track(plain.encode_video(frames), [2], mask).low_res_logits
+    b = offloaded.track(feats, [2], mask).low_res_logits
+    assert (a - b).abs().max() < 1e-4

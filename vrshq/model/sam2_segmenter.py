@@ -1,0 +1,501 @@
+"""SAM2 side of VRS-HQ: keyframe decode with the TAK prompt, propagation, training window.
+
+:class:`Sam2Segmenter` wraps the real ``sam2`` model (:class:`~vrshq.model.sam2_model.VrshqSam2`,
+a ``SAM2VideoPredictor``) and exposes the four operations VRS-HQ needs:
+
+* :meth:`Sam2Segmenter.encode_video` - image encoder once per frame, shared by all expressions
+  of a video (the official code recomputes it per expression and per TKS candidate, §9 item 8);
+* :meth:`Sam2Segmenter.decode_prompts` - SAM2-as-image decode of prompt embeddings on frames
+  (keyframe / TKS candidates, method §4, §5.2, §5.3 step 2), batched over prompts;
+* :meth:`Sam2Segmenter.propagate` - joint propagation of E keyframe masks (§5.3 steps 3-5);
+* :meth:`Sam2Segmenter.train_window_forward` - the 3-frame training window (§5.4).
+
+SAM2's dict state never crosses this API; inputs and outputs are tensors and dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vrshq.model.sam2_config import Sam2Config
+from vrshq.model.sam2_model import (
+    PROMPT_EMBEDS_KEY,
+    VrshqSam2,
+    build_sam2_model,
+    fill_holes_in_mask_scores,
+)
+from vrshq.model.sam2_tracking import TrackResult, VideoFeatures, track_objects
+
+__all__ = [
+    "Sam2Segmenter",
+    "PromptDecode",
+    "WindowOutput",
+    "VideoFeatures",
+    "TrackResult",
+    "TrainableSet",
+]
+
+TrainableSet = Literal["mask_decoder", "all", "none"]
+_TRAIN_WINDOW = 3  # method §4: SAM2 sees a 3-frame window per expression in training
+# Method §5.4 (same as §5.3 step 4): per conditioning position, the passes to run as
+# (track_in_reverse, window positions in processing order); each pass starts from a memory
+# that holds only the conditioning frame.
+_WINDOW_PASSES: dict[int, tuple[tuple[bool, tuple[int, ...]], ...]] = {
+    0: ((False, (1, 2)),),
+    1: ((False, (2,)), (True, (0,))),
+    2: ((True, (1, 0)),),
+}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptDecode:
+    """SAM2-as-image decode of P prompts.
+
+    Attributes:
+        low_res_logits: (P, 1, S/4, S/4) mask logits (eval: gated and hole-filled).
+        object_score_logits: (P,) object-presence logits (TKS uses their softmax, method §4).
+        high_res_logits: (P, 1, S, S) = bilinear upsampling of ``low_res_logits``.
+    """
+
+    low_res_logits: torch.Tensor
+    object_score_logits: torch.Tensor
+    high_res_logits: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowOutput:
+    """Training-window output (method §5.4).
+
+    Attributes:
+        logits: (B, 3, S, S) mask logits of the three window frames (no gating in training).
+        object_score_logits: (B, 3) object-presence logits, for an optional presence loss.
+    """
+
+    logits: torch.Tensor
+    object_score_logits: torch.Tensor
+
+
+class Sam2Segmenter(nn.Module):
+    """The SAM2 model of VRS-HQ with typed, batched entry points.
+
+    Args:
+        cfg: :class:`Sam2Config`.
+        model: An already built :class:`VrshqSam2` (default: built from ``cfg``).
+        device: Device to move the model to (default: leave it where it is, CPU when built).
+
+    Example:
+        >>> import torch
+        >>> from vrshq.model.sam2_config import sam2_tiny
+        >>> seg = Sam2Segmenter(sam2_tiny(image_size=64))
+        >>> feats = seg.encode_video(torch.zeros(2, 3, 64, 64))
+        >>> dec = seg.decode_prompts(feats, torch.tensor([1]), torch.zeros(1, seg.prompt_embed_dim))
+        >>> tuple(dec.high_res_logits.shape)
+        (1, 1, 64, 64)
+    """
+
+    def __init__(
+        self,
+        cfg: Sam2Config,
+        *,
+        model: VrshqSam2 | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(cfg, Sam2Config):
+            raise TypeError(f"Sam2Segmenter: cfg must be a Sam2Config, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.sam2 = model if model is not None else build_sam2_model(cfg)
+        if self.sam2.image_size != cfg.image_size:
+            raise ValueError(
+                f"Sam2Segmenter: model image_size {self.sam2.image_size} != "
+                f"cfg.image_size {cfg.image_size}"
+            )
+        if device is not None:
+            self.sam2.to(device)
+        self.eval()
+
+    # ----------------------------------------------------------------- parts and trainability
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.sam2.image_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        """SAM mask decoder, including ``conv_s0``/``conv_s1`` (trainable in VRS-HQ, §6)."""
+        return self.sam2.sam_mask_decoder
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.sam2.sam_prompt_encoder
+
+    @property
+    def memory_attention(self) -> nn.Module:
+        return self.sam2.memory_attention
+
+    @property
+    def memory_encoder(self) -> nn.Module:
+        return self.sam2.memory_encoder
+
+    @property
+    def image_size(self) -> int:
+        return int(self.sam2.image_size)
+
+    @property
+    def prompt_embed_dim(self) -> int:
+        """Width of a prompt embedding (256 for Hiera-L; the tiny preset's ``d_model``)."""
+        return int(self.sam2.prompt_embed_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.sam2.parameters()).device
+
+    def set_trainable(self, which: TrainableSet = "mask_decoder") -> list[nn.Parameter]:
+        """Set ``requires_grad`` for a trainable set and return its parameters.
+
+        ``"mask_decoder"``: method §6 (SAM2 mask decoder incl. conv_s0/conv_s1; the rest frozen,
+        image encoder run under no_grad). ``"all"``: everything, image encoder with gradients
+        (training from scratch). ``"none"``: all frozen.
+        """
+        if which not in ("mask_decoder", "all", "none"):
+            raise ValueError(
+                f"set_trainable: which={which!r}, expected 'mask_decoder', 'all' or 'none'"
+            )
+        for p in self.sam2.parameters():
+            p.requires_grad_(which == "all")
+        if which == "mask_decoder":
+            for p in self.mask_decoder.parameters():
+                p.requires_grad_(True)
+        return [p for p in self.sam2.parameters() if p.requires_grad]
+
+    def forward(self, *args: object, **kwargs: object) -> None:  # noqa: D401 - explicit refusal
+        raise NotImplementedError(
+            "Sam2Segmenter has no forward(); use encode_video/decode_prompts/propagate for "
+            "inference and train_window_forward for training"
+        )
+
+    # ------------------------------------------------------------------------- image encoder
+    def _forward_image(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """``SAM2Base.forward_image`` with the trunk+neck under no_grad when they are frozen.
+
+        Method §5.4 runs the image encoder without gradients; ``conv_s0``/``conv_s1`` (mask
+        decoder) still get theirs. The encoder keeps its graph only if one of its parameters
+        requires grad (``set_trainable("all")``).
+        """
+        encoder_grad = any(p.requires_grad for p in self.image_encoder.parameters())
+        with torch.set_grad_enabled(encoder_grad and torch.is_grad_enabled()):
+            out = self.sam2.image_encoder(images)
+        fpn = list(out["backbone_fpn"])
+        if self.sam2.use_high_res_features_in_sam:
+            fpn[0] = self.mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.mask_decoder.conv_s1(fpn[1])
+        return {"backbone_fpn": fpn, "vision_pos_enc": list(out["vision_pos_enc"])}
+
+    def _check_images(self, images: torch.Tensor, name: str, ndim: int) -> None:
+        size = self.image_size
+        is_tensor = isinstance(images, torch.Tensor)
+        if not is_tensor or images.dim() != ndim or tuple(images.shape[-3:]) != (3, size, size):
+            shape = tuple(images.shape) if is_tensor else type(images).__name__
+            raise ValueError(
+                f"{name}: expected letterboxed images (..., 3, {size}, {size}) with {ndim} dims, "
+                f"got {shape}"
+            )
+
+    @torch.no_grad()
+    def encode_video(self, images: torch.Tensor) -> VideoFeatures:
+        """Run the image encoder on every frame, in chunks of ``cfg.encode_chunk_size``.
+
+        Args:
+            images: (T, 3, S, S) letterboxed frames (:func:`vrshq.model.letterbox.letterbox`),
+                on any device; chunks are moved to the model's device.
+
+        Returns:
+            :class:`VideoFeatures`, on the CPU if ``cfg.offload_features_to_cpu``. Computed
+            without gradients (inference; training goes through :meth:`train_window_forward`).
+        """
+        self._check_images(images, "encode_video", 4)
+        device = self.device
+        store = torch.device("cpu") if self.cfg.offload_features_to_cpu else device
+        levels: list[list[torch.Tensor]] | None = None
+        pos_enc: list[torch.Tensor] = []
+        for start in range(0, images.shape[0], self.cfg.encode_chunk_size):
+            chunk = images[start : start + self.cfg.encode_chunk_size]
+            chunk = chunk.to(device, non_blocking=True).float()
+            out = self._forward_image(chunk)
+            if levels is None:
+                levels = [[] for _ in out["backbone_fpn"]]
+                pos_enc = [p[:1].to(store) for p in out["vision_pos_enc"]]
+            for acc, feat in zip(levels, out["backbone_fpn"]):
+                acc.append(feat.to(store))
+        if levels is None:
+            raise ValueError("encode_video: got 0 frames")
+        return VideoFeatures(
+            backbone_fpn=tuple(torch.cat(acc) for acc in levels),
+            vision_pos_enc=tuple(pos_enc),
+            compute_device=device,
+        )
+
+    # ---------------------------------------------------------------------------- decoding
+    def _decode_step(
+        self,
+        backbone_out: dict[str, list[torch.Tensor]],
+        prompt_embeds: torch.Tensor,
+        *,
+        num_frames: int,
+        output_dict: dict | None = None,
+        run_mem_encoder: bool = False,
+        frame_idx: int = 0,
+        reverse: bool = False,
+    ) -> dict:
+        """One real ``track_step`` on an initial conditioning frame with [pad, pad, prompt]."""
+        _, feats, pos, sizes = self.sam2._prepare_backbone_features(backbone_out)
+        batch = prompt_embeds.shape[0]
+        device = feats[-1].device
+        point_inputs = {
+            # one dummy point (0,0) labelled -1; the prompt encoder pads a second one (§5.2)
+            "point_coords": torch.zeros(batch, 1, 2, device=device),
+            "point_labels": -torch.ones(batch, 1, dtype=torch.int32, device=device),
+            PROMPT_EMBEDS_KEY: prompt_embeds.to(device),
+        }
+        return self.sam2.track_step(
+            frame_idx=frame_idx,
+            is_init_cond_frame=True,
+            current_vision_feats=feats,
+            current_vision_pos_embeds=pos,
+            feat_sizes=sizes,
+            point_inputs=point_inputs,
+            mask_inputs=None,
+            output_dict=output_dict or {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+            num_frames=num_frames,
+            track_in_reverse=reverse,
+            run_mem_encoder=run_mem_encoder,
+        )
+
+    def decode_prompts(
+        self,
+        features: VideoFeatures,
+        frame_indices: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        *,
+        chunk_size: int = 64,
+    ) -> PromptDecode:
+        """Decode prompt embeddings on frames, SAM2-as-image (no memory), batched.
+
+        The feature is the top-level feature + ``no_mem_embed``; the sparse prompt is
+        [not-a-point, not-a-point, prompt] (P, 3, D); the dense prompt is ``no_mask_embed``;
+        single-mask output. In eval mode the object-score gate (≤ 0 → -1024) and hole filling
+        apply, as in the official keyframe decode (method §5.2, §5.3 step 2).
+
+        Args:
+            features: :class:`VideoFeatures` of the video.
+            frame_indices: (P,) frame of each prompt (e.g. E expressions × C TKS candidates).
+            prompt_embeds: (P, D) prompt embeddings (the fused TAK, D = ``prompt_embed_dim``).
+            chunk_size: Prompts per decoder call.
+
+        Returns:
+            :class:`PromptDecode`.
+        """
+        frame_indices = torch.as_tensor(frame_indices, dtype=torch.long)
+        if frame_indices.dim() != 1:
+            raise ValueError(
+                f"decode_prompts: frame_indices must be (P,), got {tuple(frame_indices.shape)}"
+            )
+        if prompt_embeds.shape != (frame_indices.shape[0], self.prompt_embed_dim):
+            raise ValueError(
+                f"decode_prompts: prompt_embeds has shape {tuple(prompt_embeds.shape)}, expected "
+                f"({frame_indices.shape[0]}, {self.prompt_embed_dim}) (one per frame index)"
+            )
+        if chunk_size < 1:
+            raise ValueError(f"decode_prompts: chunk_size must be >= 1, got {chunk_size}")
+        low, scores, high = [], [], []
+        for start in range(0, frame_indices.shape[0], chunk_size):
+            idx = frame_indices[start : start + chunk_size]
+            out = self._decode_step(
+                features.backbone_out(idx), prompt_embeds[start : start + chunk_size],
+                num_frames=features.num_frames,
+            )
+            pred = out["pred_masks"]
+            if not self.sam2.training and self.sam2.fill_hole_area > 0:
+                pred = fill_holes_in_mask_scores(pred, self.sam2.fill_hole_area)
+                hi = self._upsample(pred)
+            else:
+                hi = out["pred_masks_high_res"]
+            low.append(pred.float())
+            high.append(hi.float())
+            scores.append(out["object_score_logits"][:, 0].float())
+        return PromptDecode(
+            low_res_logits=torch.cat(low),
+            object_score_logits=torch.cat(scores),
+            high_res_logits=torch.cat(high),
+        )
+
+    def _upsample(self, low_res: torch.Tensor) -> torch.Tensor:
+        """S/4 → S logits, bilinear (align_corners=False), as SAM2 upsamples its masks."""
+        size = (self.image_size, self.image_size)
+        return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+
+    # --------------------------------------------------------------------------- tracking
+    @torch.no_grad()
+    def track(
+        self,
+        features: VideoFeatures,
+        keyframe_idx: list[int],
+        keyframe_masks: torch.Tensor,
+        *,
+        output_device: torch.device | str | None = None,
+    ) -> TrackResult:
+        """Joint propagation with object scores (inference, no gradients).
+
+        See :func:`vrshq.model.sam2_tracking.track_objects`; call in eval mode for the method's
+        behaviour (binarised keyframe memory, object-score gate, hole filling).
+        """
+        return track_objects(
+            self.sam2,
+            features,
+            [int(k) for k in keyframe_idx],
+            keyframe_masks,
+            memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
+            memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
+            output_device=torch.device(output_device) if output_device is not None else None,
+        )
+
+    def propagate(
+        self,
+        features: VideoFeatures,
+        keyframe_idx: list[int],
+        keyframe_masks: torch.Tensor,
+        *,
+        output_device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Track E objects from their keyframe masks through the video (method §5.3 steps 3-5).
+
+        Forward from each keyframe to T-1, then from a fresh state backward to 0; all objects
+        together, equal to tracking each alone. Use :meth:`track` to also get object scores or
+        to keep the S/4 logits (less memory for long videos).
+
+        Args:
+            features: :class:`VideoFeatures`.
+            keyframe_idx: (E,) keyframe per object.
+            keyframe_masks: (E, S, S) bool keyframe masks (binarised decode, letterboxed).
+            output_device: Where to put the result (default: compute device).
+
+        Returns:
+            (E, T, S, S) float32 logits (bilinear upsampling of the S/4 logits, as SAM2 does).
+        """
+        with torch.no_grad():
+            track = self.track(features, keyframe_idx, keyframe_masks, output_device=output_device)
+            low = track.low_res_logits
+            num_obj, num_frames = low.shape[:2]
+            size = self.image_size
+            out = torch.empty(num_obj, num_frames, size, size, device=low.device)
+            for t in range(num_frames):  # per frame: bounded temporary memory
+                out[:, t] = self._upsample(low[:, t : t + 1])[:, 0]
+        return out
+
+    # --------------------------------------------------------------------------- training
+    def train_window_forward(
+        self,
+        images: torch.Tensor,
+        cond_pos: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+    ) -> WindowOutput:
+        """Training path on 3-frame windows (method §5.4).
+
+        The conditioning frame is decoded with [pad, pad, prompt]; the other frames are tracked
+        with memory (c=0: forward 1, 2; c=2: backward 1, 0; c=1: forward 2, then from a fresh
+        memory of the same conditioning output backward 0). Call in ``train()`` mode: memory
+        uses sigmoid (not binarised) masks, memory-attention dropout is active, and masks are
+        not gated by the object score. Gradients reach ``prompt_embeds`` and the mask decoder
+        (also through the propagated frames); the image encoder runs under no_grad while its
+        parameters are frozen (``set_trainable("mask_decoder")``, method §6).
+
+        Args:
+            images: (B, 3, 3, S, S) letterboxed window frames.
+            cond_pos: (B,) conditioning position in the window, 0/1/2 (the keyframe).
+            prompt_embeds: (B, D) fused TAK embeddings.
+
+        Returns:
+            :class:`WindowOutput`.
+        """
+        self._check_images(images, "train_window_forward", 5)
+        batch = images.shape[0]
+        if images.shape[1] != _TRAIN_WINDOW:
+            raise ValueError(
+                f"train_window_forward: window must have {_TRAIN_WINDOW} frames, "
+                f"got {images.shape[1]}"
+            )
+        cond_pos = torch.as_tensor(cond_pos, dtype=torch.long).cpu()
+        if cond_pos.shape != (batch,) or bool(((cond_pos < 0) | (cond_pos >= _TRAIN_WINDOW)).any()):
+            raise ValueError(
+                f"train_window_forward: cond_pos must be (B,) in [0, 3), got {cond_pos.tolist()}"
+            )
+        if prompt_embeds.shape != (batch, self.prompt_embed_dim):
+            raise ValueError(
+                f"train_window_forward: prompt_embeds has shape {tuple(prompt_embeds.shape)}, "
+                f"expected ({batch}, {self.prompt_embed_dim})"
+            )
+        device = self.device
+        flat = images.reshape(batch * _TRAIN_WINDOW, *images.shape[2:]).to(device).float()
+        backbone = self._forward_image(flat)
+        prompt_embeds = prompt_embeds.to(device)
+
+        def frame_out(rows: torch.Tensor, pos: int) -> dict[str, list[torch.Tensor]]:
+            sel = (rows * _TRAIN_WINDOW + pos).to(device)
+            return {
+                "backbone_fpn": [x.index_select(0, sel) for x in backbone["backbone_fpn"]],
+                "vision_pos_enc": [x.index_select(0, sel) for x in backbone["vision_pos_enc"]],
+            }
+
+        # per_pos[window position][conditioning position] = (logits, object scores) of that group
+        per_pos: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [
+            {} for _ in range(_TRAIN_WINDOW)
+        ]
+        order: list[torch.Tensor] = []
+        for cond in range(_TRAIN_WINDOW):
+            rows = (cond_pos == cond).nonzero().flatten()
+            if rows.numel() == 0:
+                continue
+            order.append(rows)
+            cond_out = self._decode_step(
+                frame_out(rows, cond), prompt_embeds[rows.to(device)],
+                num_frames=_TRAIN_WINDOW, frame_idx=cond, run_mem_encoder=True,
+            )
+            per_pos[cond][cond] = (cond_out["pred_masks_high_res"], cond_out["object_score_logits"])
+            for reverse, frames in _WINDOW_PASSES[cond]:
+                # a fresh memory per direction holding only the conditioning output (§5.3 step 4)
+                output_dict = {"cond_frame_outputs": {cond: cond_out}, "non_cond_frame_outputs": {}}
+                for pos in frames:
+                    prepared = self.sam2._prepare_backbone_features(frame_out(rows, pos))
+                    _, feats, pos_enc, sizes = prepared
+                    out = self.sam2.track_step(
+                        frame_idx=pos,
+                        is_init_cond_frame=False,
+                        current_vision_feats=feats,
+                        current_vision_pos_embeds=pos_enc,
+                        feat_sizes=sizes,
+                        point_inputs=None,
+                        mask_inputs=None,
+                        output_dict=output_dict,
+                        num_frames=_TRAIN_WINDOW,
+                        track_in_reverse=reverse,
+                        run_mem_encoder=True,
+                    )
+                    output_dict["non_cond_frame_outputs"][pos] = out
+                    per_pos[pos][cond] = (out["pred_masks_high_res"], out["object_score_logits"])
+        rows_in_order = torch.cat(order)
+        inverse = torch.empty_like(rows_in_order)
+        inverse[rows_in_order] = torch.arange(batch)
+        inverse = inverse.to(device)
+        logits, scores = [], []
+        for pos in range(_TRAIN_WINDOW):
+            groups = [per_pos[pos][c] for c in range(_TRAIN_WINDOW) if c in per_pos[pos]]
+            logits.append(torch.cat([g[0][:, 0] for g in groups]).float().index_select(0, inverse))
+            scores.append(torch.cat([g[1][:, 0] for g in groups]).float().index_select(0, inverse))
+        return WindowOutput(
+            logits=torch.stack(logits, dim=1), object_score_logits=torch.stack(scores, dim=1)
+        )
