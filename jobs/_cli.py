@@ -1,0 +1,441 @@
+"""Shared command-line plumbing for the ``jobs.*`` entry points.
+
+Every job parses the same way: ``--config file.yaml`` (optional), then ``key.sub=value`` dotted
+overrides, then ``--key.sub value`` flags generated from the config dataclass (so ``--help`` lists
+every field with its type, default and help text). Values are parsed as YAML scalars/flow
+collections, so ``--storage-options '{"anon": true}'`` and ``num_workers=4`` both work.
+
+The result is a typed, frozen config dataclass. All problems (unknown keys, wrong types, failed
+``__post_init__`` checks of any nested config) are collected and raised once as :class:`ConfigError`,
+so a user fixes a bad command line in one go instead of one error per run.
+
+Config dataclasses follow two conventions:
+
+* a field's ``metadata={"help": "..."}`` is its ``--help`` text;
+* ``__post_init__`` collects its problems in a list and raises ``ConfigError(problems)`` once.
+
+Example::
+
+    @dataclass(frozen=True)
+    class MyConfig:
+        out: str = field(metadata={"help": "output URI"})
+        every: int = field(default=10, metadata={"help": "log a line every N videos"})
+
+    cfg = parse_config(MyConfig, ["--out", "/tmp/x", "every=5"], prog="jobs.my", description="...")
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "build_config",
+    "code_version",
+    "config_to_dict",
+    "new_run_id",
+    "init_ray",
+    "parse_config",
+    "read_dataset",
+    "setup_logging",
+    "log_config",
+]
+
+T = TypeVar("T")
+_LOG = logging.getLogger("jobs")
+
+
+class ConfigError(ValueError):
+    """One or more problems in a job's configuration; ``problems`` lists each one."""
+
+    def __init__(self, problems: Sequence[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(
+            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
+        )
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr with timestamps (what ``ray job logs`` shows); idempotent."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    root.setLevel(level)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A plain (YAML-dumpable) dict of a config dataclass; tuples become lists."""
+
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    return plain(config)
+
+
+def log_config(config: Any, *, logger: logging.Logger = _LOG, secret_keys: Sequence[str] = ()) -> None:
+    """Log the resolved config as YAML, with values under ``secret_keys`` (any depth) masked."""
+    secrets = {k.lower() for k in ("key", "secret", "token", "password", *secret_keys)}
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ("***" if k.lower() in secrets else mask(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return value
+
+    text = yaml.safe_dump(mask(config_to_dict(config)), sort_keys=False).rstrip()
+    logger.info("resolved config (%s):\n%s", type(config).__name__, text)
+
+
+# --------------------------------------------------------------------------- typed construction
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; on failure append a problem and return None."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        local: list[str] = []
+        for candidate in inner:
+            local = []
+            result = _coerce(value, candidate, where, local)
+            if not local:
+                return result
+        problems.extend(local if len(inner) == 1 else [f"{where}: {value!r} is not a {_type_name(tp)}"])
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            return None
+        return _build(tp, value, where + ".", problems)
+    if origin in (tuple, list, Sequence) or tp in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            # A single scalar is accepted as a one-item sequence (``--overlay v:e``).
+            value = [value]
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin in (dict, Mapping) or tp in (dict,):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping (e.g. JSON '{{\"k\": \"v\"}}'), got {value!r}")
+            return None
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected true/false, got {value!r}")
+        return None
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        problems.append(f"{where}: expected an integer, got {value!r}")
+        return None
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{where}: expected a number, got {value!r}")
+        return None
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        problems.append(f"{where}: expected a string, got {value!r}")
+        return None
+    return value
+
+
+def _fallback(fld: dataclasses.Field) -> Any:
+    """A stand-in for a field whose value was bad, so the class's own checks still run."""
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        try:
+            return fld.default_factory()
+        except Exception:  # noqa: BLE001 - e.g. a nested config whose defaults are incomplete
+            return None
+    return None
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[str]) -> T | None:
+    """Build ``cls`` from ``data``; every problem (own and nested) is appended to ``problems``.
+
+    Fields with bad values are replaced by their defaults before ``cls(...)`` is tried, so the
+    class's ``__post_init__`` checks of the *other* fields are reported in the same run.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            problems.append(f"unknown key {prefix}{key!s} (known: {', '.join(sorted(fields))})")
+    kwargs: dict[str, Any] = {}
+    before = len(problems)
+    for name, fld in fields.items():
+        start = len(problems)
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name, problems)
+        elif fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                kwargs[name] = _coerce({}, hints[name], prefix + name, problems)
+            else:
+                problems.append(f"missing required key {prefix}{name}")
+        elif dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _coerce({}, hints[name], prefix + name, problems)
+        if len(problems) > start:
+            kwargs[name] = _fallback(fld)
+    failed = len(problems) > before
+    try:
+        config = cls(**kwargs)
+    except ConfigError as exc:
+        problems.extend(p for p in (f"{prefix}{p}" for p in exc.problems) if p not in problems)
+        return None
+    except (TypeError, ValueError, AttributeError) as exc:
+        if not failed:  # otherwise a consequence of a problem already reported
+            problems.append(f"{prefix.rstrip('.') or cls.__name__}: {exc}")
+        return None
+    return None if failed else config
+
+
+def build_config(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build config dataclass ``cls`` from a nested mapping, raising one :class:`ConfigError`."""
+    problems: list[str] = []
+    config = _build(cls, data, "", problems)
+    if problems or config is None:
+        raise ConfigError(problems or [f"could not build {cls.__name__}"])
+    return config
+
+
+# --------------------------------------------------------------------------- argv parsing
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
+
+
+def _flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, Any, dataclasses.Field]] = []
+    for fld in dataclasses.fields(cls):
+        if not fld.init:
+            continue
+        tp = hints[fld.name]
+        if dataclasses.is_dataclass(_unwrap_optional(tp)):
+            out.extend(_flat_fields(_unwrap_optional(tp), prefix + fld.name + "."))
+        else:
+            out.append((prefix + fld.name, tp, fld))
+    return out
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_value(text: str, tp: Any = None) -> Any:
+    """YAML-parse a command-line value; string fields keep the raw text (``yes`` stays ``"yes"``)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and args == [str]):
+        return None if text in ("null", "~") and args == [str] else text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _default_text(fld: dataclasses.Field) -> str:
+    if fld.default is not dataclasses.MISSING:
+        return repr(fld.default)
+    if fld.default_factory is not dataclasses.MISSING:
+        return repr(fld.default_factory())
+    return "required"
+
+
+def parse_config(
+    cls: type[T],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    epilog: str | None = None,
+) -> T:
+    """Parse ``argv`` into config dataclass ``cls`` (``--help`` exits with status 0).
+
+    Precedence: config file < ``key=value`` overrides < ``--key value`` flags.
+
+    Raises:
+        ConfigError: listing every problem (unknown key, bad type, failed validation, unreadable
+            config file).
+    """
+    flat = _flat_fields(cls)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of config values (optional)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="dotted overrides, YAML-parsed values"
+    )
+    for dotted, tp, fld in flat:
+        flag = "--" + dotted.replace("_", "-")
+        help_text = f"{fld.metadata.get('help', '')} [{_type_name(tp)}; default: {_default_text(fld)}]"
+        dest = "field:" + dotted
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, action="store_const", const="true", help=help_text)
+            parser.add_argument("--no-" + dotted.replace("_", "-"), dest=dest, action="store_const",
+                                const="false", help=argparse.SUPPRESS)
+        elif typing.get_origin(tp) in (tuple, list):
+            parser.add_argument(flag, dest=dest, action="append", metavar="VALUE", help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(flag, dest=dest, metavar="VALUE", help=help_text)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    if args.config:
+        try:
+            import fsspec
+
+            with fsspec.open(args.config, "r") as handle:
+                loaded = yaml.safe_load(handle) or {}
+            if not isinstance(loaded, dict):
+                problems.append(f"--config {args.config}: expected a YAML mapping, got {type(loaded).__name__}")
+            else:
+                data = loaded
+        except (OSError, yaml.YAMLError) as exc:
+            problems.append(f"--config {args.config}: cannot read: {exc}")
+    types_by_key = {dotted: tp for dotted, tp, _ in flat}
+    for override in args.overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            problems.append(f"override {override!r} is not of the form key.sub=value")
+            continue
+        _set_dotted(data, key.strip(), _parse_value(value, types_by_key.get(key.strip())))
+    for dotted, tp, _ in flat:
+        value = getattr(args, "field:" + dotted)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            item_tp = (typing.get_args(tp) or (Any,))[0]
+            parsed: Any = [_parse_value(v, item_tp) for v in value]
+        else:
+            parsed = _parse_value(value, tp)
+        _set_dotted(data, dotted, parsed)
+    if problems:
+        raise ConfigError(problems)
+    return build_config(cls, data)
+
+
+def code_version() -> str:
+    """The git sha of the code (``<sha>-dirty`` with local changes), else the package version.
+
+    Under ``ray job submit --working-dir .`` the uploaded copy may have no ``.git``; then the
+    installed package version is the best provenance there is.
+    """
+    import pathlib
+    import subprocess
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return "vrshq-" + version("vrshq")
+    except Exception:  # noqa: BLE001 - provenance must never fail a job
+        return "unknown"
+
+
+def new_run_id(prefix: str) -> str:
+    """``<prefix>-<UTC timestamp>-<6 hex>``: sortable and unique across concurrent jobs."""
+    import datetime
+    import uuid
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+# --------------------------------------------------------------------------- shared config parts
+
+_DATASET_FORMATS = ("revos", "mevis")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset split to read ground truth (and frames) from."""
+
+    format: str = dataclasses.field(default="revos", metadata={"help": "dataset layout: revos | mevis"})
+    root: str = dataclasses.field(default="", metadata={"help": "dataset root URI (local path or s3://...)"})
+    split: str = dataclasses.field(default="valid", metadata={"help": "split name, e.g. valid, valid_u"})
+    name: str | None = dataclasses.field(
+        default=None, metadata={"help": "dataset name in the tables (default: the format)"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.format not in _DATASET_FORMATS:
+            problems.append(f"format={self.format!r}: must be one of {list(_DATASET_FORMATS)}")
+        if not self.root:
+            problems.append("root is required (the dataset root URI)")
+        if not self.split:
+            problems.append("split must be non-empty")
+        if problems:
+            raise ConfigError(problems)
+
+
+def read_dataset(cfg: DatasetConfig, *, storage_options: dict[str, Any] | None = None) -> list[Any]:
+    """The split's ``VideoRecord`` list, read with the reader of ``cfg.format``."""
+    from vrshq.data import read_mevis, read_revos
+
+    reader = read_revos if cfg.format == "revos" else read_mevis
+    return reader(cfg.root, split=cfg.split, storage_options=storage_options or None,
+                  dataset=cfg.name or cfg.format)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)

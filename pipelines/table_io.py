@@ -1,0 +1,173 @@
+"""Reading and writing the hive-partitioned output tables (masks, scores, errors) on any fsspec URI.
+
+Layout: ``<base>/dataset=<d>/split=<s>/<name>.parquet``; the files hold every schema column except
+the partition columns (standard hive, what Ray Data's ``write_parquet(partition_cols=...)``,
+DuckDB and Spark write). Readers accept files with or without the partition columns inside.
+Every table is validated against its schema before it is written and after it is read.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas import PARTITION_COLUMNS, validate_table
+
+__all__ = [
+    "dataset_files",
+    "join_uri",
+    "open_dataset",
+    "partition_uri",
+    "ray_filesystem",
+    "read_table",
+    "uri_exists",
+    "write_json",
+    "write_partitioned",
+]
+
+_PARTITION_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS])
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (never ``os.path``: URIs may be ``s3://``)."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def partition_uri(base: str, dataset: str, split: str) -> str:
+    """``<base>/dataset=<dataset>/split=<split>``."""
+    return join_uri(base, f"dataset={dataset}", f"split={split}")
+
+
+def uri_exists(uri: str, *, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return fs.exists(path)
+
+
+def _fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+
+
+def ray_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> pafs.FileSystem | None:
+    """A pyarrow filesystem for Ray Data's ``filesystem=`` (None for local paths)."""
+    fs, _ = _fs(uri, storage_options)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def dataset_files(
+    base_uri: str,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Sorted Parquet file paths under ``base_uri`` (optionally one partition), [] when absent.
+
+    Paths are those of the fsspec filesystem of ``base_uri`` (no protocol for s3: ``bucket/key``).
+    """
+    fs, path = _fs(base_uri, storage_options)
+    if dataset is not None and split is not None:
+        path = posixpath.join(path, f"dataset={dataset}", f"split={split}")
+    if not fs.exists(path):
+        return []
+    # Skip hidden and underscore files (in-flight writes, _SUCCESS/_metadata), as dataset readers do.
+    return sorted(p for p in fs.find(path)
+                  if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith((".", "_")))
+
+
+def open_dataset(base_uri: str, *, storage_options: dict[str, Any] | None = None) -> pads.Dataset:
+    """A pyarrow dataset over ``base_uri`` with the hive partition columns as strings.
+
+    Raises:
+        FileNotFoundError: when ``base_uri`` holds no Parquet file.
+    """
+    fs, path = _fs(base_uri, storage_options)
+    files = dataset_files(base_uri, storage_options=storage_options)
+    if not files:
+        raise FileNotFoundError(f"{base_uri}: no Parquet files found")
+    filesystem = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    partitioning = pads.partitioning(_PARTITION_SCHEMA, flavor="hive")
+    # Files may or may not hold the partition columns; the hive values from the path win.
+    file_schema = pq.read_schema(files[0], filesystem=filesystem)
+    names = [n for n in file_schema.names if n not in PARTITION_COLUMNS]
+    schema = pa.schema([file_schema.field(n) for n in names] + list(_PARTITION_SCHEMA))
+    return pads.dataset(files, filesystem=filesystem, format="parquet", partitioning=partitioning,
+                        partition_base_dir=path, schema=schema)
+
+
+def read_table(
+    base_uri: str,
+    schema: pa.Schema,
+    *,
+    dataset: str | None = None,
+    split: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    columns: Iterable[str] | None = None,
+) -> pa.Table:
+    """Read (a partition of) an output dataset and validate it against ``schema``.
+
+    Use only for tables that fit in memory (scores, errors); stream masks with
+    :func:`pipelines.scoring.iter_video_masks`.
+    """
+    arrow_dataset = open_dataset(base_uri, storage_options=storage_options)
+    flt = None
+    if dataset is not None:
+        flt = pc.field("dataset") == dataset
+    if split is not None:
+        cond = pc.field("split") == split
+        flt = cond if flt is None else flt & cond
+    table = arrow_dataset.to_table(filter=flt)
+    table = validate_table(table, schema, what=base_uri)
+    return table.select(list(columns)) if columns is not None else table
+
+
+def write_partitioned(
+    table: pa.Table,
+    base_uri: str,
+    schema: pa.Schema,
+    *,
+    basename: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[str]:
+    """Validate ``table`` against ``schema`` and write one file per (dataset, split) partition.
+
+    Files are named ``<basename>.parquet`` (default: a fresh uuid), so concurrent or repeated
+    writers never overwrite each other. Returns the written URIs.
+    """
+    table = validate_table(table, schema, what=base_uri)
+    fs, base = _fs(base_uri, storage_options)
+    name = (basename or f"part-{uuid.uuid4().hex}") + ".parquet"
+    written: list[str] = []
+    if table.num_rows == 0:
+        return written
+    keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
+    for dataset, split in zip(keys.column("dataset").to_pylist(), keys.column("split").to_pylist()):
+        part = table.filter((pc.field("dataset") == dataset) & (pc.field("split") == split))
+        part = part.drop_columns(list(PARTITION_COLUMNS))
+        folder = posixpath.join(base, f"dataset={dataset}", f"split={split}")
+        fs.makedirs(folder, exist_ok=True)
+        path = posixpath.join(folder, name)
+        with fs.open(path, "wb") as handle:
+            pq.write_table(part, handle)
+        written.append(path)
+    return written
+
+
+def write_json(obj: Any, uri: str, *, storage_options: dict[str, Any] | None = None) -> None:
+    """Write ``obj`` as indented JSON to ``uri`` (creating parent folders)."""
+    fs, path = _fs(uri, storage_options)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "w") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True, default=str)
