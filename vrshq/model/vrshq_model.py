@@ -1,0 +1,396 @@
+"""`VrshqModel`: the assembled VRS-HQ model with one entry point per mode.
+
+* `segment_video(frames, expressions)` - inference on one video with many expressions, sharing all
+  per-video work (method §1.4-§5.3; the official code redoes it per expression, §9 item 8):
+  CLIP-336 anchor scores of the frames once for all expressions; CLIP-224 visual tokens once for the
+  union of the frames the expressions sample; one MLLM batch; SAM2 image features once; every TKS
+  candidate of every expression in one `decode_prompts` call; all expressions tracked together.
+* `forward(batch)` - training (method §4 training, §5.4, §6): teacher-forced MLLM with labels, TDA,
+  keyframe = argmax of the TDA weights, the 3-frame SAM2 window around it, losses at GT resolution.
+
+Module tree (parameter-name prefixes): `vision` (VisualTokenizer: `vision.vision_tower.*`,
+`vision.projector.*`), `anchor` (AnchorFrameSampler: `anchor.clip_model.*`), `mllm` (`mllm.llm.model.*`,
+`mllm.llm.lm_head.*`), `seg_head` (`seg_head.mlp.{0,2}.*`), `sam2` (Sam2Segmenter: `sam2.sam2.*`).
+
+Device and precision come from where the parameters are: float32 on CPU, bf16 autocast on CUDA
+(`VrshqConfig.autocast_dtype`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vrshq.config import VrshqConfig
+from vrshq.model.letterbox import Letterboxed, letterbox, unletterbox_logits
+from vrshq.model.losses import combine_losses, mask_losses, object_presence_loss
+from vrshq.model.mllm import VrshqMLLM
+from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
+from vrshq.model.prompts import EncodedPrompt, encode_prompt, inference_prompt, normalize_expression
+from vrshq.model.seg_head import SegHead
+from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
+from vrshq.model.tks import inference_keyframe, train_keyframe, train_window
+
+__all__ = ["VrshqModel"]
+
+_SAM2_TRAIN_WINDOW = 3  # Sam2Segmenter.train_window_forward implements the 3-frame window of method §4
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _as_frames(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    is_frames = isinstance(frames, torch.Tensor) and frames.dtype == torch.uint8 and frames.dim() == 4
+    if not is_frames or frames.shape[-1] != 3:
+        raise ValueError(
+            f"frames must be uint8 RGB (T, H, W, 3), got {getattr(frames, 'dtype', type(frames).__name__)} "
+            f"{tuple(getattr(frames, 'shape', ()))}"
+        )
+    if frames.shape[0] < 1:
+        raise ValueError("frames must hold at least one frame")
+    return frames
+
+
+class VrshqModel(nn.Module):
+    """VRS-HQ built from its submodules (see `vrshq.builders.build_vrshq`).
+
+    Args:
+        cfg: the config the parts were built from (method constants, loss weights, autocast dtype).
+        vision: `VisualTokenizer` (CLIP-224 tower, DPC-KNN merge, projector).
+        anchor: `AnchorFrameSampler` (CLIP-336 anchor + strided sampling); only used by `segment_video`.
+        mllm: `VrshqMLLM` (LLaMA with `[SEG]`/`[TAK]`).
+        seg_head: `SegHead` (hidden size -> SAM2 prompt size).
+        sam2: `Sam2Segmenter`.
+        tokenizer: the LLM tokenizer with `[SEG]`/`[TAK]`; None only for models that are never run
+            (e.g. built on the meta device).
+    """
+
+    def __init__(
+        self,
+        *,
+        cfg: VrshqConfig,
+        vision: nn.Module,
+        anchor: nn.Module,
+        mllm: VrshqMLLM,
+        seg_head: SegHead,
+        sam2: nn.Module,
+        tokenizer=None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(cfg, VrshqConfig):
+            raise TypeError(f"cfg must be a VrshqConfig, got {type(cfg).__name__}")
+        if vision.tokens_per_frame != mllm.tokens_per_frame:
+            raise ValueError(
+                f"vision gives {vision.tokens_per_frame} tokens per frame but the MLLM expects {mllm.tokens_per_frame}"
+            )
+        out_dim = seg_head.mlp[2].out_features
+        if out_dim != sam2.prompt_embed_dim:
+            raise ValueError(
+                f"seg head output {out_dim} != SAM2 prompt dimension {sam2.prompt_embed_dim}; set "
+                "MethodConfig.seg_embed_dim to the SAM2 prompt size (256 for Hiera-L, d_model for sam2_tiny)"
+            )
+        if cfg.method.train_window != _SAM2_TRAIN_WINDOW:
+            raise ValueError(
+                f"MethodConfig.train_window={cfg.method.train_window}: Sam2Segmenter.train_window_forward "
+                f"implements the {_SAM2_TRAIN_WINDOW}-frame window of method §4 only"
+            )
+        self.cfg = cfg
+        self.vision = vision
+        self.anchor = anchor
+        self.mllm = mllm
+        self.seg_head = seg_head
+        self.sam2 = sam2
+        self.tokenizer = tokenizer
+
+    # ---------------------------------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        """Device of the LLM weights (all parts live on one device)."""
+        return self.mllm.llm.get_input_embeddings().weight.device
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        device = self.device
+        if device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=_DTYPES[self.cfg.autocast_dtype])
+        return contextlib.nullcontext()
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise RuntimeError(
+                "this VrshqModel has no tokenizer; build it with a tokenizer (LlmConfig.tokenizer_path or "
+                "tokenizer='tiny')"
+            )
+        return self.tokenizer
+
+    def encode_visual(self, frames: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
+        """CLIP-224 visual tokens of frames: uint8 (N, H, W, 3) -> (N, tokens_per_frame, hidden)."""
+        chunks = [
+            self.vision(self.vision.preprocess(frames[start : start + chunk_size]))
+            for start in range(0, frames.shape[0], chunk_size)
+        ]
+        return torch.cat(chunks, dim=0)
+
+    def _embed_tokens(
+        self,
+        encoded: Sequence[EncodedPrompt],
+        visual: Sequence[torch.Tensor],
+        *,
+        with_labels: bool,
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """MLLM + seg head: per prompt (n_i, D) SEG embeddings, (B, D) TAK embeddings, CE or None."""
+        inputs = self.mllm.build_inputs(
+            [e.input_ids for e in encoded], visual, [e.labels for e in encoded] if with_labels else None
+        )
+        out = self.mllm(inputs)
+        seg = [self.seg_head(h) for h in out.seg_hidden]
+        tak = self.seg_head(out.tak_hidden)
+        return seg, tak, out.ce_loss
+
+    def _tda(self, seg: Sequence[torch.Tensor], tak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TdaResult]:
+        """Pad the per-prompt SEG embeddings to (B, n, D) and run TDA with a frame mask."""
+        n_max = max(s.shape[0] for s in seg)
+        seg_pad = tak.new_zeros(len(seg), n_max, tak.shape[-1])
+        mask = torch.zeros(len(seg), n_max, dtype=torch.bool, device=tak.device)
+        for b, s in enumerate(seg):
+            seg_pad[b, : s.shape[0]] = s
+            mask[b, : s.shape[0]] = True
+        result = temporal_dynamic_aggregation(seg_pad, tak, alpha=self.cfg.method.tda_alpha, frame_mask=mask)
+        return seg_pad, mask, result
+
+    def _offload_device(self) -> torch.device | None:
+        """CPU when the SAM2 config offloads features (long videos), else the compute device (None)."""
+        return torch.device("cpu") if self.sam2.cfg.offload_features_to_cpu else None
+
+    def _letterbox_video(self, frames: torch.Tensor, *, chunk_size: int = 16) -> Letterboxed:
+        """Letterbox all frames for SAM2 in chunks on the compute device (method §1.5).
+
+        The (T, 3, S, S) result stays on the compute device, or on the CPU when the SAM2 config offloads
+        features, so a long video never needs all its letterboxed frames on the GPU at once.
+        """
+        store = self._offload_device() or self.device
+        size = self.sam2.image_size
+        parts = [
+            letterbox(frames[start : start + chunk_size], image_size=size, device=self.device)
+            for start in range(0, frames.shape[0], chunk_size)
+        ]
+        images = torch.cat([p.images.to(store) for p in parts])
+        return Letterboxed(images=images, resized_hw=parts[0].resized_hw, original_hw=parts[0].original_hw)
+
+    # -------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def segment_video(
+        self,
+        frames: torch.Tensor | np.ndarray,
+        expressions: Sequence[str],
+        *,
+        llm_batch_size: int | None = None,
+        mask_chunk_size: int = 16,
+    ) -> list[SegmentationResult]:
+        """Segment every expression in one video (method §1.4-§5.3), sharing all per-video work.
+
+        Args:
+            frames: uint8 RGB (T, H, W, 3) of the whole video (CPU is fine; parts are moved in chunks).
+            expressions: E referring or reasoning expressions (lower-cased and whitespace-collapsed here,
+                as the evaluation does).
+            llm_batch_size: expressions per MLLM forward (None: all in one batch). Results do not depend
+                on it.
+            mask_chunk_size: frames per chunk when masks are resized back to (H, W).
+
+        Returns:
+            One `SegmentationResult` per expression, in order: (T, H, W) bool masks (logits > 0 after
+            cropping the letterbox and resizing to the original size), the keyframe, the TKS scores of
+            the candidates, the MLLM frames and per-frame object scores.
+        """
+        tokenizer = self._require_tokenizer()
+        frames = _as_frames(frames)
+        if isinstance(expressions, str) or not expressions:
+            raise ValueError("expressions must be a non-empty list of strings")
+        texts = [normalize_expression(e) for e in expressions]
+        if any(not t for t in texts):
+            raise ValueError(f"expressions must not be empty or blank, got {list(expressions)!r}")
+        with _eval_mode(self), self._autocast():
+            # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
+            frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
+            # 4. SAM2 features once; every TKS candidate of every expression in one decode (§4, §5.3)
+            boxed = self._letterbox_video(frames)
+            features = self.sam2.encode_video(boxed.images)
+            keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
+            # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
+            track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
+            del features
+            # 6. crop the letterbox, resize to (H, W), threshold (§5.3 step 6)
+            return [
+                SegmentationResult(
+                    masks=self._masks_at_original_size(track.low_res_logits[e], boxed, chunk_size=mask_chunk_size),
+                    keyframe_idx=int(keyframes[e]),
+                    keyframe_scores=scores[e],
+                    frame_indices=frame_sets[e],
+                    object_scores=track.object_score_logits[e].float().cpu().numpy(),
+                )
+                for e in range(len(texts))
+            ]
+
+    def _video_tokens(
+        self, frames: torch.Tensor, texts: Sequence[str], tokenizer, *, llm_batch_size: int | None
+    ) -> tuple[list[list[int]], TdaResult]:
+        """MLLM frames per expression and the TDA of their SEG/TAK embeddings (method §1.4-§3).
+
+        CLIP-336 scores the frames once for all expressions; CLIP-224 tokens are computed once for the
+        union of the frames the expressions sample; all prompts run as one MLLM batch (or in batches of
+        `llm_batch_size`).
+        """
+        frame_sets = [list(map(int, fs)) for fs in self.anchor.select_frames(frames, texts)]
+        union = sorted(set().union(*frame_sets))
+        union_pos = {f: i for i, f in enumerate(union)}
+        visual_union = self.encode_visual(frames[union])
+        visual = [visual_union[[union_pos[f] for f in fs]] for fs in frame_sets]
+        encoded = [encode_prompt(tokenizer, inference_prompt(t, len(fs))) for t, fs in zip(texts, frame_sets)]
+        step = llm_batch_size or len(encoded)
+        seg: list[torch.Tensor] = []
+        taks = []
+        for start in range(0, len(encoded), step):
+            s, t, _ = self._embed_tokens(encoded[start : start + step], visual[start : start + step], with_labels=False)
+            seg += s
+            taks.append(t)
+        _, _, tda = self._tda(seg, torch.cat(taks))
+        return frame_sets, tda
+
+    def _select_keyframes(
+        self, features, frame_sets: Sequence[Sequence[int]], tda: TdaResult
+    ) -> tuple[list[int], torch.Tensor, list[np.ndarray]]:
+        """TKS at inference (method §4): decode TAK' on every candidate of every expression in one call.
+
+        Returns:
+            The keyframe (video frame index) per expression, the (E, S, S) bool keyframe masks (decode
+            logits > 0, method §5.3 step 3) and the candidates' TKS scores per expression.
+        """
+        method = self.cfg.method
+        counts = [len(fs) for fs in frame_sets]
+        cand_frames = torch.tensor([f for fs in frame_sets for f in fs], dtype=torch.long)
+        cand_prompts = torch.repeat_interleave(
+            tda.fused_tak, torch.tensor(counts, device=tda.fused_tak.device), dim=0
+        )
+        decode = self.sam2.decode_prompts(features, cand_frames, cand_prompts)
+        keyframes, key_masks, scores_list = [], [], []
+        offset = 0
+        for e, n in enumerate(counts):
+            pos, scores = inference_keyframe(
+                decode.object_score_logits[offset : offset + n],
+                tda.weights[e, :n],
+                sam_weight=method.tks_sam_weight,
+                token_weight=method.tks_token_weight,
+            )
+            keyframes.append(int(frame_sets[e][pos]))
+            key_masks.append(decode.high_res_logits[offset + pos, 0] > 0)
+            scores_list.append(scores.float().cpu().numpy())
+            offset += n
+        return keyframes, torch.stack(key_masks), scores_list
+
+    def _masks_at_original_size(
+        self, low_res_logits: torch.Tensor, boxed: Letterboxed, *, chunk_size: int
+    ) -> np.ndarray:
+        """(T, S/4, S/4) propagated logits -> (T, H, W) bool masks, in chunks of frames (method §5.3 step 6).
+
+        As the official code: bilinear to S×S (SAM2's video resolution), crop the letterbox's valid
+        region, bilinear (align_corners=False) to the original size, threshold.
+        """
+        size = self.sam2.image_size
+        num_frames = low_res_logits.shape[0]
+        masks = np.empty((num_frames, *boxed.original_hw), dtype=bool)
+        for t0 in range(0, num_frames, chunk_size):
+            low = low_res_logits[t0 : t0 + chunk_size].to(self.device).float()
+            high = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            logits = unletterbox_logits(
+                high, resized_hw=boxed.resized_hw, original_hw=boxed.original_hw, image_size=size
+            )
+            masks[t0 : t0 + chunk_size] = (logits > self.cfg.method.mask_threshold).cpu().numpy()
+        return masks
+
+    # --------------------------------------------------------------------------------------- training
+    def forward(self, batch: TrainBatch) -> VrshqOutput:
+        """Training forward (method §4 training, §5.4, §6).
+
+        Every expression of every clip runs through the MLLM in one batch with its labels (CE);
+        TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights; SAM2
+        decodes TAK' on the keyframe of a 3-frame window and tracks the two other frames with memory;
+        BCE and DICE compare the window logits with the GT masks at the original resolution.
+        """
+        if not isinstance(batch, TrainBatch):
+            raise TypeError(f"batch must be a TrainBatch, got {type(batch).__name__}")
+        tokenizer = self._require_tokenizer()
+        device = self.device
+        loss_cfg = self.cfg.loss
+        size = self.sam2.image_size
+        with self._autocast():
+            encoded, visual, boxes, owners = [], [], [], []
+            for v, video in enumerate(batch.videos):
+                vis = self.encode_visual(video.frames)
+                boxes.append(letterbox(video.frames, image_size=size, device=device))
+                for e, prompt in enumerate(video.prompts):
+                    encoded.append(encode_prompt(tokenizer, prompt))
+                    visual.append(vis)
+                    owners.append((v, e))
+            seg, tak, ce = self._embed_tokens(encoded, visual, with_labels=True)
+            seg_pad, frame_mask, tda = self._tda(seg, tak)
+            keyframes = train_keyframe(tda.weights)
+            windows = [
+                train_window(int(k), seg[b].shape[0], window=self.cfg.method.train_window)
+                for b, k in enumerate(keyframes.tolist())
+            ]
+            window_images = torch.stack(
+                [boxes[v].images[list(w.positions)] for (v, _), w in zip(owners, windows)]
+            )
+            cond_pos = torch.tensor([w.cond_pos for w in windows], dtype=torch.long)
+            window_out = self.sam2.train_window_forward(window_images, cond_pos, tda.fused_tak)
+            pred, gt = [], []
+            for b, ((v, e), w) in enumerate(zip(owners, windows)):
+                box = boxes[v]
+                pred.append(
+                    unletterbox_logits(
+                        window_out.logits[b], resized_hw=box.resized_hw, original_hw=box.original_hw, image_size=size
+                    )
+                )
+                gt.append(batch.videos[v].masks[e, list(w.positions)].to(device))
+            bce, dice = mask_losses(pred, gt, dice_scale=loss_cfg.dice_scale, dice_eps=loss_cfg.dice_eps)
+            presence = torch.stack([g.flatten(1).any(1) for g in gt])
+            obj = object_presence_loss(window_out.object_score_logits, presence)
+            terms = combine_losses(
+                ce=ce,
+                bce=bce,
+                dice=dice,
+                object_presence=obj,
+                ce_weight=loss_cfg.ce_weight,
+                bce_weight=loss_cfg.bce_weight,
+                dice_weight=loss_cfg.dice_weight,
+                object_weight=loss_cfg.object_weight,
+            )
+        return VrshqOutput(
+            loss=terms.loss,
+            ce_loss=terms.ce_loss,
+            bce_loss=terms.bce_loss,
+            dice_loss=terms.dice_loss,
+            object_loss=terms.object_loss,
+            seg_embeds=seg_pad,
+            frame_mask=frame_mask,
+            tak_embed=tak,
+            fused_tak=tda.fused_tak,
+            keyframe_idx=keyframes,
+            keyframe_scores=tda.weights,
+            mask_logits=tuple(pred),
+            window_positions=torch.tensor([w.positions for w in windows], dtype=torch.long),
+        )
