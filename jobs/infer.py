@@ -1,0 +1,98 @@
+"""Segment every (video, expression) of a dataset or manifest: masks, J&F scores and errors as Parquet.
+
+Output, under ``--output``: ``masks/``, ``scores/``, ``errors/`` (hive-partitioned by dataset and
+split), ``run.json`` (config without credentials, code version, checkpoint, counts) and
+``runs/<run_id>.json`` per run. Idempotent: a rerun skips the pairs already scored, so the same
+command on a schedule only does new work (a manifest of new videos appends).
+
+Run locally or on a Ray cluster::
+
+    python -m jobs.infer --dataset revos --root s3://bucket/ReVOS --split valid \\
+        --output s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b
+    ray job submit --working-dir . -- python -m jobs.infer --manifest s3://bucket/new_videos.parquet \\
+        --output s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b \\
+        compute.num_actors=8
+    python -m jobs.infer --manifest m.parquet --output /tmp/out --preset tiny --seed 0   # random-init demo
+
+On a schedule (bulk annotation): run the same command from cron or a CI timer; each run only does
+what is missing and appends, so overlapping schedules are safe (the second run is refused while the
+first holds ``<output>/_lock.json``, exit status 3)::
+
+    */30 * * * * cd /srv/vrshq && ray job submit --working-dir . -- python -m jobs.infer \
+        --config jobs/configs/infer_revos.yaml --manifest s3://bucket/incoming/latest.parquet
+
+Exit status: 0 when every pending expression was scored; 1 when error rows were written (the other
+videos are still done); 2 on a bad configuration, input or checkpoint (nothing is written then);
+3 when another run holds the output lock; 4 when the run failed midway (e.g. the model actors could
+not load the checkpoint); a rerun resumes after the last committed batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+from jobs._cli import ConfigError, code_version, init_ray, log_config, parse_config, setup_logging
+from pipelines.config import InferenceConfig
+
+__all__ = ["EXIT_ERRORS", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_ERRORS = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_FAILED = 4
+
+_LOG = logging.getLogger("jobs.infer")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, check everything, run the pipeline; return the exit status."""
+    setup_logging()
+    try:
+        cfg = parse_config(InferenceConfig, argv, prog="python -m jobs.infer",
+                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    except ConfigError as exc:
+        print(f"jobs.infer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.code_version is None:
+        cfg = dataclasses.replace(cfg, code_version=code_version())
+    log_config(cfg, logger=_LOG, secret_keys=("storage_options",))
+
+    from pipelines.inference import PreflightError, preflight, run_inference
+    from pipelines.model_loader import ModelLoadError
+    from pipelines.output_lock import OutputLockedError
+
+    try:
+        model_config = preflight(cfg)  # before ray.init: a bad checkpoint or input costs no cluster time
+    except PreflightError as exc:
+        print(f"jobs.infer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    init_ray()
+    try:
+        summary = run_inference(cfg, log=_LOG.info, model_config=model_config)
+    except PreflightError as exc:
+        print(f"jobs.infer: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputLockedError as exc:
+        print(f"jobs.infer: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except Exception as exc:  # noqa: BLE001 - e.g. the actors could not load the checkpoint (Ray wraps it)
+        _LOG.exception("the run failed")
+        kind = "the model could not be loaded" if ModelLoadError.__name__ in str(exc) else "the run failed"
+        print(f"jobs.infer: {kind}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)}; "
+              f"nothing after the last committed batch was written (rerun to resume)", file=sys.stderr)
+        return EXIT_FAILED
+    if not summary.ok:
+        print(
+            f"jobs.infer: finished with {summary.errors_rows} error row(s) and {summary.write_failures} failed "
+            f"write(s); see {cfg.output.rstrip('/')}/errors/",
+            file=sys.stderr,
+        )
+        return EXIT_ERRORS
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

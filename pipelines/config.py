@@ -1,0 +1,212 @@
+"""Typed runtime configuration of the offline inference pipeline (``jobs.infer``).
+
+Model hyperparameters live in ``vrshq/config.py``; this file holds only *runtime* settings: where
+the input and output are, which model preset/checkpoint to load, and how many Ray actors and tasks
+to run. Every field is read by the pipeline; every check runs in ``__post_init__`` and reports all
+problems of a config at once (as ``jobs._cli`` expects), so a bad command line fails before any
+Ray work starts.
+
+Example:
+    >>> cfg = InferenceConfig(output="/tmp/out", manifest="/tmp/manifest.parquet")
+    >>> cfg.compute.num_actors, cfg.model_name
+    (1, 'tiny')
+    >>> InferenceConfig(output="/tmp/out")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ValueError: give exactly one input: manifest=<uri> or dataset=<name> with root=<uri>
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ComputeConfig",
+    "InferenceConfig",
+    "MODEL_PRESETS",
+    "DATASET_READERS",
+    "is_safe_partition_value",
+    "redact",
+]
+
+#: Model preset name -> function of ``vrshq.builders`` that returns its ``VrshqConfig``.
+MODEL_PRESETS: dict[str, str] = {"tiny": "tiny_config", "vrshq-7b": "vrshq_7b_config"}
+
+#: Dataset name -> reader function of ``vrshq.data`` (``reader(root, split=..., storage_options=...)``).
+DATASET_READERS: dict[str, str] = {"revos": "read_revos", "mevis": "read_mevis"}
+
+#: Partition values become folder names (``dataset=<v>/split=<v>``): keep them to a safe alphabet.
+_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+#: Keys whose values never reach logs, ``run.json`` or error rows (matched case-insensitively as
+#: substrings, so ``aws_secret_access_key`` and ``client_kwargs.token`` are caught too).
+_SECRET_KEY_PARTS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def redact(value: Any) -> Any:
+    """A copy of a nested config/dict with every secret-looking value replaced by ``"***"``.
+
+    >>> redact({"key": "AKIA", "client_kwargs": {"endpoint_url": "http://s3", "aws_session_token": "x"}})
+    {'key': '***', 'client_kwargs': {'endpoint_url': 'http://s3', 'aws_session_token': '***'}}
+    """
+    if isinstance(value, Mapping):
+        return {
+            k: ("***" if any(part in str(k).lower() for part in _SECRET_KEY_PARTS) else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How much Ray parallelism each stage gets.
+
+    The GPU (or CPU) model actors are the expensive stage; frame decoding runs in CPU tasks in front
+    of them and scoring/writing in a small CPU actor pool behind them, so the actors never wait on
+    storage and never hold a video longer than its forward pass.
+    """
+
+    num_actors: int = field(default=1, metadata={"help": "model actors (one model copy each)"})
+    num_gpus_per_actor: float | None = field(
+        default=None,
+        metadata={"help": "GPUs per model actor; null: 1 if the cluster has GPUs, else 0 (CPU actors)"},
+    )
+    num_cpus_per_actor: float = field(default=1.0, metadata={"help": "CPUs reserved per model actor"})
+    read_num_cpus: float = field(
+        default=0.5, metadata={"help": "CPUs per frame-reading task (I/O bound: half a CPU by default)"}
+    )
+    read_concurrency: int = field(default=2, metadata={"help": "frame-reading tasks in flight at most"})
+    num_writers: int = field(default=1, metadata={"help": "scoring+writing CPU actors"})
+    writer_num_cpus: float = field(default=0.5, metadata={"help": "CPUs reserved per scoring+writing actor"})
+    videos_per_file: int = field(
+        default=4,
+        metadata={"help": "videos per output Parquet file (also the most a crash can lose per writer)"},
+    )
+    max_inline_frame_bytes: int = field(
+        default=512 * 2**20,
+        metadata={
+            "help": "videos whose resized frames exceed this many bytes are not passed through the object "
+            "store; the model actor reads them itself"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"compute.{name} must be an integer >= 1, got {value!r}")
+        for name in ("num_cpus_per_actor", "read_num_cpus", "writer_num_cpus"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                problems.append(f"compute.{name} must be a number >= 0, got {value!r}")
+        if self.num_gpus_per_actor is not None and (
+            not isinstance(self.num_gpus_per_actor, (int, float)) or self.num_gpus_per_actor < 0
+        ):
+            problems.append(f"compute.num_gpus_per_actor must be null or >= 0, got {self.num_gpus_per_actor!r}")
+        if not isinstance(self.max_inline_frame_bytes, int) or self.max_inline_frame_bytes < 1:
+            problems.append(
+                f"compute.max_inline_frame_bytes must be a positive integer, got {self.max_inline_frame_bytes!r}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Everything ``jobs.infer`` needs: input, output, model and compute.
+
+    Input is either a manifest Parquet (``schemas.MANIFEST_SCHEMA``, one row per (video,
+    expression)) or a dataset root read by ``vrshq.data`` (``dataset`` + ``root`` + ``split``).
+    The model is a preset with random init (``seed``; demos and tests) or a preset plus a
+    ``checkpoint`` URI.
+
+    Raises:
+        ValueError: listing every problem of the config (no input or two inputs, unknown dataset or
+            preset, unsafe partition names, non-positive sizes...).
+    """
+
+    output: str = field(metadata={"help": "output URI (local path or s3://bucket/prefix)"})
+    manifest: str | None = field(default=None, metadata={"help": "manifest Parquet URI (MANIFEST_SCHEMA)"})
+    dataset: str | None = field(default=None, metadata={"help": f"dataset reader: {sorted(DATASET_READERS)}"})
+    root: str | None = field(default=None, metadata={"help": "dataset root URI (with dataset=...)"})
+    split: str = field(default="valid", metadata={"help": "dataset split (with dataset=...)"})
+    preset: str = field(default="tiny", metadata={"help": f"model preset: {sorted(MODEL_PRESETS)}"})
+    checkpoint: str | None = field(
+        default=None, metadata={"help": "checkpoint URI; null: random init from seed (demos, tests)"}
+    )
+    seed: int = field(default=0, metadata={"help": "torch seed of the random init (no checkpoint)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: where the model actors run"})
+    max_side: int | None = field(
+        default=None,
+        metadata={
+            "help": "frames are resized so their longer side is at most this before the model (masks are "
+            "upsampled back to the original size); null: the model's SAM2 image size; 0: never resize"
+        },
+    )
+    max_videos: int | None = field(default=None, metadata={"help": "process at most this many pending videos"})
+    storage_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "fsspec storage options for every URI (given to every Ray task; never logged)"},
+    )
+    run_id: str | None = field(default=None, metadata={"help": "run id; null: a fresh one"})
+    code_version: str | None = field(default=None, metadata={"help": "code version; null: git sha or package version"})
+    progress_every: int = field(default=10, metadata={"help": "log a progress line every N videos"})
+    break_lock: bool = field(
+        default=False, metadata={"help": "take over the output lock even if another run seems alive"}
+    )
+    lock_stale_after_s: float = field(
+        default=300.0, metadata={"help": "a lock whose heartbeat is older than this is stale"}
+    )
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not isinstance(self.output, str) or not self.output.strip():
+            problems.append(f"output must be a non-empty URI, got {self.output!r}")
+        has_dataset = self.dataset is not None or self.root is not None
+        if (self.manifest is None) == (not has_dataset) or (has_dataset and (self.dataset is None or self.root is None)):
+            problems.append("give exactly one input: manifest=<uri> or dataset=<name> with root=<uri>")
+        if self.dataset is not None and self.dataset not in DATASET_READERS:
+            problems.append(f"dataset={self.dataset!r} is unknown; known: {sorted(DATASET_READERS)}")
+        if not _PARTITION_VALUE.match(str(self.split)):
+            problems.append(f"split={self.split!r} must match {_PARTITION_VALUE.pattern} (it becomes a folder name)")
+        if self.preset not in MODEL_PRESETS:
+            problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            problems.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:<i>")
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 0):
+            problems.append(f"max_side must be null, 0 or a positive integer, got {self.max_side!r}")
+        if self.max_videos is not None and (not isinstance(self.max_videos, int) or self.max_videos < 1):
+            problems.append(f"max_videos must be null or >= 1, got {self.max_videos!r}")
+        if not isinstance(self.progress_every, int) or self.progress_every < 1:
+            problems.append(f"progress_every must be >= 1, got {self.progress_every!r}")
+        if not isinstance(self.storage_options, Mapping):
+            problems.append(f"storage_options must be a mapping, got {type(self.storage_options).__name__}")
+        if self.run_id is not None and not _PARTITION_VALUE.match(self.run_id):
+            problems.append(f"run_id={self.run_id!r} must match {_PARTITION_VALUE.pattern}")
+        if self.lock_stale_after_s <= 0:
+            problems.append(f"lock_stale_after_s must be > 0, got {self.lock_stale_after_s!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def model_name(self) -> str:
+        """The ``model`` column of output rows: the preset, plus the checkpoint's file name if any."""
+        if self.checkpoint is None:
+            return self.preset if self.seed == 0 else f"{self.preset}-seed{self.seed}"
+        return f"{self.preset}:{self.checkpoint.rstrip('/').rsplit('/', 1)[-1]}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as a plain dict with credentials masked (for logs and ``run.json``)."""
+        from dataclasses import asdict
+
+        return redact(asdict(self))
+
+
+def is_safe_partition_value(value: str) -> bool:
+    """Whether ``value`` may be a hive partition folder value (``dataset=<value>``)."""
+    return bool(_PARTITION_VALUE.match(value))

@@ -1,0 +1,477 @@
+"""Offline inference at scale: dataset or manifest -> masks, scores and errors Parquet datasets.
+
+Ray Data streams every stage; the driver only plans and counts::
+
+    manifest (vrshq.data readers, or a manifest Parquet)      driver: small, one row per expression
+      -> one work item per video, pending expressions only    driver: resume skips done pairs
+      -> read + decode + resize frames                        CPU tasks   (pipelines.video_io)
+      -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.segment_actor)
+      -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.result_writer)
+      -> one summary row per video                            driver: progress lines, counts
+
+Guarantees (see :mod:`pipelines.writers` and :mod:`pipelines.resume`):
+
+* idempotent and resumable: a rerun skips (video, expression) pairs that have a scores row; a
+  killed run loses at most the videos in flight; a manifest of new videos appends;
+* bad input becomes ``errors/`` rows naming video, expression and cause; the run finishes the
+  other videos and reports the count (``jobs.infer`` exits nonzero);
+* a bad config or checkpoint fails in :func:`preflight`, before any Ray work;
+* one writer per output: ``<output>/_lock.json`` (:mod:`pipelines.output_lock`);
+* bounded memory: nothing collects the dataset on the driver; frames travel at the model's
+  working resolution, and videos too large even then are read by the model actor itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.config import DATASET_READERS, InferenceConfig, is_safe_partition_value
+from pipelines.output_lock import OutputLock
+from pipelines.resume import PairKey, done_pairs, remove_orphans
+from pipelines.storage import filesystem_for, join_uri
+from pipelines.writers import batch_id_for, write_batch, write_bytes_atomic
+from schemas import ERRORS_SCHEMA, MANIFEST_SCHEMA, validate_table
+
+__all__ = [
+    "InferenceSummary",
+    "PreflightError",
+    "WorkPlan",
+    "build_dataset",
+    "load_input",
+    "plan_work",
+    "preflight",
+    "records_from_manifest",
+    "run_inference",
+]
+
+_LOG = logging.getLogger("pipelines.inference")
+
+
+class PreflightError(ValueError):
+    """The run cannot start (unreadable input, unusable checkpoint, unwritable output); lists every problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("inference cannot start:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class WorkPlan:
+    """What a run will do: one work item per video with pending expressions, and the pair counts."""
+
+    items: list[dict[str, str]]  # dataset, split, video_id, item_json
+    pairs_total: int
+    pairs_done: int
+    pairs_pending: int
+
+
+@dataclass
+class InferenceSummary:
+    """Counts of a run (also written to ``run.json``)."""
+
+    run_id: str
+    status: str = "running"
+    videos_pending: int = 0
+    videos_processed: int = 0
+    videos_with_errors: int = 0
+    pairs_total: int = 0
+    pairs_skipped: int = 0
+    pairs_pending: int = 0
+    masks_rows: int = 0
+    scores_rows: int = 0
+    errors_rows: int = 0
+    write_failures: int = 0
+    orphans_removed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.errors_rows == 0 and self.write_failures == 0 and self.status == "completed"
+
+
+# --------------------------------------------------------------------------- input and planning
+
+
+def _error_row(dataset: str, split: str, video_id: str, exp_id: str | None, stage: str, exc: BaseException | str,
+               uri: str | None = None, error_type: str | None = None) -> dict[str, Any]:
+    return {
+        "dataset": dataset, "split": split, "video_id": video_id, "exp_id": exp_id, "stage": stage,
+        "error_type": error_type or (type(exc).__name__ if isinstance(exc, BaseException) else "ValueError"),
+        "message": str(exc), "uri": uri if uri is not None else getattr(exc, "uri", None),
+    }
+
+
+def records_from_manifest(table: pa.Table) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Group manifest rows into ``VideoRecord``s, one bad row never sinking its video.
+
+    Rows are grouped by (dataset, split, video_id); the video fields come from the first row. An
+    expression row that is invalid (empty text, unknown type) or repeats an ``exp_id`` becomes an
+    error (stage ``read``), and the rest of the video goes on.
+
+    Returns:
+        ``(records, errors)``: records in (dataset, split, video_id) order; ERRORS rows without run fields.
+    """
+    from vrshq.data import ExpressionRecord, VideoRecord
+
+    rows = table.to_pylist()
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["split"], row["video_id"]), []).append(row)
+    records, errors = [], []
+    for (dataset, split, video_id), group in sorted(groups.items()):
+        if not (is_safe_partition_value(dataset) and is_safe_partition_value(split)):
+            _LOG.error("manifest rows with unsafe dataset/split %r/%r skipped", dataset, split)
+            continue
+        first = group[0]
+        expressions, seen = [], set()
+        for row in group:
+            exp_id = row["exp_id"]
+            if exp_id in seen:
+                errors.append(_error_row(dataset, split, video_id, exp_id, "read",
+                                         f"duplicate manifest row for video {video_id!r} expression {exp_id!r}; "
+                                         "the first row is used"))
+                continue
+            seen.add(exp_id)
+            try:
+                expressions.append(ExpressionRecord(
+                    exp_id=exp_id, text=row["expression"], obj_ids=tuple(row["obj_ids"]),
+                    anno_ids=tuple(row["anno_ids"]), type_id=int(row["type_id"])))
+            except (TypeError, ValueError) as exc:
+                errors.append(_error_row(dataset, split, video_id, exp_id, "read", exc))
+        try:
+            records.append(VideoRecord(
+                dataset=dataset, split=split, video_id=video_id, frame_names=tuple(first["frame_names"]),
+                frames_uri=first["frames_uri"], video_uri=first["video_uri"], height=first["height"],
+                width=first["width"], expressions=tuple(expressions), mask_dict_uri=first["annotation_uri"],
+                foreground_uri=first["foreground_uri"]))
+        except (TypeError, ValueError) as exc:
+            errors.append(_error_row(dataset, split, video_id, None, "read", exc,
+                                     uri=first["frames_uri"] or first["video_uri"]))
+    return records, errors
+
+
+def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The input videos: from the dataset reader, or from the manifest Parquet.
+
+    Raises:
+        PreflightError: when the input cannot be read at all or the manifest has the wrong schema.
+    """
+    if cfg.manifest is not None:
+        fs, path = filesystem_for(cfg.manifest, cfg.storage_options)
+        try:
+            table = pq.read_table(path, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise PreflightError([f"manifest {cfg.manifest!r} is not readable Parquet: {exc}"]) from exc
+        try:
+            table = validate_table(table, MANIFEST_SCHEMA, what=f"manifest {cfg.manifest}")
+        except ValueError as exc:
+            raise PreflightError([str(exc)]) from exc
+        return records_from_manifest(table)
+    import vrshq.data as data
+
+    reader = getattr(data, DATASET_READERS[cfg.dataset])  # type: ignore[index]
+    try:
+        records = reader(cfg.root, split=cfg.split, storage_options=cfg.storage_options)
+    except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the run cannot start
+        raise PreflightError([f"cannot read dataset {cfg.dataset!r} at {cfg.root!r} split {cfg.split!r}: {exc}"]) from exc
+    return list(records), []
+
+
+def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | None = None) -> WorkPlan:
+    """Work items for the pending (video, expression) pairs, one item per video."""
+    from pipelines.video_io import item_to_json
+
+    items, total, skipped = [], 0, 0
+    for video in records:
+        pending = tuple(e for e in video.expressions
+                        if (video.dataset, video.split, video.video_id, e.exp_id) not in done)
+        total += len(video.expressions)
+        skipped += len(video.expressions) - len(pending)
+        if not pending or (max_videos is not None and len(items) >= max_videos):
+            continue
+        item = dataclasses.replace(video, expressions=pending)
+        items.append({"dataset": video.dataset, "split": video.split, "video_id": video.video_id,
+                      "item_json": item_to_json(item)})
+    pending_pairs = sum(len(json.loads(i["item_json"])["expressions"]) for i in items)
+    return WorkPlan(items=items, pairs_total=total, pairs_done=skipped, pairs_pending=pending_pairs)
+
+
+def preflight(cfg: InferenceConfig) -> Any:
+    """Every check that can fail before Ray starts: model source, output writability.
+
+    Returns:
+        The model's ``VrshqConfig`` (for the working resolution).
+
+    Raises:
+        PreflightError: listing every problem found.
+    """
+    from pipelines.model_loader import ModelLoadError, check_model_source
+
+    problems: list[str] = []
+    model_cfg = None
+    try:
+        model_cfg = check_model_source(cfg)
+    except ModelLoadError as exc:
+        problems.append(str(exc))
+    try:
+        fs, path = filesystem_for(cfg.output, cfg.storage_options)
+        fs.makedirs(path, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"output {cfg.output!r} is not writable: {exc}")
+    for name in ("manifest", "root"):
+        uri = getattr(cfg, name)
+        if uri is None:
+            continue
+        try:
+            fs, path = filesystem_for(uri, cfg.storage_options)
+            if not fs.exists(path):
+                problems.append(f"{name} {uri!r} does not exist")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{name} {uri!r} is not readable: {exc}")
+    if problems:
+        raise PreflightError(problems)
+    return model_cfg
+
+
+# --------------------------------------------------------------------------- the Ray Data pipeline
+
+
+def build_dataset(
+    items: list[dict[str, str]],
+    cfg: InferenceConfig,
+    *,
+    max_side: int,
+    run_fields: Mapping[str, str],
+    num_gpus: float,
+) -> Any:
+    """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows."""
+    import ray.data
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from pipelines.result_writer import ResultWriter
+    from pipelines.segment_actor import SegmentActor
+    from pipelines.video_io import read_frames_batch
+
+    compute = cfg.compute
+    # One block per video: reading, backpressure and retries work per video, never per chunk of them.
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(
+        read_frames_batch,
+        batch_size=1,
+        batch_format="numpy",
+        fn_kwargs={"max_side": max_side, "max_inline_frame_bytes": compute.max_inline_frame_bytes,
+                   "storage_options": dict(cfg.storage_options)},
+        num_cpus=compute.read_num_cpus,
+        compute=TaskPoolStrategy(size=compute.read_concurrency),
+    )
+    ds = ds.map_batches(
+        SegmentActor,
+        fn_constructor_kwargs={"cfg": cfg, "max_side": max_side},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=compute.num_actors),
+        num_gpus=num_gpus,
+        num_cpus=compute.num_cpus_per_actor,
+    )
+    return ds.map_batches(
+        ResultWriter,
+        fn_constructor_kwargs={"cfg": cfg, "run_fields": dict(run_fields)},
+        batch_size=compute.videos_per_file,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=compute.num_writers),
+        num_cpus=compute.writer_num_cpus,
+    )
+
+
+def _counts(summary: InferenceSummary) -> dict[str, Any]:
+    counts = dataclasses.asdict(summary)
+    for key in ("run_id", "status"):
+        counts.pop(key)
+    return counts
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_run_json(cfg: InferenceConfig, record: dict[str, Any]) -> None:
+    data = json.dumps(record, indent=2, sort_keys=False, default=str).encode()
+    for uri in (join_uri(cfg.output, "run.json"), join_uri(cfg.output, "runs", f"{record['run_id']}.json")):
+        fs, path = filesystem_for(uri, cfg.storage_options)
+        write_bytes_atomic(fs, path, data)
+
+
+def _write_driver_errors(cfg: InferenceConfig, rows: list[dict[str, Any]], run_fields: Mapping[str, str],
+                         tag: str) -> int:
+    if not rows:
+        return 0
+    table = pa.Table.from_pylist([{**r, **run_fields} for r in rows], schema=ERRORS_SCHEMA)
+    keys = [(r["dataset"], r["split"], r["video_id"], str(r["exp_id"]), r["message"]) for r in rows]
+    write_batch(cfg.output, {"errors": table}, batch_id=f"{tag}-" + batch_id_for(run_fields["run_id"], keys)[:16],
+                storage_options=cfg.storage_options)
+    return len(rows)
+
+
+def _num_gpus(cfg: InferenceConfig) -> float:
+    if cfg.compute.num_gpus_per_actor is not None:
+        return float(cfg.compute.num_gpus_per_actor)
+    if cfg.device == "cpu":
+        return 0.0
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def run_inference(
+    cfg: InferenceConfig, *, log: Callable[[str], None] | None = None, model_config: Any = None
+) -> InferenceSummary:
+    """Run the whole job on the current Ray cluster (``ray.init`` must have been called).
+
+    Args:
+        cfg: the run's config.
+        log: where progress lines go (default: this module's logger at INFO).
+        model_config: the result of :func:`preflight` when the caller already ran it (else it runs here).
+
+    Returns:
+        The run's :class:`InferenceSummary` (also in ``<output>/run.json``).
+
+    Raises:
+        PreflightError: bad input, checkpoint or output, before any Ray work.
+        pipelines.output_lock.OutputLockedError: another run writes the same output.
+    """
+    from pipelines.video_io import working_max_side
+
+    say = log or _LOG.info
+    started = time.perf_counter()
+    model_cfg = model_config if model_config is not None else preflight(cfg)
+    max_side = working_max_side(cfg.max_side, model_cfg.sam2.image_size)
+    run_id = cfg.run_id or (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6])
+    version = cfg.code_version or "unknown"  # jobs.infer fills it from git / the package version
+    run_fields = {"run_id": run_id, "model": cfg.model_name, "code_version": version}
+    summary = InferenceSummary(run_id=run_id)
+    record: dict[str, Any] = {
+        "run_id": run_id, "status": "running", "started_at": _now(), "finished_at": None,
+        "code_version": version, "model": cfg.model_name, "preset": cfg.preset, "checkpoint": cfg.checkpoint,
+        "seed": cfg.seed if cfg.checkpoint is None else None, "working_max_side": max_side,
+        "config": cfg.public_dict(), "counts": {},
+    }
+    with OutputLock(cfg.output, run_id=run_id, storage_options=cfg.storage_options,
+                    stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock):
+        orphans = remove_orphans(cfg.output, storage_options=cfg.storage_options)
+        if orphans:
+            say(f"removed {len(orphans)} uncommitted masks file(s) of an interrupted run")
+        records, input_errors = load_input(cfg)
+        done = done_pairs(cfg.output, storage_options=cfg.storage_options)
+        plan = plan_work(records, done=done, max_videos=cfg.max_videos)
+        del records
+        summary.orphans_removed = len(orphans)
+        summary.pairs_total, summary.pairs_skipped = plan.pairs_total, plan.pairs_done
+        summary.pairs_pending, summary.videos_pending = plan.pairs_pending, len(plan.items)
+        summary.errors_rows += _write_driver_errors(cfg, input_errors, run_fields, "input")
+        record["counts"] = _counts(summary)
+        _write_run_json(cfg, record)
+        say(f"run {run_id}: {summary.videos_pending} video(s) / {summary.pairs_pending} expression(s) to do, "
+            f"{summary.pairs_skipped} already done, {len(input_errors)} input error(s); "
+            f"model {cfg.model_name}, working max side {max_side}, output {cfg.output}")
+        try:
+            if plan.items:
+                _execute(cfg, plan, summary, max_side=max_side, run_fields=run_fields, say=say, started=started)
+            summary.status = "completed"
+        except BaseException:
+            summary.status = "failed"
+            raise
+        finally:
+            summary.seconds = time.perf_counter() - started
+            record.update(status=summary.status, finished_at=_now(), counts=_counts(summary))
+            try:
+                _write_run_json(cfg, record)
+            except Exception:  # noqa: BLE001 - never hide the original failure
+                _LOG.exception("could not write run.json")
+    say(
+        f"run {run_id} {summary.status} in {summary.seconds:.1f} s: {summary.videos_processed} video(s), "
+        f"{summary.scores_rows} expression(s) scored, {summary.masks_rows} mask row(s), "
+        f"{summary.errors_rows} error row(s), {summary.pairs_skipped} pair(s) skipped as already done"
+    )
+    return summary
+
+
+def check_cluster_fits(cfg: InferenceConfig, *, num_gpus: float, resources: Mapping[str, float]) -> None:
+    """Refuse a compute config that the cluster can never schedule.
+
+    The model and writer actor pools hold their CPUs for the whole run, so a frame-reading task
+    must still fit beside them; otherwise Ray Data waits forever with the reads "backpressured".
+    Failing here names the numbers and the fix instead of hanging.
+
+    Raises:
+        PreflightError: listing what the pipeline needs and what the cluster has.
+    """
+    compute = cfg.compute
+    cpus_needed = (compute.num_actors * compute.num_cpus_per_actor
+                   + compute.num_writers * compute.writer_num_cpus + compute.read_num_cpus)
+    problems = []
+    if cpus_needed > resources.get("CPU", 0.0) + 1e-9:
+        problems.append(
+            f"the pipeline needs {cpus_needed:g} CPUs at once (compute.num_actors x num_cpus_per_actor "
+            f"{compute.num_actors} x {compute.num_cpus_per_actor:g} + num_writers x writer_num_cpus "
+            f"{compute.num_writers} x {compute.writer_num_cpus:g} + read_num_cpus {compute.read_num_cpus:g}) "
+            f"but the cluster has {resources.get('CPU', 0.0):g}: lower those compute.* values or add nodes"
+        )
+    if num_gpus and compute.num_actors * num_gpus > resources.get("GPU", 0.0) + 1e-9:
+        problems.append(
+            f"compute.num_actors={compute.num_actors} actors x {num_gpus:g} GPU need "
+            f"{compute.num_actors * num_gpus:g} GPUs but the cluster has {resources.get('GPU', 0.0):g}"
+        )
+    if problems:
+        raise PreflightError(problems)
+
+
+def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *, max_side: int,
+             run_fields: Mapping[str, str], say: Callable[[str], None], started: float) -> None:
+    import ray
+
+    num_gpus = _num_gpus(cfg)
+    check_cluster_fits(cfg, num_gpus=num_gpus, resources=ray.cluster_resources())
+    ds = build_dataset(plan.items, cfg, max_side=max_side, run_fields=run_fields, num_gpus=num_gpus)
+    write_failures: list[dict[str, Any]] = []
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            summary.videos_processed += 1
+            summary.masks_rows += row["masks_rows"]
+            summary.scores_rows += row["scores_rows"]
+            summary.errors_rows += row["errors_rows"]
+            if row["errors_rows"]:
+                summary.videos_with_errors += 1
+            if row["write_error"]:
+                summary.write_failures += 1
+                write_failures.append(_error_row(row["dataset"], row["split"], row["video_id"], None, "write",
+                                                 row["write_error"], error_type="WriteError"))
+            if summary.videos_processed % cfg.progress_every == 0 or summary.videos_processed == summary.videos_pending:
+                elapsed = time.perf_counter() - started
+                rate = summary.videos_processed / max(elapsed, 1e-9)
+                eta = (summary.videos_pending - summary.videos_processed) / max(rate, 1e-9)
+                say(f"progress: {summary.videos_processed}/{summary.videos_pending} videos, "
+                    f"{summary.scores_rows} expressions scored, {summary.errors_rows} errors, "
+                    f"{rate:.2f} videos/s, eta {eta:.0f} s")
+        if len(write_failures) >= 100:  # keep driver memory bounded even if storage is down
+            summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
+            write_failures = []
+    summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
+
+
+def _try_write_errors(cfg: InferenceConfig, rows: list[dict[str, Any]], run_fields: Mapping[str, str]) -> int:
+    try:
+        return _write_driver_errors(cfg, rows, run_fields, "write")
+    except Exception:  # noqa: BLE001 - the summary still counts the failures
+        _LOG.exception("could not record %d write failure(s)", len(rows))
+        return 0
+

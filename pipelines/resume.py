@@ -1,0 +1,64 @@
+"""What an output URI already holds, so that ``infer`` reruns only the missing work.
+
+A (video, expression) pair is *done* when the scores table has its row (scores are written last in
+every batch, see :mod:`pipelines.writers`). Pairs that failed (``errors/`` rows only) are not
+done: a rerun tries them again, which also retries transient storage failures.
+
+Before a rerun, :func:`remove_orphans` deletes the masks files of batches that never committed
+(the run died between the masks and the scores write); their pairs are pending again and are
+written anew, so the masks table never holds a pair twice.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.storage import filesystem_for
+from pipelines.writers import list_parts, read_output
+
+__all__ = ["PairKey", "done_pairs", "remove_orphans", "drop_done"]
+
+#: (dataset, split, video_id, exp_id)
+PairKey = tuple[str, str, str, str]
+_KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
+
+
+def done_pairs(output: str, *, storage_options: Mapping[str, Any] | None = None) -> set[PairKey]:
+    """The (dataset, split, video_id, exp_id) keys that have a scores row under ``output``.
+
+    Reads only the four key columns (a few bytes per pair), so it stays cheap for large outputs.
+    """
+    keys = read_output(output, "scores", columns=_KEY_COLUMNS, storage_options=storage_options)
+    columns = [keys.column(name).to_pylist() for name in _KEY_COLUMNS]
+    return set(zip(*columns))
+
+
+def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Delete masks files whose batch has no scores file (left by a crash); return their paths.
+
+    Must only run while the caller holds the output lock (:mod:`pipelines.output_lock`): a batch
+    of a live run is an orphan for the short time between its masks and its scores write.
+    """
+    committed = {(p.dataset, p.split, p.batch_id) for p in list_parts(output, "scores", storage_options=storage_options)}
+    orphans = [
+        part
+        for part in list_parts(output, "masks", storage_options=storage_options)
+        if (part.dataset, part.split, part.batch_id) not in committed
+    ]
+    if orphans:
+        fs, _ = filesystem_for(output, storage_options)
+        for part in orphans:
+            fs.rm(part.path)
+    return [part.path for part in orphans]
+
+
+def drop_done(manifest: pa.Table, done: set[PairKey]) -> pa.Table:
+    """The manifest rows whose (dataset, split, video_id, exp_id) is not in ``done``."""
+    if not done or manifest.num_rows == 0:
+        return manifest
+    columns = [manifest.column(name).to_pylist() for name in _KEY_COLUMNS]
+    keep = [key not in done for key in zip(*columns)]
+    return manifest.filter(pa.array(keep, type=pa.bool_()))
+

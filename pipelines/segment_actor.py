@@ -1,0 +1,179 @@
+"""The model stage of the inference pipeline: a Ray Data callable class, one model per actor.
+
+``SegmentActor.__init__`` builds (and loads) the model once; ``__call__`` takes one video per
+batch (``batch_size=1``), runs ``VrshqModel.segment_video`` for all its pending expressions
+together (the model shares the per-video work: SAM2 image features, CLIP features) under
+``torch.inference_mode``, upsamples the masks to the original frame size and RLE-encodes them
+*inside the actor*, so only compact rows (a few bytes per frame) leave it.
+
+Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
+never raise out of ``__call__``: they become error entries of the row, so one bad video cannot
+fail the job or kill the actor (and Ray's actor restarts stay for real crashes).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.config import InferenceConfig
+from pipelines.rle import encode_masks
+from pipelines.video_io import FrameReadError, item_from_json, read_video, upsample_masks
+
+__all__ = ["RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
+
+_LOG = logging.getLogger(__name__)
+
+#: One row per video: what the model stage hands to the writer stage.
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("video_id", pa.string()),
+        pa.field("item_json", pa.string()),  # the VideoRecord with its pending expressions
+        pa.field("height", pa.int32()),  # original frame size (RLE size)
+        pa.field("width", pa.int32()),
+        pa.field(
+            "results",
+            pa.list_(
+                pa.struct(
+                    [
+                        pa.field("exp_id", pa.string()),
+                        pa.field("rle_counts", pa.list_(pa.binary())),  # one per frame
+                        pa.field("object_scores", pa.list_(pa.float32())),  # one per frame
+                        pa.field("keyframe_index", pa.int32()),
+                        pa.field("seconds", pa.float64()),
+                    ]
+                )
+            ),
+        ),
+        pa.field("errors_json", pa.string()),  # JSON list of ERRORS fragments (exp_id, stage, ...)
+    ]
+)
+
+
+def _error(exp_id: str | None, stage: str, exc: BaseException, uri: str | None = None) -> dict[str, Any]:
+    return {
+        "exp_id": exp_id,
+        "stage": stage,
+        "error_type": type(exc).__name__,
+        "message": str(exc) or repr(exc),
+        "uri": uri if uri is not None else getattr(exc, "uri", None),
+    }
+
+
+def segment_video_item(
+    model: Any,
+    item_json: str,
+    frames: np.ndarray | None,
+    *,
+    original_hw: tuple[int, int],
+    max_side: int,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segment every pending expression of one work item; returns a :data:`RESULT_SCHEMA` row.
+
+    Args:
+        model: a ``VrshqModel`` (``segment_video(frames_uint8, expressions)``).
+        item_json: the work item (:func:`pipelines.video_io.item_to_json`).
+        frames: uint8 ``(T, h, w, 3)`` at the working resolution, or None to read them here
+            (videos too large for the object store).
+        original_hw: the original frame size (the masks' output size).
+        max_side: working resolution, used when the frames are read here.
+        storage_options: fsspec options, used when the frames are read here.
+    """
+    import torch
+
+    video = item_from_json(item_json)
+    row: dict[str, Any] = {
+        "dataset": video.dataset, "split": video.split, "video_id": video.video_id, "item_json": item_json,
+        "height": int(original_hw[0]), "width": int(original_hw[1]), "results": [], "errors_json": "[]",
+    }
+    errors: list[dict[str, Any]] = []
+    try:
+        if frames is None:
+            frames, original_hw = read_video(video, max_side=max_side, storage_options=storage_options)
+            row["height"], row["width"] = int(original_hw[0]), int(original_hw[1])
+        texts = [e.text for e in video.expressions]
+        start = time.perf_counter()
+        with torch.inference_mode():
+            results = model.segment_video(torch.from_numpy(np.array(frames, dtype=np.uint8)), texts)  # writable copy
+        elapsed = time.perf_counter() - start
+        if len(results) != len(texts):
+            raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
+        per_expression = elapsed / max(len(texts), 1)
+        for expression, result in zip(video.expressions, results):
+            masks = np.asarray(result.masks, dtype=bool)
+            if masks.shape != frames.shape[:3]:
+                errors.append(_error(expression.exp_id, "model", ValueError(
+                    f"segment_video returned masks of shape {masks.shape} for frames {frames.shape[:3]}")))
+                continue
+            full = upsample_masks(masks, height=row["height"], width=row["width"])
+            row["results"].append({
+                "exp_id": expression.exp_id,
+                "rle_counts": encode_masks(full),
+                "object_scores": np.asarray(result.object_scores, dtype=np.float32).reshape(-1).tolist(),
+                "keyframe_index": int(result.keyframe_idx),
+                "seconds": per_expression,
+            })
+    except FrameReadError as exc:
+        errors.append({"exp_id": None, **exc.to_dict()})
+    except Exception as exc:  # noqa: BLE001 - one bad video becomes an error row, the job goes on
+        _LOG.exception("model failed on video %s/%s/%s", video.dataset, video.split, video.video_id)
+        errors.append(_error(None, "model", exc, uri=video.frames_uri or video.video_uri))
+    row["errors_json"] = json.dumps(errors)
+    return row
+
+
+class SegmentActor:
+    """Ray Data UDF: ``map_batches(SegmentActor, fn_constructor_kwargs={"cfg": cfg, "max_side": n},
+    compute=ActorPoolStrategy(size=k), num_gpus=1, batch_size=1)``.
+
+    Args:
+        cfg: the inference config (model preset/checkpoint/seed, device, storage options).
+        max_side: the working resolution of the frames (for videos this actor reads itself).
+
+    Raises:
+        pipelines.model_loader.ModelLoadError: from ``__init__`` when the model cannot be built;
+            Ray Data then fails the job before any video is processed.
+    """
+
+    def __init__(self, cfg: InferenceConfig, *, max_side: int):
+        import torch
+
+        from pipelines.model_loader import build_model, resolve_device
+
+        self._cfg = cfg
+        self._max_side = max_side
+        self._device = resolve_device(cfg.device)
+        if self._device.type == "cpu":
+            torch.set_num_threads(max(1, int(cfg.compute.num_cpus_per_actor)))
+        self._model = build_model(cfg, device=self._device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = []
+        for i in range(len(batch["item_json"])):
+            read_error = str(batch["read_error"][i])
+            if read_error:
+                fragment = json.loads(read_error)
+                rows.append({
+                    "dataset": str(batch["dataset"][i]), "split": str(batch["split"][i]),
+                    "video_id": str(batch["video_id"][i]), "item_json": str(batch["item_json"][i]),
+                    "height": 0, "width": 0, "results": [],
+                    "errors_json": json.dumps([{"exp_id": None, **fragment}]),
+                })
+                continue
+            inline = bool(batch["frames_inline"][i])
+            rows.append(segment_video_item(
+                self._model,
+                str(batch["item_json"][i]),
+                np.asarray(batch["frames"][i], dtype=np.uint8) if inline else None,
+                original_hw=(int(batch["height"][i]), int(batch["width"][i])),
+                max_side=self._max_side,
+                storage_options=self._cfg.storage_options,
+            ))
+        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
