@@ -1,0 +1,299 @@
+"""The in-process paths of the inference benchmark: serial, model only, SAM2 encoder bound, profile.
+
+They share one model, built by :func:`pipelines.model_loader.build_model` from the same
+``InferenceConfig`` as the pipeline's actors (so the weights are the same), and read the workload's
+frames exactly as the pipeline does (:func:`pipelines.video_io.read_video` at the working
+resolution, masks upsampled back with :func:`pipelines.video_io.upsample_masks`), so all paths see
+the same inputs and their masks can be compared.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from benchmarks.gpu_busy import GpuBusySampler
+from benchmarks.throughput_report import ResultRow
+from benchmarks.workload import Workload
+
+if TYPE_CHECKING:
+    from benchmarks.inference_throughput import BenchmarkConfig
+
+__all__ = [
+    "BOUND", "LocalPaths", "MODEL_ONLY", "PIPELINE", "PIPELINE_STEADY", "SERIAL", "busy_mean", "decode_rle", "phase",
+    "sync",
+]
+
+_LOG = logging.getLogger("benchmarks.inference_throughput")
+SERIAL, PIPELINE, PIPELINE_STEADY, MODEL_ONLY, BOUND = (
+    "serial", "ours (pipeline)", "ours (pipeline, steady)", "ours (model only)", "SAM2 encoder bound")
+
+
+def sync(device: Any) -> None:
+    """Wait for queued CUDA work (timing boundaries); no-op on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class _Phase:
+    """Start/end (monotonic) of a measured phase, for the GPU busy window."""
+
+    start: float = 0.0
+    end: float = 0.0
+
+
+@contextlib.contextmanager
+def phase(device: Any) -> Any:
+    """Time a block with the device synchronised at both ends (yields its start/end)."""
+    span = _Phase()
+    sync(device)
+    span.start = time.monotonic()
+    try:
+        yield span
+    finally:
+        sync(device)
+        span.end = time.monotonic()
+
+
+def busy_mean(sampler: GpuBusySampler, start: float, end: float, *, all_gpus: bool = False) -> float | None:
+    """Mean utilisation in [start, end] of the first sampled GPU (or of all), None when unknown."""
+    return sampler.mean_busy(start, end, gpus=None if all_gpus else sampler.gpu_indices[:1]).mean_percent
+
+
+def _rle_masks(masks: np.ndarray) -> list[bytes]:
+    from pipelines.rle import encode_masks
+
+    return encode_masks(masks)
+
+
+def _spans_busy(sampler: GpuBusySampler, spans: Sequence[tuple[float, float]]) -> float | None:
+    """Mean GPU utilisation over several time spans (weighted by their sample counts)."""
+    parts = [s for s in (sampler.mean_busy(a, b, gpus=sampler.gpu_indices[:1]) for a, b in spans)
+             if s.mean_percent is not None]
+    if not parts:
+        return None
+    return sum(s.mean_percent * s.samples for s in parts) / sum(s.samples for s in parts)
+
+
+def decode_rle(counts: Sequence[bytes], shape: tuple[int, int]) -> np.ndarray:
+    """bool (T, H, W) masks of RLE counts (the form the serial masks are kept in)."""
+    from pipelines.rle import decode_masks
+
+    return decode_masks(counts, height=shape[0], width=shape[1])
+
+
+# --------------------------------------------------------------------------------- in-process paths
+
+
+class LocalPaths:
+    """The model in this process, with the workload's frames read exactly as the pipeline reads them."""
+
+    def __init__(self, cfg: BenchmarkConfig, workload: Workload, infer_cfg: Any) -> None:
+        import torch
+
+        from pipelines.model_loader import build_model
+        from pipelines.video_io import working_max_side
+
+        self.cfg = cfg
+        self.workload = workload
+        self.device = torch.device(cfg.device)
+        start = time.perf_counter()
+        self.model = build_model(infer_cfg, device=self.device)
+        self.build_seconds = time.perf_counter() - start
+        self.max_side = working_max_side(cfg.max_side, self.model.sam2.image_size)
+
+    def frames(self, video: Any) -> tuple[np.ndarray, tuple[int, int]]:
+        from pipelines.video_io import read_video
+
+        return read_video(video, max_side=self.max_side)
+
+    def full_size(self, masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        from pipelines.video_io import upsample_masks
+
+        return upsample_masks(masks, height=hw[0], width=hw[1])
+
+    def warm_up(self) -> None:
+        """One short call so that kernel selection and allocator growth are not timed."""
+        import torch
+
+        video = self.workload.videos[0]
+        frames, _ = self.frames(video)
+        with torch.inference_mode():
+            self.model.segment_video(torch.from_numpy(frames[: min(8, len(frames))].copy()),
+                                     [video.expressions[0].text])
+        sync(self.device)
+
+    def model_only(self, sampler: GpuBusySampler, keep: set[tuple[str, str]]) -> tuple[ResultRow, dict]:
+        """``segment_video`` over every video (decode not timed); keeps RLE masks of the ``keep`` pairs."""
+        import torch
+
+        kept: dict[tuple[str, str], tuple[list[bytes], tuple[int, int]]] = {}
+        seconds, spans = 0.0, []
+        for video in self.workload.videos:
+            frames, hw = self.frames(video)
+            tensor = torch.from_numpy(frames.copy())
+            with phase(self.device) as span, torch.inference_mode():
+                results = self.model.segment_video(tensor, [e.text for e in video.expressions])
+            seconds += span.end - span.start
+            spans.append((span.start, span.end))
+            for expression, result in zip(video.expressions, results):
+                key = (video.video_id, expression.exp_id)
+                if key in keep:
+                    kept[key] = (_rle_masks(self.full_size(result.masks, hw)), hw)
+            _LOG.info("model only: %s (%d frames, %d expressions) %.2f s", video.video_id, video.num_frames,
+                      len(video.expressions), span.end - span.start)
+        mean_busy = _spans_busy(sampler, spans)
+        row = ResultRow(MODEL_ONLY, seconds=seconds, masks=self.workload.num_masks, frames=self.workload.num_frames,
+                        gpu_busy_percent=mean_busy, note="segment_video only; frames pre-decoded")
+        return row, kept
+
+    def serial_order(self) -> list[tuple[Any, Any]]:
+        """(video, expression) pairs round-robin over videos, so a partial run covers every video length."""
+        order, depth = [], max(len(v.expressions) for v in self.workload.videos)
+        for k in range(depth):
+            order += [(v, v.expressions[k]) for v in self.workload.videos if k < len(v.expressions)]
+        return order
+
+    def serial(self, sampler: GpuBusySampler) -> tuple[ResultRow, dict, dict]:
+        """The official loop for as many expressions as ``budget_s`` allows, extrapolated to the workload."""
+        from benchmarks.serial_reference import StageTimes, segment_expression_serial
+
+        times = StageTimes()
+        kept: dict[tuple[str, str], tuple[list[bytes], tuple[int, int]]] = {}
+        seconds, masks, frames_decoded, spans, done = 0.0, 0, 0, [], 0
+        order = self.serial_order()
+        for video, expression in order:
+            if done >= self.cfg.min_serial_expressions and seconds >= self.cfg.budget_s:
+                break
+            shape: dict[str, tuple[int, int]] = {}
+
+            def load(video: Any = video, shape: dict = shape) -> np.ndarray:
+                frames, shape["hw"] = self.frames(video)
+                return frames
+
+            with phase(self.device) as span:
+                result = segment_expression_serial(self.model, load, expression.text,
+                                                   decode_passes=self.cfg.serial_decode_passes, times=times)
+                full = self.full_size(result.masks, shape["hw"])
+            seconds += span.end - span.start
+            spans.append((span.start, span.end))
+            masks += video.num_frames
+            frames_decoded += video.num_frames * self.cfg.serial_decode_passes
+            done += 1
+            kept[(video.video_id, expression.exp_id)] = (_rle_masks(full), shape["hw"])
+            _LOG.info("serial: %s exp %s (%d frames) %.2f s; %d/%d expressions, %.0f/%.0f s budget", video.video_id,
+                      expression.exp_id, video.num_frames, span.end - span.start, done, len(order), seconds,
+                      self.cfg.budget_s)
+        total_masks = self.workload.num_masks
+        extrapolated = done < len(order)
+        total_seconds = seconds * total_masks / masks if extrapolated else seconds
+        mean_busy = _spans_busy(sampler, spans)
+        stage_share = {k: round(v / max(times.total, 1e-9), 4) for k, v in times.seconds.items()}
+        row = ResultRow(SERIAL, seconds=total_seconds, masks=total_masks, frames=self.workload.num_frames,
+                        gpu_busy_percent=mean_busy, extrapolated=extrapolated, measured_expressions=done,
+                        measured_masks=masks, note=f"{self.cfg.serial_decode_passes} decode(s)/expression",
+                        extra={"stage_seconds": times.seconds, "stage_share": stage_share,
+                               "measured_seconds": seconds, "frames_decoded": frames_decoded})
+        return row, kept, times.seconds
+
+    def _time_encoder(self, encoder: Any, images: Any, autocast: Any) -> tuple[float, float, float]:
+        """(seconds, start, end) of ``encoder_iters`` forward passes after 3 warm-up passes."""
+        import torch
+
+        with torch.inference_mode(), autocast:
+            for _ in range(3):
+                encoder(images)
+            with phase(self.device) as span:
+                for _ in range(self.cfg.encoder_iters):
+                    encoder(images)
+        return span.end - span.start, span.start, span.end
+
+    def encoder_bound(self, sampler: GpuBusySampler) -> ResultRow:
+        """SAM2 image encoder (trunk + neck) alone on random inputs at batch ``encoder_batch``.
+
+        On CUDA the bound is a bf16 copy of the encoder with bf16 inputs (no per-op weight casts:
+        the fastest way to run it); the model's own setting (fp32 weights under bf16 autocast) is
+        timed too and given in the note. On CPU: float32, as the model runs.
+        """
+        import copy
+
+        import torch
+
+        size = self.model.sam2.image_size
+        batch = self.cfg.encoder_batch
+        encoder = self.model.sam2.image_encoder
+        images = torch.randn(batch, 3, size, size, device=self.device)
+        note = ""
+        if self.device.type == "cuda":
+            autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            seconds, start, end = self._time_encoder(encoder, images, autocast)
+            as_run = batch * self.cfg.encoder_iters / seconds
+            note = "fp32 weights + bf16 autocast (bf16 copy failed); "
+            try:
+                bf16 = copy.deepcopy(encoder).to(torch.bfloat16)
+                seconds, start, end = self._time_encoder(bf16, images.to(torch.bfloat16), contextlib.nullcontext())
+                note = f"bf16 weights (as the model runs it, fp32 + bf16 autocast: {as_run:.1f} frames/s); "
+            except (RuntimeError, TypeError) as exc:  # keep the autocast number rather than lose the row
+                _LOG.warning("SAM2 encoder bound: the bf16 copy failed (%s); reporting the autocast run", exc)
+            finally:
+                bf16 = None
+                torch.cuda.empty_cache()
+        else:
+            seconds, start, end = self._time_encoder(encoder, images, contextlib.nullcontext())
+        frames = batch * self.cfg.encoder_iters
+        per_frame = self.workload.num_masks / self.workload.num_frames
+        # masks/s bound = frames/s x masks per frame: scale "masks" so that masks/s reads that way
+        return ResultRow(BOUND, seconds=seconds, masks=int(round(frames * per_frame)), frames=frames,
+                         gpu_busy_percent=busy_mean(sampler, start, end),
+                         note=note + f"image encoder only, batch {batch}, {size}px; masks/s = frames/s x "
+                                     f"{per_frame:.1f} masks/frame")
+
+    def profile(self, kind: str, output_dir: str) -> str:
+        """Profile one ``segment_video`` of the first video; returns the printed summary."""
+        import torch
+
+        video = self.workload.videos[0]
+        frames, _ = self.frames(video)
+        tensor = torch.from_numpy(frames.copy())
+        texts = [e.text for e in video.expressions]
+        if kind == "cprofile":
+            import cProfile
+            import io
+            import pstats
+
+            profiler = cProfile.Profile()
+            with torch.inference_mode():
+                profiler.runcall(self.model.segment_video, tensor, texts)
+            profiler.dump_stats(os.path.join(output_dir, "segment_video.prof"))
+            stream = io.StringIO()
+            pstats.Stats(profiler, stream=stream).sort_stats("cumulative").print_stats(30)
+            stats = pstats.Stats(profiler, stream=stream)
+            stats.sort_stats("tottime").print_stats(25)
+            return stream.getvalue()
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        with profile(activities=activities, record_shapes=False) as prof, torch.inference_mode():
+            self.model.segment_video(tensor, texts)
+            sync(self.device)
+        prof.export_chrome_trace(os.path.join(output_dir, "segment_video_trace.json"))
+        key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        return prof.key_averages().table(sort_by=key, row_limit=30)
+
+    def close(self) -> None:
+        import torch
+
+        del self.model
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
