@@ -15,11 +15,26 @@ dimension:
 An object becomes active when its keyframe is reached. Memory and outputs follow the stock
 predictor step for step, so joint tracking equals tracking each object alone, and a single
 object equals ``init_state`` / ``add_new_mask`` / ``propagate_in_video`` (tests check both).
+
+Why merging is exact (``_merge_saturated``): after frame ``f`` a bank keeps the non-conditioning
+frames ``f-R+1 .. f`` (mirrored backward), ``R`` = :func:`_memory_reach`, i.e. everything the
+next step can read. A group is saturated at frame ``f`` when ``|f - keyframe| > R``; then every
+frame of ``f-R .. f-1`` lies strictly after its keyframe, so it was tracked and stored, and all
+saturated groups hold exactly the frames ``f-R .. f-1`` plus one conditioning entry that is
+outside the window. The merge still checks the layouts and keeps banks that differ apart (exact,
+only less batched) instead of failing a video job on an internal inconsistency.
+
+Per step the loop avoids work that does not depend on the group: a frame's features are sliced,
+moved and flattened once and expanded (no copy) to each group's batch; the position encoding is
+flattened once per video; hole filling (the same per-object operation, idempotent) runs once over
+the accumulated result instead of once per group and step, which on CUDA without sam2's
+extension also removes a device-to-host sync per step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import torch
@@ -28,6 +43,11 @@ import torch.nn.functional as F
 from vrshq.model.sam2_model import VrshqSam2, fill_holes_in_mask_scores
 
 __all__ = ["VideoFeatures", "TrackResult", "ObjectGroupMemory", "track_objects"]
+
+logger = logging.getLogger(__name__)
+
+# Low-res frames per hole-filling call on the accumulated result (bounded temporary memory).
+_FILL_CHUNK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +117,7 @@ class ObjectGroupMemory:
     ``output_dict`` is the structure ``SAM2Base.track_step`` reads
     (``{"cond_frame_outputs": {t: out}, "non_cond_frame_outputs": {t: out}}``, each ``out``
     with ``maskmem_features`` (B, C_mem, h, w), ``maskmem_pos_enc`` and ``obj_ptr`` (B, D)).
+    ``result_index`` caches ``object_indices`` as a tensor on the result's device.
     """
 
     object_indices: list[int]
@@ -105,6 +126,7 @@ class ObjectGroupMemory:
         default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
     )
     maskmem_pos_enc: list[torch.Tensor] | None = None
+    result_index: torch.Tensor | None = None
 
     def store(
         self,
@@ -142,13 +164,36 @@ class ObjectGroupMemory:
                 del non_cond[t]
 
 
-def _frame_inputs(
-    model: VrshqSam2, features: VideoFeatures, frame_idx: int, batch: int
-) -> tuple[list, list, list]:
-    """One frame's flattened features expanded to ``batch`` objects (sam2 (HW)BC layout)."""
-    backbone_out = features.backbone_out([frame_idx], repeat=batch)
-    _, feats, pos, sizes = model._prepare_backbone_features(backbone_out)
-    return feats, pos, sizes
+class _FrameInputs:
+    """Per-frame track-step inputs for batch 1, expanded (no copy) to each group's batch.
+
+    The sine position encoding is the same for every frame: it is moved to the compute device
+    once per video (with offloaded features it is several times larger than a frame's
+    features) and flattened by sam2's ``_prepare_backbone_features`` together with the frame.
+    """
+
+    def __init__(self, model: VrshqSam2, features: VideoFeatures) -> None:
+        self._model = model
+        self._features = features
+        self.device = features.compute_device
+        self._pos = [p.to(self.device) for p in features.vision_pos_enc]
+
+    def __call__(
+        self, frame_idx: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+        """(HW, 1, C) features and position encodings per level, and the level sizes."""
+        fpn = [
+            level[frame_idx : frame_idx + 1].to(self.device, non_blocking=True)
+            for level in self._features.backbone_fpn
+        ]
+        backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
+        _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
+        return feats, pos, sizes
+
+
+def _expand(flat: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
+    """(HW, 1, C) -> (HW, batch, C) views; the same strides as flattening expanded maps."""
+    return flat if batch == 1 else [x.expand(-1, batch, -1) for x in flat]
 
 
 def _memory_reach(model: VrshqSam2) -> int:
@@ -162,24 +207,20 @@ def _memory_reach(model: VrshqSam2) -> int:
     return max(1 + (model.num_maskmem - 2) * stride, model.max_obj_ptrs_in_encoder - 1)
 
 
-def _postprocess(model: VrshqSam2, pred_masks: torch.Tensor) -> torch.Tensor:
-    if model.fill_hole_area > 0 and not model.training:
-        pred_masks = fill_holes_in_mask_scores(pred_masks, model.fill_hole_area)
-    return pred_masks
-
-
 def _insert_keyframe_mask(
     model: VrshqSam2,
-    features: VideoFeatures,
+    frame_inputs: _FrameInputs,
     group: ObjectGroupMemory,
     masks: torch.Tensor,
     *,
+    num_frames: int,
     memory_dtype: torch.dtype | None,
     memory_device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``add_new_mask`` + the memory encoding of ``propagate_in_video_preflight``, batched."""
     num = len(group.object_indices)
-    feats, pos, sizes = _frame_inputs(model, features, group.keyframe, num)
+    feats, pos, sizes = frame_inputs(group.keyframe)
+    feats, pos = _expand(feats, num), _expand(pos, num)
     out = model.track_step(
         frame_idx=group.keyframe,
         is_init_cond_frame=True,
@@ -189,11 +230,13 @@ def _insert_keyframe_mask(
         point_inputs=None,
         mask_inputs=masks[:, None].float(),
         output_dict=group.output_dict,
-        num_frames=features.num_frames,
+        num_frames=num_frames,
         track_in_reverse=False,
         run_mem_encoder=False,
     )
-    pred = _postprocess(model, out["pred_masks"])
+    pred = out["pred_masks"]
+    if model.fill_hole_area > 0 and not model.training:
+        pred = fill_holes_in_mask_scores(pred, model.fill_hole_area)
     # As the stock preflight: memory is encoded from the (filled) low-res output upsampled
     # back to S×S, binarised because the mask is a user input (is_mask_from_pts=True).
     high_res = F.interpolate(
@@ -222,14 +265,22 @@ def _layouts_depend_only_on_distance(model: VrshqSam2) -> bool:
     return not model.add_tpos_enc_to_obj_ptrs and model.max_cond_frames_in_attn == -1
 
 
-def _merge_saturated(groups: list[ObjectGroupMemory], *, reverse: bool) -> ObjectGroupMemory:
-    """Concatenate memory banks whose layouts have become identical into one batched bank.
+def _layout(group: ObjectGroupMemory) -> tuple[int, ...] | None:
+    """The non-conditioning frames a bank holds, or None if it cannot be merged at all.
 
-    Each bank has one conditioning entry (its keyframe) and the same recent non-conditioning
-    frames; entries are concatenated along the object (batch) dimension. The merged
-    conditioning entry is stored under the earliest keyframe (latest when tracking backward):
-    sam2 only uses that key to keep past pointers (``only_obj_ptrs_in_the_past_for_eval``),
-    which holds for every merged keyframe.
+    A mergeable bank has exactly one conditioning entry (its keyframe, outside the window).
+    """
+    if len(group.output_dict["cond_frame_outputs"]) != 1:
+        return None
+    return tuple(sorted(group.output_dict["non_cond_frame_outputs"]))
+
+
+def _concat_banks(groups: list[ObjectGroupMemory], *, reverse: bool) -> ObjectGroupMemory:
+    """One batched bank from banks of identical layout (entries concatenated over objects).
+
+    The merged conditioning entry is stored under the earliest keyframe (latest when tracking
+    backward): sam2 only uses that key to keep past pointers
+    (``only_obj_ptrs_in_the_past_for_eval``), which holds for every merged keyframe.
     """
     key = max(g.keyframe for g in groups) if reverse else min(g.keyframe for g in groups)
     merged = ObjectGroupMemory(
@@ -238,6 +289,8 @@ def _merge_saturated(groups: list[ObjectGroupMemory], *, reverse: bool) -> Objec
     merged.maskmem_pos_enc = [
         torch.cat(levels) for levels in zip(*(g.maskmem_pos_enc for g in groups))
     ]
+    if all(g.result_index is not None for g in groups):
+        merged.result_index = torch.cat([g.result_index for g in groups])
 
     def cat_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -249,60 +302,101 @@ def _merge_saturated(groups: list[ObjectGroupMemory], *, reverse: bool) -> Objec
 
     conds = [next(iter(g.output_dict["cond_frame_outputs"].values())) for g in groups]
     merged.output_dict["cond_frame_outputs"][key] = cat_entries(conds)
-    frames = set(groups[0].output_dict["non_cond_frame_outputs"])
-    if any(set(g.output_dict["non_cond_frame_outputs"]) != frames for g in groups):
-        raise RuntimeError("internal error: merging memory banks with different recent frames")
-    for t in sorted(frames):
+    for t in _layout(groups[0]) or ():
         entries = [g.output_dict["non_cond_frame_outputs"][t] for g in groups]
         merged.output_dict["non_cond_frame_outputs"][t] = cat_entries(entries)
     return merged
 
 
+def _merge_saturated(
+    groups: list[ObjectGroupMemory], *, reverse: bool
+) -> list[ObjectGroupMemory]:
+    """Merge the banks of saturated groups whose layouts are identical; return the new groups.
+
+    By construction all saturated banks have the same layout (module docstring). Should that
+    ever not hold, the banks that differ are returned unmerged: tracking them separately is
+    exact, merging them would not be, and failing would kill the user's video job.
+    """
+    by_layout: dict[tuple[int, ...] | None, list[ObjectGroupMemory]] = {}
+    for group in groups:
+        by_layout.setdefault(_layout(group), []).append(group)
+    out: list[ObjectGroupMemory] = []
+    for layout, members in by_layout.items():
+        if layout is None or len(members) == 1:
+            out.extend(members)
+        else:
+            out.append(_concat_banks(members, reverse=reverse))
+    return out
+
+
+def _wait_for_offloaded_memory(memory_device: torch.device, compute_device: torch.device) -> None:
+    """Finish pending device-to-host copies of offloaded memory before the CPU reads it.
+
+    ``store`` offloads with ``non_blocking=True`` (the copy overlaps the next steps); sam2
+    reads such memory back on the same stream, which is ordered, but the merge concatenates
+    it on the CPU. Merges are rare (at most one per group and direction), so a sync is cheap.
+    """
+    if memory_device.type == "cpu" and compute_device.type == "cuda":
+        torch.cuda.synchronize(compute_device)
+
+
 def _propagate_direction(
     model: VrshqSam2,
-    features: VideoFeatures,
+    frame_inputs: _FrameInputs,
     groups: list[ObjectGroupMemory],
     keyframe_masks: torch.Tensor,
     result: TrackResult,
     *,
+    num_frames: int,
     reverse: bool,
     memory_dtype: torch.dtype | None,
     memory_device: torch.device,
 ) -> None:
-    num_frames = features.num_frames
+    """One pass (forward or backward) of every group from its keyframe, raw logits recorded."""
     reach = _memory_reach(model)
     for group in groups:
         pred, scores = _insert_keyframe_mask(
-            model, features, group, keyframe_masks[group.object_indices],
-            memory_dtype=memory_dtype, memory_device=memory_device,
+            model, frame_inputs, group, keyframe_masks[group.object_indices],
+            num_frames=num_frames, memory_dtype=memory_dtype, memory_device=memory_device,
         )
-        _record(result, group.object_indices, group.keyframe, pred, scores)
+        _record(result, group, group.keyframe, pred, scores)
     if reverse:
         order = range(max(g.keyframe for g in groups) - 1, -1, -1)
     else:
         order = range(min(g.keyframe for g in groups) + 1, num_frames)
     groups = list(groups)
     can_merge = _layouts_depend_only_on_distance(model)
+    warned = False
     for frame_idx in order:
         active = [g for g in groups if (frame_idx < g.keyframe if reverse else frame_idx > g.keyframe)]
         if not active:
             continue
-        # groups whose whole reach lies after (before) their keyframe share one layout
-        saturated = [g for g in active if abs(frame_idx - g.keyframe) > reach]
-        if can_merge and len(saturated) > 1:
-            merged = _merge_saturated(saturated, reverse=reverse)
-            groups = [g for g in groups if all(g is not s for s in saturated)] + [merged]
-            active = [g for g in active if all(g is not s for s in saturated)] + [merged]
-        base = features.backbone_out([frame_idx])  # moved to the device once for all groups
+        if can_merge:
+            # groups whose whole reach lies after (before) their keyframe share one layout
+            saturated = [g for g in active if abs(frame_idx - g.keyframe) > reach]
+            if len(saturated) > 1:
+                _wait_for_offloaded_memory(memory_device, frame_inputs.device)
+                merged = _merge_saturated(saturated, reverse=reverse)
+                if len(merged) > 1 and not warned:
+                    warned = True
+                    logger.warning(
+                        "internal inconsistency: memory banks of groups %s (keyframes %s) at frame "
+                        "%d (reverse=%s) differ in layout; tracking them separately (exact, slower)",
+                        [g.object_indices for g in merged], [g.keyframe for g in merged],
+                        frame_idx, reverse,
+                    )
+                if len(merged) < len(saturated):
+                    gone = {id(g) for g in saturated}
+                    groups = [g for g in groups if id(g) not in gone] + merged
+                    active = [g for g in active if id(g) not in gone] + merged
+        feats1, pos1, sizes = frame_inputs(frame_idx)  # moved and flattened once for all groups
         for group in active:
             num = len(group.object_indices)
-            expanded = {k: [x.expand(num, -1, -1, -1) for x in v] for k, v in base.items()}
-            _, feats, pos, sizes = model._prepare_backbone_features(expanded)
             out = model.track_step(
                 frame_idx=frame_idx,
                 is_init_cond_frame=False,
-                current_vision_feats=feats,
-                current_vision_pos_embeds=pos,
+                current_vision_feats=_expand(feats1, num),
+                current_vision_pos_embeds=_expand(pos1, num),
                 feat_sizes=sizes,
                 point_inputs=None,
                 mask_inputs=None,
@@ -315,17 +409,38 @@ def _propagate_direction(
                 frame_idx, out, is_cond=False, memory_dtype=memory_dtype, memory_device=memory_device
             )
             group.prune(frame_idx, reach=reach, reverse=reverse)
-            pred = _postprocess(model, out["pred_masks"])
-            _record(result, group.object_indices, frame_idx, pred, out["object_score_logits"])
+            # hole filling of tracked frames happens once on the whole result (track_objects)
+            _record(result, group, frame_idx, out["pred_masks"], out["object_score_logits"])
 
 
 def _record(
-    result: TrackResult, objects: list[int], frame_idx: int, pred: torch.Tensor, scores: torch.Tensor
+    result: TrackResult,
+    group: ObjectGroupMemory,
+    frame_idx: int,
+    pred: torch.Tensor,
+    scores: torch.Tensor,
 ) -> None:
     device = result.low_res_logits.device
-    idx = torch.as_tensor(objects, dtype=torch.long, device=device)
+    if group.result_index is None:
+        group.result_index = torch.as_tensor(group.object_indices, dtype=torch.long, device=device)
+    idx = group.result_index
     result.low_res_logits[idx, frame_idx] = pred[:, 0].float().to(device)
     result.object_score_logits[idx, frame_idx] = scores[:, 0].float().to(device)
+
+
+def _fill_holes_in_place(model: VrshqSam2, logits: torch.Tensor) -> None:
+    """Hole filling (eval mode) on (E, T, h, w) logits, in chunks of frames.
+
+    Equal to filling each tracked frame's output right after its step: the filling is per
+    object and frame, and idempotent (the components it leaves are larger than the area), so
+    the keyframes, already filled before their memory was encoded, do not change.
+    """
+    if model.fill_hole_area <= 0 or model.training:
+        return
+    flat = logits.view(-1, 1, *logits.shape[-2:])
+    for start in range(0, flat.shape[0], _FILL_CHUNK):
+        part = flat[start : start + _FILL_CHUNK]
+        part.copy_(fill_holes_in_mask_scores(part, model.fill_hole_area))
 
 
 def track_objects(
@@ -382,6 +497,30 @@ def track_objects(
     by_keyframe: dict[int, list[int]] = {}
     for obj, k in enumerate(keyframe_idx):
         by_keyframe.setdefault(int(k), []).append(obj)
+    # Inference only (the stock predictor also runs under inference_mode): less per-op
+    # bookkeeping than no_grad. The result tensors are made outside, so callers get ordinary
+    # tensors; only the memory banks, local to this call, are inference tensors.
+    with torch.inference_mode():
+        _track_into(
+            model, features, by_keyframe, masks, result,
+            memory_dtype=memory_dtype, memory_device=memory_device,
+        )
+    return result
+
+
+def _track_into(
+    model: VrshqSam2,
+    features: VideoFeatures,
+    by_keyframe: dict[int, list[int]],
+    masks: torch.Tensor,
+    result: TrackResult,
+    *,
+    memory_dtype: torch.dtype | None,
+    memory_device: torch.device,
+) -> None:
+    """Both passes of :func:`track_objects` and the hole filling, written into ``result``."""
+    num_frames = features.num_frames
+    frame_inputs = _FrameInputs(model, features)
     for reverse in (False, True):
         # The forward pass covers frames >= keyframe and the backward pass frames < keyframe,
         # each from its own fresh memory (method §5.3 step 4). A keyframe at T-1 needs no
@@ -393,7 +532,7 @@ def track_objects(
         ]
         if groups:
             _propagate_direction(
-                model, features, groups, masks, result,
+                model, frame_inputs, groups, masks, result, num_frames=num_frames,
                 reverse=reverse, memory_dtype=memory_dtype, memory_device=memory_device,
             )
-    return result
+    _fill_holes_in_place(model, result.low_res_logits)
