@@ -1,0 +1,314 @@
+"""Learnability run: train a small VRS-HQ from scratch on synthetic videos and score held-out J&F.
+
+One command, one seed, no Ray (a single process on one device)::
+
+    python -m jobs.learnability --device cuda --steps 3000 --seed 0 --out /tmp/learn
+    python -m jobs.learnability --device cuda --steps 6000 --seed 0 --out /tmp/learn2 --resume /tmp/learn/checkpoint
+
+The model is ``pipelines.train_config.learnability_model_config`` (the tiny classes at a size whose
+bf16 checkpoint is < 20 MB), trained with the same code as ``jobs.train``: clip sampling of
+``pipelines.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
+``VrshqModel.forward`` (CE + BCE + DICE + object presence on the 3-frame window), AdamW with
+per-group learning rates (SAM2 1e-4, text path 1e-3, learnability.md), 100 warm-up steps, linear
+decay, clipping 1.0, bf16 autocast on CUDA. Training videos are generated on the fly by
+DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
+scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
+
+Outputs under ``--out``: ``model/`` (full bf16 checkpoint that ``jobs.infer --checkpoint`` loads),
+``checkpoint/`` (training checkpoint: float32 trainable weights, optimiser, scheduler, step, data
+position; ``--resume`` continues from it), ``log.csv`` (per-step losses and throughput),
+``heldout.json`` (J, F, J&F per evaluation), ``curve.png``. ``--max-minutes`` stops training in
+time to evaluate and save (the step reached is recorded; ``--resume`` continues the schedule).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from jobs._cli import ConfigError, log_config, parse_config, setup_logging
+
+__all__ = ["LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream"]
+
+_LOG = logging.getLogger("jobs.learnability")
+_TRAIN_STREAM, _HELDOUT_STREAM = 1, 2  # separate seed streams: held-out videos are never trained on
+
+
+@dataclass(frozen=True)
+class LearnabilityConfig:
+    """Settings of the learnability run (defaults: the run reported in the README)."""
+
+    out: str = field(metadata={"help": "output folder (local)"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
+    steps: int = field(default=3000, metadata={"help": "optimiser steps of the whole schedule"})
+    seed: int = field(default=0, metadata={"help": "seed of the init, the data and the held-out set"})
+    preset: str = field(default="learn", metadata={"help": "model preset (pipelines.train_config.MODEL_PRESETS)"})
+    resume: str | None = field(default=None, metadata={"help": "training checkpoint folder to continue from"})
+    init_model: str | None = field(
+        default=None, metadata={"help": "full model folder (e.g. an earlier model/) to start a new schedule from"}
+    )
+    videos_per_step: int = field(default=8, metadata={"help": "clips per optimiser step"})
+    video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
+    video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
+    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (learnability.md)"})
+    text_lr: float = field(default=1e-3, metadata={"help": "learning rate of the text path (learnability.md)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    object_weight: float = field(default=0.5, metadata={"help": "object-presence loss weight"})
+    heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
+    eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
+    max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
+    data_workers: int = field(default=4, metadata={"help": "DataLoader processes generating videos"})
+    log_every: int = field(default=25, metadata={"help": "log a line every N steps"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("steps", "videos_per_step", "video_frames", "video_size", "heldout_videos", "eval_every",
+                     "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name}={value!r}: must be a positive int")
+        if self.video_frames < 3:
+            problems.append("video_frames must be >= 3 (the SAM2 training window)")
+        if self.video_size < 32:
+            problems.append("video_size must be >= 32 (synthetic scenes)")
+        if not isinstance(self.data_workers, int) or self.data_workers < 0:
+            problems.append(f"data_workers={self.data_workers!r}: must be an int >= 0")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
+        if not self.out:
+            problems.append("out is required")
+        if self.resume and self.init_model:
+            problems.append("give resume (continue a schedule) or init_model (new schedule), not both")
+        if problems:
+            raise ConfigError(problems)
+
+
+def synthetic_clip_stream(
+    *, seed: int, start_sample: int, num_frames: int, size: int, sampling, stride: int = 1, offset: int = 0
+) -> Iterator:
+    """Clip samples ``start_sample + offset, + stride, ...`` of the training stream: sample ``s`` is
+    drawn from synthetic video ``s`` (``default_rng([seed, 1, s])``), so the stream never repeats
+    and a resumed run continues where it stopped."""
+    import numpy as np
+
+    from pipelines.clip_sampling import sample_synthetic_clip
+    from vrshq.data import generate_synthetic_video
+
+    sample_id = start_sample + offset
+    while True:
+        video = generate_synthetic_video(
+            np.random.default_rng([seed, _TRAIN_STREAM, sample_id]), num_frames=num_frames, height=size, width=size
+        )
+        clip = sample_synthetic_clip(video, sample_id=sample_id, seed=seed, sampling=sampling)
+        if clip is not None:
+            yield clip
+        sample_id += stride
+
+
+def heldout_videos(*, seed: int, count: int, num_frames: int, size: int, expression_types: Sequence[int] = (0, 1)):
+    """The held-out set: ``count`` synthetic videos of the held-out stream, scored expression types only."""
+    import numpy as np
+
+    from pipelines.train_loop import EvalVideo
+    from vrshq.data import generate_synthetic_video
+
+    out = []
+    for i in range(count):
+        video = generate_synthetic_video(
+            np.random.default_rng([seed, _HELDOUT_STREAM, i]), num_frames=num_frames, height=size, width=size
+        )
+        exprs = [e for e in video.expressions if e.type_id in expression_types]
+        if exprs:
+            out.append(EvalVideo(f"heldout/{i:04d}", video.frames, tuple(e.text for e in exprs),
+                                 tuple(video.target_masks(e) for e in exprs), tuple(e.type_id for e in exprs)))
+    return out
+
+
+def _loader(cfg: LearnabilityConfig, start_sample: int, sampling):
+    """Batches of ``videos_per_step`` clips from DataLoader worker processes."""
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    class _Stream(IterableDataset):
+        def __iter__(self):
+            info = get_worker_info()
+            stride, offset = (info.num_workers, info.id) if info is not None else (1, 0)
+            return synthetic_clip_stream(seed=cfg.seed, start_sample=start_sample, num_frames=cfg.video_frames,
+                                         size=cfg.video_size, sampling=sampling, stride=stride, offset=offset)
+
+    return DataLoader(_Stream(), batch_size=cfg.videos_per_step, collate_fn=list, num_workers=cfg.data_workers,
+                      persistent_workers=cfg.data_workers > 0, prefetch_factor=4 if cfg.data_workers else None,
+                      worker_init_fn=lambda _: torch.set_num_threads(1))
+
+
+def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = np.array([r["step"] for r in log_rows])
+    for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss"):
+        values = np.array([r[key] for r in log_rows])
+        if len(values) >= 20:
+            kernel = np.ones(20) / 20
+            ax1.plot(steps[19:], np.convolve(values, kernel, mode="valid"), label=key)
+        else:
+            ax1.plot(steps, values, label=key)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("step")
+    ax1.set_title("training losses (20-step mean)")
+    ax1.legend()
+    if evals:
+        es = [e["step"] for e in evals]
+        for key in ("j", "f", "jf"):
+            ax2.plot(es, [e[key] for e in evals], marker="o", label=key.upper().replace("JF", "J&F"))
+    ax2.axhline(0.85, color="gray", linestyle="--", linewidth=0.8)
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("step")
+    ax2.set_title("held-out (inference path)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curve.png"), dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: LearnabilityConfig) -> dict:
+    """Train, evaluate, save; returns the last held-out scores (with ``step`` and ``train_seconds``)."""
+    import torch
+
+    from pipelines.clip_sampling import samples_to_batch
+    from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig
+    from pipelines.train_loop import (
+        TrainState,
+        build_optimizer,
+        build_scheduler,
+        build_training_model,
+        export_model,
+        load_train_checkpoint,
+        save_train_checkpoint,
+        train_step,
+        validate,
+    )
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    os.makedirs(cfg.out, exist_ok=True)
+    spec = ModelSpec(preset=cfg.preset, trainable="all", object_weight=cfg.object_weight, seed=cfg.seed,
+                     init_checkpoint=cfg.init_model)
+    optim = OptimConfig(lr=cfg.lr, sam2_lr=cfg.sam2_lr, text_lr=cfg.text_lr, warmup_steps=cfg.warmup_steps)
+    model = build_training_model(spec, device=device)
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, decay_steps=cfg.steps)
+    state = TrainState()
+    if cfg.resume:
+        state = load_train_checkpoint(cfg.resume, model=model, optimizer=optimizer, scheduler=scheduler)
+        _LOG.info("resumed from %s at step %d (next sample %d)", cfg.resume, state.step, state.next_sample_id)
+    n_params = sum(p.numel() for p in model.parameters())
+    _LOG.info("model %s: %.2fM parameters on %s", model.cfg.name, n_params / 1e6, device)
+    sampling = SamplingConfig()
+    heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size)
+    log_path = os.path.join(cfg.out, "log.csv")
+    log_rows: list[dict] = []
+    evals: list[dict] = []
+    if cfg.resume:  # keep the curve of the earlier runs
+        for name, target in (("log.csv", log_rows), ("heldout.json", evals)):
+            src = os.path.join(os.path.dirname(cfg.resume.rstrip("/")), name)
+            if os.path.exists(src):
+                with open(src) as f:
+                    target.extend(
+                        [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)] if name.endswith(".csv")
+                        else json.load(f)["evaluations"]
+                    )
+
+    def evaluate(step: int) -> dict:
+        scores = validate(model, heldout)
+        scores["step"] = step
+        evals.append(scores)
+        _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs", step,
+                  scores["j"], scores["f"], scores["jf"], scores.get("jf_referring", float("nan")),
+                  scores.get("jf_reasoning", float("nan")), scores["seconds"])
+        model.train()
+        return scores
+
+    started = time.perf_counter()
+    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
+    step, sample_pos = state.step, state.next_sample_id
+    loader = iter(_loader(cfg, sample_pos, sampling))
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        clips = next(loader)
+        t_data = time.perf_counter() - t0
+        metrics = train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
+                             clip_grad_norm=optim.clip_grad_norm)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step += 1
+        sample_pos = max(sample_pos, max(c.sample_id for c in clips) + 1)
+        seconds = time.perf_counter() - t0
+        row = {"step": step, **{k: metrics[k] for k in ("loss", "ce_loss", "bce_loss", "dice_loss", "object_loss",
+                                                          "grad_norm", "lr_sam2", "lr_text")},
+               "seconds": seconds, "data_seconds": t_data, "clips_per_s": len(clips) / seconds}
+        log_rows.append(row)
+        if step % cfg.log_every == 0 or step == 1:
+            _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f) %.3fs/step (data %.3fs)", step,
+                      row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"], row["object_loss"], seconds,
+                      t_data)
+        if step % cfg.eval_every == 0 and step < cfg.steps:
+            evaluate(step)
+        if deadline is not None and time.perf_counter() > deadline:
+            _LOG.info("max_minutes reached at step %d of %d", step, cfg.steps)
+            break
+    train_seconds = time.perf_counter() - started
+    final = evaluate(step) if not evals or evals[-1]["step"] != step else evals[-1]
+    state = TrainState(step=step, next_sample_id=sample_pos, wall_seconds=state.wall_seconds + train_seconds)
+    ckpt = os.path.join(cfg.out, "checkpoint")
+    if os.path.exists(ckpt):
+        import shutil
+
+        shutil.rmtree(ckpt)
+    save_train_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
+    export_model(model, os.path.join(cfg.out, "model"), dtype=torch.bfloat16)
+    with open(log_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(log_rows[0]))
+        writer.writeheader()
+        writer.writerows(log_rows)
+    summary = {"config": dataclasses.asdict(cfg), "step": step, "train_seconds": state.wall_seconds,
+               "final": final, "evaluations": evals, "parameters": n_params}
+    with open(os.path.join(cfg.out, "heldout.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    _plot(cfg.out, log_rows, evals)
+    return {**final, "train_seconds": state.wall_seconds}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print the final held-out scores; exit status 0, or 2 on a bad configuration."""
+    setup_logging()
+    try:
+        cfg = parse_config(LearnabilityConfig, argv, prog="python -m jobs.learnability",
+                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+    except ConfigError as exc:
+        print(f"jobs.learnability: {exc}", file=sys.stderr)
+        return 2
+    log_config(cfg, logger=_LOG)
+    final = run(cfg)
+    print(json.dumps({k: final[k] for k in ("step", "j", "f", "jf", "jf_revos", "train_seconds") if k in final}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

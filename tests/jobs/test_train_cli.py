@@ -1,0 +1,59 @@
+"""``jobs.train`` and ``jobs.learnability`` command lines: bad configurations fail before any Ray work,
+and the learnability run writes a model that the inference loader reads."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+def test_train_rejects_a_bad_command_line_with_every_problem(capsys, monkeypatch):
+    import jobs.train as train
+
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached ray.init"))
+    status = train.main(["model.preset=huge", "optim.grad_accum_steps=0", "--storage-path", "/tmp/x",
+                         "--data.root", "/nowhere"])
+    err = capsys.readouterr().err
+    assert status == train.EXIT_USAGE
+    assert "preset='huge'" in err and "grad_accum_steps=0" in err
+
+
+def test_train_preflight_refuses_unreadable_data(tmp_path, capsys, monkeypatch):
+    import jobs.train as train
+
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached ray.init"))
+    status = train.main(["--storage-path", str(tmp_path / "runs"), "--data.root", str(tmp_path / "missing"),
+                         "--data.split", "train"])
+    assert status == train.EXIT_USAGE
+    assert "data: cannot read" in capsys.readouterr().err
+
+
+def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
+    import torch
+
+    from jobs import learnability
+    from pipelines.config import InferenceConfig
+    from pipelines.model_loader import build_model
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    try:
+        status = learnability.main([
+            "--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "1", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1",
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert status == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads((out / "heldout.json").read_text())
+    assert final["step"] == summary["step"] == 3 and [e["step"] for e in summary["evaluations"]] == [2, 3]
+    assert 0 <= final["jf"] <= 1 and final["jf"] == summary["final"]["jf"]
+    assert (out / "curve.png").stat().st_size > 1000
+    assert len((out / "log.csv").read_text().strip().splitlines()) == 4  # header + 3 steps
+    assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 3
+    model = build_model(InferenceConfig(output=str(tmp_path / "o"), manifest="m.parquet",
+                                        checkpoint=os.fspath(out / "model"), device="cpu"))
+    assert model.cfg.name == "tiny"
