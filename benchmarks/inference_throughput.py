@@ -294,14 +294,13 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
     """
     import torch
 
-    from benchmarks.presets import register_benchmark_presets, resolve_preset
+    from benchmarks.presets import resolve_preset
     from benchmarks.result_store import load_previous_rows, load_serial_masks, run_key, save_serial_masks
 
-    register_benchmark_presets()
     preset = resolve_preset(cfg.preset)
     if preset != cfg.preset:
         say(f"note: preset {cfg.preset!r} has no tokenizer files here; running {preset!r} (same sizes, tokenizer "
-            "built in code; see benchmarks/presets.py)")
+            "built in code; see vrshq.builders.vrshq_7b_tinytok_config)")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {cfg.device} but torch sees no CUDA device")

@@ -3,7 +3,7 @@
 They share one model, built by :func:`pipelines.model_loader.build_model` from the same
 ``InferenceConfig`` as the pipeline's actors (so the weights are the same), and read the workload's
 frames exactly as the pipeline does (:func:`pipelines.video_io.read_video` at the working
-resolution, masks upsampled back with :func:`pipelines.video_io.upsample_masks`), so all paths see
+resolution, mask logits resized back to the original size: ``output_hw``), so all paths see
 the same inputs and their masks can be compared.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def busy_mean(sampler: GpuBusySampler, start: float, end: float, *, all_gpus: bo
     return sampler.mean_busy(start, end, gpus=None if all_gpus else sampler.gpu_indices[:1]).mean_percent
 
 
-def _rle_masks(masks: np.ndarray) -> list[bytes]:
+def _rle_masks(masks: Any) -> list[bytes]:
     from pipelines.rle import encode_masks
 
     return encode_masks(masks)
@@ -117,11 +117,6 @@ class LocalPaths:
 
         return read_video(video, max_side=self.max_side)
 
-    def full_size(self, masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        from pipelines.video_io import upsample_masks
-
-        return upsample_masks(masks, height=hw[0], width=hw[1])
-
     def warm_up(self) -> None:
         """One short call so that kernel selection and allocator growth are not timed."""
         import torch
@@ -143,13 +138,13 @@ class LocalPaths:
             frames, hw = self.frames(video)
             tensor = torch.from_numpy(frames.copy())
             with phase(self.device) as span, torch.inference_mode():
-                results = self.model.segment_video(tensor, [e.text for e in video.expressions])
+                results = self.model.segment_video(tensor, [e.text for e in video.expressions], output_hw=hw,
+                                                   masks_on_device=True)
             seconds += span.end - span.start
             spans.append((span.start, span.end))
-            for expression, result in zip(video.expressions, results):
-                key = (video.video_id, expression.exp_id)
-                if key in keep:
-                    kept[key] = (_rle_masks(self.full_size(result.masks, hw)), hw)
+            kept.update({(video.video_id, e.exp_id): (_rle_masks(r.masks), hw)
+                         for e, r in zip(video.expressions, results) if (video.video_id, e.exp_id) in keep})
+            del results
             _LOG.info("model only: %s (%d frames, %d expressions) %.2f s", video.video_id, video.num_frames,
                       len(video.expressions), span.end - span.start)
         mean_busy = _spans_busy(sampler, spans)
@@ -183,8 +178,9 @@ class LocalPaths:
 
             with phase(self.device) as span:
                 result = segment_expression_serial(self.model, load, expression.text,
-                                                   decode_passes=self.cfg.serial_decode_passes, times=times)
-                full = self.full_size(result.masks, shape["hw"])
+                                                   decode_passes=self.cfg.serial_decode_passes,
+                                                   output_hw=(video.height, video.width), times=times)
+                full = result.masks
             seconds += span.end - span.start
             spans.append((span.start, span.end))
             masks += video.num_frames

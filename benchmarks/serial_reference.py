@@ -96,6 +96,7 @@ def segment_expression_serial(
     *,
     decode_passes: int = 1,
     mask_chunk_size: int = 16,
+    output_hw: tuple[int, int] | None = None,
     times: StageTimes | None = None,
 ) -> SegmentationResult:
     """Segment one expression the way the official evaluation does (see the module docstring).
@@ -107,6 +108,8 @@ def segment_expression_serial(
         decode_passes: frame decodes per expression (official: 3, method §9 item 8; default 1, which
             favours the baseline).
         mask_chunk_size: frames per chunk when the masks are resized to the frame size.
+        output_hw: the masks' size (default: the frames'), as ``segment_video``'s ``output_hw``: the
+            logits are resized bilinearly straight to it (frames decoded at a working size).
         times: accumulates the seconds per stage, if given.
 
     Returns:
@@ -161,12 +164,13 @@ def segment_expression_serial(
                 track = model.sam2.track(features, [keyframe], key_mask[None])
                 del features
             with times.stage("masks", device):
-                masks = np.empty((num_frames, height, width), dtype=bool)
+                out_hw = (height, width) if output_hw is None else (int(output_hw[0]), int(output_hw[1]))
+                masks = np.empty((num_frames, *out_hw), dtype=bool)
                 for t0 in range(0, num_frames, mask_chunk_size):
                     low = track.low_res_logits[0, t0 : t0 + mask_chunk_size].to(device).float()
                     up = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
                     logits = unletterbox_logits(
-                        up, resized_hw=boxed.resized_hw, original_hw=boxed.original_hw, image_size=size
+                        up, resized_hw=boxed.resized_hw, original_hw=out_hw, image_size=size
                     )
                     masks[t0 : t0 + mask_chunk_size] = (logits > method.mask_threshold).cpu().numpy()
     finally:

@@ -24,6 +24,7 @@ from typing import Any
 __all__ = [
     "ComputeConfig",
     "InferenceConfig",
+    "MODEL_DTYPES",
     "MODEL_PRESETS",
     "DATASET_READERS",
     "is_safe_partition_value",
@@ -31,7 +32,14 @@ __all__ = [
 ]
 
 #: Model preset name -> function of ``vrshq.builders`` that returns its ``VrshqConfig``.
-MODEL_PRESETS: dict[str, str] = {"tiny": "tiny_config", "vrshq-7b": "vrshq_7b_config"}
+MODEL_PRESETS: dict[str, str] = {
+    "tiny": "tiny_config",
+    "vrshq-7b": "vrshq_7b_config",
+    # The 7B sizes, random init, with the tokenizer built in code (benchmarks without LLaMA files).
+    "vrshq-7b-tinytok": "vrshq_7b_tinytok_config",
+}
+#: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.model_loader``.
+MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 #: Dataset name -> reader function of ``vrshq.data`` (``reader(root, split=..., storage_options=...)``).
 DATASET_READERS: dict[str, str] = {"revos": "read_revos", "mevis": "read_mevis"}
@@ -140,11 +148,18 @@ class InferenceConfig:
     )
     seed: int = field(default=0, metadata={"help": "torch seed of the random init (no checkpoint)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: where the model actors run"})
+    dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "auto | float32 | bfloat16 | float16: parameter dtype of the model actors; auto: bfloat16 "
+            "on CUDA (half the memory, no per-op weight casts under autocast), float32 on CPU"
+        },
+    )
     max_side: int | None = field(
         default=None,
         metadata={
-            "help": "frames are resized so their longer side is at most this before the model (masks are "
-            "upsampled back to the original size); null: the model's SAM2 image size; 0: never resize"
+            "help": "frames are resized so their longer side is at most this before the model (its mask "
+            "logits are resized back to the original size); null: the model's SAM2 image size; 0: never resize"
         },
     )
     max_videos: int | None = field(default=None, metadata={"help": "process at most this many pending videos"})
@@ -178,6 +193,8 @@ class InferenceConfig:
             problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             problems.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:<i>")
+        if self.dtype not in MODEL_DTYPES:
+            problems.append(f"dtype={self.dtype!r} must be one of {list(MODEL_DTYPES)}")
         if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 0):
             problems.append(f"max_side must be null, 0 or a positive integer, got {self.max_side!r}")
         if self.max_videos is not None and (not isinstance(self.max_videos, int) or self.max_videos < 1):

@@ -3,8 +3,10 @@
 ``SegmentActor.__init__`` builds (and loads) the model once; ``__call__`` takes one video per
 batch (``batch_size=1``), runs ``VrshqModel.segment_video`` for all its pending expressions
 together (the model shares the per-video work: SAM2 image features, CLIP features) under
-``torch.inference_mode``, upsamples the masks to the original frame size and RLE-encodes them
-*inside the actor*, so only compact rows (a few bytes per frame) leave it.
+``torch.inference_mode``. The model resizes its mask logits straight to the original frame size
+(``output_hw``: the frames it sees are downscaled) and thresholds them on its device; the masks
+are RLE-encoded there (:func:`pipelines.rle.encode_masks`), so only compact rows (a few bytes per
+frame) leave the device and the actor.
 
 Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
 never raise out of ``__call__``: they become error entries of the row, so one bad video cannot
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -22,11 +25,40 @@ import pyarrow as pa
 
 from pipelines.config import InferenceConfig
 from pipelines.rle import encode_masks
-from pipelines.video_io import FrameReadError, item_from_json, read_video, upsample_masks
+from pipelines.video_io import FrameReadError, item_from_json, read_video
 
 __all__ = ["RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
 
 _LOG = logging.getLogger(__name__)
+
+#: Test-only fault hook (off unless this environment variable is set): the path of a file holding
+#: whitespace-separated call counts "n1 n2 ..."; the actor process exits abruptly (``os._exit``)
+#: on its n1-th ``__call__`` counted from when the file was written, then on the n2-th call after
+#: that, and so on. Lets tests/chaos kill a model actor mid-batch the way an OOM kill or a lost node
+#: does, to prove Ray restarts it and no row is lost or duplicated.
+CHAOS_KILL_FILE_ENV = "VRSHQ_CHAOS_KILL_FILE"
+
+
+def _chaos_maybe_exit() -> None:
+    path = os.environ.get(CHAOS_KILL_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(path) as handle:
+            counts = [int(n) for n in handle.read().split()]
+    except (OSError, ValueError):
+        return
+    if not counts:
+        return
+    counts[0] -= 1
+    remaining = counts[1:] if counts[0] <= 0 else counts
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        handle.write(" ".join(map(str, remaining)))
+    os.replace(tmp, path)
+    if counts[0] <= 0:
+        _LOG.warning("%s: exiting on purpose (test fault injection)", CHAOS_KILL_FILE_ENV)
+        os._exit(137)
 
 #: One row per video: what the model stage hands to the writer stage.
 RESULT_SCHEMA = pa.schema(
@@ -100,22 +132,31 @@ def segment_video_item(
             row["height"], row["width"] = int(original_hw[0]), int(original_hw[1])
         texts = [e.text for e in video.expressions]
         start = time.perf_counter()
+        expected = (int(frames.shape[0]), row["height"], row["width"])
         with torch.inference_mode():
-            results = model.segment_video(torch.from_numpy(np.array(frames, dtype=np.uint8)), texts)  # writable copy
+            # Logits are resized bilinearly to the original size and thresholded on the model's
+            # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
+            results = model.segment_video(
+                torch.from_numpy(np.array(frames, dtype=np.uint8)),  # writable copy
+                texts,
+                output_hw=expected[1:],
+                masks_on_device=True,
+            )
+            if len(results) != len(texts):
+                raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
+            encoded = []
+            for expression, result in zip(video.expressions, results):
+                if tuple(result.masks.shape) != expected:
+                    errors.append(_error(expression.exp_id, "model", ValueError(
+                        f"segment_video returned masks of shape {tuple(result.masks.shape)}, expected {expected}")))
+                    continue
+                encoded.append((expression, result, encode_masks(result.masks)))
         elapsed = time.perf_counter() - start
-        if len(results) != len(texts):
-            raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
         per_expression = elapsed / max(len(texts), 1)
-        for expression, result in zip(video.expressions, results):
-            masks = np.asarray(result.masks, dtype=bool)
-            if masks.shape != frames.shape[:3]:
-                errors.append(_error(expression.exp_id, "model", ValueError(
-                    f"segment_video returned masks of shape {masks.shape} for frames {frames.shape[:3]}")))
-                continue
-            full = upsample_masks(masks, height=row["height"], width=row["width"])
+        for expression, result, rle_counts in encoded:
             row["results"].append({
                 "exp_id": expression.exp_id,
-                "rle_counts": encode_masks(full),
+                "rle_counts": rle_counts,
                 "object_scores": np.asarray(result.object_scores, dtype=np.float32).reshape(-1).tolist(),
                 "keyframe_index": int(result.keyframe_idx),
                 "seconds": per_expression,
@@ -155,6 +196,7 @@ class SegmentActor:
         self._model = build_model(cfg, device=self._device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        _chaos_maybe_exit()
         rows = []
         for i in range(len(batch["item_json"])):
             read_error = str(batch["read_error"][i])

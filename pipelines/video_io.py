@@ -7,9 +7,9 @@ block schema identical for every video, whatever its number of expressions or fr
 :func:`read_frames_batch` is the Ray Data UDF of the frame-reading stage (CPU tasks): it decodes
 a video's frames (JPEG folder or mp4, through fsspec, by :func:`vrshq.data.load_frames`) and
 shrinks them to the model's working resolution, so the object store carries ``T x h x w x 3``
-bytes instead of full-resolution frames. The model actor needs the original size only to upsample
-its masks back (:func:`upsample_masks`), and it RLE-encodes them itself, so only compact rows
-leave it. A video too large for the object store even after resizing is passed by reference:
+bytes instead of full-resolution frames. The model actor needs the original size only to resize
+its mask logits back to it (``VrshqModel.segment_video(output_hw=...)``), and it RLE-encodes the
+masks itself, so only compact rows leave it. A video too large for the object store even after resizing is passed by reference:
 the actor reads it itself (``frames_inline=False``).
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ __all__ = [
     "read_video",
     "resize_frames",
     "resized_hw",
-    "upsample_masks",
     "working_max_side",
 ]
 
@@ -108,20 +107,6 @@ def resize_frames(frames: np.ndarray, *, max_side: int) -> np.ndarray:
     return out
 
 
-def upsample_masks(masks: np.ndarray, *, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of bool ``(..., h, w)`` masks to ``(..., height, width)``.
-
-    Pixel centres are mapped (``src = floor((dst + 0.5) * h / height)``), vectorised over all
-    leading axes by fancy indexing, so a whole video's masks cost one gather.
-    """
-    src_h, src_w = masks.shape[-2:]
-    if (src_h, src_w) == (height, width):
-        return masks
-    rows = np.minimum(((np.arange(height) + 0.5) * src_h / height).astype(np.int64), src_h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * src_w / width).astype(np.int64), src_w - 1)
-    return masks[..., rows[:, None], cols[None, :]]
-
-
 def read_video(
     video: VideoRecord, *, max_side: int, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -145,7 +130,7 @@ def read_video(
         raise FrameReadError(
             str(exc), stage="read" if missing else "decode", uri=exc.uri, error_type=type(exc).__name__
         ) from exc
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, PermissionError, ConnectionError, TimeoutError) as exc:  # I/O, not decoding
         raise FrameReadError(str(exc), stage="read", uri=video.frames_uri or video.video_uri,
                              error_type=type(exc).__name__) from exc
     except (OSError, ValueError, RuntimeError, IndexError) as exc:

@@ -3,12 +3,16 @@
 * `vrshq_7b_config()` - the official sizes: CLIP ViT-L/14-224 tower + 112 tokens + Linear(1024, 4096),
   LLaMA-7B (32 layers, hidden 4096, vocab 32000 + 2), shared MLP 4096 -> 4096 -> 256, SAM 2.0 Hiera-L at
   1024 px, CLIP ViT-L/14-336 anchor.
+* `vrshq_7b_tinytok_config()` - the official sizes with the tiny tokenizer built in code: a random-init
+  7B model that can run `segment_video` without LLaMA tokenizer files (benchmarks, GPU smoke runs).
 * `tiny_config()` - the same classes at toy sizes for CPU tests and from-scratch experiments.
 * `build_vrshq(cfg, *, device=None, dtype=None)` - builds every part (random init; weights are loaded
   afterwards by the checkpoint code). `device=torch.device("meta")` builds without allocating memory.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -18,7 +22,7 @@ from vrshq.model.tokenizer import TINY_EXPRESSION_WORDS, build_tiny_tokenizer, l
 from vrshq.model.tokens import VrshqTokenIds, add_vrshq_tokens
 from vrshq.model.vision_config import clip_vit_l14_224_tower, clip_vit_l14_336_anchor, tiny_anchor, tiny_vision_tower
 
-__all__ = ["build_vrshq", "tiny_config", "vrshq_7b_config"]
+__all__ = ["build_vrshq", "tiny_config", "vrshq_7b_config", "vrshq_7b_tinytok_config"]
 
 _NUM_ADDED_TOKENS = 2  # [SEG] and [TAK] (method §1.1)
 
@@ -52,6 +56,21 @@ def vrshq_7b_config(
         loss=LossConfig(),
         trainable=TrainableConfig(mode=trainable),
         name="vrshq-7b",
+    )
+
+
+def vrshq_7b_tinytok_config() -> VrshqConfig:
+    """`vrshq_7b_config()` (random init) with the tiny word-level tokenizer built in code.
+
+    A host without the LLaMA tokenizer files (a GPU benchmark machine without network) cannot run
+    `segment_video` on `vrshq_7b_config()`. A random-init model does not care which tokenizer reads
+    the prompt, and prompt lengths are dominated by the 112 visual tokens per frame (>= 1,100 of
+    ~1,200 tokens), so every size and every timing stays that of the 7B model. The embedding table
+    keeps the LLaMA vocabulary size (the tiny tokenizer uses its first rows).
+    """
+    cfg = vrshq_7b_config()
+    return dataclasses.replace(
+        cfg, llm=dataclasses.replace(cfg.llm, tokenizer="tiny", tokenizer_path=None), name="vrshq-7b-tinytok"
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 from pipelines.config import InferenceConfig
 from pipelines.model_loader import build_model
 from pipelines.rle import decode_masks
-from pipelines.video_io import resize_frames, upsample_masks
+from pipelines.video_io import resize_frames
 from pipelines.writers import list_parts, read_output
 from tests.ray_cluster import ray_head  # noqa: F401 - pytest fixture
 from vrshq import metrics
@@ -114,14 +114,15 @@ def test_infer_job_submit_kill_rerun_and_check_rows(ray_head, s3_server):  # noq
     mask_dict = load_mask_dict(videos[0].mask_dict_uri, storage_options=opts)
     for video in good:
         frames = load_frames(video, storage_options=opts)
-        results = model.segment_video(resize_frames(frames, max_side=64), [e.text for e in video.expressions])
+        results = model.segment_video(resize_frames(frames, max_side=64), [e.text for e in video.expressions],
+                                      output_hw=(64, 96))
         for expression, result in zip(video.expressions, results):
             key = (video.video_id, expression.exp_id)
             frame_rows = sorted(rows[key], key=lambda r: r["frame_index"])
             assert [r["frame_index"] for r in frame_rows] == list(range(video.num_frames))
             assert [r["frame_name"] for r in frame_rows] == list(video.frame_names)
             got = decode_masks([r["rle_counts"] for r in frame_rows], height=64, width=96)
-            want = upsample_masks(result.masks, height=64, width=96)
+            want = result.masks
             np.testing.assert_array_equal(got, want, err_msg=str(key))
             np.testing.assert_allclose([r["score"] for r in frame_rows], result.object_scores, rtol=1e-5, atol=1e-5)
             assert [r["is_keyframe"] for r in frame_rows].index(True) == result.keyframe_idx

@@ -14,7 +14,7 @@ from pipelines.inference import run_inference
 from pipelines.manifest import records_to_manifest
 from pipelines.model_loader import build_model
 from pipelines.rle import decode_masks
-from pipelines.video_io import resize_frames, upsample_masks
+from pipelines.video_io import resize_frames
 from pipelines.writers import read_output
 from vrshq import metrics
 from vrshq.data import load_expression_masks, load_frames, load_mask_dict, read_revos, write_synthetic_revos
@@ -92,12 +92,13 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
     assert set(scores) == expected_pairs
     for video in (good, bad_annotation):
         frames = load_frames(video)
-        results = model.segment_video(resize_frames(frames, max_side=64), [e.text for e in video.expressions])
+        results = model.segment_video(resize_frames(frames, max_side=64), [e.text for e in video.expressions],
+                                      output_hw=frames.shape[1:3])
         for expression, result in zip(video.expressions, results):
             key = (video.video_id, expression.exp_id)
             if key not in expected_pairs:
                 continue
-            want = upsample_masks(result.masks, height=frames.shape[1], width=frames.shape[2])
+            want = result.masks
             np.testing.assert_array_equal(masks[key], want, err_msg=str(key))
             gt = load_expression_masks(video, expression, mask_dict=mask_dict)
             reference = metrics.score_expression(gt, want)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipelines.config import ComputeConfig, InferenceConfig, redact
 from pipelines.inference import plan_work, records_from_manifest
@@ -25,7 +26,6 @@ from pipelines.video_io import (
     read_frames_batch,
     resize_frames,
     resized_hw,
-    upsample_masks,
 )
 from pipelines.writers import batch_id_for, list_parts, read_output, write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA, SchemaValidationError
@@ -211,16 +211,12 @@ def test_lock_on_s3_is_exclusive(s3_server):
 # --------------------------------------------------------------------------- video I/O
 
 
-def test_resize_and_upsample():
+def test_resize_frames():
     assert resized_hw(720, 1280, max_side=1024) == (576, 1024)
     assert resized_hw(100, 50, max_side=0) == (100, 50)
     frames = np.random.default_rng(0).integers(0, 255, (3, 20, 40, 3), dtype=np.uint8)
     assert resize_frames(frames, max_side=40) is frames
     assert resize_frames(frames, max_side=10).shape == (3, 5, 10, 3)
-    small = np.array([[[True, False], [False, True]]])
-    up = upsample_masks(small, height=4, width=6)
-    expected = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]], dtype=bool)
-    np.testing.assert_array_equal(up[0], expected)
 
 
 def _batch(video) -> dict:
@@ -283,36 +279,54 @@ class _FakeModel:
         self.fail = fail
         self.calls = []
 
-    def segment_video(self, frames, expressions):
-        self.calls.append((tuple(frames.shape), list(expressions)))
+    def segment_video(self, frames, expressions, *, output_hw, masks_on_device):
+        self.calls.append((tuple(frames.shape), list(expressions), output_hw, masks_on_device))
         if self.fail:
             raise RuntimeError("CUDA out of memory (simulated)")
-        frames = frames.numpy()
         out = []
         for k, _ in enumerate(expressions):
-            masks = frames.mean(axis=-1) > 60 + 20 * k
-            out.append(SegmentationResult(masks=masks, keyframe_idx=k % frames.shape[0], keyframe_scores=np.zeros(1),
-                                          frame_indices=[0], object_scores=np.arange(frames.shape[0], dtype=np.float32)))
+            masks = _fake_masks(frames.numpy(), k, output_hw)
+            out.append(SegmentationResult(masks=torch.from_numpy(masks), keyframe_idx=k % frames.shape[0],
+                                          keyframe_scores=np.zeros(1), frame_indices=[0],
+                                          object_scores=np.arange(frames.shape[0], dtype=np.float32)))
         return out
 
 
-def test_segment_video_item_upsamples_and_encodes(synthetic_revos_local):
+def _fake_masks(frames: np.ndarray, k: int, output_hw: tuple[int, int]) -> np.ndarray:
+    """Brightness masks of the frames, repeated to ``output_hw`` (integer factors only)."""
+    small = frames.mean(axis=-1) > 60 + 20 * k
+    rows, cols = output_hw[0] // small.shape[1], output_hw[1] // small.shape[2]
+    return small.repeat(rows, axis=1).repeat(cols, axis=2)
+
+
+def test_segment_video_item_asks_original_size_and_encodes(synthetic_revos_local):
     video = read_revos(str(synthetic_revos_local), split="valid")[0]
     full = load_frames(video)
     frames = resize_frames(full, max_side=48)
     model = _FakeModel()
     row = segment_video_item(model, item_to_json(video), frames, original_hw=(64, 96), max_side=48)
     assert pa.Table.from_pylist([row], schema=RESULT_SCHEMA).num_rows == 1
-    assert model.calls == [((6, 32, 48, 3), [e.text for e in video.expressions])]
+    # The model gets the working-size frames and the original size for its masks, kept on its device.
+    assert model.calls == [((6, 32, 48, 3), [e.text for e in video.expressions], (64, 96), True)]
     assert json.loads(row["errors_json"]) == []
     for k, result in enumerate(row["results"]):
-        expected = upsample_masks(frames.mean(axis=-1) > 60 + 20 * k, height=64, width=96)
+        expected = _fake_masks(frames, k, (64, 96))
+        assert expected.shape == (6, 64, 96) and expected.any() and not expected.all()
         np.testing.assert_array_equal(decode_masks(result["rle_counts"], height=64, width=96), expected)
         assert result["keyframe_index"] == k % 6 and result["object_scores"] == list(range(6))
     # The actor reads a video passed by reference itself.
     row2 = segment_video_item(model, item_to_json(video), None, original_hw=(0, 0), max_side=48)
     untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in x["results"]] for x in (row, row2)]
     assert untimed[0] == untimed[1] and (row2["height"], row2["width"]) == (64, 96)
+    # Masks of another size than (T, *original_hw) become error entries of their expression.
+    wrong = segment_video_item(_FakeModel(), item_to_json(video), frames, original_hw=(32, 96), max_side=48)
+    assert len(wrong["results"]) == len(video.expressions)  # (32, 96) is what the fake returns: accepted
+    small = _FakeModel()
+    small.segment_video = lambda f, e, **kw: _FakeModel.segment_video(small, f, e, output_hw=(32, 48),
+                                                                      masks_on_device=True)
+    bad = segment_video_item(small, item_to_json(video), frames, original_hw=(64, 96), max_side=48)
+    assert bad["results"] == [] and {e["exp_id"] for e in json.loads(bad["errors_json"])} == {
+        e.exp_id for e in video.expressions}
     failed = segment_video_item(_FakeModel(fail=True), item_to_json(video), frames, original_hw=(64, 96), max_side=48)
     errors = json.loads(failed["errors_json"])
     assert failed["results"] == [] and errors[0]["stage"] == "model" and "out of memory" in errors[0]["message"]
@@ -427,3 +441,42 @@ def test_a_compute_config_the_cluster_cannot_schedule_fails_fast_with_the_number
     check_cluster_fits(default, num_gpus=0.0, resources={"CPU": 2.0})  # the defaults fit a 2-CPU machine
     with pytest.raises(PreflightError, match="GPUs but the cluster has 0"):
         check_cluster_fits(default, num_gpus=1.0, resources={"CPU": 8.0})
+
+
+def test_model_dtype_auto_is_float32_on_cpu_and_bf16_is_the_rounded_float32_model():
+    import torch
+
+    from pipelines.model_loader import ModelLoadError, build_model, resolve_dtype
+
+    cfg = InferenceConfig(output="o", manifest="m", seed=2)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16  # no GPU needed to resolve
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ModelLoadError, match="int8"):
+        resolve_dtype("int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="dtype='int8'"):
+        InferenceConfig(output="o", manifest="m", dtype="int8")
+    full = build_model(cfg, device="cpu")
+    half = build_model(dataclasses.replace(cfg, dtype="bfloat16"), device="cpu")
+    assert {p.dtype for p in full.parameters()} == {torch.float32}
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    halves = dict(half.named_parameters())
+    for name, p in full.named_parameters():  # same init, then cast: the seed gives the same weights
+        torch.testing.assert_close(halves[name], p.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
+    import torch
+
+    from pipelines.config import MODEL_PRESETS
+    from pipelines.model_loader import model_config
+    from vrshq.builders import build_vrshq, vrshq_7b_config
+
+    cfg = model_config(InferenceConfig(output="o", manifest="m", preset="vrshq-7b-tinytok"))
+    assert MODEL_PRESETS["vrshq-7b-tinytok"] == "vrshq_7b_tinytok_config"
+    seven = vrshq_7b_config()
+    assert (cfg.llm.tokenizer, cfg.llm.tokenizer_path, cfg.name) == ("tiny", None, "vrshq-7b-tinytok")
+    assert dataclasses.replace(cfg.llm, tokenizer="llama") == seven.llm
+    assert (cfg.vision, cfg.anchor, cfg.sam2, cfg.method) == (seven.vision, seven.anchor, seven.sam2, seven.method)
+    model = build_vrshq(cfg, device=torch.device("meta"))  # no memory; the tokenizer is there, so it can segment
+    assert model.tokenizer is not None and model.mllm.llm.config.num_hidden_layers == 32

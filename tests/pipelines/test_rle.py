@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_utils
 
-from pipelines.rle import decode_masks, encode_masks, mask_areas
+from pipelines.rle import decode_masks, encode_masks, mask_areas, rle_counts_to_strings, rle_run_lengths
 
 
 def test_round_trip_random_masks():
@@ -52,3 +53,53 @@ def test_wrong_size_and_bad_inputs_raise():
         encode_masks(np.zeros((1, 4, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="positive"):
         decode_masks(counts, height=0, width=7)
+
+
+def _pycocotools_counts(masks: np.ndarray) -> list[bytes]:
+    return [r["counts"] for r in mask_utils.encode(np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0)))]
+
+
+def _rle_cases() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    cases = [rng.random((4, 11, 19)) > p for p in (0.02, 0.5, 0.98)]
+    cases += [np.ones((2, 3, 4), bool), np.zeros((2, 3, 4), bool), np.ones((1, 1, 1), bool), np.zeros((1, 1, 1), bool)]
+    one = np.zeros((3, 40, 50), bool)
+    one[0, 5, 7] = one[1, 0, 0] = one[2, -1, -1] = True
+    yy, xx = np.mgrid[:90, :160]
+    blobs = np.stack([(yy - 45) ** 2 + (xx - 80) ** 2 < r * r for r in (2, 30, 44)])
+    # Long runs: deltas need 4-5 groups of 5 bits, negative deltas included.
+    long_runs = np.zeros((2, 600, 700), bool)
+    long_runs[0, :, :350] = True
+    long_runs[1, 599, 699] = True
+    return cases + [one, blobs, long_runs]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_device_path_is_byte_identical_to_pycocotools(case):
+    # The accelerator path (run lengths + string encoding as tensor ops) run here on CPU tensors.
+    masks = _rle_cases()[case]
+    stack = torch.from_numpy(masks)
+    counts, num_runs = rle_run_lengths(stack)
+    expected = _pycocotools_counts(masks)
+    assert rle_counts_to_strings(counts, num_runs, num_pixels=masks.shape[1] * masks.shape[2]) == expected
+    assert encode_masks(masks) == _pycocotools_counts(masks)
+    assert encode_masks(stack) == _pycocotools_counts(masks)
+
+
+def test_run_lengths_by_hand():
+    # Column-major: frame 0 [[0,1],[0,1],[1,1]] -> zeros 2, ones 4; frame 1 starts with a one -> [0, 1, 5].
+    masks = torch.tensor([[[0, 1], [0, 1], [1, 1]], [[1, 0], [0, 0], [0, 0]]], dtype=torch.bool)
+    counts, num_runs = rle_run_lengths(masks)
+    assert counts.tolist() == [2, 4, 0, 1, 5]
+    assert num_runs.tolist() == [2, 3]
+    # rleToString by hand: 2 -> '2', 4 -> '4'; 0 -> '0', 1 -> '1', 5 - 0 (delta to two before) -> '5'.
+    assert rle_counts_to_strings(counts, num_runs, num_pixels=6) == [b"24", b"015"]
+
+
+def test_integer_tensor_masks_and_bad_tensors():
+    masks = torch.tensor([[[0, 3], [0, 0]]], dtype=torch.int32)
+    assert encode_masks(masks) == _pycocotools_counts(masks.numpy() != 0)
+    with pytest.raises(TypeError, match="dtype"):
+        encode_masks(torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="empty frame size"):
+        encode_masks(torch.zeros(1, 0, 2, dtype=torch.bool))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +120,52 @@ def test_segment_video_keeps_training_mode(model, frames):
         assert model.training and model.sam2.training
     finally:
         model.eval()
+
+
+def test_output_hw_resizes_logits_bilinearly_then_thresholds(model, frames):
+    """`output_hw`: crop the letterbox, bilinear straight to the requested size, > 0 (method §5.3 step 6)."""
+    import torch.nn.functional as F
+
+    from vrshq.model.letterbox import letterbox
+
+    captured = {}
+    track = model.sam2.track
+
+    def recording_track(*args, **kwargs):
+        # The random-init tiny model's masks are all full: swap in logits with edges (a smooth random
+        # field) so that the resize and the threshold are exercised.
+        result = track(*args, **kwargs)
+        gen = torch.Generator().manual_seed(1)
+        smooth = F.avg_pool2d(torch.randn(result.low_res_logits.flatten(0, 1)[:, None].shape, generator=gen), 5, 1, 2)
+        logits = smooth[:, 0].reshape(result.low_res_logits.shape)
+        captured["track"] = dataclasses.replace(result, low_res_logits=logits)
+        return captured["track"]
+
+    out_hw = (2 * H + 3, 3 * W - 1)  # upscaled, not an integer factor of the frames' size
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model.sam2, "track", recording_track)
+        results = model.segment_video(frames, EXPRESSIONS[:2], output_hw=out_hw)
+        on_device = model.segment_video(frames, EXPRESSIONS[:2], output_hw=out_hw, masks_on_device=True)
+    size = model.sam2.image_size
+    new_h, new_w = letterbox(torch.from_numpy(frames[:1]), image_size=size).resized_hw
+    for e, (result, tensor_result) in enumerate(zip(results, on_device)):
+        low = captured["track"].low_res_logits[e].float()  # (T, S/4, S/4)
+        high = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)
+        want = F.interpolate(high[:, :, :new_h, :new_w], size=out_hw, mode="bilinear", align_corners=False)[:, 0] > 0
+        assert result.masks.shape == (T, *out_hw) and result.masks.dtype == np.bool_
+        np.testing.assert_array_equal(result.masks, want.numpy())
+        assert isinstance(tensor_result.masks, torch.Tensor) and tensor_result.masks.dtype == torch.bool
+        np.testing.assert_array_equal(tensor_result.masks.numpy(), want.numpy())
+    assert all(r.masks.any() and not r.masks.all() for r in results), "need masks with edges to test the resize"
+
+
+def test_output_hw_default_is_the_frames_size(model, frames, batched):
+    results = model.segment_video(frames, EXPRESSIONS, output_hw=(H, W))
+    for a, b in zip(results, batched):
+        np.testing.assert_array_equal(a.masks, b.masks)
+
+
+@pytest.mark.parametrize("bad", [(0, 5), (5,), (5.0, 6), "36x52", (True, 4)])
+def test_output_hw_errors(model, frames, bad):
+    with pytest.raises(ValueError, match="output_hw"):
+        model.segment_video(frames[:2], ["red"], output_hw=bad)

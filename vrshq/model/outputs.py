@@ -19,14 +19,15 @@ class SegmentationResult:
     """Inference result of one expression on one video.
 
     Attributes:
-        masks: (T, H, W) bool, one mask per video frame at the original size.
+        masks: (T, H, W) bool, one mask per video frame at the original size (or the requested
+            `output_hw`): a numpy array, or a tensor on the compute device with `masks_on_device`.
         keyframe_idx: the keyframe as an index into the video's frames.
         keyframe_scores: (n,) TKS score of each candidate (the MLLM frames), method §4.
         frame_indices: the n sorted video frames the MLLM saw (the TKS candidates).
         object_scores: (T,) SAM2 object-score logit of every frame after propagation.
     """
 
-    masks: np.ndarray
+    masks: np.ndarray | torch.Tensor
     keyframe_idx: int
     keyframe_scores: np.ndarray
     frame_indices: list[int]

@@ -34,7 +34,7 @@ from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
 from vrshq.model.prompts import EncodedPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
-from vrshq.model.tks import inference_keyframe, train_keyframe, train_window
+from vrshq.model.tks import tks_scores, train_keyframe, train_window
 
 __all__ = ["VrshqModel"]
 
@@ -163,12 +163,9 @@ class VrshqModel(nn.Module):
 
     def _tda(self, seg: Sequence[torch.Tensor], tak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TdaResult]:
         """Pad the per-prompt SEG embeddings to (B, n, D) and run TDA with a frame mask."""
-        n_max = max(s.shape[0] for s in seg)
-        seg_pad = tak.new_zeros(len(seg), n_max, tak.shape[-1])
-        mask = torch.zeros(len(seg), n_max, dtype=torch.bool, device=tak.device)
-        for b, s in enumerate(seg):
-            seg_pad[b, : s.shape[0]] = s
-            mask[b, : s.shape[0]] = True
+        lengths = torch.tensor([s.shape[0] for s in seg], device=tak.device)
+        seg_pad = torch.nn.utils.rnn.pad_sequence([s.to(tak.dtype) for s in seg], batch_first=True)  # zero padding
+        mask = torch.arange(seg_pad.shape[1], device=tak.device)[None, :] < lengths[:, None]
         result = temporal_dynamic_aggregation(seg_pad, tak, alpha=self.cfg.method.tda_alpha, frame_mask=mask)
         return seg_pad, mask, result
 
@@ -200,6 +197,8 @@ class VrshqModel(nn.Module):
         *,
         llm_batch_size: int | None = None,
         mask_chunk_size: int = 16,
+        output_hw: tuple[int, int] | None = None,
+        masks_on_device: bool = False,
     ) -> list[SegmentationResult]:
         """Segment every expression in one video (method §1.4-§5.3), sharing all per-video work.
 
@@ -210,14 +209,24 @@ class VrshqModel(nn.Module):
             llm_batch_size: expressions per MLLM forward (None: all in one batch). Results do not depend
                 on it.
             mask_chunk_size: frames per chunk when masks are resized back to (H, W).
+            output_hw: the size of the masks (default: the frames' size). A pipeline that runs the model
+                on downscaled frames passes the original video size here, so the logits are resized
+                bilinearly straight to it and thresholded there (method §5.3 step 6), instead of
+                thresholding at the working size and upsampling the binary masks.
+            masks_on_device: return the masks as bool tensors on the compute device (no host copy: the
+                caller encodes them there, e.g. ``pipelines.rle.encode_masks``) instead of numpy arrays.
 
         Returns:
             One `SegmentationResult` per expression, in order: (T, H, W) bool masks (logits > 0 after
-            cropping the letterbox and resizing to the original size), the keyframe, the TKS scores of
+            cropping the letterbox and resizing to `output_hw`), the keyframe, the TKS scores of
             the candidates, the MLLM frames and per-frame object scores.
+
+        Raises:
+            ValueError: bad frames, expressions or `output_hw`.
         """
         tokenizer = self._require_tokenizer()
         frames = _as_frames(frames)
+        output_hw = self._check_output_hw(output_hw, frames)
         if isinstance(expressions, str) or not expressions:
             raise ValueError("expressions must be a non-empty list of strings")
         texts = [normalize_expression(e) for e in expressions]
@@ -233,17 +242,34 @@ class VrshqModel(nn.Module):
             # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
             track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
             del features
-            # 6. crop the letterbox, resize to (H, W), threshold (§5.3 step 6)
+            # 6. crop the letterbox, resize to output_hw, threshold (§5.3 step 6)
+            object_scores = track.object_score_logits.float().cpu().numpy()  # one copy for all expressions
             return [
                 SegmentationResult(
-                    masks=self._masks_at_original_size(track.low_res_logits[e], boxed, chunk_size=mask_chunk_size),
+                    masks=self._masks_at_size(
+                        track.low_res_logits[e], boxed, output_hw=output_hw, chunk_size=mask_chunk_size,
+                        on_device=masks_on_device,
+                    ),
                     keyframe_idx=int(keyframes[e]),
                     keyframe_scores=scores[e],
                     frame_indices=frame_sets[e],
-                    object_scores=track.object_score_logits[e].float().cpu().numpy(),
+                    object_scores=object_scores[e],
                 )
                 for e in range(len(texts))
             ]
+
+    @staticmethod
+    def _check_output_hw(output_hw: tuple[int, int] | None, frames: torch.Tensor) -> tuple[int, int]:
+        if output_hw is None:
+            return int(frames.shape[1]), int(frames.shape[2])
+        ok = (
+            isinstance(output_hw, (tuple, list))
+            and len(output_hw) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in output_hw)
+        )
+        if not ok:
+            raise ValueError(f"output_hw must be (height, width) with positive ints, got {output_hw!r}")
+        return int(output_hw[0]), int(output_hw[1])
 
     def _video_tokens(
         self, frames: torch.Tensor, texts: Sequence[str], tokenizer, *, llm_batch_size: int | None
@@ -282,43 +308,60 @@ class VrshqModel(nn.Module):
         method = self.cfg.method
         counts = [len(fs) for fs in frame_sets]
         cand_frames = torch.tensor([f for fs in frame_sets for f in fs], dtype=torch.long)
-        cand_prompts = torch.repeat_interleave(
-            tda.fused_tak, torch.tensor(counts, device=tda.fused_tak.device), dim=0
+        cand_prompts = torch.repeat_interleave(  # output_size: no device->host sync for the length
+            tda.fused_tak, torch.tensor(counts, device=tda.fused_tak.device), dim=0, output_size=sum(counts)
         )
         decode = self.sam2.decode_prompts(features, cand_frames, cand_prompts)
-        keyframes, key_masks, scores_list = [], [], []
+        # Scores per expression stay on the device (same ops as `inference_keyframe`, so the same
+        # values); one padded argmax and one host copy replace a sync per expression.
+        scores_dev = []
         offset = 0
         for e, n in enumerate(counts):
-            pos, scores = inference_keyframe(
-                decode.object_score_logits[offset : offset + n],
-                tda.weights[e, :n],
-                sam_weight=method.tks_sam_weight,
-                token_weight=method.tks_token_weight,
+            scores_dev.append(
+                tks_scores(
+                    decode.object_score_logits[offset : offset + n],
+                    tda.weights[e, :n],
+                    sam_weight=method.tks_sam_weight,
+                    token_weight=method.tks_token_weight,
+                )
             )
-            keyframes.append(int(frame_sets[e][pos]))
-            key_masks.append(decode.high_res_logits[offset + pos, 0] > 0)
-            scores_list.append(scores.float().cpu().numpy())
             offset += n
-        return keyframes, torch.stack(key_masks), scores_list
+        padded = torch.nn.utils.rnn.pad_sequence(scores_dev, batch_first=True, padding_value=float("-inf"))
+        positions = padded.argmax(dim=1)  # first maximum, as `int(scores.argmax())` per expression
+        offsets = torch.tensor([0, *np.cumsum(counts)[:-1].tolist()], dtype=torch.long, device=positions.device)
+        key_masks = decode.high_res_logits[offsets + positions, 0] > 0
+        positions_host, padded_host = positions.cpu().numpy(), padded.float().cpu().numpy()
+        keyframes = [int(frame_sets[e][int(positions_host[e])]) for e in range(len(counts))]
+        scores_list = [padded_host[e, :n].copy() for e, n in enumerate(counts)]
+        return keyframes, key_masks, scores_list
 
-    def _masks_at_original_size(
-        self, low_res_logits: torch.Tensor, boxed: Letterboxed, *, chunk_size: int
-    ) -> np.ndarray:
-        """(T, S/4, S/4) propagated logits -> (T, H, W) bool masks, in chunks of frames (method §5.3 step 6).
+    def _masks_at_size(
+        self,
+        low_res_logits: torch.Tensor,
+        boxed: Letterboxed,
+        *,
+        output_hw: tuple[int, int],
+        chunk_size: int,
+        on_device: bool,
+    ) -> np.ndarray | torch.Tensor:
+        """(T, S/4, S/4) propagated logits -> (T, *output_hw) bool masks, in chunks of frames (method §5.3 step 6).
 
         As the official code: bilinear to S×S (SAM2's video resolution), crop the letterbox's valid
-        region, bilinear (align_corners=False) to the original size, threshold.
+        region, bilinear (align_corners=False) to the output size, threshold. With `on_device` the
+        masks stay on the compute device (no host sync per chunk).
         """
         size = self.sam2.image_size
         num_frames = low_res_logits.shape[0]
-        masks = np.empty((num_frames, *boxed.original_hw), dtype=bool)
+        if on_device:
+            masks = torch.empty((num_frames, *output_hw), dtype=torch.bool, device=self.device)
+        else:
+            masks = np.empty((num_frames, *output_hw), dtype=bool)
         for t0 in range(0, num_frames, chunk_size):
             low = low_res_logits[t0 : t0 + chunk_size].to(self.device).float()
             high = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            logits = unletterbox_logits(
-                high, resized_hw=boxed.resized_hw, original_hw=boxed.original_hw, image_size=size
-            )
-            masks[t0 : t0 + chunk_size] = (logits > self.cfg.method.mask_threshold).cpu().numpy()
+            logits = unletterbox_logits(high, resized_hw=boxed.resized_hw, original_hw=output_hw, image_size=size)
+            chunk = logits > self.cfg.method.mask_threshold
+            masks[t0 : t0 + chunk_size] = chunk if on_device else chunk.cpu().numpy()
         return masks
 
     # --------------------------------------------------------------------------------------- training
