@@ -54,8 +54,20 @@ def png_mask_path(root: str, video_id: str, exp_id: str, frame_name: str) -> str
             f"png_mask_path needs non-empty video_id, exp_id and frame_name, got "
             f"{video_id!r}, {exp_id!r}, {frame_name!r}"
         )
+    # Ids are data, not paths: ReVOS video ids legitimately contain "/", but a "." or ".." component
+    # (or a "/" in an expression id or frame name) could write outside ``root`` or a zip's folder.
+    video_parts = video_id.strip("/").split("/")
+    bad = [p for p in video_parts if p in ("", ".", "..") or "\\" in p]
+    for name, value in (("exp_id", str(exp_id)), ("frame_name", frame_name)):
+        if "/" in value or "\\" in value or value in (".", ".."):
+            bad.append(f"{name}={value!r}")
+    if bad:
+        raise ValueError(
+            f"png_mask_path: unsafe id for a path (video_id={video_id!r}, exp_id={exp_id!r}, "
+            f"frame_name={frame_name!r}): {bad}; ids must not contain '.', '..' or empty path components"
+        )
     parts = [root.rstrip("/")] if root else []
-    return "/".join([*parts, video_id.strip("/"), str(exp_id), f"{frame_name}.png"])
+    return "/".join([*parts, *video_parts, str(exp_id), f"{frame_name}.png"])
 
 
 def encode_png_mask(mask: np.ndarray, *, compress_level: int = 6) -> bytes:

@@ -6,7 +6,8 @@ together (the model shares the per-video work: SAM2 image features, CLIP feature
 ``torch.inference_mode``. The model resizes its mask logits straight to the original frame size
 (``output_hw``: the frames it sees are downscaled) and thresholds them on its device; the masks
 are RLE-encoded there (:func:`pipelines.rle.encode_masks`), so only compact rows (a few bytes per
-frame) leave the device and the actor.
+frame) leave the device and the actor. The masks are built and encoded chunk by chunk
+(``SegmentationResult.iter_mask_chunks``), so a video's full-size masks never exist at once.
 
 Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
 never raise out of ``__call__``: they become error entries of the row, so one bad video cannot
@@ -27,7 +28,7 @@ from pipelines.config import InferenceConfig
 from pipelines.rle import encode_masks
 from pipelines.video_io import FrameReadError, item_from_json, read_video
 
-__all__ = ["RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
+__all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ def _chaos_maybe_exit() -> None:
     if counts[0] <= 0:
         _LOG.warning("%s: exiting on purpose (test fault injection)", CHAOS_KILL_FILE_ENV)
         os._exit(137)
+
+#: Frames per chunk of full-size masks built and RLE-encoded at once (64 720p masks = 59 MB of bool).
+DEFAULT_MASK_CHUNK_FRAMES = 64
 
 #: One row per video: what the model stage hands to the writer stage.
 RESULT_SCHEMA = pa.schema(
@@ -106,6 +110,7 @@ def segment_video_item(
     original_hw: tuple[int, int],
     max_side: int,
     storage_options: dict[str, Any] | None = None,
+    mask_chunk_frames: int = DEFAULT_MASK_CHUNK_FRAMES,
 ) -> dict[str, Any]:
     """Segment every pending expression of one work item; returns a :data:`RESULT_SCHEMA` row.
 
@@ -117,6 +122,8 @@ def segment_video_item(
         original_hw: the original frame size (the masks' output size).
         max_side: working resolution, used when the frames are read here.
         storage_options: fsspec options, used when the frames are read here.
+        mask_chunk_frames: frames whose full-size masks are built and RLE-encoded at a time
+            (``SegmentationResult.iter_mask_chunks``): memory for masks is O(chunk), not O(T).
     """
     import torch
 
@@ -137,7 +144,8 @@ def segment_video_item(
             # Logits are resized bilinearly to the original size and thresholded on the model's
             # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
             results = model.segment_video(
-                torch.from_numpy(np.array(frames, dtype=np.uint8)),  # writable copy
+                # torch wants a writable array: copy only when the frames are read-only or not uint8/C order
+                torch.from_numpy(np.require(frames, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])),
                 texts,
                 output_hw=expected[1:],
                 masks_on_device=True,
@@ -146,11 +154,17 @@ def segment_video_item(
                 raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
             encoded = []
             for expression, result in zip(video.expressions, results):
-                if tuple(result.masks.shape) != expected:
+                if result.mask_shape != expected:
                     errors.append(_error(expression.exp_id, "model", ValueError(
-                        f"segment_video returned masks of shape {tuple(result.masks.shape)}, expected {expected}")))
+                        f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
                     continue
-                encoded.append((expression, result, encode_masks(result.masks)))
+                # Chunk by chunk: a long video's full-size masks never exist at once (on GPU or host).
+                rle_counts = [
+                    counts
+                    for _, chunk in result.iter_mask_chunks(mask_chunk_frames)
+                    for counts in encode_masks(chunk)
+                ]
+                encoded.append((expression, result, rle_counts))
         elapsed = time.perf_counter() - start
         per_expression = elapsed / max(len(texts), 1)
         for expression, result, rle_counts in encoded:

@@ -149,7 +149,13 @@ def _load_jpeg_frames(
             raise DataError(uris[path], f"frame file not found (video {video.video_id!r})")
         if isinstance(value, IsADirectoryError):
             raise DataError(uris[path], "expected a frame file, found a folder")
-        if isinstance(value, Exception):  # network or permission trouble is not a data problem: let callers retry
+        if isinstance(value, OSError):  # network or permission trouble is not a data problem: let callers retry,
+            try:  # but keep the type and name the file (a bare "Forbidden" names nothing)
+                named = type(value)(f"{uris[path]}: {value}")
+            except Exception:  # noqa: BLE001 - an OSError subclass with another constructor
+                raise value from None
+            raise named from value
+        if isinstance(value, Exception):
             raise value
 
     def decode(path: str) -> np.ndarray:
