@@ -5,7 +5,7 @@ three key columns plus ``item_json`` (the :class:`vrshq.data.VideoRecord` as JSO
 block schema identical for every video, whatever its number of expressions or frames.
 
 :func:`read_frames_batch` is the Ray Data UDF of the frame-reading stage (CPU tasks): it decodes
-a video's frames (JPEG folder or mp4, through fsspec, by :func:`vrshq.data.load_frames`) and
+a video's frames (JPEG folder or mp4, through fsspec, chunk by chunk with :func:`vrshq.data.iter_frame_chunks`) and
 shrinks them to the model's working resolution, so the object store carries ``T x h x w x 3``
 bytes instead of full-resolution frames. The model actor needs the original size only to resize
 its mask logits back to it (``VrshqModel.segment_video(output_hw=...)``), and it RLE-encodes the
@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vrshq.data import DataError, ExpressionRecord, VideoRecord, load_frames
+from vrshq.data import DataError, ExpressionRecord, VideoRecord, iter_frame_chunks
 
 __all__ = [
     "FrameReadError",
@@ -108,9 +108,13 @@ def resize_frames(frames: np.ndarray, *, max_side: int) -> np.ndarray:
 
 
 def read_video(
-    video: VideoRecord, *, max_side: int, storage_options: Mapping[str, Any] | None = None
+    video: VideoRecord,
+    *,
+    max_side: int,
+    storage_options: Mapping[str, Any] | None = None,
+    decode_chunk_frames: int = 64,
 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode and shrink a video's frames.
+    """Decode and shrink a video's frames, ``decode_chunk_frames`` at a time (memory O(chunk) at full size).
 
     Returns:
         ``(frames, (H, W))``: uint8 ``(T, h, w, 3)`` at the working resolution and the original size.
@@ -123,28 +127,36 @@ def read_video(
         raise FrameReadError(
             f"video {video.video_id!r} has no frames", stage="read", uri=video.frames_uri or video.video_uri
         )
+    uri = video.frames_uri or video.video_uri
+    frames: np.ndarray | None = None
+    original = (0, 0)
+    done = 0
     try:
-        frames = load_frames(video, storage_options=storage_options)
+        # Decode and shrink chunk by chunk: a 5,000-frame or 4K video never sits in memory at full size.
+        for chunk in iter_frame_chunks(video, chunk_frames=decode_chunk_frames, storage_options=storage_options):
+            small = resize_frames(chunk, max_side=max_side)
+            if frames is None:
+                original = (int(chunk.shape[1]), int(chunk.shape[2]))
+                frames = np.empty((video.num_frames, *small.shape[1:]), np.uint8)
+            frames[done:done + len(small)] = small
+            done += len(small)
     except DataError as exc:
         missing = "not found" in exc.reason or "no such" in exc.reason.lower()
         raise FrameReadError(
             str(exc), stage="read" if missing else "decode", uri=exc.uri, error_type=type(exc).__name__
         ) from exc
     except (FileNotFoundError, PermissionError, ConnectionError, TimeoutError) as exc:  # I/O, not decoding
-        raise FrameReadError(str(exc), stage="read", uri=video.frames_uri or video.video_uri,
-                             error_type=type(exc).__name__) from exc
+        raise FrameReadError(str(exc), stage="read", uri=uri, error_type=type(exc).__name__) from exc
     except (OSError, ValueError, RuntimeError, IndexError) as exc:
         raise FrameReadError(
-            f"cannot decode video {video.video_id!r}: {exc}", stage="decode",
-            uri=video.frames_uri or video.video_uri, error_type=type(exc).__name__,
+            f"cannot decode video {video.video_id!r}: {exc}", stage="decode", uri=uri, error_type=type(exc).__name__,
         ) from exc
-    if frames.shape[0] != video.num_frames:
+    if frames is None or done != video.num_frames:
         raise FrameReadError(
-            f"video {video.video_id!r}: decoded {frames.shape[0]} frames, the record lists {video.num_frames}",
-            stage="decode", uri=video.frames_uri or video.video_uri,
+            f"video {video.video_id!r}: decoded {done} frames, the record lists {video.num_frames}",
+            stage="decode", uri=uri,
         )
-    original = (int(frames.shape[1]), int(frames.shape[2]))
-    return resize_frames(frames, max_side=max_side), original
+    return frames, original
 
 
 def _inline_bytes(video: VideoRecord, max_side: int) -> int | None:

@@ -299,3 +299,39 @@ def test_video_ids_with_glob_characters_and_relative_roots(synthetic_revos_local
     assert video.frames_uri == f"{root}/JPEGImages/{new}"
     frames = load_frames(video)
     np.testing.assert_array_equal(frames[0], np.asarray(Image.open(root / "JPEGImages" / new / "00000.jpg").convert("RGB")))
+
+
+def test_iter_frame_chunks_covers_every_frame_in_order_for_jpeg_and_mp4(synthetic_revos_local):
+    # Chunked decoding must give exactly load_frames' frames (JPEG: bit-exact; mp4: same decoder, same
+    # frames), in order, with the last chunk short, and an mp4 opened once.
+    import numpy as np
+
+    from vrshq.data import iter_frame_chunks, load_frames, read_revos
+
+    for frames_from in ("jpeg", "mp4"):
+        video = read_revos(str(synthetic_revos_local), split="valid", frames_from=frames_from)[0]
+        whole = load_frames(video)
+        chunks = list(iter_frame_chunks(video, chunk_frames=4))
+        assert [len(c) for c in chunks] == [4] * (len(whole) // 4) + ([len(whole) % 4] if len(whole) % 4 else [])
+        np.testing.assert_array_equal(np.concatenate(chunks), whole)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        next(iter_frame_chunks(video, chunk_frames=0))
+
+
+def test_iter_frame_chunks_rejects_a_size_change_between_chunks(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vrshq.data import DataError, VideoRecord, iter_frame_chunks
+
+    folder = tmp_path / "JPEGImages" / "v"
+    folder.mkdir(parents=True)
+    for i, (h, w) in enumerate([(8, 10), (8, 10), (12, 10)]):
+        Image.fromarray(np.full((h, w, 3), 40 * i, np.uint8)).save(folder / f"{i:05d}.jpg")
+    video = VideoRecord(dataset="d", split="s", video_id="v", frame_names=("00000", "00001", "00002"),
+                        frames_uri=str(folder), video_uri=None, height=None, width=None, expressions=())
+    chunks = iter_frame_chunks(video, chunk_frames=2)
+    assert next(chunks).shape == (2, 8, 10, 3)
+    with pytest.raises(DataError, match=r"different sizes .* frames from 2 are 12x10 .* frame 0 is 8x10") as info:
+        next(chunks)
+    assert info.value.uri == str(folder)

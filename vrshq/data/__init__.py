@@ -5,7 +5,14 @@
 >>> frames = load_frames(videos[0])  # uint8 (T, H, W, 3)  # doctest: +SKIP
 """
 from vrshq.data.errors import DataError
-from vrshq.data.frames import FRAME_EXTENSION, decode_image, frame_uri, load_frames, probe_frame_size
+from vrshq.data.frames import (
+    FRAME_EXTENSION,
+    decode_image,
+    frame_uri,
+    iter_frame_chunks,
+    load_frames,
+    probe_frame_size,
+)
 from vrshq.data.masks import (
     decode_rle,
     encode_rle,
@@ -50,6 +57,7 @@ __all__ = [
     "encode_rle",
     "frame_uri",
     "generate_synthetic_video",
+    "iter_frame_chunks",
     "load_expression_masks",
     "load_foreground_dict",
     "load_foreground_masks",

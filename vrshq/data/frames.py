@@ -10,7 +10,7 @@ truncated JPEG, while PIL raises; both decode with libjpeg-turbo.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -21,7 +21,7 @@ from vrshq.data._fs import cat_many, join_uri, resolve
 from vrshq.data.errors import DataError
 from vrshq.data.records import VideoRecord
 
-__all__ = ["FRAME_EXTENSION", "decode_image", "load_frames", "probe_frame_size", "frame_uri"]
+__all__ = ["FRAME_EXTENSION", "decode_image", "iter_frame_chunks", "load_frames", "probe_frame_size", "frame_uri"]
 
 #: File extension of the frames in ``frames_uri`` (ReVOS, MeViS, Ref-YouTube-VOS).
 FRAME_EXTENSION = ".jpg"
@@ -180,6 +180,14 @@ def _load_jpeg_frames(
 def _load_mp4_frames(
     video: VideoRecord, indices: list[int], storage_options: Mapping[str, Any] | None, threads: int
 ) -> np.ndarray:
+    reader = _open_mp4(video, storage_options, threads)
+    if not indices:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    return _decode_mp4_batch(reader, video, indices)
+
+
+def _open_mp4(video: VideoRecord, storage_options: Mapping[str, Any] | None, threads: int) -> Any:
+    """A decord reader of the video's mp4, its frame count checked against the record."""
     import decord  # heavy native library: imported only when an mp4 is read
 
     uri = video.video_uri
@@ -200,8 +208,13 @@ def _load_mp4_frames(
         raise DataError(uri, "video has no frames")
     if count != video.num_frames:
         raise DataError(uri, f"video has {count} frames but the record lists {video.num_frames} frame names")
-    if not indices:
-        return np.zeros((0, 0, 0, 3), np.uint8)
+    return reader
+
+
+def _decode_mp4_batch(reader: Any, video: VideoRecord, indices: list[int]) -> np.ndarray:
+    import decord
+
+    uri = video.video_uri
     try:
         batch = reader.get_batch(indices)
     except (RuntimeError, decord.DECORDError) as exc:
@@ -210,6 +223,48 @@ def _load_mp4_frames(
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise DataError(uri, f"decoded frames have shape {frames.shape}, expected (T, H, W, 3)")
     return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def iter_frame_chunks(
+    video: VideoRecord,
+    *,
+    chunk_frames: int = 64,
+    storage_options: Mapping[str, Any] | None = None,
+    decode_threads: int = 4,
+) -> Iterator[np.ndarray]:
+    """Decode all of a video's frames in order, ``chunk_frames`` at a time.
+
+    Long videos (thousands of frames, or 4K) never need all their full-size frames in memory at
+    once: a caller that shrinks or encodes each chunk keeps memory O(chunk). An mp4 is opened once
+    for all chunks. Every chunk is checked like :func:`load_frames`, and all chunks must have the
+    size of the first.
+
+    Yields:
+        uint8 ``(t, H, W, 3)`` RGB arrays, ``t <= chunk_frames``, covering frames ``0..T-1`` in order.
+
+    Raises:
+        ValueError: ``chunk_frames`` < 1.
+        DataError: as :func:`load_frames`, naming the file.
+    """
+    if not isinstance(chunk_frames, int) or chunk_frames < 1:
+        raise ValueError(f"chunk_frames must be a positive int, got {chunk_frames!r}")
+    uri = video.frames_uri or video.video_uri
+    reader = _open_mp4(video, storage_options, decode_threads) if video.frames_uri is None else None
+    first_hw: tuple[int, int] | None = None
+    for start in range(0, video.num_frames, chunk_frames):
+        indices = list(range(start, min(start + chunk_frames, video.num_frames)))
+        if reader is None:
+            chunk = load_frames(video, frame_indices=indices, storage_options=storage_options,
+                                decode_threads=decode_threads)
+        else:
+            chunk = _decode_mp4_batch(reader, video, indices)
+        hw = (int(chunk.shape[1]), int(chunk.shape[2]))
+        if first_hw is None:
+            first_hw = hw
+        elif hw != first_hw:
+            raise DataError(uri, f"frames of different sizes in video {video.video_id!r}: frames from "
+                                 f"{start} are {hw[0]}x{hw[1]} (HxW), frame 0 is {first_hw[0]}x{first_hw[1]}")
+        yield chunk
 
 
 def _first_line(exc: BaseException) -> str:
