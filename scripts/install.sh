@@ -16,7 +16,9 @@ TORCH_SPEC=${VRSHQ_TORCH_SPEC:-torch==2.13.0}
 
 pip_install() {  # pip, quiet, without the local-index noise; keeps pip's exit status
   local rc
-  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v 'is ignored' || true
+  # Filtered: the local-index noise, and pip's (expected) complaint that sam2 wants torchvision.
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | grep -v -e 'is ignored' -e 'requires torchvision' -e "dependency resolver does not currently" || true
   rc=${PIPESTATUS[0]}
   return "$rc"
 }
