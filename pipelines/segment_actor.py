@@ -61,8 +61,9 @@ def _chaos_maybe_exit() -> None:
         _LOG.warning("%s: exiting on purpose (test fault injection)", CHAOS_KILL_FILE_ENV)
         os._exit(137)
 
-#: Frames per chunk of full-size masks built and RLE-encoded at once (64 720p masks = 59 MB of bool).
-DEFAULT_MASK_CHUNK_FRAMES = 64
+#: Frames per chunk of full-size masks built and RLE-encoded at once. At S = 1024 and 720p a chunk of
+#: 32 costs ~350 MB of temporaries on the device (float logits at S×S and at 720p, then bool masks).
+DEFAULT_MASK_CHUNK_FRAMES = 32
 
 #: One row per video: what the model stage hands to the writer stage.
 RESULT_SCHEMA = pa.schema(

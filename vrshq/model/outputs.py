@@ -3,35 +3,98 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from vrshq.model.lazy_masks import LazyMasks, MaskChunk, check_chunk_frames
 from vrshq.model.prompts import VideoPrompt, training_prompt
 
 __all__ = ["SegmentationResult", "TrainBatch", "TrainVideo", "VrshqOutput", "make_train_batch"]
 
+_DENSE_CHUNK_FRAMES = 16  # default chunk when slicing masks that were given whole
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False, eq=False)
 class SegmentationResult:
     """Inference result of one expression on one video.
 
-    Attributes:
-        masks: (T, H, W) bool, one mask per video frame at the original size (or the requested
-            `output_hw`): a numpy array, or a tensor on the compute device with `masks_on_device`.
+    The masks are either given whole or computed lazily, chunk by chunk, from the propagated
+    low-res logits (`vrshq.model.lazy_masks.LazyMasks`, what `VrshqModel.segment_video` returns):
+    a long video's full-size masks need never exist at once. `iter_mask_chunks` streams them;
+    `masks` builds (and keeps) the whole stack for callers who want it; both give the same values.
+
+    Args:
+        masks: (T, H, W) bool masks (numpy array or tensor), or a `LazyMasks` that produces them.
         keyframe_idx: the keyframe as an index into the video's frames.
         keyframe_scores: (n,) TKS score of each candidate (the MLLM frames), method §4.
         frame_indices: the n sorted video frames the MLLM saw (the TKS candidates).
         object_scores: (T,) SAM2 object-score logit of every frame after propagation.
     """
 
-    masks: np.ndarray | torch.Tensor
     keyframe_idx: int
     keyframe_scores: np.ndarray
     frame_indices: list[int]
     object_scores: np.ndarray
+    mask_source: np.ndarray | torch.Tensor | LazyMasks = field(repr=False)
+
+    def __init__(
+        self,
+        *,
+        masks: np.ndarray | torch.Tensor | LazyMasks,
+        keyframe_idx: int,
+        keyframe_scores: np.ndarray,
+        frame_indices: list[int],
+        object_scores: np.ndarray,
+    ) -> None:
+        if not isinstance(masks, (np.ndarray, torch.Tensor, LazyMasks)) or (
+            not isinstance(masks, LazyMasks) and masks.ndim != 3
+        ):
+            raise TypeError(
+                "SegmentationResult.masks must be a (T, H, W) numpy array or tensor, or a LazyMasks; got "
+                f"{type(masks).__name__} {tuple(getattr(masks, 'shape', ()))}"
+            )
+        object.__setattr__(self, "mask_source", masks)
+        object.__setattr__(self, "keyframe_idx", keyframe_idx)
+        object.__setattr__(self, "keyframe_scores", keyframe_scores)
+        object.__setattr__(self, "frame_indices", frame_indices)
+        object.__setattr__(self, "object_scores", object_scores)
+
+    @property
+    def mask_shape(self) -> tuple[int, int, int]:
+        """(T, H, W) of the masks, without computing them."""
+        return tuple(int(n) for n in self.mask_source.shape)  # type: ignore[return-value]
+
+    @property
+    def masks(self) -> np.ndarray | torch.Tensor:
+        """(T, H, W) bool masks at the original size (or the requested `output_hw`): a numpy array,
+        or a tensor on the compute device with `masks_on_device`. Computed on first access and kept;
+        prefer `iter_mask_chunks` for long videos."""
+        source = self.mask_source
+        if isinstance(source, LazyMasks):
+            cached = self.__dict__.get("_dense_masks")
+            if cached is None:
+                cached = source.materialize()
+                object.__setattr__(self, "_dense_masks", cached)
+            return cached
+        return source
+
+    def iter_mask_chunks(self, chunk_frames: int | None = None) -> Iterator[MaskChunk]:
+        """Yield `(start, masks[start : start + n])` in frame order, one chunk at a time.
+
+        Lazy masks are computed per chunk (only `chunk_frames` full-size masks exist at once); masks
+        given whole (or already built by `masks`) are sliced. `chunk_frames` defaults to the lazy
+        masks' own chunk size (`_DENSE_CHUNK_FRAMES` for masks given whole).
+        """
+        source = self.__dict__.get("_dense_masks", self.mask_source)
+        if isinstance(source, LazyMasks):
+            yield from source.iter_chunks(chunk_frames)
+            return
+        step = _DENSE_CHUNK_FRAMES if chunk_frames is None else check_chunk_frames(chunk_frames)
+        for start in range(0, source.shape[0], step):
+            yield start, source[start : start + step]
 
 
 @dataclass(frozen=True)

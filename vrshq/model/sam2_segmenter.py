@@ -3,7 +3,8 @@
 :class:`Sam2Segmenter` wraps the real ``sam2`` model (:class:`~vrshq.model.sam2_model.VrshqSam2`,
 a ``SAM2VideoPredictor``) and exposes the four operations VRS-HQ needs:
 
-* :meth:`Sam2Segmenter.encode_video` - image encoder once per frame, shared by all expressions
+* :meth:`Sam2Segmenter.encode_video` / :meth:`Sam2Segmenter.encode_frames` (from uint8 frames,
+  letterboxed chunk by chunk) - image encoder once per frame, shared by all expressions
   of a video (the official code recomputes it per expression and per TKS candidate, §9 item 8);
 * :meth:`Sam2Segmenter.decode_prompts` - SAM2-as-image decode of prompt embeddings on frames
   (keyframe / TKS candidates, method §4, §5.2, §5.3 step 2), batched over prompts;
@@ -16,12 +17,15 @@ SAM2's dict state never crosses this API; inputs and outputs are tensors and dat
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vrshq.model.letterbox import letterbox
 from vrshq.model.sam2_config import Sam2Config
 from vrshq.model.sam2_model import (
     PROMPT_EMBEDS_KEY,
@@ -219,23 +223,68 @@ class Sam2Segmenter(nn.Module):
             without gradients (inference; training goes through :meth:`train_window_forward`).
         """
         self._check_images(images, "encode_video", 4)
+        step = self.cfg.encode_chunk_size
+        chunks = (images[start : start + step] for start in range(0, images.shape[0], step))
+        return self._encode_chunks(chunks, num_frames=int(images.shape[0]))
+
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor | np.ndarray) -> VideoFeatures:
+        """Letterbox (method §1.5) and encode uint8 frames, one chunk of frames at a time.
+
+        Equal to ``encode_video(letterbox(frames).images)`` but never holds the (T, 3, S, S)
+        float video (12 MB per frame at S = 1024): each chunk of ``cfg.encode_chunk_size`` frames
+        is letterboxed on the model's device and encoded, so besides the features (offloaded
+        with ``cfg.offload_features_to_cpu``) memory does not grow with the video's length.
+
+        Args:
+            frames: (T, H, W, 3) uint8 RGB frames (numpy or torch, any device; CPU is fine).
+
+        Returns:
+            :class:`VideoFeatures`, as :meth:`encode_video`.
+        """
+        if isinstance(frames, np.ndarray):
+            frames = torch.from_numpy(frames)
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.dtype != torch.uint8:
+            raise ValueError(
+                "encode_frames: expected uint8 (T, H, W, 3) frames, got "
+                f"{getattr(frames, 'dtype', type(frames).__name__)} {tuple(getattr(frames, 'shape', ()))}"
+            )
+        step, size, device = self.cfg.encode_chunk_size, self.image_size, self.device
+        chunks = (
+            letterbox(frames[start : start + step], image_size=size, device=device).images
+            for start in range(0, frames.shape[0], step)
+        )
+        return self._encode_chunks(chunks, num_frames=int(frames.shape[0]))
+
+    def _encode_chunks(self, chunks: Iterator[torch.Tensor], *, num_frames: int) -> VideoFeatures:
+        """Encode (n, 3, S, S) image chunks into features preallocated for ``num_frames`` frames.
+
+        Writing each chunk into its slot (instead of concatenating at the end) keeps the peak at
+        one copy of the features plus one chunk.
+        """
         device = self.device
         store = torch.device("cpu") if self.cfg.offload_features_to_cpu else device
-        levels: list[list[torch.Tensor]] | None = None
+        levels: list[torch.Tensor] = []
         pos_enc: list[torch.Tensor] = []
-        for start in range(0, images.shape[0], self.cfg.encode_chunk_size):
-            chunk = images[start : start + self.cfg.encode_chunk_size]
-            chunk = chunk.to(device, non_blocking=True).float()
-            out = self._forward_image(chunk)
-            if levels is None:
-                levels = [[] for _ in out["backbone_fpn"]]
+        filled = 0
+        for chunk in chunks:
+            out = self._forward_image(chunk.to(device, non_blocking=True).float())
+            if not levels:
+                levels = [
+                    torch.empty((num_frames, *f.shape[1:]), dtype=f.dtype, device=store)
+                    for f in out["backbone_fpn"]
+                ]
                 pos_enc = [p[:1].to(store) for p in out["vision_pos_enc"]]
+            n = out["backbone_fpn"][0].shape[0]
             for acc, feat in zip(levels, out["backbone_fpn"]):
-                acc.append(feat.to(store))
-        if levels is None:
+                acc[filled : filled + n].copy_(feat)
+            filled += n
+        if not levels:
             raise ValueError("encode_video: got 0 frames")
+        if filled != num_frames:
+            raise RuntimeError(f"encode_video: encoded {filled} frames, expected {num_frames}")
         return VideoFeatures(
-            backbone_fpn=tuple(torch.cat(acc) for acc in levels),
+            backbone_fpn=tuple(levels),
             vision_pos_enc=tuple(pos_enc),
             compute_device=device,
         )

@@ -23,11 +23,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vrshq.config import VrshqConfig
-from vrshq.model.letterbox import Letterboxed, letterbox, unletterbox_logits
+from vrshq.model.lazy_masks import LazyMasks
+from vrshq.model.letterbox import letterbox, letterbox_shape, unletterbox_logits
 from vrshq.model.losses import combine_losses, mask_losses, object_presence_loss
 from vrshq.model.mllm import VrshqMLLM
 from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
@@ -173,21 +173,6 @@ class VrshqModel(nn.Module):
         """CPU when the SAM2 config offloads features (long videos), else the compute device (None)."""
         return torch.device("cpu") if self.sam2.cfg.offload_features_to_cpu else None
 
-    def _letterbox_video(self, frames: torch.Tensor, *, chunk_size: int = 16) -> Letterboxed:
-        """Letterbox all frames for SAM2 in chunks on the compute device (method §1.5).
-
-        The (T, 3, S, S) result stays on the compute device, or on the CPU when the SAM2 config offloads
-        features, so a long video never needs all its letterboxed frames on the GPU at once.
-        """
-        store = self._offload_device() or self.device
-        size = self.sam2.image_size
-        parts = [
-            letterbox(frames[start : start + chunk_size], image_size=size, device=self.device)
-            for start in range(0, frames.shape[0], chunk_size)
-        ]
-        images = torch.cat([p.images.to(store) for p in parts])
-        return Letterboxed(images=images, resized_hw=parts[0].resized_hw, original_hw=parts[0].original_hw)
-
     # -------------------------------------------------------------------------------------- inference
     @torch.no_grad()
     def segment_video(
@@ -208,7 +193,8 @@ class VrshqModel(nn.Module):
                 as the evaluation does).
             llm_batch_size: expressions per MLLM forward (None: all in one batch). Results do not depend
                 on it.
-            mask_chunk_size: frames per chunk when masks are resized back to (H, W).
+            mask_chunk_size: frames per chunk when masks are resized back to (H, W) (the default chunk
+                of `SegmentationResult.iter_mask_chunks`).
             output_hw: the size of the masks (default: the frames' size). A pipeline that runs the model
                 on downscaled frames passes the original video size here, so the logits are resized
                 bilinearly straight to it and thresholded there (method §5.3 step 6), instead of
@@ -219,7 +205,9 @@ class VrshqModel(nn.Module):
         Returns:
             One `SegmentationResult` per expression, in order: (T, H, W) bool masks (logits > 0 after
             cropping the letterbox and resizing to `output_hw`), the keyframe, the TKS scores of
-            the candidates, the MLLM frames and per-frame object scores.
+            the candidates, the MLLM frames and per-frame object scores. The masks are computed
+            lazily from the propagated S/4 logits (`iter_mask_chunks` streams them one chunk at a
+            time; `.masks` builds the whole stack), so memory stays bounded for long videos.
 
         Raises:
             ValueError: bad frames, expressions or `output_hw`.
@@ -236,19 +224,22 @@ class VrshqModel(nn.Module):
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
             frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
             # 4. SAM2 features once; every TKS candidate of every expression in one decode (§4, §5.3)
-            boxed = self._letterbox_video(frames)
-            features = self.sam2.encode_video(boxed.images)
+            # letterboxed and encoded chunk by chunk: the (T, 3, S, S) float video never exists
+            features = self.sam2.encode_frames(frames)
             keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
             # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
             track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
             del features
             # 6. crop the letterbox, resize to output_hw, threshold (§5.3 step 6)
             object_scores = track.object_score_logits.float().cpu().numpy()  # one copy for all expressions
+            size = self.sam2.image_size
+            resized_hw = letterbox_shape(int(frames.shape[1]), int(frames.shape[2]), size)
             return [
                 SegmentationResult(
-                    masks=self._masks_at_size(
-                        track.low_res_logits[e], boxed, output_hw=output_hw, chunk_size=mask_chunk_size,
-                        on_device=masks_on_device,
+                    masks=LazyMasks(  # computed per chunk of frames when read, never all at once
+                        low_res_logits=track.low_res_logits[e], resized_hw=resized_hw, output_hw=output_hw,
+                        image_size=size, threshold=self.cfg.method.mask_threshold, device=self.device,
+                        on_device=masks_on_device, chunk_frames=mask_chunk_size,
                     ),
                     keyframe_idx=int(keyframes[e]),
                     keyframe_scores=scores[e],
@@ -334,35 +325,6 @@ class VrshqModel(nn.Module):
         keyframes = [int(frame_sets[e][int(positions_host[e])]) for e in range(len(counts))]
         scores_list = [padded_host[e, :n].copy() for e, n in enumerate(counts)]
         return keyframes, key_masks, scores_list
-
-    def _masks_at_size(
-        self,
-        low_res_logits: torch.Tensor,
-        boxed: Letterboxed,
-        *,
-        output_hw: tuple[int, int],
-        chunk_size: int,
-        on_device: bool,
-    ) -> np.ndarray | torch.Tensor:
-        """(T, S/4, S/4) propagated logits -> (T, *output_hw) bool masks, in chunks of frames (method §5.3 step 6).
-
-        As the official code: bilinear to S×S (SAM2's video resolution), crop the letterbox's valid
-        region, bilinear (align_corners=False) to the output size, threshold. With `on_device` the
-        masks stay on the compute device (no host sync per chunk).
-        """
-        size = self.sam2.image_size
-        num_frames = low_res_logits.shape[0]
-        if on_device:
-            masks = torch.empty((num_frames, *output_hw), dtype=torch.bool, device=self.device)
-        else:
-            masks = np.empty((num_frames, *output_hw), dtype=bool)
-        for t0 in range(0, num_frames, chunk_size):
-            low = low_res_logits[t0 : t0 + chunk_size].to(self.device).float()
-            high = F.interpolate(low[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            logits = unletterbox_logits(high, resized_hw=boxed.resized_hw, original_hw=output_hw, image_size=size)
-            chunk = logits > self.cfg.method.mask_threshold
-            masks[t0 : t0 + chunk_size] = chunk if on_device else chunk.cpu().numpy()
-        return masks
 
     # --------------------------------------------------------------------------------------- training
     def forward(self, batch: TrainBatch) -> VrshqOutput:
