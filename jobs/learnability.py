@@ -10,7 +10,16 @@ bf16 checkpoint is < 20 MB), trained with the same code as ``jobs.train``: clip 
 ``pipelines.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
 ``VrshqModel.forward`` (CE + BCE + DICE + object presence on the 3-frame window), AdamW with
 per-group learning rates (SAM2 1e-4, text path 1e-3, learnability.md), 100 warm-up steps, linear
-decay, clipping 1.0, bf16 autocast on CUDA. Training videos are generated on the fly by
+decay, clipping 1.0, bf16 autocast on CUDA. An optional from-scratch aid that is not
+the method (never in ``jobs.train``), off by default: ``--tak-separation-weight W`` adds
+``W * pipelines.train_loop.tak_separation_loss`` (TAK embeddings of expressions naming different
+objects are pushed apart). Without it the random-init LLM gives every expression of a video the same
+TAK (cos ~0.999); with W=1 they separate (cos ~0.2), but SAM2's mask decoder still ignores the sparse
+prompt (the same mask for a zero prompt), so held-out J&F stays ~0.4: the missing conditioning is
+on the SAM2 side. A second aid, ``--seg-head-init-gain G`` (default 1: off), starts the TAK
+token at G times its init norm (``pipelines.train_loop.scale_seg_head_init``; CPU probe, 100 steps:
+G=8 keeps 5-10x more prompt sensitivity of the decoder than G=1, still < 1% of the logits; not
+measured on a full run). Training videos are generated on the fly by
 DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
 
@@ -60,7 +69,17 @@ class LearnabilityConfig:
     sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (learnability.md)"})
     text_lr: float = field(default=1e-3, metadata={"help": "learning rate of the text path (learnability.md)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    seg_head_init_gain: float = field(
+        default=1.0,
+        metadata={"help": "from-scratch aid, not the method: initial scale of the seg head output, the TAK token "
+                          "SAM2 reads (pipelines.train_loop.scale_seg_head_init); 1 = plain init"},
+    )
     object_weight: float = field(default=0.5, metadata={"help": "object-presence loss weight"})
+    tak_separation_weight: float = field(
+        default=0.0,
+        metadata={"help": "from-scratch aid, not the method: weight of the TAK separation loss "
+                          "(pipelines.train_loop.tak_separation_loss); 0 trains the method's losses only"},
+    )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
@@ -81,6 +100,10 @@ class LearnabilityConfig:
             problems.append("video_size must be >= 32 (synthetic scenes)")
         if not isinstance(self.data_workers, int) or self.data_workers < 0:
             problems.append(f"data_workers={self.data_workers!r}: must be an int >= 0")
+        if not isinstance(self.seg_head_init_gain, (int, float)) or not 0 < self.seg_head_init_gain < 1e6:
+            problems.append(f"seg_head_init_gain={self.seg_head_init_gain!r}: must be a number > 0")
+        if not isinstance(self.tak_separation_weight, (int, float)) or not 0 <= self.tak_separation_weight < 1e6:
+            problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
         if not self.out:
@@ -158,7 +181,9 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.array([r["step"] for r in log_rows])
-    for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss"):
+    for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss", "sep_loss"):
+        if not all(key in r for r in log_rows) or not any(r[key] > 0 for r in log_rows):
+            continue  # a resumed log of an older run, or an aid that is off
         values = np.array([r[key] for r in log_rows])
         if len(values) >= 20:
             kernel = np.ones(20) / 20
@@ -197,6 +222,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         export_model,
         load_train_checkpoint,
         save_train_checkpoint,
+        scale_seg_head_init,
         train_step,
         validate,
     )
@@ -212,6 +238,8 @@ def run(cfg: LearnabilityConfig) -> dict:
                      init_checkpoint=cfg.init_model)
     optim = OptimConfig(lr=cfg.lr, sam2_lr=cfg.sam2_lr, text_lr=cfg.text_lr, warmup_steps=cfg.warmup_steps)
     model = build_training_model(spec, device=device)
+    if cfg.seg_head_init_gain != 1.0 and not cfg.resume and not cfg.init_model:
+        scale_seg_head_init(model, cfg.seg_head_init_gain)  # random init only: loaded weights are kept
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, decay_steps=cfg.steps)
     state = TrainState()
@@ -239,9 +267,11 @@ def run(cfg: LearnabilityConfig) -> dict:
         scores = validate(model, heldout)
         scores["step"] = step
         evals.append(scores)
-        _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs", step,
-                  scores["j"], scores["f"], scores["jf"], scores.get("jf_referring", float("nan")),
-                  scores.get("jf_reasoning", float("nan")), scores["seconds"])
+        _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs; IoU between "
+                  "the masks of two expressions of a video: predicted %.3f, ground truth %.3f (near 1 vs low: the "
+                  "model ignores the expression)", step, scores["j"], scores["f"], scores["jf"],
+                  scores.get("jf_referring", float("nan")), scores.get("jf_reasoning", float("nan")), scores["seconds"],
+                  scores["pred_pair_iou"], scores["gt_pair_iou"])
         model.train()
         return scores
 
@@ -254,20 +284,20 @@ def run(cfg: LearnabilityConfig) -> dict:
         clips = next(loader)
         t_data = time.perf_counter() - t0
         metrics = train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
-                             clip_grad_norm=optim.clip_grad_norm)
+                             clip_grad_norm=optim.clip_grad_norm, tak_separation_weight=cfg.tak_separation_weight)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1
         sample_pos = max(sample_pos, max(c.sample_id for c in clips) + 1)
         seconds = time.perf_counter() - t0
         row = {"step": step, **{k: metrics[k] for k in ("loss", "ce_loss", "bce_loss", "dice_loss", "object_loss",
-                                                          "grad_norm", "lr_sam2", "lr_text")},
+                                                          "sep_loss", "grad_norm", "lr_sam2", "lr_text")},
                "seconds": seconds, "data_seconds": t_data, "clips_per_s": len(clips) / seconds}
         log_rows.append(row)
         if step % cfg.log_every == 0 or step == 1:
-            _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f) %.3fs/step (data %.3fs)", step,
-                      row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"], row["object_loss"], seconds,
-                      t_data)
+            _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f sep %.3f) %.3fs/step (data %.3fs)",
+                      step, row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"], row["object_loss"],
+                      row["sep_loss"], seconds, t_data)
         if step % cfg.eval_every == 0 and step < cfg.steps:
             evaluate(step)
         if deadline is not None and time.perf_counter() > deadline:

@@ -30,6 +30,8 @@ __all__ = [
     "TrainDataConfig",
     "ValidationConfig",
     "learnability_model_config",
+    "learnability_model_config_t14",
+    "learnability_model_config_t7",
     "model_config_from_spec",
 ]
 
@@ -37,6 +39,8 @@ __all__ = [
 MODEL_PRESETS: dict[str, str] = {
     "tiny": "vrshq.builders:tiny_config",
     "learn": "pipelines.train_config:learnability_model_config",
+    "learn-t14": "pipelines.train_config:learnability_model_config_t14",
+    "learn-t7": "pipelines.train_config:learnability_model_config_t7",
     "vrshq-7b": "vrshq.builders:vrshq_7b_config",
 }
 _TRAINABLE = ("all", "lora")
@@ -56,7 +60,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def learnability_model_config(*, object_weight: float = 0.5, trainable: str = "all"):
+def learnability_model_config(
+    *, object_weight: float = 0.5, trainable: str = "all", cluster_counts: tuple[int, ...] = (16, 8, 4)
+):
     """The model of the learnability run: the tiny classes at a middle size that fits a < 20 MB
     checkpoint in bf16 (learnability.md "Size": d_model 128, Hiera embed_dim 48).
 
@@ -64,16 +70,37 @@ def learnability_model_config(*, object_weight: float = 0.5, trainable: str = "a
     ~5.9M parameters (11.8 MB in bf16). The object-presence loss is on (learnability.md: from random
     init SAM2 needs it). Videos of 64x64 are letterboxed up to 128 px, so the 32x32 low-res masks are
     at half the video resolution.
+
+    Visual tokens: the 8x8 patches of a frame are merged by the method's three DPC-KNN levels to
+    ``cluster_counts`` (default 16 + 8 + 4 = 28 tokens per frame, the tiny preset's). The presets
+    ``learn-t14`` (8, 4, 2) and ``learn-t7`` (4, 2, 1) shorten the prompt (~200 / ~150 instead of
+    ~400 tokens with 8-12 frames) for a random-init LLM that attends nearly uniformly; the merge has
+    no parameters, so no weight shape changes. Measured (H200, 800 steps): no J&F gain from 14 tokens.
     """
     from vrshq.builders import tiny_config
     from vrshq.model.sam2_config import sam2_tiny
+    from vrshq.model.vision_config import tiny_vision_tower
 
     cfg = tiny_config(
         hidden_size=128, sam2_image_size=128, sam2_d_model=128, trainable=trainable, object_weight=object_weight
     )
+    knn_k = tuple(min(k, max(1, prev - 1)) for k, prev in zip((5, 3, 3), (64, *cluster_counts[:-1])))
     return dataclasses.replace(
-        cfg, sam2=sam2_tiny(image_size=128, d_model=128, embed_dim=48, mem_dim=64), name="tiny-learn"
+        cfg,
+        vision=tiny_vision_tower(projector_out_dim=128, cluster_counts=tuple(cluster_counts), knn_k=knn_k),
+        sam2=sam2_tiny(image_size=128, d_model=128, embed_dim=48, mem_dim=64),
+        name="tiny-learn",
     )
+
+
+def learnability_model_config_t14(*, object_weight: float = 0.5, trainable: str = "all"):
+    """:func:`learnability_model_config` with 14 visual tokens per frame (8, 4, 2): a shorter prompt."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, cluster_counts=(8, 4, 2))
+
+
+def learnability_model_config_t7(*, object_weight: float = 0.5, trainable: str = "all"):
+    """:func:`learnability_model_config` with 7 visual tokens per frame (4, 2, 1): the shortest prompt."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, cluster_counts=(4, 2, 1))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ the plain single-process loop of ``jobs.learnability``.
   linear warm-up + linear decay of method §6.
 * :func:`train_step` - gradient accumulation over micro-batches (DDP ``no_sync`` on all but the
   last), global-norm clipping, one optimiser and scheduler step; returns the loss terms.
+* :func:`tak_separation_loss` - a from-scratch aid (not in the method; off unless its weight is set):
+  pushes apart the TAK embeddings of expressions of one clip that name different objects, so a
+  random-init LLM must read the expression words (see the function's docstring).
+* :func:`scale_seg_head_init` - a from-scratch aid (not in the method; off unless asked for): a
+  larger initial scale of the seg head's output, the prompt token SAM2 reads.
 * :func:`save_train_checkpoint` / :func:`load_train_checkpoint` - a training checkpoint folder:
   the trainable weights as safetensors (``vrshq.model.checkpoint``, ``content="trainable"``), the
   optimiser + scheduler state (``optimizer.pt``, tensors only, read with ``weights_only=True``)
@@ -51,6 +56,8 @@ __all__ = [
     "lr_factor",
     "param_group_name",
     "save_train_checkpoint",
+    "scale_seg_head_init",
+    "tak_separation_loss",
     "train_step",
     "validate",
 ]
@@ -188,6 +195,88 @@ def loss_only_forward(model: torch.nn.Module) -> torch.nn.Module:
     return _LossOnly(model)
 
 
+def tak_separation_loss(
+    fused_tak: torch.Tensor, batch: Any, *, same_target_iou: float = 0.5
+) -> torch.Tensor:
+    """From-scratch aid (NOT in the method, off in ``jobs.train``): mean ``relu(cos(k_i, k_j))`` over
+    the pairs of expressions of one clip whose targets differ (mask IoU over the clip's frames below
+    ``same_target_iou``).
+
+    Why: a random-init LLM attends almost uniformly over a ~400-token prompt, so the 3-5 expression
+    tokens barely move the hidden state before ``[TAK]``; the CE loss supervises the fixed answer text,
+    which does not depend on the expression, and the mask loss alone lets the model settle on "segment
+    every shape" with TAK embeddings that are equal for every expression of a video
+    (cos >= 0.9999). This term is zero once embeddings of expressions that name different objects
+    are orthogonal, so it only breaks that symmetry; the mask loss decides what they encode.
+    Expressions of the same object (e.g. a referring and a reasoning one) are not pushed apart, and
+    two expressions without a target count as the same target.
+
+    Args:
+        fused_tak: (N, D) TAK' of every expression of the batch, in batch order (``VrshqOutput.fused_tak``).
+        batch: the ``TrainBatch`` the forward ran on (its masks define the targets).
+        same_target_iou: pairs at or above this IoU are the same target.
+
+    Returns:
+        A scalar (0 with no pair of different targets).
+
+    Raises:
+        ValueError: ``fused_tak`` does not have one row per expression of ``batch``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if fused_tak.dim() != 2 or fused_tak.shape[0] != batch.num_expressions:
+        raise ValueError(
+            f"fused_tak must be (num_expressions={batch.num_expressions}, D), got {tuple(fused_tak.shape)}"
+        )
+    unit = F.normalize(fused_tak.float(), dim=-1)
+    terms = []
+    start = 0
+    for video in batch.videos:
+        count = int(video.masks.shape[0])
+        k = unit[start : start + count]
+        start += count
+        if count < 2:
+            continue
+        m = video.masks.reshape(count, -1).to(device=k.device, dtype=torch.float32)
+        inter = m @ m.T
+        union = m.sum(1)[:, None] + m.sum(1)[None, :] - inter
+        iou = torch.where(union > 0, inter / union.clamp(min=1.0), torch.ones_like(union))
+        different = (iou < same_target_iou) & ~torch.eye(count, dtype=torch.bool, device=k.device)
+        if different.any():
+            terms.append(F.relu(k @ k.T)[different])
+    if not terms:
+        return unit.sum() * 0.0
+    return torch.cat(terms).mean()
+
+
+def scale_seg_head_init(model: torch.nn.Module, gain: float) -> None:
+    """From-scratch aid (NOT in the method): multiply the seg head's last Linear (weight and bias)
+    by ``gain`` at initialisation, so its output, the TAK token of SAM2's sparse prompt, starts with
+    ``gain`` times its norm.
+
+    Why: at random init the seg head gives TAK embeddings of norm ~1.4 while SAM2's other prompt
+    and output tokens (``not_a_point_embed``, the mask tokens) have norm ~11 (N(0, 1) rows of
+    width 128). Measured on the ``learn`` preset at init: two different prompts of norm 1.4 change
+    the window logits by ~1% of their magnitude, prompts of norm 11 by ~9%. A decoder that barely
+    sees the prompt learns the "segment every shape" solution and then ignores the prompt for good
+    (trained 800-950 steps: the mask for a zero prompt equals the mask for the TAK). Call once,
+    right after the random init; never on loaded weights.
+
+    Raises:
+        ValueError: ``gain`` is not a finite number > 0.
+    """
+    import torch
+
+    if not (isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain={gain!r}: must be a finite number > 0")
+    last = model.seg_head.mlp[2]
+    with torch.no_grad():
+        last.weight.mul_(gain)
+        if last.bias is not None:
+            last.bias.mul_(gain)
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -196,6 +285,7 @@ def train_step(
     *,
     clip_grad_norm: float,
     forward_module: torch.nn.Module | None = None,
+    tak_separation_weight: float = 0.0,
 ) -> dict[str, float]:
     """One optimiser step over ``micro_batches`` (``TrainBatch`` each; gradient accumulation).
 
@@ -206,27 +296,44 @@ def train_step(
         clip_grad_norm: max global gradient norm (0: no clipping; the norm is still reported).
         forward_module: what runs the forward, e.g. the DDP wrapper of ``model`` (gradients are
             all-reduced only on the last micro-batch); default ``model``.
+        tak_separation_weight: weight of :func:`tak_separation_loss` (a from-scratch aid; 0: off, the
+            method). It needs the graph of ``fused_tak``, so ``forward_module`` must not be a
+            :func:`loss_only_forward` wrapper when it is > 0.
 
     Returns:
-        Mean loss terms over the micro-batches, the pre-clipping gradient norm, the learning rates
-        used and the number of expressions (``num_expressions``).
+        Mean loss terms over the micro-batches (``sep_loss``: the unweighted separation term, 0 when
+        off), the pre-clipping gradient norm, the learning rates used and the number of expressions
+        (``num_expressions``).
     """
     import torch
 
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch")
+    if not (isinstance(tak_separation_weight, (int, float)) and math.isfinite(tak_separation_weight)
+            and tak_separation_weight >= 0):
+        raise ValueError(f"tak_separation_weight={tak_separation_weight!r}: must be a finite number >= 0")
     runner = forward_module if forward_module is not None else model
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    totals = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0, "object_loss": 0.0}
+    totals = {"loss": 0.0, "ce_loss": 0.0, "bce_loss": 0.0, "dice_loss": 0.0, "object_loss": 0.0, "sep_loss": 0.0}
     num_expressions = 0
     n = len(micro_batches)
     for i, batch in enumerate(micro_batches):
         sync = i == n - 1 or not hasattr(runner, "no_sync")
         with contextlib.nullcontext() if sync else runner.no_sync():
             out = runner(batch)
-            (out.loss / n).backward()
-        for key in totals:
+            loss = out.loss
+            if tak_separation_weight > 0:
+                if not out.fused_tak.requires_grad:
+                    raise ValueError(
+                        "tak_separation_weight > 0 needs fused_tak with its graph: run the plain model, not a "
+                        "loss_only_forward wrapper"
+                    )
+                sep = tak_separation_loss(out.fused_tak, batch)
+                loss = loss + tak_separation_weight * sep
+                totals["sep_loss"] += float(sep.detach()) / n
+            (loss / n).backward()
+        for key in ("loss", "ce_loss", "bce_loss", "dice_loss", "object_loss"):
             totals[key] += float(getattr(out, key).detach()) / n
         num_expressions += batch.num_expressions
     params = [p for p in model.parameters() if p.requires_grad]
@@ -393,6 +500,12 @@ def load_eval_videos(
     return out
 
 
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks over all their frames; 1 when both are empty (the same "no object")."""
+    union = int(np.logical_or(a, b).sum())
+    return float(np.logical_and(a, b).sum()) / union if union else 1.0
+
+
 def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, float]:
     """J, F, J&F of ``model`` on held-out videos through ``segment_video`` (eval mode inside).
 
@@ -400,7 +513,10 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
         ``j``, ``f``, ``jf``: means over all scored expressions; ``jf_referring``/``jf_reasoning``
         (and ``j_*``, ``f_*``): per type when present; ``jf_revos``: the ReVOS overall, the mean of
         the referring and reasoning J&F (method §7; equals ``jf`` with one type);
-        ``num_expressions``; ``seconds``.
+        ``num_expressions``; ``seconds``; ``pred_pair_iou`` and ``gt_pair_iou``: the mean IoU
+        between the predicted (resp. ground-truth) masks of two expressions of one video, over
+        all such pairs (NaN without a pair). A model that ignores the expression segments the
+        same region for every expression: ``pred_pair_iou`` near 1 while ``gt_pair_iou`` is low.
     """
     from vrshq.metrics import score_expression
 
@@ -408,11 +524,18 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
         raise ValueError("validate needs at least one held-out video with a scored expression")
     start = time.perf_counter()
     rows: list[tuple[int, float, float]] = []
+    pred_pairs: list[float] = []
+    gt_pairs: list[float] = []
     for video in videos:
         results = model.segment_video(video.frames, list(video.expressions))
         for result, gt, type_id in zip(results, video.masks, video.type_ids):
             score = score_expression(gt, result.masks)
             rows.append((type_id, float(score.j), float(score.f)))
+        preds = [np.asarray(r.masks, dtype=bool) for r in results]
+        for i in range(len(preds)):
+            for j in range(i + 1, len(preds)):
+                pred_pairs.append(_mask_iou(preds[i], preds[j]))
+                gt_pairs.append(_mask_iou(np.asarray(video.masks[i], bool), np.asarray(video.masks[j], bool)))
     types = np.array([r[0] for r in rows])
     j = np.array([r[1] for r in rows])
     f = np.array([r[2] for r in rows])
@@ -426,6 +549,8 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
             if type_id < 2:
                 per_type.append((jt + ft) / 2)
     out["jf_revos"] = float(np.mean(per_type)) if per_type else out["jf"]
+    out["pred_pair_iou"] = float(np.mean(pred_pairs)) if pred_pairs else math.nan
+    out["gt_pair_iou"] = float(np.mean(gt_pairs)) if gt_pairs else math.nan
     out["num_expressions"] = float(len(rows))
     out["seconds"] = time.perf_counter() - start
     return out

@@ -1,0 +1,186 @@
+"""From-scratch training aids of the learnability run (not the method): the TAK separation loss, its
+use in ``train_step``, and the shorter-prompt presets of ``learnability_model_config``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.train_config import MODEL_PRESETS, ModelSpec, OptimConfig, SamplingConfig, model_config_from_spec
+from pipelines.train_loop import (
+    build_optimizer,
+    build_scheduler,
+    build_training_model,
+    loss_only_forward,
+    tak_separation_loss,
+    train_step,
+)
+from vrshq.model.outputs import TrainBatch, TrainVideo
+from vrshq.model.prompts import training_prompt
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _video(masks: list[np.ndarray]) -> TrainVideo:
+    """A 2-frame 4x4 clip with one expression per mask (the prompts only set the expression count)."""
+    import random
+
+    rng = random.Random(0)
+    m = np.stack(masks).astype(bool)
+    prompts = tuple(training_prompt(f"the shape {i}", 2, rng=rng) for i in range(len(masks)))
+    return TrainVideo(frames=torch.zeros(2, 4, 4, 3, dtype=torch.uint8), masks=torch.from_numpy(m), prompts=prompts)
+
+
+def _obj(rows: slice) -> np.ndarray:
+    out = np.zeros((2, 4, 4), bool)
+    out[:, rows] = True
+    return out
+
+
+def test_separation_loss_by_hand():
+    a, b, empty = _obj(slice(0, 2)), _obj(slice(2, 4)), np.zeros((2, 4, 4), bool)
+    batch = TrainBatch(videos=(
+        _video([a, a.copy(), b]),  # e0 and e1 name the same object: only (0,2), (1,2) count
+        _video([a, b]),  # opposite embeddings: relu(-1) = 0
+        _video([a]),  # one expression: no pair
+        _video([empty, empty.copy()]),  # two no-target expressions are the same target
+    ))
+    tak = torch.tensor([
+        [1.0, 0.0], [2.0, 0.0], [0.6, 0.8],  # cos(e0, e2) = cos(e1, e2) = 0.6; cos(e0, e1) = 1 is ignored
+        [1.0, 0.0], [-3.0, 0.0],
+        [0.0, 1.0],
+        [1.0, 0.0], [1.0, 0.0],
+    ], requires_grad=True)
+    loss = tak_separation_loss(tak, batch)
+    # ordered pairs: 0.6 x 4 (first clip), 0 x 2 (second clip) -> 2.4 / 6
+    assert math.isclose(float(loss.detach()), 0.4, rel_tol=1e-6)
+    loss.backward()
+    assert tak.grad[3:].abs().sum() == 0  # no gradient where relu is 0 or no pair counts
+    assert tak.grad[2].abs().sum() > 0
+    # a threshold above the IoU of identical masks makes (e0, e1) and the two empty targets count too
+    # (cos 1, twice each), never an expression with itself: (2.4 + 2 + 0 + 2) / 10
+    assert math.isclose(float(tak_separation_loss(tak, batch, same_target_iou=1.01).detach()), 0.64, rel_tol=1e-6)
+
+
+def test_separation_loss_is_zero_without_pairs_and_checks_shapes():
+    a = _obj(slice(0, 2))
+    batch = TrainBatch(videos=(_video([a]),))
+    tak = torch.ones(1, 3, requires_grad=True)
+    assert float(tak_separation_loss(tak, batch).detach()) == 0.0
+    with pytest.raises(ValueError, match="num_expressions=1"):
+        tak_separation_loss(torch.ones(2, 3), batch)
+
+
+def _clips():
+    from pipelines.clip_sampling import sample_synthetic_clip
+    from vrshq.data import generate_synthetic_video
+
+    sampling = SamplingConfig(min_frames=3, max_frames=3, max_expressions=3, expression_types=(0,))
+    out = []
+    for i in range(8):
+        video = generate_synthetic_video(np.random.default_rng([5, i]), num_frames=4, height=40, width=40)
+        clip = sample_synthetic_clip(video, sample_id=i, seed=5, sampling=sampling)
+        if clip is not None and len(clip.expressions) >= 2:
+            out.append(clip)
+        if len(out) == 2:
+            return out
+    raise AssertionError("no synthetic clip with two referring expressions")
+
+
+def test_train_step_adds_the_weighted_separation_term():
+    from pipelines.clip_sampling import samples_to_batch
+
+    batch = samples_to_batch(_clips())
+    stats = {}
+    for weight in (0.0, 5.0):
+        model = build_training_model(ModelSpec(preset="tiny", seed=0))
+        opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
+        sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
+        stats[weight] = (train_step(model, opt, sched, [batch], clip_grad_norm=0.0, tak_separation_weight=weight),
+                         model.mllm.llm.model.layers[0].self_attn.q_proj.weight.detach().clone())
+    off, on = stats[0.0][0], stats[5.0][0]
+    assert off["sep_loss"] == 0.0 and on["sep_loss"] > 0.0
+    assert math.isclose(on["loss"], off["loss"], rel_tol=1e-5)  # "loss" is the method's loss alone
+    assert on["grad_norm"] != off["grad_norm"]  # ... but the separation term adds gradient
+    assert not torch.equal(stats[0.0][1], stats[5.0][1])
+
+
+def test_train_step_refuses_separation_without_the_tak_graph():
+    from pipelines.clip_sampling import samples_to_batch
+
+    model = build_training_model(ModelSpec(preset="tiny", seed=0))
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
+    sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
+    batch = samples_to_batch(_clips()[:1])
+    with pytest.raises(ValueError, match="loss_only_forward"):
+        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, tak_separation_weight=1.0,
+                   forward_module=loss_only_forward(model))
+    with pytest.raises(ValueError, match="tak_separation_weight"):
+        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, tak_separation_weight=-1.0)
+
+
+@pytest.mark.parametrize(("preset", "tokens", "counts"), [
+    ("learn", 28, (16, 8, 4)), ("learn-t14", 14, (8, 4, 2)), ("learn-t7", 7, (4, 2, 1)),
+])
+def test_learn_presets_differ_only_in_visual_tokens(preset, tokens, counts):
+    assert preset in MODEL_PRESETS
+    cfg = model_config_from_spec(ModelSpec(preset=preset))
+    base = model_config_from_spec(ModelSpec(preset="learn"))
+    assert cfg.vision.tokens_per_frame == tokens and cfg.vision.merge.cluster_counts == counts
+    assert all(k < prev for k, prev in zip(cfg.vision.merge.knn_k, (64, *counts[:-1])))  # k < points merged
+    assert (cfg.llm, cfg.sam2, cfg.method) == (base.llm, base.sam2, base.method)  # same weights, same sizes
+
+
+def test_learnability_config_rejects_a_negative_separation_weight():
+    from jobs._cli import ConfigError
+    from jobs.learnability import LearnabilityConfig
+
+    assert LearnabilityConfig(out="/tmp/x").tak_separation_weight == 0.0  # the method's losses by default
+    with pytest.raises(ConfigError, match="tak_separation_weight"):
+        LearnabilityConfig(out="/tmp/x", tak_separation_weight=-0.5)
+
+
+def test_validate_reports_how_alike_the_masks_of_two_expressions_are():
+    from types import SimpleNamespace
+
+    from pipelines.train_loop import EvalVideo, validate
+
+    a, b = _obj(slice(0, 2)), _obj(slice(2, 4))
+    half = np.zeros((2, 4, 4), bool)
+    half[:, 0] = True  # IoU with a: 8 / 16
+
+    class SameBlob:  # segments rows 0-1 whatever the expression
+        def segment_video(self, frames, expressions):
+            return [SimpleNamespace(masks=a.copy()) for _ in expressions]
+
+    videos = [
+        EvalVideo("v0", np.zeros((2, 4, 4, 3), np.uint8), ("x", "y", "z"), (a, b, half), (0, 0, 1)),
+        EvalVideo("v1", np.zeros((2, 4, 4, 3), np.uint8), ("x",), (a,), (0,)),  # no pair
+    ]
+    out = validate(SameBlob(), videos)
+    assert out["pred_pair_iou"] == 1.0
+    assert math.isclose(out["gt_pair_iou"], (0.0 + 0.5 + 0.0) / 3)  # (a,b), (a,half), (b,half)
+    assert math.isnan(validate(SameBlob(), videos[1:])["pred_pair_iou"])
+
+
+def test_scale_seg_head_init_scales_the_prompt_token_exactly():
+    from pipelines.train_loop import scale_seg_head_init
+
+    model = build_training_model(ModelSpec(preset="tiny", seed=0))
+    hidden = torch.randn(5, model.seg_head.mlp[0].in_features)
+    with torch.no_grad():
+        before = model.seg_head(hidden)
+        scale_seg_head_init(model, 8.0)
+        after = model.seg_head(hidden)
+    torch.testing.assert_close(after, before * 8.0)
+    for bad in (0.0, -1.0, math.inf, True):
+        with pytest.raises(ValueError, match="gain"):
+            scale_seg_head_init(model, bad)
