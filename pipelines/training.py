@@ -19,9 +19,13 @@ writes ``validation/step-<8 digits>.json`` in the run folder and ``validation.js
 checkpoint of that step. At the end rank 0 exports the full model (``jobs.infer`` format).
 
 Faults: ``FailureConfig(max_failures)`` restarts the worker group from the last reported
-checkpoint (``ray.train.get_checkpoint()``); a worker skips the samples before the checkpoint's data
-position. A stopped run is continued by running the same config again: the driver finds the
-run's latest checkpoint and restarts the sample stream at its data position.
+checkpoint (``ray.train.get_checkpoint()``, else the newest complete one in the run folder). The
+sample stream is rebuilt at every worker-group start (:class:`ResumableTrainDataset`, a callable
+``datasets`` value) from the run folder's newest checkpoint's data position: the streaming split
+hands each rank whole blocks in completion order, so the ranks' sample ids are not interleaved and
+filtering the *original* stream by the checkpoint position (the highest id any rank had consumed)
+could leave a rank without data after a restart. A stopped run is continued by running the same
+config again: the driver finds the run's latest checkpoint and the stream starts at its data position.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from pipelines.train_config import TrainConfig
 __all__ = [
     "CHECKPOINT_PREFIX",
     "METRICS_NAME",
+    "ResumableTrainDataset",
     "TrainResult",
     "TrainingError",
     "build_train_dataset",
@@ -152,6 +157,43 @@ def build_train_dataset(cfg: TrainConfig, records: Sequence[Any], *, start_sampl
     )
 
 
+class ResumableTrainDataset:
+    """The training dataset of a run, rebuilt from the run's data position at each worker-group start.
+
+    Ray Train calls a callable ``datasets`` value whenever it (re)starts the worker group. A restart
+    after a worker failure must stream the samples *after* the resumed checkpoint: reusing the first
+    attempt's stream and skipping ids below the checkpoint's ``next_sample_id`` is not enough, because
+    ``streaming_split`` gives each rank whole blocks in task-completion order (e.g. rank 0 ids 0-3,
+    rank 1 ids 16-17), so that position can lie past most of a rank's unconsumed ids and the ranks
+    would stop early for want of data.
+
+    Args:
+        cfg: the run's config.
+        records: the usable training ``VideoRecord``s.
+        start_sample: the data position when no checkpoint exists yet.
+        num_samples: sample ids per stream; enough for the steps left at the driver's start, which
+            no restart can resume before.
+    """
+
+    def __init__(self, cfg: TrainConfig, records: Sequence[Any], *, start_sample: int, num_samples: int) -> None:
+        self.cfg = cfg
+        self.records = list(records)
+        self.start_sample = int(start_sample)
+        self.num_samples = int(num_samples)
+
+    def start_position(self) -> int:
+        """``next_sample_id`` of the run folder's newest complete checkpoint (the start without one)."""
+        last = latest_checkpoint(self.cfg.run_uri, self.cfg.storage_options)
+        if last is None:
+            return self.start_sample
+        return max(self.start_sample, _read_state(last, self.cfg.storage_options).next_sample_id)
+
+    def __call__(self):
+        start = self.start_position()
+        _LOG.info("training samples %d..%d of %s", start, start + self.num_samples - 1, self.cfg.run_uri)
+        return build_train_dataset(self.cfg, self.records, start_sample=start, num_samples=self.num_samples)
+
+
 def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for ``RunConfig``: a local path as is; a remote URI as its
     path inside a pyarrow wrapper of the fsspec filesystem (so endpoint/credential options apply)."""
@@ -200,7 +242,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
         per_step = cfg.num_workers * cfg.data.videos_per_batch * cfg.optim.grad_accum_steps
         # twice the need: skipped samples (videos without a usable expression) leave no row
         num_samples = 2 * remaining * per_step + per_step
-        dataset = build_train_dataset(cfg, usable, start_sample=start_sample, num_samples=num_samples)
+        dataset = ResumableTrainDataset(cfg, usable, start_sample=start_sample, num_samples=num_samples)
         storage_path, storage_fs = _ray_storage(cfg)
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -375,6 +417,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         records = read_split(val.format, val.root, val.split, cfg.storage_options)
         eval_videos = load_eval_videos(records, expression_types=val.expression_types,
                                        storage_options=cfg.storage_options, max_videos=val.max_videos)
+    # the stream starts at the run folder's newest data position (ResumableTrainDataset); the skip
+    # only guards against a stream older than this worker's checkpoint
     rows = _rows(ray.train.get_dataset_shard("train"), skip_before=state.next_sample_id)
     per_step = cfg.data.videos_per_batch * cfg.optim.grad_accum_steps
     step, max_sample, wall = state.step, state.next_sample_id - 1, state.wall_seconds
@@ -382,7 +426,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0 = time.perf_counter()
         taken = _take(rows, per_step)
         # every rank must agree to step (a rank that runs out would leave the others in a collective;
-        # after a restart the ranks skip different numbers of already-trained samples)
+        # videos without a usable expression leave no row, and a rank resumed from an older checkpoint
+        # than the stream's start skips nothing, so the ranks' row counts may differ)
         if not _all_reduce_int(int(taken is not None), device, op="min"):
             _LOG.warning("rank %d: the sample stream ended at step %d of %d", rank, step, cfg.max_steps)
             break

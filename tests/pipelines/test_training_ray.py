@@ -85,7 +85,7 @@ def _read_csv(fs, path):
 def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, tmp_path, s3_server):
     from pipelines.config import InferenceConfig
     from pipelines.model_loader import build_model
-    from pipelines.training import TrainingError, run_training
+    from pipelines.training import ResumableTrainDataset, TrainingError, run_training
     from vrshq.data import load_frames, read_revos
 
     bucket, opts = s3_data
@@ -104,6 +104,12 @@ def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, t
     assert result.checkpoint_uri == f"{run}/step-00000004"
     state = json.loads(fs.cat(f"{run}/step-00000004/train_state.json"))
     assert state["step"] == 4 and state["next_sample_id"] >= 8  # 4 steps x 2 workers x 1 clip consumed
+    # a worker-group (re)start streams the samples after the run folder's newest data position
+    records = read_revos(f"{bucket}/train", split="train", storage_options=opts)
+    stream = ResumableTrainDataset(cfg, records, start_sample=0, num_samples=3)
+    assert stream.start_position() == state["next_sample_id"]
+    ids = {int(r["sample_id"]) for r in stream().take_all()}
+    assert ids and ids <= set(range(state["next_sample_id"], state["next_sample_id"] + 3))
     rows = _read_csv(fs, f"{run}/metrics.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # history of step 1-2 kept, 3 redone once
     assert all(float(r["loss"]) > 0 and float(r["clips_per_s"]) > 0 for r in rows)
