@@ -121,3 +121,18 @@ def synthetic_revos_local(synthetic_revos_info) -> Path:
     ``JPEGImages``; details in the ``synthetic_revos_info`` fixture.
     """
     return Path(synthetic_revos_info.root_uri)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One intra-op torch thread for the whole suite.
+
+    The tests run tiny, latency-bound models; on the 2-core CI machine extra threads only contend
+    with each other and with the Ray workers the tests start, and make timings unstable.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,14 +21,6 @@ from vrshq.model.outputs import TrainBatch, TrainVideo
 from vrshq.model.prompts import training_prompt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _video(masks: list[np.ndarray]) -> TrainVideo:
     """A 2-frame 4x4 clip with one expression per mask (the prompts only set the expression count)."""
     import random

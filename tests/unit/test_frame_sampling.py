@@ -15,7 +15,6 @@ from vrshq.model.frame_sampling import AnchorFrameSampler, sample_frame_indices
 from vrshq.model.vision import VisionWeightsError
 from vrshq.model.vision_config import tiny_anchor
 
-torch.set_num_threads(1)
 
 WORDS = ["the", "a", "red", "blue", "green", "ball", "cube", "left", "right", "moving", "which", "is"]
 

@@ -32,14 +32,6 @@ T, H, W = 13, 36, 52
 EXPRESSIONS = ["the red circle", "a small blue square moving left"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

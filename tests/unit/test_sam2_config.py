@@ -16,15 +16,6 @@ from vrshq.model.sam2_model import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: the CI/dev machine has 2 shared cores; keeps timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize(
     ("field", "value", "match"),
     [

@@ -13,15 +13,6 @@ from vrshq.model.sam2_segmenter import Sam2Segmenter
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: the CI/dev machine has 2 shared cores; keeps timings stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_segmenter(*, obj_bias: float = 3.0, seed: int = 0) -> Sam2Segmenter:
     """Tiny random SAM2; ``obj_bias`` sets the object-score head bias (>0: object present)."""
     torch.manual_seed(seed)

@@ -166,14 +166,6 @@ def masks_of(boxes: list[int]) -> torch.Tensor:
     return masks
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @st.composite
 def scenes(draw: st.DrawFn) -> tuple[int, list[int], list[int]]:
     """(T, keyframes (E,), box ids (E,)): keyframes biased to the first/last frame and repeats."""

@@ -12,7 +12,6 @@ from vrshq.model.token_merging import dpc_knn_merge
 from vrshq.model.vision import VisionWeightsError, VisualTokenizer
 from vrshq.model.vision_config import tiny_vision_tower
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from vrshq.model.clip_preprocess import (
 )
 from vrshq.model.vision_config import CLIP_STD, ClipImageConfig
 
-torch.set_num_threads(1)
 
 # One uint8 step after normalisation, for the channel with the smallest std (PIL rounds in 22-bit fixed point).
 ONE_STEP = 1.0 / 255.0 / min(CLIP_STD) + 1e-6

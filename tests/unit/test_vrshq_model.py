@@ -15,15 +15,6 @@ T, H, W = 14, 36, 52  # T > 11 so that the strided MLLM frames depend on each ex
 EXPRESSIONS = ["the red circle", "a small blue square moving left", "What is the thing on the right?", "green ball"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny model is latency-bound: extra threads only contend on the shared 2-core CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -5,21 +5,12 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import pytest
 import torch
 
 from vrshq.builders import build_vrshq, tiny_config
 from vrshq.model.outputs import make_train_batch
 
 T, H, W = 8, 30, 44
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _batch(seed: int = 0):
