@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import sam2.utils.misc
 import torch
+
 from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from vrshq.model.sam2_config import sam2_tiny
 from vrshq.model.sam2_model import connected_components
 from vrshq.model.sam2_segmenter import Sam2Segmenter
+from tests.unit._sam2_stock import stock_track
 
 SIZE = 64
 
@@ -84,19 +86,9 @@ def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
         assert (joint.object_score_logits[obj] - alone.object_score_logits[0]).abs().max() < 1e-4
 
 
-def _stock_tracking(model, folder: str, keyframe: int, mask: torch.Tensor) -> dict[int, torch.Tensor]:
+def _stock_tracking(model, folder: str, keyframe: int, mask: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The stock SAM2VideoPredictor, driven as VRS-HQ drives it (method §5.3 steps 3-4)."""
-    state = model.init_state(folder)
-    out: dict[int, torch.Tensor] = {}
-    model.add_new_mask(state, keyframe, 1, mask)
-    if keyframe < state["num_frames"] - 1 or keyframe == 0:
-        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe):
-            out[f] = logits[0, 0]
-    if keyframe > 0:
-        model.reset_state(state)
-        model.add_new_mask(state, keyframe, 1, mask)
-        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe, reverse=True):
-            out.setdefault(f, logits[0, 0])
+    out, state = stock_track(model, folder, keyframe, mask)
     return out, state["images"]
 
 

@@ -27,6 +27,7 @@ import pytest
 import sam2.sam2_video_predictor as stock_predictor
 import sam2.utils.misc
 import torch
+
 from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
@@ -38,6 +39,7 @@ from vrshq.model.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tin
 from vrshq.model.sam2_model import _compose_sam2_config, build_sam2_model, connected_components
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 from vrshq.model.sam2_tracking import ObjectGroupMemory, VideoFeatures, track_objects
+from tests.unit._sam2_stock import stock_track
 
 SIZE = 64
 MAX_FRAMES = 40
@@ -247,17 +249,7 @@ def test_hiera_l_memory_variant_has_the_full_size_memory_settings():
 
 def _stock_tracking(model, images: torch.Tensor, keyframe: int, mask: torch.Tensor) -> torch.Tensor:
     """Stock SAM2VideoPredictor as VRS-HQ drives it (method §5.3 steps 3-4): (T, S, S) logits."""
-    state = model.init_state(images)  # load_video_frames is patched to pass the tensor through
-    out: dict[int, torch.Tensor] = {}
-    model.add_new_mask(state, keyframe, 1, mask)
-    if keyframe < state["num_frames"] - 1 or keyframe == 0:
-        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe):
-            out[f] = logits[0, 0]
-    if keyframe > 0:
-        model.reset_state(state)
-        model.add_new_mask(state, keyframe, 1, mask)
-        for f, _, logits in model.propagate_in_video(state, start_frame_idx=keyframe, reverse=True):
-            out.setdefault(f, logits[0, 0])
+    out, state = stock_track(model, images, keyframe, mask)  # load_video_frames is patched to pass the tensor through
     return torch.stack([out[f] for f in range(state["num_frames"])])
 
 
