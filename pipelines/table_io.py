@@ -20,6 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.storage import filesystem_for, join_uri
 from schemas import PARTITION_COLUMNS, validate_table
 
 __all__ = [
@@ -37,23 +38,18 @@ __all__ = [
 _PARTITION_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS])
 
 
-def join_uri(base: str, *parts: str) -> str:
-    """Join URI parts with ``/`` (never ``os.path``: URIs may be ``s3://``)."""
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
-
-
 def partition_uri(base: str, dataset: str, split: str) -> str:
     """``<base>/dataset=<dataset>/split=<split>``."""
     return join_uri(base, f"dataset={dataset}", f"split={split}")
 
 
 def uri_exists(uri: str, *, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = _fs(uri, storage_options)
     return fs.exists(path)
 
 
 def _fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    return filesystem_for(uri, storage_options)
 
 
 def ray_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> pafs.FileSystem | None:
