@@ -62,7 +62,12 @@ class LearnabilityConfig:
     init_model: str | None = field(
         default=None, metadata={"help": "full model folder (e.g. an earlier model/) to start a new schedule from"}
     )
-    videos_per_step: int = field(default=8, metadata={"help": "clips per optimiser step"})
+    videos_per_step: int = field(default=16, metadata={"help": "clips per optimiser step"})
+    image_ratio: float = field(
+        default=0.5,
+        metadata={"help": "fraction of 1-frame image samples (SamplingConfig.image_ratio; the method mixes image "
+                          "datasets in): short prompts on one frame teach the text -> SAM2 prompt path"},
+    )
     video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
     video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
@@ -104,6 +109,8 @@ class LearnabilityConfig:
             problems.append(f"seg_head_init_gain={self.seg_head_init_gain!r}: must be a number > 0")
         if not isinstance(self.tak_separation_weight, (int, float)) or not 0 <= self.tak_separation_weight < 1e6:
             problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
+        if not isinstance(self.image_ratio, (int, float)) or not 0 <= self.image_ratio <= 1:
+            problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
         if not self.out:
@@ -248,7 +255,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         _LOG.info("resumed from %s at step %d (next sample %d)", cfg.resume, state.step, state.next_sample_id)
     n_params = sum(p.numel() for p in model.parameters())
     _LOG.info("model %s: %.2fM parameters on %s", model.cfg.name, n_params / 1e6, device)
-    sampling = SamplingConfig()
+    sampling = SamplingConfig(image_ratio=cfg.image_ratio)
     heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size)
     log_path = os.path.join(cfg.out, "log.csv")
     log_rows: list[dict] = []

@@ -19,6 +19,7 @@ worker receives into the model's ``TrainBatch``. The plain loop of ``jobs.learna
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -50,7 +51,7 @@ class ClipSample:
     """One training sample.
 
     Attributes:
-        frames: uint8 (T, H, W, 3).
+        frames: uint8 (T, H, W, 3); T = 1 for an image sample (``SamplingConfig.image_ratio``).
         masks: bool (E, T, H, W), the union of each expression's objects at the sampled frames.
         expressions: the E expression texts (stripped, as training does, method §1.3).
         prompt_texts, prompt_instructions: the E training prompts (`VideoPrompt.text`/`.instruction`).
@@ -123,13 +124,49 @@ def choose_expressions(
 
 
 def _prompts(
-    expressions: Sequence[str], num_frames: int, rng: np.random.Generator
+    expressions: Sequence[str], num_frames: int, rng: np.random.Generator, *, image: bool
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from vrshq.model.prompts import training_prompt
+    from vrshq.model.prompts import training_image_prompt, training_prompt
 
     py_rng = random.Random(int(rng.integers(2**62)))
-    prompts = [training_prompt(text, num_frames, rng=py_rng) for text in expressions]
+    if image:
+        prompts = [training_image_prompt(text, rng=py_rng) for text in expressions]
+    else:
+        prompts = [training_prompt(text, num_frames, rng=py_rng) for text in expressions]
     return tuple(p.text for p in prompts), tuple(p.instruction for p in prompts)
+
+
+@dataclass(frozen=True)
+class _SamplePlan:
+    """What one sample holds: expression positions, sampled frame positions, image or clip."""
+
+    chosen: list[int]
+    indices: list[int]
+    image: bool
+
+
+def _plan_sample(
+    num_video_frames: int, type_ids: Sequence[int], sampling: SamplingConfig, rng: np.random.Generator
+) -> _SamplePlan | None:
+    """The draws of one sample (shared by records and synthetic videos, so both follow one rule).
+
+    With probability ``image_ratio`` an image sample: one random frame and up to ``max_expressions``
+    of the ``image_expression_types`` expressions (a video without such an expression gives a clip
+    instead). Otherwise a clip (method §1.4). None when the video cannot give a sample. No draw is
+    spent on the image decision when ``image_ratio`` is 0, so such runs sample as before.
+    """
+    if sampling.image_ratio > 0 and num_video_frames >= 1 and rng.random() < sampling.image_ratio:
+        image_sampling = dataclasses.replace(sampling, expression_types=sampling.image_expression_types)
+        chosen = choose_expressions(type_ids, image_sampling, rng)
+        if chosen:
+            return _SamplePlan(chosen=chosen, indices=[int(rng.integers(num_video_frames))], image=True)
+    if num_video_frames < sampling.min_video_frames:
+        return None
+    chosen = choose_expressions(type_ids, sampling, rng)
+    if not chosen:
+        return None
+    indices = uniform_frame_indices(num_video_frames, draw_clip_length(rng, sampling), rng)
+    return _SamplePlan(chosen=chosen, indices=indices, image=False)
 
 
 @functools.lru_cache(maxsize=4)
@@ -160,12 +197,10 @@ def sample_clip_from_record(
     from vrshq.data import load_expression_masks, load_frames
 
     rng = sample_rng(seed, sample_id)
-    if record.num_frames < sampling.min_video_frames:
+    plan = _plan_sample(record.num_frames, [e.type_id for e in record.expressions], sampling, rng)
+    if plan is None:
         return None
-    chosen = choose_expressions([e.type_id for e in record.expressions], sampling, rng)
-    if not chosen:
-        return None
-    indices = uniform_frame_indices(record.num_frames, draw_clip_length(rng, sampling), rng)
+    chosen, indices = plan.chosen, plan.indices
     frames = load_frames(record, frame_indices=indices, storage_options=storage_options)
     if mask_dict is None and record.mask_dict_uri is not None:
         mask_dict = _cached_mask_dict(record.mask_dict_uri, json.dumps(dict(storage_options or {}), sort_keys=True))
@@ -184,7 +219,7 @@ def sample_clip_from_record(
         ]
     )
     texts = tuple(e.text.strip() for e in exprs)
-    prompt_texts, instructions = _prompts(texts, len(indices), rng)
+    prompt_texts, instructions = _prompts(texts, len(indices), rng, image=plan.image)
     return ClipSample(
         frames=np.ascontiguousarray(frames, dtype=np.uint8),
         masks=masks.astype(bool),
@@ -200,17 +235,14 @@ def sample_clip_from_record(
 def sample_synthetic_clip(video, *, sample_id: int, seed: int, sampling: SamplingConfig) -> ClipSample | None:
     """:func:`sample_clip_from_record` for an in-memory ``vrshq.data.SyntheticVideo``."""
     rng = sample_rng(seed, sample_id)
-    num_video_frames = int(video.frames.shape[0])
-    if num_video_frames < sampling.min_video_frames:
+    plan = _plan_sample(int(video.frames.shape[0]), [e.type_id for e in video.expressions], sampling, rng)
+    if plan is None:
         return None
-    chosen = choose_expressions([e.type_id for e in video.expressions], sampling, rng)
-    if not chosen:
-        return None
-    indices = uniform_frame_indices(num_video_frames, draw_clip_length(rng, sampling), rng)
-    exprs = [video.expressions[i] for i in chosen]
+    indices = plan.indices
+    exprs = [video.expressions[i] for i in plan.chosen]
     masks = np.stack([video.target_masks(e)[indices] for e in exprs])
     texts = tuple(e.text.strip() for e in exprs)
-    prompt_texts, instructions = _prompts(texts, len(indices), rng)
+    prompt_texts, instructions = _prompts(texts, len(indices), rng, image=plan.image)
     return ClipSample(
         frames=np.ascontiguousarray(video.frames[indices]),
         masks=masks,

@@ -202,6 +202,11 @@ class SamplingConfig:
     each of T equal bins of the video (policy ``uniform``; all frames when the video has <= T);
     up to ``max_expressions`` expressions of the video (``num_classes_per_sample=3``), each masked
     with the union of its objects; the same T frames go to CLIP and SAM2.
+
+    With probability ``image_ratio`` a sample is an *image sample* instead (the method mixes image
+    segmentation datasets into training, §6): one random frame of the video and up to
+    ``max_expressions`` of its ``image_expression_types`` expressions (referring by default: a
+    reasoning expression about motion cannot be answered from one frame).
     """
 
     min_frames: int = field(default=8, metadata={"help": "shortest clip (method §1.4)"})
@@ -211,6 +216,15 @@ class SamplingConfig:
         default=(0, 1, 2), metadata={"help": "type_ids to train on (0 referring, 1 reasoning, 2 no-target)"}
     )
     min_video_frames: int = field(default=3, metadata={"help": "skip shorter videos (the SAM2 window is 3 frames)"})
+    image_ratio: float = field(
+        default=0.0,
+        metadata={"help": "fraction of 1-frame image samples (method §6 mixes image datasets in): one frame of the "
+                          "video with its image_expression_types expressions, no TDA fusion, SAM2 decode only"},
+    )
+    image_expression_types: tuple[int, ...] = field(
+        default=(0,),
+        metadata={"help": "type_ids an image sample may hold (0 referring: answerable from one frame)"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -224,6 +238,14 @@ class SamplingConfig:
             problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")
         if not _is_int(self.min_video_frames) or self.min_video_frames < 1:
             problems.append(f"min_video_frames={self.min_video_frames!r}: must be a positive int")
+        if not _is_number(self.image_ratio) or not 0 <= self.image_ratio <= 1:
+            problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
+        if not isinstance(self.image_expression_types, tuple) or not self.image_expression_types or not set(
+            self.image_expression_types
+        ) <= {0, 1, 2}:
+            problems.append(
+                f"image_expression_types={self.image_expression_types!r}: must be a non-empty subset of (0, 1, 2)"
+            )
         _problems_to_error("SamplingConfig", problems)
 
 
@@ -238,10 +260,6 @@ class TrainDataConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     shuffle_seed: int = field(default=0, metadata={"help": "seed of the per-epoch video order and clip draws"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs per clip-sampling task"})
-    image_ratio: float = field(
-        default=0.0,
-        metadata={"help": "fraction of 1-frame image samples; only 0 is supported (TODO: image datasets)"},
-    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -259,10 +277,6 @@ class TrainDataConfig:
             problems.append(f"shuffle_seed={self.shuffle_seed!r}: must be an int")
         if not _is_number(self.num_cpus_per_task) or self.num_cpus_per_task <= 0:
             problems.append(f"num_cpus_per_task={self.num_cpus_per_task!r}: must be > 0")
-        if self.image_ratio != 0:
-            problems.append(
-                f"image_ratio={self.image_ratio!r}: 1-frame image samples are not implemented yet; use 0"
-            )
         _problems_to_error("TrainDataConfig", problems)
 
 

@@ -52,8 +52,8 @@ def test_configs_report_every_problem_with_the_field_name():
     assert "lr=-1" in str(err.value) and "betas" in str(err.value) and "grad_accum_steps=0" in str(err.value)
     with pytest.raises(ValueError, match="min_frames/max_frames=\\(9, 8\\)"):
         SamplingConfig(min_frames=9, max_frames=8)
-    with pytest.raises(ValueError, match="image_ratio"):
-        TrainDataConfig(root="/d", image_ratio=0.5)
+    with pytest.raises(ValueError, match="image_ratio=1.5"):
+        SamplingConfig(image_ratio=1.5)
     with pytest.raises(ValueError, match="root is required when every_steps > 0"):
         ValidationConfig(every_steps=5)
     with pytest.raises(ValueError, match="fail_at_step and fail_marker go together"):

@@ -176,11 +176,12 @@ class VrshqOutput:
         seg_embeds: (B, n, D) projected `[SEG]` embeddings, zero-padded past each expression's frames.
         frame_mask: (B, n) bool, True for real frames.
         tak_embed: (B, D) projected `[TAK]`.
-        fused_tak: (B, D) TAK' after TDA.
-        keyframe_idx: (B,) keyframe position in the clip (argmax of the TDA weights).
+        fused_tak: (B, D) TAK' after TDA (image samples: the TAK itself, no fusion, method §3).
+        keyframe_idx: (B,) keyframe position in the clip (argmax of the TDA weights; 0 for images).
         keyframe_scores: (B, n) TDA weights.
-        mask_logits: per expression, (3, H, W) window logits at the GT resolution.
-        window_positions: (B, 3) clip positions of the SAM2 window.
+        mask_logits: per expression, (3, H, W) window logits at the GT resolution; (1, H, W) for an
+            image sample (a 1-frame clip).
+        window_positions: (B, 3) clip positions of the SAM2 window; (0, -1, -1) for an image sample.
     """
 
     loss: torch.Tensor

@@ -40,6 +40,7 @@ __all__ = [
     "inference_prompt",
     "normalize_expression",
     "tokenize_prompt",
+    "training_image_prompt",
     "training_prompt",
 ]
 
@@ -170,6 +171,17 @@ def training_prompt(expression: str, num_frames: int, *, rng: random.Random) -> 
     return build_video_prompt(
         sent, num_frames, question_template=rng.choice(templates), answer_template=rng.choice(ANSWER_TEMPLATES)
     )
+
+
+def training_image_prompt(expression: str, *, rng: random.Random) -> VideoPrompt:
+    """A training prompt of an image sample (method §1.3): the video templates with a 1-frame video
+    (`(0)<image>`) and an answer with a single bare `[SEG]` (not `(0) [SEG]`), as the official image
+    datasets build it."""
+    sent = expression.strip()
+    templates = LONG_QUESTION_TEMPLATES if _is_long(sent) else SHORT_QUESTION_TEMPLATES
+    question = expand_video_placeholder(rng.choice(templates).format(sent=sent), 1)
+    text, instruction = build_conversation(question, rng.choice(ANSWER_TEMPLATES))
+    return VideoPrompt(text=text, instruction=instruction, num_frames=1)
 
 
 def _check_frames(num_frames: int) -> None:

@@ -9,7 +9,8 @@ a ``SAM2VideoPredictor``) and exposes the four operations VRS-HQ needs:
 * :meth:`Sam2Segmenter.decode_prompts` - SAM2-as-image decode of prompt embeddings on frames
   (keyframe / TKS candidates, method §4, §5.2, §5.3 step 2), batched over prompts;
 * :meth:`Sam2Segmenter.propagate` - joint propagation of E keyframe masks (§5.3 steps 3-5);
-* :meth:`Sam2Segmenter.train_window_forward` - the 3-frame training window (§5.4).
+* :meth:`Sam2Segmenter.train_window_forward` - the 3-frame training window (§5.4), and
+  :meth:`Sam2Segmenter.train_image_forward` - the 1-frame decode of image samples.
 
 SAM2's dict state never crosses this API; inputs and outputs are tensors and dataclasses.
 """
@@ -447,6 +448,35 @@ class Sam2Segmenter(nn.Module):
         return out
 
     # --------------------------------------------------------------------------- training
+    def train_image_forward(self, images: torch.Tensor, prompt_embeds: torch.Tensor) -> WindowOutput:
+        """Training path of image samples (method §5.4 "Image samples"): SAM2-as-image decode.
+
+        The frame's top-level feature + ``no_mem_embed``, no memory, single-mask output, no gating
+        (call in ``train()`` mode). The sparse prompt is [pad, pad, prompt] as for video samples: the
+        official image branch passes [prompt] alone, an inconsistency with the video path that
+        this project does not copy (method §9), so image and video samples train one decoder input.
+
+        Args:
+            images: (B, 3, S, S) letterboxed frames.
+            prompt_embeds: (B, D) TAK embeddings (image samples have no TDA fusion, method §3).
+
+        Returns:
+            :class:`WindowOutput` with a window of one frame: logits (B, 1, S, S), scores (B, 1).
+        """
+        self._check_images(images, "train_image_forward", 4)
+        batch = images.shape[0]
+        if prompt_embeds.shape != (batch, self.prompt_embed_dim):
+            raise ValueError(
+                f"train_image_forward: prompt_embeds has shape {tuple(prompt_embeds.shape)}, "
+                f"expected ({batch}, {self.prompt_embed_dim})"
+            )
+        backbone = self._forward_image(images.to(self.device).float())
+        out = self._decode_step(backbone, prompt_embeds, num_frames=1)
+        return WindowOutput(
+            logits=out["pred_masks_high_res"][:, :1].float(),
+            object_score_logits=out["object_score_logits"][:, :1].float(),
+        )
+
     def train_window_forward(
         self,
         images: torch.Tensor,

@@ -34,7 +34,7 @@ from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
 from vrshq.model.prompts import EncodedPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
-from vrshq.model.tks import tks_scores, train_keyframe, train_window
+from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_window
 
 __all__ = ["VrshqModel"]
 
@@ -334,6 +334,8 @@ class VrshqModel(nn.Module):
         TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights; SAM2
         decodes TAK' on the keyframe of a 3-frame window and tracks the two other frames with memory;
         BCE and DICE compare the window logits with the GT masks at the original resolution.
+        A 1-frame clip is an image sample (method §3, §5.4): its TAK is used without fusion and SAM2
+        decodes it on that frame alone.
         """
         if not isinstance(batch, TrainBatch):
             raise TypeError(f"batch must be a TrainBatch, got {type(batch).__name__}")
@@ -352,28 +354,29 @@ class VrshqModel(nn.Module):
                     owners.append((v, e))
             seg, tak, ce = self._embed_tokens(encoded, visual, with_labels=True)
             seg_pad, frame_mask, tda = self._tda(seg, tak)
+            # image samples (1-frame clips, method §3/§5.4): no fusion, the frame itself is decoded
+            is_image = [s.shape[0] == 1 for s in seg]
+            image_rows = torch.tensor(is_image, device=tak.device)
+            fused_tak = torch.where(image_rows[:, None], tak.float(), tda.fused_tak)
             keyframes = train_keyframe(tda.weights)
             windows = [
-                train_window(int(k), seg[b].shape[0], window=self.cfg.method.train_window)
-                for b, k in enumerate(keyframes.tolist())
+                TrainWindow(positions=(0,), cond_pos=0) if image
+                else train_window(int(k), seg[b].shape[0], window=self.cfg.method.train_window)
+                for b, (k, image) in enumerate(zip(keyframes.tolist(), is_image))
             ]
-            window_images = torch.stack(
-                [boxes[v].images[list(w.positions)] for (v, _), w in zip(owners, windows)]
-            )
-            cond_pos = torch.tensor([w.cond_pos for w in windows], dtype=torch.long)
-            window_out = self.sam2.train_window_forward(window_images, cond_pos, tda.fused_tak)
+            logits_of, scores_of = self._sam2_train_forward(owners, windows, is_image, boxes, fused_tak)
             pred, gt = [], []
             for b, ((v, e), w) in enumerate(zip(owners, windows)):
                 box = boxes[v]
                 pred.append(
                     unletterbox_logits(
-                        window_out.logits[b], resized_hw=box.resized_hw, original_hw=box.original_hw, image_size=size
+                        logits_of[b], resized_hw=box.resized_hw, original_hw=box.original_hw, image_size=size
                     )
                 )
                 gt.append(batch.videos[v].masks[e, list(w.positions)].to(device))
             bce, dice = mask_losses(pred, gt, dice_scale=loss_cfg.dice_scale, dice_eps=loss_cfg.dice_eps)
-            presence = torch.stack([g.flatten(1).any(1) for g in gt])
-            obj = object_presence_loss(window_out.object_score_logits, presence)
+            presence = torch.cat([g.flatten(1).any(1) for g in gt])
+            obj = object_presence_loss(torch.cat(scores_of), presence)
             terms = combine_losses(
                 ce=ce,
                 bce=bce,
@@ -393,9 +396,42 @@ class VrshqModel(nn.Module):
             seg_embeds=seg_pad,
             frame_mask=frame_mask,
             tak_embed=tak,
-            fused_tak=tda.fused_tak,
+            fused_tak=fused_tak,
             keyframe_idx=keyframes,
             keyframe_scores=tda.weights,
             mask_logits=tuple(pred),
-            window_positions=torch.tensor([w.positions for w in windows], dtype=torch.long),
+            window_positions=torch.tensor(
+                [w.positions + (-1,) * (self.cfg.method.train_window - len(w.positions)) for w in windows],
+                dtype=torch.long,
+            ),
         )
+
+    def _sam2_train_forward(
+        self,
+        owners: Sequence[tuple[int, int]],
+        windows: Sequence[TrainWindow],
+        is_image: Sequence[bool],
+        boxes: Sequence,
+        fused_tak: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """SAM2 of a training batch: 3-frame windows of the clips, 1-frame decodes of the images.
+
+        Returns per expression its window logits (w, S, S) and object-score logits (w,), in batch order.
+        """
+        logits_of: list[torch.Tensor | None] = [None] * len(owners)
+        scores_of: list[torch.Tensor | None] = [None] * len(owners)
+        for image in (False, True):
+            rows = [b for b, flag in enumerate(is_image) if flag == image]
+            if not rows:
+                continue
+            prompts = fused_tak[torch.tensor(rows, device=fused_tak.device)]
+            if image:
+                images = torch.stack([boxes[owners[b][0]].images[0] for b in rows])
+                out = self.sam2.train_image_forward(images, prompts)
+            else:
+                images = torch.stack([boxes[owners[b][0]].images[list(windows[b].positions)] for b in rows])
+                cond_pos = torch.tensor([windows[b].cond_pos for b in rows], dtype=torch.long)
+                out = self.sam2.train_window_forward(images, cond_pos, prompts)
+            for i, b in enumerate(rows):
+                logits_of[b], scores_of[b] = out.logits[i], out.object_score_logits[i]
+        return logits_of, scores_of
