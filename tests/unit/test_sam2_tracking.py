@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
+from vrshq.model import sam2_tracking
 from vrshq.model.sam2_config import sam2_tiny
 from vrshq.model.sam2_model import connected_components
 from vrshq.model.sam2_segmenter import Sam2Segmenter
@@ -58,8 +59,50 @@ def test_joint_tracking_equals_tracking_each_object_alone():
     assert ((full[1, 3] > 0) == masks[1]).float().mean() > 0.95
 
 
+def test_lockstep_runs_every_row_of_a_distance_in_one_step_and_stays_exact(monkeypatch):
+    """One insertion for all objects, then one step per distance from the keyframes.
+
+    Rows: a forward pass per keyframe < T-1, a backward pass per keyframe > 0, each as long as
+    the frames it covers; step d batches every row that is still inside the video.
+    """
+    seg = make_segmenter()
+    frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    feats = seg.encode_video(frames)
+    keyframes = [0, 2, 5, 20, 23]
+    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60), (2, 9, 2, 9)])
+    calls = []
+    original = seg.sam2.track_step
+
+    def counting(*args, **kwargs):
+        calls.append((kwargs["frame_idx"], kwargs["current_vision_feats"][-1].shape[1]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg.sam2, "track_step", counting)
+    joint = seg.track(feats, keyframes, masks)
+    monkeypatch.undo()
+    # row lengths 23 (fwd 0, bwd 23), 21, 20, 18, 5, 3, 2
+    lengths = [23, 23, 21, 20, 18, 5, 3, 2]
+    expected = [(0, 5)] + [(d, sum(n >= d for n in lengths)) for d in range(1, 24)]
+    assert calls == expected
+    for obj, k in enumerate(keyframes):
+        alone = seg.track(feats, [k], masks[obj : obj + 1])
+        assert (joint.low_res_logits[obj] - alone.low_res_logits[0]).abs().max() < 1e-4
+        assert (joint.object_score_logits[obj] - alone.object_score_logits[0]).abs().max() < 1e-4
+
+
+def test_lockstep_is_used_only_where_it_is_exact():
+    seg = make_segmenter()
+    assert sam2_tracking._lockstep_is_exact(seg.sam2)  # the VRS-HQ memory settings
+    seg.sam2.memory_temporal_stride_for_eval = 3  # memories on a grid that moves with the keyframe
+    assert not sam2_tracking._lockstep_is_exact(seg.sam2)
+    seg.sam2.memory_temporal_stride_for_eval = 1
+    seg.sam2.non_overlap_masks_for_mem_enc = True  # the memory encoder mixes the batch's objects
+    assert not sam2_tracking._lockstep_is_exact(seg.sam2)
+
+
 def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
-    """Past 15 frames from the keyframe, objects with different keyframes share one batch."""
+    """Grouped fallback: past 15 frames from the keyframe, groups of different keyframes share a batch."""
+    monkeypatch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)
     seg = make_segmenter()
     frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
     feats = seg.encode_video(frames)
@@ -75,6 +118,7 @@ def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
     monkeypatch.setattr(seg.sam2, "track_step", counting)
     joint = seg.track(feats, keyframes, masks)
     joint_calls = list(calls)
+    assert len(joint_calls) > 24  # grouped: more steps than the lockstep path
     singles = []
     for obj, k in enumerate(keyframes):
         singles.append(seg.track(feats, [k], masks[obj : obj + 1]))

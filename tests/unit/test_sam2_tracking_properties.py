@@ -205,7 +205,9 @@ EDGE_CASES = (
 )
 
 
-def _property_test(name: str, max_examples: int):
+def _property_test(name: str, max_examples: int, *, lockstep: bool = True):
+    """Joint == alone on random scenes; ``lockstep=False`` forces the grouped fallback."""
+
     @seed(VARIANTS.index(name))  # fixed examples in every CI run, different per configuration
     @settings(
         max_examples=max_examples,
@@ -215,15 +217,22 @@ def _property_test(name: str, max_examples: int):
     )
     @given(scene=scenes())
     def test(scene: tuple[int, list[int], list[int]]) -> None:
-        check_joint_equals_alone(name, *scene)
+        if lockstep:
+            check_joint_equals_alone(name, *scene)
+            return
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)
+            check_joint_equals_alone(name, *scene)
 
     for case in EDGE_CASES:
         test = example(scene=case)(test)
-    test.__name__ = test.__qualname__ = f"test_joint_equals_alone_{name}"
+    suffix = "" if lockstep else "_grouped"
+    test.__name__ = test.__qualname__ = f"test_joint_equals_alone_{name}{suffix}"
     return test
 
 
 test_joint_equals_alone_vrshq_tiny = _property_test("vrshq_tiny", 6)
+test_joint_equals_alone_vrshq_tiny_grouped = _property_test("vrshq_tiny", 3, lockstep=False)
 test_joint_equals_alone_hiera_l_memory = _property_test("hiera_l_memory", 6)
 test_joint_equals_alone_strided = _property_test("strided", 5)
 
@@ -282,6 +291,7 @@ def test_unequal_memory_layouts_are_tracked_apart_not_merged_and_stay_exact(monk
     One group keeps one extra old memory frame (never read, so its results are unchanged): its
     layout then differs from the other saturated groups, which still merge among themselves.
     """
+    monkeypatch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)  # the grouped path
     setup = get_setup("vrshq_tiny")
     num_frames, keyframes, boxes = 30, [0, 2, 5], [0, 1, 2]
     prune = ObjectGroupMemory.prune

@@ -2,19 +2,32 @@
 
 Each VRS-HQ expression has its own keyframe. The stock ``SAM2VideoPredictor`` tracks all
 objects of a state from one shared start frame and would need one state (and one backbone
-pass per frame) per expression. Here one loop walks the frames once per direction, moves a
-frame's backbone features to the device once, and calls the real ``SAM2Base.track_step`` for
-every group of objects whose memories have the same layout, with the objects as the batch
-dimension:
+pass per frame) per expression, and one step per frame and direction. Here every object is
+tracked with the real ``SAM2Base.track_step``, with many objects as its batch dimension, and
+memory and outputs follow the stock predictor step for step, so joint tracking equals tracking
+each object alone, and a single object equals ``init_state`` / ``add_new_mask`` /
+``propagate_in_video`` (tests check both).
+
+**Lockstep** (:func:`_track_lockstep`, the VRS-HQ settings: memory stride 1): every object's
+keyframe mask is inserted once (the same computation starts both of its passes); each object
+then has a forward row (keyframe+1 .. T-1) and a backward row (keyframe-1 .. 0), each with its
+own memory. Step ``d`` runs every row still inside the video at its own frame ``keyframe ± d``
+in one batch: with stride 1 a step ``d`` frames from the keyframe reads the keyframe and the
+memories and pointers of the same distances whatever the keyframe and direction, so the bank is
+keyed by distance. A video of T frames takes at most T-1 steps however many expressions and
+keyframes it has (the per-step Python and launch overhead, not the GPU, bounded tracking).
+
+**Grouped** (other memory settings, e.g. a stride ``r > 1``, whose memory grid moves with the
+keyframe): one loop walks the frames once per direction, moves a frame's backbone features to
+the device once, and calls ``track_step`` for every group of objects whose memories have the
+same layout:
 
 * objects that share a keyframe form one group from the start;
 * once a group is more than ``_memory_reach`` (15) frames past its keyframe, its memory
   layout (keyframe + 6 recent frames + 16 pointers, no temporal pointer encoding) no longer
   depends on where the keyframe was, so such groups are merged into one batch.
 
-An object becomes active when its keyframe is reached. Memory and outputs follow the stock
-predictor step for step, so joint tracking equals tracking each object alone, and a single
-object equals ``init_state`` / ``add_new_mask`` / ``propagate_in_video`` (tests check both).
+An object becomes active when its keyframe is reached.
 
 Why merging is exact (``_merge_saturated``): after frame ``f`` a bank keeps the non-conditioning
 frames ``f-R+1 .. f`` (mirrored backward), ``R`` = :func:`_memory_reach`, i.e. everything the
@@ -189,6 +202,24 @@ class _FrameInputs:
         backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
         _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
         return feats, pos, sizes
+
+    def rows(
+        self, frames: torch.Tensor, frames_host: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+        """(HW, B, C) features of B rows, row i from frame ``frames[i]``, and (HW, B, C) positions.
+
+        ``frames`` is the (B,) index on the compute device, ``frames_host`` the same on the CPU
+        (used when the features are offloaded there).
+        """
+        fpn = []
+        for level in self._features.backbone_fpn:
+            if level.device == self.device:
+                fpn.append(level.index_select(0, frames))
+            else:
+                fpn.append(level.index_select(0, frames_host).to(self.device, non_blocking=True))
+        backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
+        _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
+        return feats, _expand(pos, int(frames.shape[0])), sizes
 
 
 def _expand(flat: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
@@ -443,6 +474,209 @@ def _fill_holes_in_place(model: VrshqSam2, logits: torch.Tensor) -> None:
         part.copy_(fill_holes_in_mask_scores(part, model.fill_hole_area))
 
 
+def _lockstep_is_exact(model: VrshqSam2) -> bool:
+    """Whether :func:`_track_lockstep` equals tracking every object alone for this model.
+
+    A row ``i`` frames past (before) its keyframe reads the keyframe's memory and those of the
+    ``reach`` frames just before (after) it, all at the same distances for every row; with a
+    memory stride of 1 the frames a step reads do not depend on where the keyframe is (with a
+    stride ``r > 1`` they sit on the grid of multiples of ``r``, which moves with the keyframe).
+    Object-pointer positions are distances as well (signed ones included: a backward row ``i``
+    frames before its keyframe is at ``+i`` like a forward row), and a bank holds one
+    conditioning frame, so ``max_cond_frames_in_attn`` cannot drop it. The memory encoder must
+    not mix objects (``non_overlap_masks_for_mem_enc``).
+    """
+    stride = 1 if model.training else int(model.memory_temporal_stride_for_eval)
+    return stride == 1 and not model.non_overlap_masks_for_mem_enc
+
+
+@dataclasses.dataclass
+class _LockstepBank:
+    """The memory of every row of a lockstep pass, keyed by distance from the keyframes.
+
+    Entry ``d`` holds the outputs of distance ``d`` for the rows that were active then; rows are
+    sorted by pass length, so the rows still active form a prefix and :meth:`keep_rows` trims
+    every entry to it (views, no copies). ``output_dict`` is the structure
+    ``SAM2Base.track_step`` reads, with the keyframes at frame 0.
+    """
+
+    output_dict: dict[str, dict[int, dict[str, Any]]]
+    maskmem_pos_enc: list[torch.Tensor]
+    rows: int
+
+    def keep_rows(self, rows: int) -> None:
+        if rows == self.rows:
+            return
+        self.rows = rows
+        self.maskmem_pos_enc[:] = [p[:rows] for p in self.maskmem_pos_enc]
+        for entries in self.output_dict.values():
+            for entry in entries.values():
+                for key in ("maskmem_features", "obj_ptr", "object_score_logits"):
+                    entry[key] = entry[key][:rows]
+
+    def store(
+        self,
+        distance: int,
+        out: dict[str, Any],
+        *,
+        memory_dtype: torch.dtype | None,
+        memory_device: torch.device,
+    ) -> None:
+        feats = out["maskmem_features"]
+        if memory_dtype is not None:
+            feats = feats.to(memory_dtype)
+        self.output_dict["non_cond_frame_outputs"][distance] = {
+            "maskmem_features": feats.to(memory_device, non_blocking=True),
+            "maskmem_pos_enc": self.maskmem_pos_enc,
+            "obj_ptr": out["obj_ptr"],
+            "object_score_logits": out["object_score_logits"],
+        }
+
+    def prune(self, distance: int, *, reach: int) -> None:
+        """Drop the entries no later distance reads (the next one reads ``reach`` back)."""
+        non_cond = self.output_dict["non_cond_frame_outputs"]
+        for d in [d for d in non_cond if d <= distance - reach]:
+            del non_cond[d]
+
+
+def _insert_keyframe_masks(
+    model: VrshqSam2,
+    frame_inputs: _FrameInputs,
+    keyframes: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    num_frames: int,
+) -> dict[str, Any]:
+    """``add_new_mask`` + preflight memory encoding for every object at once (its own keyframe).
+
+    The same computation starts the forward and the backward pass of an object, so it runs once.
+    Returns the track-step output with the (hole-filled) ``pred_masks`` and the memory.
+    """
+    device = frame_inputs.device
+    feats, pos, sizes = frame_inputs.rows(keyframes.to(device), keyframes)
+    out = model.track_step(
+        frame_idx=0,
+        is_init_cond_frame=True,
+        current_vision_feats=feats,
+        current_vision_pos_embeds=pos,
+        feat_sizes=sizes,
+        point_inputs=None,
+        mask_inputs=masks[:, None].float(),
+        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+        num_frames=num_frames,
+        track_in_reverse=False,
+        run_mem_encoder=False,
+    )
+    pred = out["pred_masks"]
+    if model.fill_hole_area > 0 and not model.training:
+        pred = fill_holes_in_mask_scores(pred, model.fill_hole_area)
+    high_res = F.interpolate(
+        pred, size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
+    )
+    out["maskmem_features"], out["maskmem_pos_enc"] = model._encode_new_memory(
+        current_vision_feats=feats,
+        feat_sizes=sizes,
+        pred_masks_high_res=high_res,
+        object_score_logits=out["object_score_logits"],
+        is_mask_from_pts=True,
+    )
+    out["pred_masks"] = pred
+    return out
+
+
+def _track_lockstep(
+    model: VrshqSam2,
+    features: VideoFeatures,
+    keyframe_idx: list[int],
+    masks: torch.Tensor,
+    result: TrackResult,
+    *,
+    memory_dtype: torch.dtype | None,
+    memory_device: torch.device,
+) -> None:
+    """Both passes of every object in one batch per distance from the keyframes.
+
+    Each object gives a forward row (keyframe+1 .. T-1) and a backward row (keyframe-1 .. 0),
+    each with its own memory as in the stock predictor. Step ``d`` runs every row that is still
+    inside the video, at its own frame ``keyframe ± d``, in one ``track_step``: all of them read
+    memories at the same distances (:func:`_lockstep_is_exact`), so the memory bank is keyed by
+    distance and the rows are the batch. A video of T frames takes at most T-1 steps, however
+    many objects and keyframes it has, instead of one step per frame and keyframe group.
+    """
+    num_frames = features.num_frames
+    device = features.compute_device
+    out_device = result.low_res_logits.device
+    keyframes = torch.tensor(keyframe_idx, dtype=torch.long)
+    inserted = _insert_keyframe_masks(model, _FrameInputs(model, features), keyframes, masks,
+                                      num_frames=num_frames)
+    objects_out = torch.arange(len(keyframe_idx), device=out_device)
+    keys_out = keyframes.to(out_device)
+    result.low_res_logits.index_put_((objects_out, keys_out), inserted["pred_masks"][:, 0].float().to(out_device))
+    result.object_score_logits.index_put_(
+        (objects_out, keys_out), inserted["object_score_logits"][:, 0].float().to(out_device)
+    )
+    # rows (length, object, direction), longest first: the active rows are always a prefix
+    rows = [(num_frames - 1 - k, obj, 1) for obj, k in enumerate(keyframe_idx) if k < num_frames - 1]
+    rows += [(k, obj, -1) for obj, k in enumerate(keyframe_idx) if k > 0]
+    rows.sort(key=lambda r: -r[0])
+    if not rows:
+        return
+    lengths = [r[0] for r in rows]
+    row_obj = torch.tensor([r[1] for r in rows], dtype=torch.long)
+    row_sign = torch.tensor([r[2] for r in rows], dtype=torch.long)
+    distances = torch.arange(1, lengths[0] + 1, dtype=torch.long)
+    # frames_host[d - 1, r]: the frame row r tracks at distance d (valid while d <= its length)
+    frames_host = keyframes[row_obj][None, :] + row_sign[None, :] * distances[:, None]
+    frames_dev = frames_host.to(device)
+    frames_out = frames_dev if out_device == device else frames_host.to(out_device)
+    row_obj_out = row_obj.to(out_device)
+    # every row's memory starts from its object's keyframe output
+    pick = row_obj.to(inserted["maskmem_features"].device)
+    cond_feats = inserted["maskmem_features"].index_select(0, pick)
+    if memory_dtype is not None:
+        cond_feats = cond_feats.to(memory_dtype)
+    bank = _LockstepBank(
+        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+        maskmem_pos_enc=[p.index_select(0, pick) for p in inserted["maskmem_pos_enc"]],
+        rows=len(rows),
+    )
+    bank.output_dict["cond_frame_outputs"][0] = {
+        "maskmem_features": cond_feats.to(memory_device, non_blocking=True),
+        "maskmem_pos_enc": bank.maskmem_pos_enc,
+        "obj_ptr": inserted["obj_ptr"].index_select(0, pick),
+        "object_score_logits": inserted["object_score_logits"].index_select(0, pick),
+    }
+    del inserted
+    frame_inputs = _FrameInputs(model, features)
+    reach = _memory_reach(model)
+    active = len(rows)
+    for distance in range(1, lengths[0] + 1):
+        while lengths[active - 1] < distance:
+            active -= 1
+        bank.keep_rows(active)
+        feats, pos, sizes = frame_inputs.rows(
+            frames_dev[distance - 1, :active], frames_host[distance - 1, :active]
+        )
+        out = model.track_step(
+            frame_idx=distance,
+            is_init_cond_frame=False,
+            current_vision_feats=feats,
+            current_vision_pos_embeds=pos,
+            feat_sizes=sizes,
+            point_inputs=None,
+            mask_inputs=None,
+            output_dict=bank.output_dict,
+            num_frames=num_frames,
+            track_in_reverse=False,
+            run_mem_encoder=True,
+        )
+        bank.store(distance, out, memory_dtype=memory_dtype, memory_device=memory_device)
+        bank.prune(distance, reach=reach)
+        index = (row_obj_out[:active], frames_out[distance - 1, :active])
+        result.low_res_logits.index_put_(index, out["pred_masks"][:, 0].float().to(out_device))
+        result.object_score_logits.index_put_(index, out["object_score_logits"][:, 0].float().to(out_device))
+
+
 def track_objects(
     model: VrshqSam2,
     features: VideoFeatures,
@@ -520,6 +754,17 @@ def _track_into(
 ) -> None:
     """Both passes of :func:`track_objects` and the hole filling, written into ``result``."""
     num_frames = features.num_frames
+    if _lockstep_is_exact(model):
+        keyframe_idx = [0] * sum(len(objs) for objs in by_keyframe.values())
+        for k, objs in by_keyframe.items():
+            for obj in objs:
+                keyframe_idx[obj] = k
+        _track_lockstep(
+            model, features, keyframe_idx, masks, result,
+            memory_dtype=memory_dtype, memory_device=memory_device,
+        )
+        _fill_holes_in_place(model, result.low_res_logits)
+        return
     frame_inputs = _FrameInputs(model, features)
     for reverse in (False, True):
         # The forward pass covers frames >= keyframe and the backward pass frames < keyframe,
