@@ -14,7 +14,7 @@ from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from vrshq.model import sam2_tracking
 from vrshq.model.sam2_config import sam2_tiny
-from vrshq.model.sam2_model import connected_components
+from vrshq.model.sam2_model import connected_components, fill_holes_in_mask_scores
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 from tests.unit._sam2_stock import stock_track
 
@@ -196,3 +196,35 @@ def test_offloaded_features_live_on_cpu_and_give_the_same_result():
     a = plain.track(plain.encode_video(frames), [2], mask).low_res_logits
     b = offloaded.track(feats, [2], mask).low_res_logits
     assert (a - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("max_area", [1, 2, 8, 20])
+def test_hole_filling_on_device_equals_connected_components(max_area):
+    """The sync-free hole filling used on GPUs without sam2._C equals the OpenCV components version."""
+    gen = torch.Generator().manual_seed(max_area)
+    for _ in range(25):
+        h, w = (int(v) for v in torch.randint(1, 40, (2,), generator=gen))
+        density = float(torch.rand(1, generator=gen)) * 0.9 + 0.05
+        noise = torch.randn(8, 1, h, w, generator=gen)
+        logits = noise + (torch.rand(8, 1, h, w, generator=gen) < density).float() * 3 - 1.5
+        expected = fill_holes_in_mask_scores(logits, max_area)
+        assert torch.equal(sam2_tracking.fill_small_holes_on_device(logits, max_area), expected), (h, w, density)
+    # a hole at the border, a 9-pixel hole next to an 8-pixel one, a long thin background line
+    logits = torch.ones(1, 1, 12, 12)
+    logits[0, 0, 0, :2] = -1  # 2 px at the border
+    logits[0, 0, 3:6, 3:6] = -1  # 9 px
+    logits[0, 0, 3:5, 8:12] = -1  # 8 px
+    logits[0, 0, 9, :] = -1  # 12 px
+    expected = fill_holes_in_mask_scores(logits, 8)
+    assert torch.equal(sam2_tracking.fill_small_holes_on_device(logits, 8), expected)
+    assert (expected[0, 0, 3:5, 8:12] == 0.1).all() and (expected[0, 0, 3:6, 3:6] == -1).all()
+
+
+def test_tracking_with_on_device_hole_filling_is_unchanged(monkeypatch):
+    seg = make_segmenter()
+    feats = seg.encode_video(torch.randn(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)))
+    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30)])
+    plain = seg.track(feats, [1, 4], masks)
+    monkeypatch.setattr(sam2_tracking, "fill_holes", sam2_tracking.fill_small_holes_on_device)
+    on_device = seg.track(feats, [1, 4], masks)
+    assert torch.equal(plain.low_res_logits, on_device.low_res_logits)

@@ -32,9 +32,8 @@ from vrshq.model.sam2_model import (
     PROMPT_EMBEDS_KEY,
     VrshqSam2,
     build_sam2_model,
-    fill_holes_in_mask_scores,
 )
-from vrshq.model.sam2_tracking import TrackResult, VideoFeatures, track_objects
+from vrshq.model.sam2_tracking import TrackResult, VideoFeatures, fill_holes, track_objects
 
 __all__ = [
     "Sam2Segmenter",
@@ -371,7 +370,7 @@ class Sam2Segmenter(nn.Module):
             )
             pred = out["pred_masks"]
             if not self.sam2.training and self.sam2.fill_hole_area > 0:
-                pred = fill_holes_in_mask_scores(pred, self.sam2.fill_hole_area)
+                pred = fill_holes(pred, self.sam2.fill_hole_area)  # no host sync on GPUs
                 hi = self._upsample(pred)
             else:
                 hi = out["pred_masks_high_res"]
