@@ -58,7 +58,10 @@ from benchmarks.gpu_busy import GpuBusySampler
 from benchmarks.local_paths import (
     BOUND, MODEL_ONLY, PIPELINE, PIPELINE_STEADY, SERIAL, LocalPaths, busy_mean, decode_rle,
 )
-from benchmarks.throughput_report import Agreement, ResultRow, format_table, git_sha, mask_agreement, write_rows
+from benchmarks.throughput_report import (
+    Agreement, ResultRow, decision_breakdown, format_breakdown, format_table, git_sha, mask_agreement, per_mask_iou,
+    write_rows,
+)
 from benchmarks.workload import Workload, WorkloadConfig, write_workload
 
 __all__ = ["BenchmarkConfig", "main", "run_benchmark"]
@@ -324,6 +327,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
         say(f"merging rows of an earlier invocation: {sorted(rows)}")
     serial_masks = {} if "serial" in cfg.paths else load_serial_masks(masks_uri, key=key)
     model_masks: dict = {}
+    decisions: dict = {}
     # the in-process paths use cfg.device (sampled first); the pipeline's actors GPUs 0..num_actors-1
     first = device.index or 0
     gpus = [first, *(i for i in range(cfg.num_actors if "pipeline" in cfg.paths else 0) if i != first)]
@@ -350,6 +354,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
                         handle.write(text)
                     say(f"profile of one segment_video ({cfg.profile}):\n{text}")
             finally:
+                decisions = local.decisions
                 local.close()
                 del local
         if "pipeline" in cfg.paths:
@@ -359,8 +364,14 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
                 rows[PIPELINE_STEADY] = steady
             if serial_masks:
                 rows[PIPELINE].agreement = _agreement(serial_masks, _pipeline_masks(output, set(serial_masks)))
+    breakdown = None
     if serial_masks and model_masks:
-        rows[MODEL_ONLY].agreement = _agreement(serial_masks, {k: decode_rle(*v) for k, v in model_masks.items()})
+        decoded = {k: decode_rle(*v) for k, v in model_masks.items()}
+        rows[MODEL_ONLY].agreement = _agreement(serial_masks, decoded)
+        if decisions.get(SERIAL) and decisions.get(MODEL_ONLY):
+            ious = {k: per_mask_iou(decode_rle(*serial_masks[k]), decoded[k]) for k in serial_masks if k in decoded}
+            breakdown = decision_breakdown(decisions[SERIAL], decisions[MODEL_ONLY], ious)
+            rows[MODEL_ONLY].extra["agreement_breakdown"] = breakdown
     for path in cfg.paths:  # rows measured now carry this invocation's code version
         for row_name in {"serial": [SERIAL], "model": [MODEL_ONLY], "bound": [BOUND],
                          "pipeline": [PIPELINE, PIPELINE_STEADY]}[path]:
@@ -376,6 +387,9 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
         f"at {cfg.workload.height}x{cfg.workload.width}, {cfg.workload.min_expressions}-{cfg.workload.max_expressions} "
         f"expressions: {workload.num_frames} frames, {workload.num_expressions} expressions, {workload.num_masks} masks")
     say(format_table(ordered, serial_name=SERIAL))
+    if breakdown is not None:
+        say("model only vs serial, by where the expressions part (same weights and inputs):")
+        say(format_breakdown(breakdown))
     write_rows(os.path.join(cfg.output_dir, "results.parquet"), ordered, device_name=name, sha=sha, config=config)
     with open(results_json, "w", encoding="utf-8") as handle:
         json.dump({"run_key": key, "device": name, "git_sha": sha, "config": config,

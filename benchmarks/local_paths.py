@@ -85,6 +85,12 @@ def _spans_busy(sampler: GpuBusySampler, spans: Sequence[tuple[float, float]]) -
     return sum(s.mean_percent * s.samples for s in parts) / sum(s.samples for s in parts)
 
 
+def _decision(result: Any) -> dict[str, Any]:
+    """The discrete choices of one expression's result: MLLM frames, keyframe and its TKS scores."""
+    return {"frames": [int(f) for f in result.frame_indices], "keyframe": int(result.keyframe_idx),
+            "scores": [float(v) for v in np.asarray(result.keyframe_scores, dtype=np.float64)]}
+
+
 def decode_rle(counts: Sequence[bytes], shape: tuple[int, int]) -> np.ndarray:
     """bool (T, H, W) masks of RLE counts (the form the serial masks are kept in)."""
     from pipelines.rle import decode_masks
@@ -111,6 +117,8 @@ class LocalPaths:
         self.model = build_model(infer_cfg, device=self.device)
         self.build_seconds = time.perf_counter() - start
         self.max_side = working_max_side(cfg.max_side, self.model.sam2.image_size)
+        # per (video_id, exp_id): the discrete choices of each path (see throughput_report.decisions)
+        self.decisions: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERIAL: {}, MODEL_ONLY: {}}
 
     def frames(self, video: Any) -> tuple[np.ndarray, tuple[int, int]]:
         from pipelines.video_io import read_video
@@ -144,6 +152,9 @@ class LocalPaths:
             spans.append((span.start, span.end))
             kept.update({(video.video_id, e.exp_id): (_rle_masks(r.masks), hw)
                          for e, r in zip(video.expressions, results) if (video.video_id, e.exp_id) in keep})
+            self.decisions[MODEL_ONLY].update({(video.video_id, e.exp_id): _decision(r)
+                                               for e, r in zip(video.expressions, results)
+                                               if (video.video_id, e.exp_id) in keep})
             del results
             _LOG.info("model only: %s (%d frames, %d expressions) %.2f s", video.video_id, video.num_frames,
                       len(video.expressions), span.end - span.start)
@@ -187,6 +198,7 @@ class LocalPaths:
             frames_decoded += video.num_frames * self.cfg.serial_decode_passes
             done += 1
             kept[(video.video_id, expression.exp_id)] = (_rle_masks(full), shape["hw"])
+            self.decisions[SERIAL][(video.video_id, expression.exp_id)] = _decision(result)
             _LOG.info("serial: %s exp %s (%d frames) %.2f s; %d/%d expressions, %.0f/%.0f s budget", video.video_id,
                       expression.exp_id, video.num_frames, span.end - span.start, done, len(order), seconds,
                       self.cfg.budget_s)

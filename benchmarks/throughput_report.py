@@ -24,6 +24,8 @@ __all__ = [
     "format_table",
     "git_sha",
     "mask_agreement",
+    "decision_breakdown",
+    "format_breakdown",
     "per_mask_iou",
     "write_rows",
 ]
@@ -72,6 +74,58 @@ class Agreement:
     share_ge_099: float
     mean_iou: float
     expressions: int
+
+
+def decision_breakdown(reference: dict, candidate: dict, ious: dict) -> dict[str, Any]:
+    """Where two paths' expressions part: MLLM frames (CLIP-336 anchor), keyframe (TKS), or only the masks.
+
+    Args:
+        reference, candidate: per expression key, ``{"frames": [...], "keyframe": k, "scores": [...]}``
+            (the TKS scores of the MLLM frames, in the reference's order).
+        ious: per expression key, the per-mask IoU array of the two paths.
+
+    Returns:
+        Counts and mask shares per class: ``same_decisions`` (same frames and keyframe: what is left
+        are numeric differences of the tracked logits), ``keyframe_differs`` (same frames, another
+        TKS argmax) and ``frames_differ`` (another anchor frame); for keyframe flips the reference's
+        top-2 TKS score margin and the largest difference of the two paths' TKS scores, which shows
+        whether the flip is a near-tie.
+    """
+    out: dict[str, Any] = {}
+    for name in ("same_decisions", "keyframe_differs", "frames_differ"):
+        out[name] = {"expressions": 0, "masks": 0, "masks_iou_ge_099": 0}
+    flips = []
+    for key in sorted(set(reference) & set(candidate) & set(ious)):
+        ref, cand, iou = reference[key], candidate[key], np.asarray(ious[key])
+        if ref["frames"] != cand["frames"]:
+            name = "frames_differ"
+        elif ref["keyframe"] != cand["keyframe"]:
+            name = "keyframe_differs"
+            scores = np.sort(np.asarray(ref["scores"], dtype=np.float64))[::-1]
+            margin = float(scores[0] - scores[1]) if scores.size > 1 else float("inf")
+            diff = float(np.max(np.abs(np.asarray(ref["scores"]) - np.asarray(cand["scores"]))))
+            flips.append({"key": list(key), "top2_margin": margin, "max_score_diff": diff})
+        else:
+            name = "same_decisions"
+        out[name]["expressions"] += 1
+        out[name]["masks"] += int(iou.size)
+        out[name]["masks_iou_ge_099"] += int((iou >= 0.99).sum())
+    out["keyframe_flips"] = flips
+    return out
+
+
+def format_breakdown(breakdown: dict[str, Any]) -> str:
+    """One line per class of :func:`decision_breakdown`."""
+    lines = []
+    for name in ("same_decisions", "keyframe_differs", "frames_differ"):
+        part = breakdown[name]
+        share = 100 * part["masks_iou_ge_099"] / part["masks"] if part["masks"] else float("nan")
+        lines.append(f"  {name}: {part['expressions']} expressions, {part['masks']} masks, "
+                     f"{_fmt(share)}% with IoU >= 0.99")
+    for flip in breakdown["keyframe_flips"]:
+        lines.append(f"  keyframe flip {tuple(flip['key'])}: serial top-2 TKS margin {flip['top2_margin']:.2e}, "
+                     f"max TKS score difference between the paths {flip['max_score_diff']:.2e}")
+    return "\n".join(lines)
 
 
 def per_mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -136,3 +136,22 @@ def test_run_benchmark_extrapolates_the_serial_path_and_merges_invocations(tmp_p
     assert [r["path"] for r in table] == [r.name for r in again]
     assert table[0]["ratio_vs_serial"] == pytest.approx(1.0) and table[0]["device"].startswith("cpu")
     assert all(r["git_sha"] for r in table)
+
+
+def test_decision_breakdown_says_where_two_paths_part():
+    from benchmarks.throughput_report import decision_breakdown, format_breakdown
+
+    ref = {("v", "0"): {"frames": [0, 2], "keyframe": 2, "scores": [0.5, 0.5001]},
+           ("v", "1"): {"frames": [0, 2], "keyframe": 0, "scores": [0.9, 0.1]},
+           ("v", "2"): {"frames": [1, 3], "keyframe": 1, "scores": [0.9, 0.1]}}
+    cand = {("v", "0"): {"frames": [0, 2], "keyframe": 0, "scores": [0.5002, 0.5001]},
+            ("v", "1"): {"frames": [0, 2], "keyframe": 0, "scores": [0.9, 0.1]},
+            ("v", "2"): {"frames": [1, 2], "keyframe": 1, "scores": [0.9, 0.1]}}
+    ious = {("v", "0"): np.array([0.0, 0.5]), ("v", "1"): np.array([1.0, 0.995, 0.9]), ("v", "2"): np.array([0.0])}
+    out = decision_breakdown(ref, cand, ious)
+    assert out["same_decisions"] == {"expressions": 1, "masks": 3, "masks_iou_ge_099": 2}
+    assert out["keyframe_differs"] == {"expressions": 1, "masks": 2, "masks_iou_ge_099": 0}
+    assert out["frames_differ"] == {"expressions": 1, "masks": 1, "masks_iou_ge_099": 0}
+    (flip,) = out["keyframe_flips"]
+    assert flip["key"] == ["v", "0"] and abs(flip["top2_margin"] - 1e-4) < 1e-9 and abs(flip["max_score_diff"] - 2e-4) < 1e-9
+    assert "66.7% with IoU >= 0.99" in format_breakdown(out)
