@@ -288,15 +288,32 @@ class LocalPaths:
             stats = pstats.Stats(profiler, stream=stream)
             stats.sort_stats("tottime").print_stats(25)
             return stream.getvalue()
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity, profile, record_function
 
+        from pipelines.rle import encode_masks
+
+        _, hw = self.frames(video)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
         with profile(activities=activities, record_shapes=False) as prof, torch.inference_mode():
-            self.model.segment_video(tensor, texts)
+            with record_function("vrshq.segment_video"):
+                results = self.model.segment_video(tensor, texts, output_hw=hw, masks_on_device=True)
+            with record_function("vrshq.masks_rle"):  # as the pipeline's actor does
+                for result in results:
+                    for _, chunk in result.iter_mask_chunks(32):
+                        encode_masks(chunk)
             sync(self.device)
         prof.export_chrome_trace(os.path.join(output_dir, "segment_video_trace.json"))
+        averages = prof.key_averages()
         key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
-        return prof.key_averages().table(sort_by=key, row_limit=30)
+        stages = [e for e in averages if e.key.startswith("vrshq.")]
+        lines = [f"stages of one video ({video.num_frames} frames, {len(texts)} expressions): "
+                 "name, CPU total ms, device total ms, calls"]
+        lines += [f"  {e.key:<24} {e.cpu_time_total / 1e3:10.1f} {getattr(e, 'device_time_total', 0.0) / 1e3:10.1f} "
+                  f"{e.count:6d}" for e in sorted(stages, key=lambda e: e.key)]
+        steps = [e for e in averages if e.key in ("aten::scaled_dot_product_attention", "cudaLaunchKernel",
+                                                  "cudaStreamSynchronize", "cudaMemcpyAsync")]
+        lines += [f"  {e.key:<36} calls {e.count:8d}  CPU total {e.cpu_time_total / 1e3:9.1f} ms" for e in steps]
+        return "\n".join(lines) + "\n" + averages.table(sort_by=key, row_limit=40)
 
     def close(self) -> None:
         import torch

@@ -220,15 +220,20 @@ class VrshqModel(nn.Module):
         texts = [normalize_expression(e) for e in expressions]
         if any(not t for t in texts):
             raise ValueError(f"expressions must not be empty or blank, got {list(expressions)!r}")
+        stage = torch.profiler.record_function  # named ranges in profiles; no cost without a profiler
         with _eval_mode(self), self._autocast():
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
-            frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
+            with stage("vrshq.tokens_mllm"):
+                frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
             # 4. SAM2 features once; every TKS candidate of every expression in one decode (§4, §5.3)
             # letterboxed and encoded chunk by chunk: the (T, 3, S, S) float video never exists
-            features = self.sam2.encode_frames(frames)
-            keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
+            with stage("vrshq.sam2_encode"):
+                features = self.sam2.encode_frames(frames)
+            with stage("vrshq.tks"):
+                keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
             # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
-            track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
+            with stage("vrshq.track"):
+                track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
             del features
             # 6. crop the letterbox, resize to output_hw, threshold (§5.3 step 6)
             object_scores = track.object_score_logits.float().cpu().numpy()  # one copy for all expressions
