@@ -94,6 +94,9 @@ class BenchmarkConfig:
         ray_num_cpus: CPUs of the private local cluster (None: all).
         paths: which paths to run (subset of serial, model, pipeline, bound).
         profile: ``none``, ``torch`` (torch.profiler) or ``cprofile``: profile one ``segment_video`` call.
+        sdpa: attention kernels of the in-process paths: None (the model's default,
+            ``VrshqModel.inference_sdpa_backends``), ``pytorch`` (PyTorch's own choice, cuDNN
+            included) or a comma list of flash, efficient, math, cudnn.
         seed: model init seed.
     """
 
@@ -119,6 +122,7 @@ class BenchmarkConfig:
     workload_workers: int = 8
     paths: tuple[str, ...] = ("serial", "model", "pipeline", "bound")
     profile: str = "none"
+    sdpa: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -442,6 +446,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload-workers", type=int, default=d.workload_workers)
     p.add_argument("--paths", default=",".join(d.paths), help="comma list of serial,model,pipeline,bound")
     p.add_argument("--profile", default=d.profile, choices=("none", "torch", "cprofile"))
+    p.add_argument("--sdpa", default=None,
+                   help="attention kernels of the in-process paths: pytorch (PyTorch's choice) or a comma list of "
+                        "flash,efficient,math,cudnn (default: the model's inference_sdpa_backends)")
     p.add_argument("--seed", type=int, default=d.seed)
     return p
 
@@ -472,7 +479,7 @@ def _config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         writer_num_cpus=0.25 if cpu and args.writer_num_cpus == BenchmarkConfig.writer_num_cpus else args.writer_num_cpus,
         ray_address=args.ray_address, ray_num_cpus=overrides.get("ray_num_cpus", args.ray_num_cpus),
         workload_workers=args.workload_workers, paths=tuple(p.strip() for p in args.paths.split(",") if p.strip()),
-        profile=args.profile, seed=args.seed,
+        profile=args.profile, sdpa=args.sdpa, seed=args.seed,
     )
 
 

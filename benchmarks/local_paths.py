@@ -116,6 +116,10 @@ class LocalPaths:
         start = time.perf_counter()
         self.model = build_model(infer_cfg, device=self.device)
         self.build_seconds = time.perf_counter() - start
+        if cfg.sdpa is not None:  # instance override of VrshqModel.inference_sdpa_backends
+            self.model.inference_sdpa_backends = None if cfg.sdpa == "pytorch" else tuple(
+                name.strip() for name in cfg.sdpa.split(",") if name.strip())
+            self.model.inference_attention()  # a bad name fails here, before any timing
         self.max_side = working_max_side(cfg.max_side, self.model.sam2.image_size)
         # per (video_id, exp_id): the discrete choices of each path (see throughput_report.decisions)
         self.decisions: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERIAL: {}, MODEL_ONLY: {}}

@@ -130,8 +130,10 @@ def segment_expression_serial(
     size = model.sam2.image_size
     was_training = model.training
     model.eval()
+    # the same attention kernels as segment_video (a fair baseline: same kernels, no sharing)
+    attention = model.inference_attention() if hasattr(model, "inference_attention") else contextlib.nullcontext()
     try:
-        with _autocast(model):
+        with _autocast(model), attention:
             with times.stage("decode", device):
                 for _ in range(decode_passes):
                     array = load_frames()

@@ -160,3 +160,19 @@ def test_output_hw_default_is_the_frames_size(model, frames, batched):
 def test_output_hw_errors(model, frames, bad):
     with pytest.raises(ValueError, match="output_hw"):
         model.segment_video(frames[:2], ["red"], output_hw=bad)
+
+
+def test_inference_attention_leaves_cudnn_out_by_default(model):
+    with model.inference_attention():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
+    try:
+        model.inference_sdpa_backends = ("flash", "warp")
+        with pytest.raises(ValueError, match="inference_sdpa_backends"):
+            model.inference_attention()
+        model.inference_sdpa_backends = None  # PyTorch's own choice
+        with model.inference_attention():
+            assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        del model.inference_sdpa_backends  # back to the class default

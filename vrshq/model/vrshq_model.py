@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vrshq.config import VrshqConfig
 from vrshq.model.lazy_masks import LazyMasks
@@ -38,6 +39,12 @@ from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_windo
 
 __all__ = ["VrshqModel"]
 
+_SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
 _SAM2_TRAIN_WINDOW = 3  # Sam2Segmenter.train_window_forward implements the 3-frame window of method §4
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,6 +123,23 @@ class VrshqModel(nn.Module):
         self.seg_head = seg_head
         self.sam2 = sam2
         self.tokenizer = tokenizer
+
+    #: Scaled-dot-product-attention kernels that inference (`segment_video`) may use, in PyTorch's
+    #: order of preference; None leaves the choice to PyTorch. cuDNN attention is left out: it
+    #: builds an execution plan for every new attention shape (tens of milliseconds each, measured
+    #: on an H200 as seconds per video), and inference meets new shapes in every video (tracked
+    #: rows per step, memory length, MLLM prompt lengths). Set on an instance to compare.
+    inference_sdpa_backends: tuple[str, ...] | None = ("flash", "efficient", "math")
+
+    def inference_attention(self) -> contextlib.AbstractContextManager:
+        """The attention-kernel context of inference (see `inference_sdpa_backends`)."""
+        names = self.inference_sdpa_backends
+        if names is None:
+            return contextlib.nullcontext()
+        unknown = sorted(set(names) - set(_SDPA_BACKENDS))
+        if unknown or not names:
+            raise ValueError(f"inference_sdpa_backends={names!r}: use a non-empty subset of {sorted(_SDPA_BACKENDS)}")
+        return sdpa_kernel([_SDPA_BACKENDS[n] for n in names])
 
     # ---------------------------------------------------------------------------------------- helpers
     @property
@@ -221,7 +245,7 @@ class VrshqModel(nn.Module):
         if any(not t for t in texts):
             raise ValueError(f"expressions must not be empty or blank, got {list(expressions)!r}")
         stage = torch.profiler.record_function  # named ranges in profiles; no cost without a profiler
-        with _eval_mode(self), self._autocast():
+        with _eval_mode(self), self._autocast(), self.inference_attention():
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
             with stage("vrshq.tokens_mllm"):
                 frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
