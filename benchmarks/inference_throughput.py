@@ -97,6 +97,9 @@ class BenchmarkConfig:
         sdpa: attention kernels of the in-process paths: None (the model's default,
             ``VrshqModel.inference_sdpa_backends``), ``pytorch`` (PyTorch's own choice, cuDNN
             included) or a comma list of flash, efficient, math, cudnn.
+        precision: ``bf16`` (the model as deployed: bf16 weights and autocast on CUDA) or ``fp32``
+            (float32 weights and compute, no TF32) for the in-process paths; ``fp32`` checks that
+            batched and serial masks agree when rounding is small (the pipeline path stays bf16).
         seed: model init seed.
     """
 
@@ -123,6 +126,7 @@ class BenchmarkConfig:
     paths: tuple[str, ...] = ("serial", "model", "pipeline", "bound")
     profile: str = "none"
     sdpa: str | None = None
+    precision: str = "bf16"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +138,10 @@ class BenchmarkConfig:
         unknown = sorted(set(self.paths) - {"serial", "model", "pipeline", "bound"})
         if unknown or not self.paths:
             problems.append(f"paths {list(self.paths)} must be a non-empty subset of serial, model, pipeline, bound")
+        if self.precision not in ("bf16", "fp32"):
+            problems.append(f"precision={self.precision!r} must be bf16 or fp32")
+        if self.precision == "fp32" and "pipeline" in self.paths:
+            problems.append("precision=fp32 is for the in-process paths; the pipeline always runs as deployed (bf16)")
         if self.profile not in ("none", "torch", "cprofile"):
             problems.append(f"profile={self.profile!r} must be none, torch or cprofile")
         for name in ("min_serial_expressions", "serial_decode_passes", "encoder_batch", "encoder_iters", "num_actors",
@@ -321,7 +329,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
         f"expressions, {workload.num_masks} masks ({cfg.workload.height}x{cfg.workload.width}) at {workload.root} "
         f"[{time.perf_counter() - started:.0f} s]")
     infer_cfg = _inference_config(cfg, workload, preset, os.path.join(cfg.workdir, "pipeline_out"))
-    name = _device_name(device)
+    name = _device_name(device) + (" fp32" if cfg.precision == "fp32" else "")
     sha = git_sha(_REPO_ROOT)
     key = run_key(preset=preset, device_name=name, workload=dataclasses.asdict(cfg.workload))
     results_json = os.path.join(cfg.output_dir, "results.json")
@@ -449,6 +457,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa", default=None,
                    help="attention kernels of the in-process paths: pytorch (PyTorch's choice) or a comma list of "
                         "flash,efficient,math,cudnn (default: the model's inference_sdpa_backends)")
+    p.add_argument("--precision", default=d.precision, choices=("bf16", "fp32"),
+                   help="in-process paths: bf16 as deployed, or fp32 weights and compute (agreement check)")
     p.add_argument("--seed", type=int, default=d.seed)
     return p
 
@@ -479,7 +489,7 @@ def _config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         writer_num_cpus=0.25 if cpu and args.writer_num_cpus == BenchmarkConfig.writer_num_cpus else args.writer_num_cpus,
         ray_address=args.ray_address, ray_num_cpus=overrides.get("ray_num_cpus", args.ray_num_cpus),
         workload_workers=args.workload_workers, paths=tuple(p.strip() for p in args.paths.split(",") if p.strip()),
-        profile=args.profile, sdpa=args.sdpa, seed=args.seed,
+        profile=args.profile, sdpa=args.sdpa, precision=args.precision, seed=args.seed,
     )
 
 

@@ -88,7 +88,8 @@ def _spans_busy(sampler: GpuBusySampler, spans: Sequence[tuple[float, float]]) -
 def _decision(result: Any) -> dict[str, Any]:
     """The discrete choices of one expression's result: MLLM frames, keyframe and its TKS scores."""
     return {"frames": [int(f) for f in result.frame_indices], "keyframe": int(result.keyframe_idx),
-            "scores": [float(v) for v in np.asarray(result.keyframe_scores, dtype=np.float64)]}
+            "scores": [float(v) for v in np.asarray(result.keyframe_scores, dtype=np.float64)],
+            "object_scores": [float(v) for v in np.asarray(result.object_scores, dtype=np.float64).reshape(-1)]}
 
 
 def decode_rle(counts: Sequence[bytes], shape: tuple[int, int]) -> np.ndarray:
@@ -114,7 +115,14 @@ class LocalPaths:
         self.workload = workload
         self.device = torch.device(cfg.device)
         start = time.perf_counter()
-        self.model = build_model(infer_cfg, device=self.device)
+        fp32 = cfg.precision == "fp32"
+        self.model = build_model(infer_cfg, device=self.device, dtype=torch.float32 if fp32 else None)
+        if fp32:  # float32 weights and compute (CUDA autocast is off for float32), no TF32
+            import dataclasses as _dc
+
+            self.model.cfg = _dc.replace(self.model.cfg, autocast_dtype="float32")
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.build_seconds = time.perf_counter() - start
         if cfg.sdpa is not None:  # instance override of VrshqModel.inference_sdpa_backends
             self.model.inference_sdpa_backends = None if cfg.sdpa == "pytorch" else tuple(

@@ -94,6 +94,9 @@ def decision_breakdown(reference: dict, candidate: dict, ious: dict) -> dict[str
     out: dict[str, Any] = {}
     for name in ("same_decisions", "keyframe_differs", "frames_differ"):
         out[name] = {"expressions": 0, "masks": 0, "masks_iou_ge_099": 0}
+    # same decisions: frames whose object-score gate (score > 0) differs between the paths, and the
+    # masks where it agrees (a gate flip changes that frame's mask and the memory of later frames)
+    gate = {"gate_flips": 0, "min_abs_score_at_flip": None, "masks_same_gate": 0, "masks_same_gate_iou_ge_099": 0}
     flips = []
     for key in sorted(set(reference) & set(candidate) & set(ious)):
         ref, cand, iou = reference[key], candidate[key], np.asarray(ious[key])
@@ -107,10 +110,21 @@ def decision_breakdown(reference: dict, candidate: dict, ious: dict) -> dict[str
             flips.append({"key": list(key), "top2_margin": margin, "max_score_diff": diff})
         else:
             name = "same_decisions"
+            if "object_scores" in ref and "object_scores" in cand:
+                a, b = np.asarray(ref["object_scores"]), np.asarray(cand["object_scores"])
+                flip = (a > 0) != (b > 0)
+                gate["gate_flips"] += int(flip.sum())
+                if flip.any():
+                    low = float(np.abs(a[flip]).min())
+                    old_low = gate["min_abs_score_at_flip"]
+                    gate["min_abs_score_at_flip"] = low if old_low is None else min(old_low, low)
+                gate["masks_same_gate"] += int((~flip).sum())
+                gate["masks_same_gate_iou_ge_099"] += int((iou[~flip] >= 0.99).sum())
         out[name]["expressions"] += 1
         out[name]["masks"] += int(iou.size)
         out[name]["masks_iou_ge_099"] += int((iou >= 0.99).sum())
     out["keyframe_flips"] = flips
+    out["same_decisions_gate"] = gate
     return out
 
 
@@ -122,6 +136,13 @@ def format_breakdown(breakdown: dict[str, Any]) -> str:
         share = 100 * part["masks_iou_ge_099"] / part["masks"] if part["masks"] else float("nan")
         lines.append(f"  {name}: {part['expressions']} expressions, {part['masks']} masks, "
                      f"{_fmt(share)}% with IoU >= 0.99")
+    gate = breakdown.get("same_decisions_gate")
+    if gate and (gate["gate_flips"] or gate["masks_same_gate"]):
+        share = 100 * gate["masks_same_gate_iou_ge_099"] / max(gate["masks_same_gate"], 1)
+        low = gate["min_abs_score_at_flip"]
+        lines.append(f"  same_decisions: object-score gate differs on {gate['gate_flips']} frames"
+                     + (f" (smallest |serial score| there {low:.2e})" if low is not None else "")
+                     + f"; {gate['masks_same_gate']} masks with the same gate, {_fmt(share)}% with IoU >= 0.99")
     for flip in breakdown["keyframe_flips"]:
         lines.append(f"  keyframe flip {tuple(flip['key'])}: serial top-2 TKS margin {flip['top2_margin']:.2e}, "
                      f"max TKS score difference between the paths {flip['max_score_diff']:.2e}")

@@ -155,3 +155,14 @@ def test_decision_breakdown_says_where_two_paths_part():
     (flip,) = out["keyframe_flips"]
     assert flip["key"] == ["v", "0"] and abs(flip["top2_margin"] - 1e-4) < 1e-9 and abs(flip["max_score_diff"] - 2e-4) < 1e-9
     assert "66.7% with IoU >= 0.99" in format_breakdown(out)
+
+
+def test_breakdown_counts_object_score_gate_flips_of_same_decisions():
+    from benchmarks.throughput_report import decision_breakdown, format_breakdown
+
+    ref = {("v", "0"): {"frames": [0], "keyframe": 0, "scores": [1.0], "object_scores": [2.0, 1e-3, -1.0]}}
+    cand = {("v", "0"): {"frames": [0], "keyframe": 0, "scores": [1.0], "object_scores": [2.0, -1e-3, -1.0]}}
+    out = decision_breakdown(ref, cand, {("v", "0"): np.array([1.0, 0.0, 0.5])})
+    assert out["same_decisions_gate"] == {"gate_flips": 1, "min_abs_score_at_flip": 1e-3, "masks_same_gate": 2,
+                                          "masks_same_gate_iou_ge_099": 1}
+    assert "gate differs on 1 frames" in format_breakdown(out)
