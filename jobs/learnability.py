@@ -85,6 +85,12 @@ class LearnabilityConfig:
         metadata={"help": "from-scratch aid, not the method: weight of the TAK separation loss "
                           "(pipelines.train_loop.tak_separation_loss); 0 trains the method's losses only"},
     )
+    expression_word_weight: float = field(
+        default=0.0,
+        metadata={"help": "from-scratch aid, not the method: weight of the expression-word loss "
+                          "(pipelines.train_loop.expression_word_loss: half of the TAK mirrors the expression's "
+                          "words, as a pretrained LLM's would); 0 trains the method's losses only"},
+    )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
@@ -111,6 +117,8 @@ class LearnabilityConfig:
             problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
         if not isinstance(self.image_ratio, (int, float)) or not 0 <= self.image_ratio <= 1:
             problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
+        if not isinstance(self.expression_word_weight, (int, float)) or not 0 <= self.expression_word_weight < 1e6:
+            problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
         if not self.out:
@@ -188,7 +196,7 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.array([r["step"] for r in log_rows])
-    for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss", "sep_loss"):
+    for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss", "sep_loss", "word_loss"):
         if not all(key in r for r in log_rows) or not any(r[key] > 0 for r in log_rows):
             continue  # a resumed log of an older run, or an aid that is off
         values = np.array([r[key] for r in log_rows])
@@ -291,20 +299,22 @@ def run(cfg: LearnabilityConfig) -> dict:
         clips = next(loader)
         t_data = time.perf_counter() - t0
         metrics = train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
-                             clip_grad_norm=optim.clip_grad_norm, tak_separation_weight=cfg.tak_separation_weight)
+                             clip_grad_norm=optim.clip_grad_norm, tak_separation_weight=cfg.tak_separation_weight,
+                             expression_word_weight=cfg.expression_word_weight)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1
         sample_pos = max(sample_pos, max(c.sample_id for c in clips) + 1)
         seconds = time.perf_counter() - t0
         row = {"step": step, **{k: metrics[k] for k in ("loss", "ce_loss", "bce_loss", "dice_loss", "object_loss",
-                                                          "sep_loss", "grad_norm", "lr_sam2", "lr_text")},
+                                                          "sep_loss", "word_loss", "grad_norm", "lr_sam2",
+                                                          "lr_text")},
                "seconds": seconds, "data_seconds": t_data, "clips_per_s": len(clips) / seconds}
         log_rows.append(row)
         if step % cfg.log_every == 0 or step == 1:
-            _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f sep %.3f) %.3fs/step (data %.3fs)",
-                      step, row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"], row["object_loss"],
-                      row["sep_loss"], seconds, t_data)
+            _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f sep %.3f word %.3f) %.3fs/step "
+                      "(data %.3fs)", step, row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"],
+                      row["object_loss"], row["sep_loss"], row["word_loss"], seconds, t_data)
         if step % cfg.eval_every == 0 and step < cfg.steps:
             evaluate(step)
         if deadline is not None and time.perf_counter() > deadline:

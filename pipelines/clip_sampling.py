@@ -330,7 +330,8 @@ def samples_to_batch(samples: Sequence[ClipSample]):
         # np.array copies: Ray hands out read-only views of its object store, which torch must not alias
         videos.append(
             TrainVideo(frames=torch.from_numpy(np.array(s.frames, dtype=np.uint8)),
-                       masks=torch.from_numpy(np.array(s.masks, dtype=bool)), prompts=prompts)
+                       masks=torch.from_numpy(np.array(s.masks, dtype=bool)), prompts=prompts,
+                       expressions=tuple(s.expressions))
         )
     return TrainBatch(videos=tuple(videos))
 

@@ -176,3 +176,43 @@ def test_scale_seg_head_init_scales_the_prompt_token_exactly():
     for bad in (0.0, -1.0, math.inf, True):
         with pytest.raises(ValueError, match="gain"):
             scale_seg_head_init(model, bad)
+
+
+# ------------------------------------------------------------------ expression-word aid
+
+
+def test_expression_word_loss_is_zero_for_bag_of_words_embeddings_and_positive_otherwise():
+    from pipelines.train_loop import expression_word_loss, expression_words
+    from vrshq.model.outputs import TrainBatch
+
+    texts = ("the red circle", "the red square", "Which shape moves the fastest?", "the blue square")
+    video = _video(np.zeros((len(texts), 2, 4, 4), dtype=bool))
+    video = TrainVideo(frames=video.frames, masks=video.masks, prompts=video.prompts[:1] * len(texts),
+                       expressions=texts)
+    batch = TrainBatch(videos=(video,))
+    vocab = sorted(set().union(*(expression_words(t) for t in texts)))
+    bow = torch.tensor([[float(w in expression_words(t)) for w in vocab] for t in texts])
+    # the constrained half holds the bag of words; the free half holds anything
+    tak = torch.cat([bow, torch.randn(4, len(vocab))], 1)
+    assert float(expression_word_loss(tak, batch)) < 1e-10
+    # "red circle" vs "red square": cos 1/2; equal embeddings (cos 1) miss that by 1/2
+    same = torch.ones(4, 6)
+    expected = ((1 - 0.5) ** 2 * 2 + (1 - 0.0) ** 2 * 8 + (1 - 0.5) ** 2 * 2) / 12
+    assert math.isclose(float(expression_word_loss(same, batch)), expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="expression texts"):
+        expression_word_loss(torch.ones(4, 6), TrainBatch(videos=(_video(np.zeros((4, 2, 4, 4), dtype=bool)),)))
+
+
+def test_train_step_adds_the_weighted_expression_word_term():
+    from pipelines.clip_sampling import samples_to_batch
+
+    batch = samples_to_batch(_clips())
+    stats = {}
+    for weight in (0.0, 5.0):
+        model = build_training_model(ModelSpec(preset="tiny", seed=0))
+        opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
+        sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
+        stats[weight] = train_step(model, opt, sched, [batch], clip_grad_norm=0.0, expression_word_weight=weight)
+    off, on = stats[0.0], stats[5.0]
+    assert off["word_loss"] == 0.0 and on["word_loss"] > 0.0
+    assert math.isclose(on["loss"], off["loss"], rel_tol=1e-5) and on["grad_norm"] != off["grad_norm"]

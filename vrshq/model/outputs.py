@@ -105,11 +105,14 @@ class TrainVideo:
         frames: (T, H, W, 3) uint8 RGB.
         masks: (E, T, H, W) bool GT masks at the original resolution.
         prompts: E training prompts (`vrshq.model.prompts.training_prompt`), each with T frames.
+        expressions: the E expression texts, or empty (the model reads the prompts; from-scratch
+            training aids and logs read these).
     """
 
     frames: torch.Tensor
     masks: torch.Tensor
     prompts: tuple[VideoPrompt, ...]
+    expressions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.frames, torch.Tensor) or self.frames.dtype != torch.uint8 or self.frames.dim() != 4:
@@ -127,6 +130,8 @@ class TrainVideo:
             )
         if len(self.prompts) != self.masks.shape[0] or not self.prompts:
             raise ValueError(f"TrainVideo has {len(self.prompts)} prompts for {self.masks.shape[0]} mask sets")
+        if self.expressions and len(self.expressions) != len(self.prompts):
+            raise ValueError(f"TrainVideo has {len(self.expressions)} expressions for {len(self.prompts)} prompts")
         bad = [p.num_frames for p in self.prompts if p.num_frames != t]
         if bad:
             raise ValueError(f"TrainVideo prompts are built for {bad} frames but the clip has {t}")
@@ -162,7 +167,7 @@ def make_train_batch(
         masks_t = torch.as_tensor(np.asarray(masks)) if isinstance(masks, np.ndarray) else masks
         num_frames = int(frames_t.shape[0])
         prompts = tuple(training_prompt(e, num_frames, rng=rng) for e in expressions)
-        out.append(TrainVideo(frames=frames_t, masks=masks_t.bool(), prompts=prompts))
+        out.append(TrainVideo(frames=frames_t, masks=masks_t.bool(), prompts=prompts, expressions=tuple(expressions)))
     return TrainBatch(videos=tuple(out))
 
 
