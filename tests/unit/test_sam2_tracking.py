@@ -228,3 +228,29 @@ def test_tracking_with_on_device_hole_filling_is_unchanged(monkeypatch):
     monkeypatch.setattr(sam2_tracking, "fill_holes", sam2_tracking.fill_small_holes_on_device)
     on_device = seg.track(feats, [1, 4], masks)
     assert torch.equal(plain.low_res_logits, on_device.low_res_logits)
+
+
+def test_lockstep_bank_trims_rows_to_the_active_prefix_and_prunes_by_distance():
+    """Unit view of the lockstep memory: rows only ever leave from the end; entries are views."""
+    pos = [torch.arange(4.0).view(4, 1, 1, 1)]
+
+    def entry(value: float, rows: int) -> dict[str, torch.Tensor]:
+        return {"maskmem_features": torch.full((rows, 2, 1, 1), value), "maskmem_pos_enc": pos,
+                "obj_ptr": torch.full((rows, 3), value), "object_score_logits": torch.full((rows, 1), value)}
+
+    bank = sam2_tracking._LockstepBank(
+        output_dict={"cond_frame_outputs": {0: entry(-1.0, 4)}, "non_cond_frame_outputs": {}},
+        maskmem_pos_enc=pos, rows=4,
+    )
+    for d in range(1, 5):
+        bank.keep_rows(4 if d < 3 else 2)
+        out = {"maskmem_features": torch.full((bank.rows, 2, 1, 1), float(d)), "obj_ptr": torch.zeros(bank.rows, 3),
+               "object_score_logits": torch.zeros(bank.rows, 1)}
+        bank.store(d, out, memory_dtype=torch.bfloat16, memory_device=torch.device("cpu"))
+        bank.prune(d, reach=2)
+    entries = bank.output_dict["non_cond_frame_outputs"]
+    assert sorted(entries) == [3, 4]  # distances 1, 2 are out of reach after 4
+    cond = bank.output_dict["cond_frame_outputs"][0]
+    assert cond["maskmem_features"].shape[0] == 2 and cond["obj_ptr"].shape[0] == 2
+    assert all(e["maskmem_features"].dtype == torch.bfloat16 for e in entries.values())
+    assert bank.maskmem_pos_enc[0].shape[0] == 2 and cond["maskmem_pos_enc"] is bank.maskmem_pos_enc

@@ -1,7 +1,9 @@
 """Property tests of joint tracking: any keyframes, any T, three memory configurations.
 
-Joint multi-object tracking (``vrshq.model.sam2_tracking``) groups objects by keyframe and
-merges groups once they are farther than the memory reach from their keyframes. Here random
+Joint multi-object tracking (``vrshq.model.sam2_tracking``) runs every object's passes in
+lockstep by distance from the keyframes (memory stride 1) or, for other memory settings, groups
+objects by keyframe and merges groups once they are farther than the memory reach from their
+keyframes (the ``_grouped`` test forces that path on the VRS-HQ settings too). Here random
 video lengths (T 1..40), object counts (E 1..6) and keyframes (first/last frame, duplicates,
 groups that start at different frames, T below the memory window) are tracked jointly and each
 object alone, for:
@@ -11,7 +13,8 @@ object alone, for:
   Hiera-L preset composes to (read from its Hydra config, not copied by hand) and the Hiera-L
   width ratio (4 tokens per object pointer);
 * ``strided``: 4 memories on a stride-3 grid and 5 pointers, so the mask memory reaches
-  farther back (7) than the pointers (4): the other branch of the memory reach.
+  farther back (7) than the pointers (4): the other branch of the memory reach (grouped path:
+  with a stride the memory grid moves with the keyframe, so lockstep would not be exact).
 
 Single-object tracking of every configuration is also checked against the stock
 ``SAM2VideoPredictor``, so "alone" is an independent reference, not the code under test.
