@@ -85,6 +85,13 @@ class WindowOutput:
     object_score_logits: torch.Tensor
 
 
+def _select_rows(value, rows):
+    """Rows of a track-step output value (a tensor or a list of tensors, e.g. ``maskmem_pos_enc``)."""
+    if isinstance(value, list):
+        return [_select_rows(v, rows) for v in value]
+    return value[rows] if isinstance(rows, slice) else value.index_select(0, rows)
+
+
 class Sam2Segmenter(nn.Module):
     """The SAM2 model of VRS-HQ with typed, batched entry points.
 
@@ -492,6 +499,10 @@ class Sam2Segmenter(nn.Module):
         (also through the propagated frames); the image encoder runs under no_grad while its
         parameters are frozen (``set_trainable("mask_decoder")``, method §6).
 
+        All rows run together: one batched decode of the conditioning frames, then one batched
+        ``track_step`` per distance from them (2 steps instead of up to 3 decodes and 6 steps when
+        the batch holds every conditioning position), equal to the per-group loop.
+
         Args:
             images: (B, 3, 3, S, S) letterboxed window frames.
             cond_pos: (B,) conditioning position in the window, 0/1/2 (the keyframe).
@@ -520,60 +531,72 @@ class Sam2Segmenter(nn.Module):
         device = self.device
         flat = images.reshape(batch * _TRAIN_WINDOW, *images.shape[2:]).to(device).float()
         backbone = self._forward_image(flat)
-        prompt_embeds = prompt_embeds.to(device)
 
-        def frame_out(rows: torch.Tensor, pos: int) -> dict[str, list[torch.Tensor]]:
-            sel = (rows * _TRAIN_WINDOW + pos).to(device)
+        def frame_out(rows: torch.Tensor, positions: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+            sel = rows * _TRAIN_WINDOW + positions
             return {
                 "backbone_fpn": [x.index_select(0, sel) for x in backbone["backbone_fpn"]],
                 "vision_pos_enc": [x.index_select(0, sel) for x in backbone["vision_pos_enc"]],
             }
 
-        # per_pos[window position][conditioning position] = (logits, object scores) of that group
-        per_pos: list[dict[int, tuple[torch.Tensor, torch.Tensor]]] = [
-            {} for _ in range(_TRAIN_WINDOW)
-        ]
-        order: list[torch.Tensor] = []
-        for cond in range(_TRAIN_WINDOW):
-            rows = (cond_pos == cond).nonzero().flatten()
-            if rows.numel() == 0:
-                continue
-            order.append(rows)
-            cond_out = self._decode_step(
-                frame_out(rows, cond), prompt_embeds[rows.to(device)],
-                num_frames=_TRAIN_WINDOW, frame_idx=cond, run_mem_encoder=True,
-            )
-            per_pos[cond][cond] = (cond_out["pred_masks_high_res"], cond_out["object_score_logits"])
-            for reverse, frames in _WINDOW_PASSES[cond]:
-                # a fresh memory per direction holding only the conditioning output (§5.3 step 4)
-                output_dict = {"cond_frame_outputs": {cond: cond_out}, "non_cond_frame_outputs": {}}
-                for pos in frames:
-                    prepared = self.sam2._prepare_backbone_features(frame_out(rows, pos))
-                    _, feats, pos_enc, sizes = prepared
-                    out = self.sam2.track_step(
-                        frame_idx=pos,
-                        is_init_cond_frame=False,
-                        current_vision_feats=feats,
-                        current_vision_pos_embeds=pos_enc,
-                        feat_sizes=sizes,
-                        point_inputs=None,
-                        mask_inputs=None,
-                        output_dict=output_dict,
-                        num_frames=_TRAIN_WINDOW,
-                        track_in_reverse=reverse,
-                        run_mem_encoder=True,
-                    )
-                    output_dict["non_cond_frame_outputs"][pos] = out
-                    per_pos[pos][cond] = (out["pred_masks_high_res"], out["object_score_logits"])
-        rows_in_order = torch.cat(order)
-        inverse = torch.empty_like(rows_in_order)
-        inverse[rows_in_order] = torch.arange(batch)
-        inverse = inverse.to(device)
-        logits, scores = [], []
-        for pos in range(_TRAIN_WINDOW):
-            groups = [per_pos[pos][c] for c in range(_TRAIN_WINDOW) if c in per_pos[pos]]
-            logits.append(torch.cat([g[0][:, 0] for g in groups]).float().index_select(0, inverse))
-            scores.append(torch.cat([g[1][:, 0] for g in groups]).float().index_select(0, inverse))
-        return WindowOutput(
-            logits=torch.stack(logits, dim=1), object_score_logits=torch.stack(scores, dim=1)
+        # 1. every row's conditioning frame, one batched decode (its memory feeds every pass of the row)
+        rows_host = torch.arange(batch)
+        cond_out = self._decode_step(
+            frame_out(rows_host.to(device), cond_pos.to(device)), prompt_embeds.to(device),
+            num_frames=_TRAIN_WINDOW, frame_idx=0, run_mem_encoder=True,
         )
+        # 2. the passes (row, window positions in processing order), two-frame passes first so the
+        #    passes still running at distance 2 are a prefix
+        passes = [(b, frames) for b, c in enumerate(cond_pos.tolist()) for _, frames in _WINDOW_PASSES[c]]
+        passes.sort(key=lambda p: -len(p[1]))
+        pass_rows_host = torch.tensor([p[0] for p in passes], dtype=torch.long)
+        pass_rows = pass_rows_host.to(device)
+        max_len = len(passes[0][1])
+        positions_host = torch.tensor([list(f) + [-1] * (max_len - len(f)) for _, f in passes], dtype=torch.long)
+        positions = positions_host.to(device)
+        lengths = [len(f) for _, f in passes]
+        # A pass reads its conditioning memory at distance 0 and its earlier outputs at distances
+        # 1, 2, ...; with memory stride 1 (training) every pass reads the same distances whatever its
+        # frames and direction, so all passes step together, forward in "distance time" (as in
+        # vrshq.model.sam2_tracking's lockstep tracking; the reference is the grouped loop of
+        # benchmarks/train_window_reference.py, compared in tests).
+        keys = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")
+        bank = {
+            "cond_frame_outputs": {0: {k: _select_rows(cond_out[k], pass_rows) for k in keys}},
+            "non_cond_frame_outputs": {},
+        }
+        out_rows, out_pos = [rows_host], [cond_pos]
+        out_logits, out_scores = [cond_out["pred_masks_high_res"]], [cond_out["object_score_logits"]]
+        for distance in range(1, max_len + 1):
+            active = sum(n >= distance for n in lengths)
+            for entries in bank.values():
+                for entry in entries.values():
+                    for k in keys:
+                        entry[k] = _select_rows(entry[k], slice(0, active))
+            _, feats, pos_enc, sizes = self.sam2._prepare_backbone_features(
+                frame_out(pass_rows[:active], positions[:active, distance - 1])
+            )
+            out = self.sam2.track_step(
+                frame_idx=distance,
+                is_init_cond_frame=False,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos_enc,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=None,
+                output_dict=bank,
+                num_frames=_TRAIN_WINDOW,
+                track_in_reverse=False,
+                run_mem_encoder=True,
+            )
+            bank["non_cond_frame_outputs"][distance] = {k: out[k] for k in keys}
+            out_rows.append(pass_rows_host[:active])
+            out_pos.append(positions_host[:active, distance - 1])
+            out_logits.append(out["pred_masks_high_res"])
+            out_scores.append(out["object_score_logits"])
+        index = (torch.cat(out_rows).to(device), torch.cat(out_pos).to(device))
+        logits_all = torch.cat(out_logits)[:, 0].float()
+        scores_all = torch.cat(out_scores)[:, 0].float()
+        logits = logits_all.new_zeros(batch, _TRAIN_WINDOW, *logits_all.shape[1:]).index_put(index, logits_all)
+        scores = scores_all.new_zeros(batch, _TRAIN_WINDOW).index_put(index, scores_all)
+        return WindowOutput(logits=logits, object_score_logits=scores)
