@@ -139,3 +139,16 @@ def test_merge_lora_keeps_outputs_and_restores_plain_names():
     names = [n for n, _ in model.named_parameters()]
     assert "mllm.llm.model.layers.0.self_attn.q_proj.weight" in names
     assert not any("lora_" in n or "base_layer" in n for n in names)
+
+
+def test_visual_tokens_of_clips_encoded_together_equal_one_call_per_clip():
+    torch.manual_seed(0)
+    model = build_vrshq(tiny_config())
+    gen = torch.Generator().manual_seed(3)
+    clips = [torch.randint(0, 255, (n, h, w, 3), dtype=torch.uint8, generator=gen)
+             for n, h, w in ((3, 30, 44), (1, 30, 44), (2, 34, 38), (4, 30, 44))]
+    with torch.no_grad():
+        together = model._encode_visual_clips(clips)
+        alone = [model.encode_visual(c) for c in clips]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

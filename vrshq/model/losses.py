@@ -90,8 +90,17 @@ def mask_losses(
             f"need the same non-zero number of logit and target tensors, got {len(logits)}, {len(targets)}"
         )
     num_masks = sum(int(t.shape[0]) for t in targets)
-    bce = sum(sigmoid_bce_loss(lg, tg) for lg, tg in zip(logits, targets))
-    dice = sum(dice_loss(lg, tg, scale=dice_scale, eps=dice_eps) for lg, tg in zip(logits, targets))
+    # samples of one resolution are scored in one call (the per-mask terms are summed either way)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (lg, tg) in enumerate(zip(logits, targets)):
+        _check_masks(lg, tg)
+        groups.setdefault(tuple(lg.shape[1:]), []).append(i)
+    bce, dice = 0.0, 0.0
+    for idx in groups.values():
+        lg = torch.cat([logits[i] for i in idx]) if len(idx) > 1 else logits[idx[0]]
+        tg = torch.cat([targets[i] for i in idx]) if len(idx) > 1 else targets[idx[0]]
+        bce = bce + sigmoid_bce_loss(lg, tg)
+        dice = dice + dice_loss(lg, tg, scale=dice_scale, eps=dice_eps)
     return bce / (num_masks + _NUM_MASKS_EPS), dice / (num_masks + _NUM_MASKS_EPS)
 
 

@@ -10,6 +10,8 @@ The `[SEG]`/`[TAK]` states are the **last layer after the final RMSNorm** at the
 
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,6 +93,18 @@ class MllmOutput:
     ce_loss: torch.Tensor | None
 
 
+def _as_id_list(ids: Sequence[int] | torch.Tensor, index: int, *, name: str = "input_ids") -> list[int]:
+    """A 1-D id sequence as a host list (tensors are copied once, not read element by element)."""
+    if isinstance(ids, torch.Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"{name}[{index}] must be 1-D, got shape {tuple(ids.shape)}")
+        return [int(t) for t in ids.tolist()]
+    out = list(ids)
+    if any(not isinstance(t, numbers.Integral) for t in out):
+        raise ValueError(f"{name}[{index}] must be 1-D ints, got {type(out[0]).__name__ if out else 'nothing'}")
+    return [int(t) for t in out]
+
+
 class VrshqMLLM(nn.Module):
     """LLaMA with visual-token splicing and `[SEG]`/`[TAK]` state extraction.
 
@@ -146,65 +160,78 @@ class VrshqMLLM(nn.Module):
         embed = self.llm.get_input_embeddings()
         device = embed.weight.device
         k = self.tokens_per_frame
-        rows, label_rows, seg_positions, tak_positions = [], [], [], []
-        for b, (ids_b, vis_b) in enumerate(zip(input_ids, visual_tokens)):
-            ids = torch.as_tensor(ids_b, dtype=torch.long, device=device)
-            if ids.dim() != 1:
-                raise ValueError(f"input_ids[{b}] must be 1-D, got shape {tuple(ids.shape)}")
+        seg_id, tak_id = self.token_ids.seg_token_id, self.token_ids.tak_token_id
+        # The layout is computed on the host from the id lists (no device syncs); the device then
+        # does one embedding lookup for every text token of the batch and two scatters.
+        id_rows = [_as_id_list(ids_b, b) for b, ids_b in enumerate(input_ids)]
+        lengths, text_rows, text_cols, text_ids, vis_rows, vis_cols = [], [], [], [], [], []
+        seg_positions_host, tak_positions = [], []
+        label_layout: list[list[int]] = []
+        for b, (ids, vis_b) in enumerate(zip(id_rows, visual_tokens)):
             n_frames = int(vis_b.shape[0])
             if vis_b.dim() != 3 or vis_b.shape[1] != k or vis_b.shape[2] != self.hidden_size:
                 raise ValueError(
                     f"visual_tokens[{b}] must be (n, {k}, {self.hidden_size}), got {tuple(vis_b.shape)}"
                 )
-            image_pos = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten()
-            n_seg = int((ids == self.token_ids.seg_token_id).sum())
-            n_tak = int((ids == self.token_ids.tak_token_id).sum())
-            if len(image_pos) != n_frames or n_seg != n_frames:
+            n_image = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
+            n_seg, n_tak = ids.count(seg_id), ids.count(tak_id)
+            if n_image != n_frames or n_seg != n_frames:
                 raise ValueError(
-                    f"prompt {b} has {len(image_pos)} <image> placeholders and {n_seg} [SEG] tokens but "
+                    f"prompt {b} has {n_image} <image> placeholders and {n_seg} [SEG] tokens but "
                     f"{n_frames} frames; every frame needs one of each (method §1.3)"
                 )
             if n_tak != 1:
                 raise ValueError(f"prompt {b} has {n_tak} [TAK] tokens; exactly one is required (method §1.3)")
-            # expanded id sequence: each placeholder becomes k visual slots (marked IMAGE_TOKEN_INDEX)
-            counts = torch.ones_like(ids)
-            counts[image_pos] = k
-            expanded = ids.repeat_interleave(counts)
-            text_embeds = embed(ids.clamp(min=0))
-            pieces, start = [], 0
-            for f, p in enumerate(image_pos.tolist()):
-                pieces.append(text_embeds[start:p])
-                pieces.append(vis_b[f].to(device=device, dtype=text_embeds.dtype))
-                start = p + 1
-            pieces.append(text_embeds[start:])
-            rows.append(torch.cat(pieces, dim=0))
-            seg_positions.append((expanded == self.token_ids.seg_token_id).nonzero().flatten() - 1)
-            tak_positions.append(int((expanded == self.token_ids.tak_token_id).nonzero().flatten()[0]) - 1)
+            lab = None
             if labels is not None:
-                lab = torch.as_tensor(labels[b], dtype=torch.long, device=device)
-                if lab.shape != ids.shape:
-                    raise ValueError(f"labels[{b}] shape {tuple(lab.shape)} != input_ids shape {tuple(ids.shape)}")
-                lab = lab.clone()
-                lab[image_pos] = IGNORE_INDEX
-                label_rows.append(lab.repeat_interleave(counts))
-        max_len = max(r.shape[0] for r in rows)
-        batch = len(rows)
-        inputs_embeds = rows[0].new_zeros(batch, max_len, rows[0].shape[-1])
-        attention_mask = torch.zeros(batch, max_len, dtype=torch.long, device=device)
+                lab = _as_id_list(labels[b], b, name="labels")
+                if len(lab) != len(ids):
+                    raise ValueError(f"labels[{b}] shape ({len(lab)},) != input_ids shape ({len(ids)},)")
+            # expanded sequence: each placeholder becomes k visual slots
+            pos, segs, row_labels = 0, [], []
+            for i, t in enumerate(ids):
+                if t == IMAGE_TOKEN_INDEX:
+                    vis_rows.extend([b] * k)
+                    vis_cols.extend(range(pos, pos + k))
+                    row_labels.extend([IGNORE_INDEX] * k)
+                    pos += k
+                    continue
+                text_rows.append(b)
+                text_cols.append(pos)
+                text_ids.append(t)
+                if t == seg_id:
+                    segs.append(pos - 1)
+                elif t == tak_id:
+                    tak_positions.append(pos - 1)
+                row_labels.append(lab[i] if lab is not None else IGNORE_INDEX)
+                pos += 1
+            lengths.append(pos)
+            seg_positions_host.append(segs)
+            label_layout.append(row_labels)
+        batch, max_len = len(id_rows), max(lengths)
+        text_embeds = embed(torch.tensor(text_ids, dtype=torch.long).to(device))
+        inputs_embeds = text_embeds.new_zeros(batch, max_len, text_embeds.shape[-1])
+        inputs_embeds = inputs_embeds.index_put(
+            (torch.tensor(text_rows).to(device), torch.tensor(text_cols).to(device)), text_embeds
+        )
+        if vis_rows:
+            visual = torch.cat([v.reshape(-1, v.shape[-1]) for v in visual_tokens if v.shape[0] > 0])
+            inputs_embeds = inputs_embeds.index_put(
+                (torch.tensor(vis_rows).to(device), torch.tensor(vis_cols).to(device)),
+                visual.to(device=device, dtype=text_embeds.dtype),
+            )
+        length_t = torch.tensor(lengths)
+        attention_mask = (torch.arange(max_len)[None, :] < length_t[:, None]).long().to(device)
         label_tensor = None
         if labels is not None:
-            label_tensor = torch.full((batch, max_len), IGNORE_INDEX, dtype=torch.long, device=device)
-        for b, row in enumerate(rows):
-            inputs_embeds[b, : row.shape[0]] = row
-            attention_mask[b, : row.shape[0]] = 1
-            if label_tensor is not None:
-                label_tensor[b, : row.shape[0]] = label_rows[b]
+            padded = [row + [IGNORE_INDEX] * (max_len - len(row)) for row in label_layout]
+            label_tensor = torch.tensor(padded, dtype=torch.long).to(device)
         return MllmInputs(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             labels=label_tensor,
-            seg_positions=tuple(seg_positions),
-            tak_positions=torch.tensor(tak_positions, dtype=torch.long, device=device),
+            seg_positions=tuple(torch.tensor(p, dtype=torch.long).to(device) for p in seg_positions_host),
+            tak_positions=torch.tensor(tak_positions, dtype=torch.long).to(device),
         )
 
     # ------------------------------------------------------------------------------------------ forward

@@ -169,6 +169,19 @@ class VrshqModel(nn.Module):
         ]
         return torch.cat(chunks, dim=0)
 
+    def _encode_visual_clips(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Visual tokens of several clips: frames of one size go through the tower together (fewer,
+        larger calls; the tower works frame by frame, so the tokens are those of one call per clip)."""
+        out: list[torch.Tensor | None] = [None] * len(clips)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, frames in enumerate(clips):
+            groups.setdefault(tuple(frames.shape[1:]), []).append(i)
+        for idx in groups.values():
+            tokens = self.encode_visual(torch.cat([clips[i] for i in idx]) if len(idx) > 1 else clips[idx[0]])
+            for i, part in zip(idx, tokens.split([int(clips[i].shape[0]) for i in idx])):
+                out[i] = part
+        return out
+
     def _embed_tokens(
         self,
         encoded: Sequence[EncodedPrompt],
@@ -374,8 +387,8 @@ class VrshqModel(nn.Module):
         size = self.sam2.image_size
         with self._autocast():
             encoded, visual, boxes, owners = [], [], [], []
-            for v, video in enumerate(batch.videos):
-                vis = self.encode_visual(video.frames)
+            visual_of = self._encode_visual_clips([video.frames for video in batch.videos])
+            for v, (video, vis) in enumerate(zip(batch.videos, visual_of)):
                 boxes.append(letterbox(video.frames, image_size=size, device=device))
                 for e, prompt in enumerate(video.prompts):
                     encoded.append(encode_prompt(tokenizer, prompt))
