@@ -57,3 +57,17 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     model = build_model(InferenceConfig(output=str(tmp_path / "o"), manifest="m.parquet",
                                         checkpoint=os.fspath(out / "model"), device="cpu"))
     assert model.cfg.name == "tiny"
+
+
+def test_yaml_exponent_numbers_without_a_dot_are_floats(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; float fields take it as the number it means."""
+    from jobs._cli import ConfigError, parse_config
+    from pipelines.train_config import TrainConfig
+
+    config = tmp_path / "train.yaml"
+    config.write_text("storage_path: /tmp/runs\ndata:\n  root: /d\noptim:\n  lr: 1e-3\n  text_lr: 2E-4\n")
+    cfg = parse_config(TrainConfig, ["--config", str(config), "--optim.sam2-lr", "5e-5"], prog="t", description="t")
+    assert (cfg.optim.lr, cfg.optim.text_lr, cfg.optim.sam2_lr) == (0.001, 0.0002, 5e-05)
+    config.write_text("storage_path: /tmp/runs\ndata:\n  root: /d\noptim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="lr.*expected a number, got 'fast'"):
+        parse_config(TrainConfig, ["--config", str(config)], prog="t", description="t")
