@@ -87,7 +87,8 @@ def _clips():
     raise AssertionError("no synthetic clip with two referring expressions")
 
 
-def test_train_step_adds_the_weighted_separation_term():
+def _step_with_aid(weight_name: str) -> tuple[dict, dict, bool]:
+    """One train_step of the tiny preset with the aid off and at weight 5: (off, on, LLM weights differ)."""
     from pipelines.clip_sampling import samples_to_batch
 
     batch = samples_to_batch(_clips())
@@ -96,13 +97,19 @@ def test_train_step_adds_the_weighted_separation_term():
         model = build_training_model(ModelSpec(preset="tiny", seed=0))
         opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
         sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
-        stats[weight] = (train_step(model, opt, sched, [batch], clip_grad_norm=0.0, tak_separation_weight=weight),
+        stats[weight] = (train_step(model, opt, sched, [batch], clip_grad_norm=0.0, **{weight_name: weight}),
                          model.mllm.llm.model.layers[0].self_attn.q_proj.weight.detach().clone())
-    off, on = stats[0.0][0], stats[5.0][0]
-    assert off["sep_loss"] == 0.0 and on["sep_loss"] > 0.0
+    return stats[0.0][0], stats[5.0][0], not torch.equal(stats[0.0][1], stats[5.0][1])
+
+
+@pytest.mark.parametrize("weight_name, term", [("tak_separation_weight", "sep_loss"),
+                                                ("expression_word_weight", "word_loss")])
+def test_train_step_adds_the_weighted_aid_term(weight_name, term):
+    off, on, llm_moved_differently = _step_with_aid(weight_name)
+    assert off[term] == 0.0 and on[term] > 0.0
     assert math.isclose(on["loss"], off["loss"], rel_tol=1e-5)  # "loss" is the method's loss alone
-    assert on["grad_norm"] != off["grad_norm"]  # ... but the separation term adds gradient
-    assert not torch.equal(stats[0.0][1], stats[5.0][1])
+    assert on["grad_norm"] != off["grad_norm"]  # ... but the aid adds gradient
+    assert llm_moved_differently
 
 
 def test_train_step_refuses_separation_without_the_tak_graph():
@@ -201,18 +208,3 @@ def test_expression_word_loss_is_zero_for_bag_of_words_embeddings_and_positive_o
     assert math.isclose(float(expression_word_loss(same, batch)), expected, rel_tol=1e-6)
     with pytest.raises(ValueError, match="expression texts"):
         expression_word_loss(torch.ones(4, 6), TrainBatch(videos=(_video(np.zeros((4, 2, 4, 4), dtype=bool)),)))
-
-
-def test_train_step_adds_the_weighted_expression_word_term():
-    from pipelines.clip_sampling import samples_to_batch
-
-    batch = samples_to_batch(_clips())
-    stats = {}
-    for weight in (0.0, 5.0):
-        model = build_training_model(ModelSpec(preset="tiny", seed=0))
-        opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
-        sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
-        stats[weight] = train_step(model, opt, sched, [batch], clip_grad_norm=0.0, expression_word_weight=weight)
-    off, on = stats[0.0], stats[5.0]
-    assert off["word_loss"] == 0.0 and on["word_loss"] > 0.0
-    assert math.isclose(on["loss"], off["loss"], rel_tol=1e-5) and on["grad_norm"] != off["grad_norm"]
