@@ -174,7 +174,7 @@ def _inference_config(cfg: BenchmarkConfig, workload: Workload, preset: str, out
         read_concurrency=cfg.read_concurrency, num_writers=cfg.num_writers, writer_num_cpus=cfg.writer_num_cpus,
         videos_per_file=2, num_gpus_per_actor=None if cfg.device != "cpu" else 0.0,
     )
-    return InferenceConfig(output=output, manifest=workload.manifest_uri, preset=preset, seed=cfg.seed,
+    return InferenceConfig(out=output, manifest=workload.manifest_uri, preset=preset, seed=cfg.seed,
                            device=cfg.device, max_side=cfg.max_side, progress_every=1, compute=compute,
                            code_version=git_sha(_REPO_ROOT))
 
@@ -190,7 +190,7 @@ def _run_pipeline(cfg: BenchmarkConfig, workload: Workload, infer_cfg: Any, samp
     from benchmarks.presets import ray_runtime_env
     from pipelines.inference import run_inference
 
-    output = infer_cfg.output
+    output = infer_cfg.out
     shutil.rmtree(output, ignore_errors=True)  # a fresh output: otherwise the run resumes and skips everything
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     init_kwargs: dict[str, Any] = {"address": cfg.ray_address, "runtime_env": ray_runtime_env(_REPO_ROOT),

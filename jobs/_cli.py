@@ -5,6 +5,11 @@ overrides, then ``--key.sub value`` flags generated from the config dataclass (s
 every field with its type, default and help text). Values are parsed as YAML scalars/flow
 collections, so ``--storage-options '{"anon": true}'`` and ``num_workers=4`` both work.
 
+Names are shared across jobs: ``--out`` is the output of every job that writes one, and a dataset is
+``--dataset.format/--dataset.root/--dataset.split/--dataset.name`` (:class:`DatasetConfig`).
+Renamed keys have no aliases; the old name fails with a problem naming the new one
+(:data:`RENAMED_KEYS`, e.g. ``--output was renamed --out``).
+
 The result is a typed, frozen config dataclass. All problems (unknown keys, wrong types, failed
 ``__post_init__`` checks of any nested config) are collected and raised once as :class:`ConfigError`,
 so a user fixes a bad command line in one go instead of one error per run.
@@ -37,9 +42,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+# One dataset spec and one error type for every job; they live in pipelines/ (which must not import
+# jobs/) so that InferenceConfig can nest the same DatasetConfig that evaluate/report/export use.
+from pipelines.config import ConfigError, DatasetConfig, read_dataset
+
 __all__ = [
     "ConfigError",
     "DatasetConfig",
+    "RENAMED_KEYS",
     "build_config",
     "code_version",
     "config_to_dict",
@@ -53,16 +63,6 @@ __all__ = [
 
 T = TypeVar("T")
 _LOG = logging.getLogger("jobs")
-
-
-class ConfigError(ValueError):
-    """One or more problems in a job's configuration; ``problems`` lists each one."""
-
-    def __init__(self, problems: Sequence[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__(
-            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
-        )
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -294,6 +294,78 @@ def _default_text(fld: dataclasses.Field) -> str:
     return "required"
 
 
+#: Keys renamed so that every job names the same thing the same way (old dotted key -> new one).
+#: There are no aliases: an old name fails with a problem that names the new one, whether it comes
+#: as a flag (``--output``), an override (``output=...``) or a ``--config`` file key. A rename
+#: applies to a job only where the old key is not one of its fields and the new one is, so
+#: ``jobs.report`` keeps its own ``--split`` and ``jobs.train`` its ``--data.*``/``--storage-path``.
+RENAMED_KEYS: dict[str, str] = {
+    "output": "out",  # jobs.infer's --output: --out as in evaluate, report, export
+    # jobs.infer's flat --dataset NAME --root URI --split S: the nested dataset spec of every job
+    "dataset": "dataset.format",
+    "root": "dataset.root",
+    "split": "dataset.split",
+}
+
+
+def _flag(dotted: str) -> str:
+    return "--" + dotted.replace("_", "-")
+
+
+def _renamed_problem(old: str, new: str, *, as_flag: bool) -> str:
+    return f"{_flag(old)} was renamed {_flag(new)}" if as_flag else f"key {old} was renamed {new}"
+
+
+def _pull_renamed_flags(
+    argv: list[str], renames: Mapping[str, str], problems: list[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """``argv`` without the renamed flags (and their values), and the (new key, value) pairs they gave."""
+    by_flag = {_flag(old): (old, new) for old, new in renames.items()}
+    kept: list[str] = []
+    given: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":  # the rest is positional
+            kept.extend(argv[i:])
+            break
+        name, eq, value = token.partition("=")
+        if name not in by_flag:
+            kept.append(token)
+            i += 1
+            continue
+        old, new = by_flag[name]
+        problem = _renamed_problem(old, new, as_flag=True)
+        if problem not in problems:
+            problems.append(problem)
+        if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value, eq = argv[i + 1], "="
+            i += 1
+        if eq:
+            given.append((new, value))
+        i += 1
+    return kept, given
+
+
+def _is_old_use(old: str, value: Any, renames: Mapping[str, str]) -> bool:
+    """Whether ``old=value`` uses a renamed key: ``dataset: revos`` does; ``dataset: {root: ...}`` and
+    ``dataset=null`` (the nested spec that took the name over, or no dataset) do not."""
+    if old not in renames or isinstance(value, Mapping):
+        return False
+    return not (value is None and renames[old].startswith(old + "."))
+
+
+def _rename_keys(data: dict[str, Any], renames: Mapping[str, str], problems: list[str]) -> None:
+    """Move values under renamed top-level keys (``--config`` files) to the new key; one problem each."""
+    for old, new in renames.items():
+        if old in data and _is_old_use(old, data[old], renames):
+            value = data.pop(old)
+            _set_dotted(data, new, value)
+            problem = _renamed_problem(old, new, as_flag=False)
+            if problem not in problems:
+                problems.append(problem)
+
+
 def parse_config(
     cls: type[T],
     argv: Sequence[str] | None,
@@ -308,9 +380,11 @@ def parse_config(
 
     Raises:
         ConfigError: listing every problem (unknown key, bad type, failed validation, unreadable
-            config file).
+            config file, a renamed key given by its old name: see :data:`RENAMED_KEYS`).
     """
     flat = _flat_fields(cls)
+    leaves = {dotted for dotted, _, _ in flat}
+    renames = {old: new for old, new in RENAMED_KEYS.items() if old not in leaves and new in leaves}
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -333,7 +407,10 @@ def parse_config(
             parser.add_argument(flag, dest=dest, action="append", metavar="VALUE", help=help_text + " (repeatable)")
         else:
             parser.add_argument(flag, dest=dest, metavar="VALUE", help=help_text)
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    renamed: list[str] = []  # old names used: the run fails, but the rest is still checked
+    argv_list, renamed_flag_values = _pull_renamed_flags(
+        list(sys.argv[1:] if argv is None else argv), renames, renamed)
+    args = parser.parse_args(argv_list)
 
     problems: list[str] = []
     data: dict[str, Any] = {}
@@ -347,15 +424,26 @@ def parse_config(
                 problems.append(f"--config {args.config}: expected a YAML mapping, got {type(loaded).__name__}")
             else:
                 data = loaded
+                _rename_keys(data, renames, renamed)
         except (OSError, yaml.YAMLError) as exc:
             problems.append(f"--config {args.config}: cannot read: {exc}")
     types_by_key = {dotted: tp for dotted, tp, _ in flat}
     for override in args.overrides:
         key, sep, value = override.partition("=")
+        key = key.strip()
         if not sep or not key:
             problems.append(f"override {override!r} is not of the form key.sub=value")
             continue
-        _set_dotted(data, key.strip(), _parse_value(value, types_by_key.get(key.strip())))
+        parsed_value = _parse_value(value, types_by_key.get(key))
+        if _is_old_use(key, parsed_value, renames):
+            problem = _renamed_problem(key, renames[key], as_flag=False)
+            if problem not in renamed:
+                renamed.append(problem)
+            key = renames[key]
+            parsed_value = _parse_value(value, types_by_key.get(key))
+        _set_dotted(data, key, parsed_value)
+    for key, value in renamed_flag_values:  # below the flags of the new names, if both were given
+        _set_dotted(data, key, _parse_value(value, types_by_key.get(key)))
     for dotted, tp, _ in flat:
         value = getattr(args, "field:" + dotted)
         if value is None:
@@ -367,7 +455,12 @@ def parse_config(
             parsed = _parse_value(value, tp)
         _set_dotted(data, dotted, parsed)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(renamed + problems)
+    if renamed:
+        # Checked as if the new names had been used, so one run lists everything left to fix.
+        others: list[str] = []
+        _build(cls, data, "", others)
+        raise ConfigError(renamed + [p for p in others if p not in renamed])
     return build_config(cls, data)
 
 
@@ -404,42 +497,6 @@ def new_run_id(prefix: str) -> str:
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
-
-
-# --------------------------------------------------------------------------- shared config parts
-
-_DATASET_FORMATS = ("revos", "mevis")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-    """Which dataset split to read ground truth (and frames) from."""
-
-    format: str = dataclasses.field(default="revos", metadata={"help": "dataset layout: revos | mevis"})
-    root: str = dataclasses.field(default="", metadata={"help": "dataset root URI (local path or s3://...)"})
-    split: str = dataclasses.field(default="valid", metadata={"help": "split name, e.g. valid, valid_u"})
-    name: str | None = dataclasses.field(
-        default=None, metadata={"help": "dataset name in the tables (default: the format)"})
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.format not in _DATASET_FORMATS:
-            problems.append(f"format={self.format!r}: must be one of {list(_DATASET_FORMATS)}")
-        if not self.root:
-            problems.append("root is required (the dataset root URI)")
-        if not self.split:
-            problems.append("split must be non-empty")
-        if problems:
-            raise ConfigError(problems)
-
-
-def read_dataset(cfg: DatasetConfig, *, storage_options: dict[str, Any] | None = None) -> list[Any]:
-    """The split's ``VideoRecord`` list, read with the reader of ``cfg.format``."""
-    from vrshq.data import read_mevis, read_revos
-
-    reader = read_revos if cfg.format == "revos" else read_mevis
-    return reader(cfg.root, split=cfg.split, storage_options=storage_options or None,
-                  dataset=cfg.name or cfg.format)
 
 
 def init_ray(address: str | None = None) -> None:

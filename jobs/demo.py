@@ -65,8 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOG.info("wrote %d synthetic videos to %s", len(info.video_ids), data)
     checkpoint = args.checkpoint or (str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else None)
     model_args = ["--checkpoint", checkpoint] if checkpoint else ["--seed", "0"]
-    status = infer.main(["--dataset", "revos", "--root", str(data), "--split", "valid",
-                         "--output", str(run), "--preset", "tiny", *model_args])
+    status = infer.main(["--dataset.format", "revos", "--dataset.root", str(data), "--dataset.split", "valid",
+                         "--out", str(run), "--preset", "tiny", *model_args])
     if status not in (infer.EXIT_OK, infer.EXIT_ERRORS):
         return status
     report_status = report.main(["--scores", str(run), "--out", str(report_dir), "--overwrite",

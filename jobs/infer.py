@@ -1,25 +1,31 @@
 """Segment every (video, expression) of a dataset or manifest: masks, J&F scores and errors as Parquet.
 
-Output, under ``--output``: ``masks/``, ``scores/``, ``errors/`` (hive-partitioned by dataset and
+Output, under ``--out``: ``masks/``, ``scores/``, ``errors/`` (hive-partitioned by dataset and
 split), ``run.json`` (config without credentials, code version, checkpoint, counts) and
 ``runs/<run_id>.json`` per run. Idempotent: a rerun skips the pairs already scored, so the same
 command on a schedule only does new work (a manifest of new videos appends).
 
+Input: ``--manifest URI`` or a dataset, named as in every job: ``--dataset.format revos|mevis
+--dataset.root URI --dataset.split S`` (``--dataset.name`` for the tables, default: the format).
 Run locally or on a Ray cluster::
 
-    python -m jobs.infer --dataset revos --root s3://bucket/ReVOS --split valid \\
-        --output s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b
+    python -m jobs.infer --dataset.format revos --dataset.root s3://bucket/ReVOS --dataset.split valid \\
+        --out s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b
     ray job submit --working-dir . -- python -m jobs.infer --manifest s3://bucket/new_videos.parquet \\
-        --output s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b \\
+        --out s3://bucket/runs/vrshq-7b --preset vrshq-7b --checkpoint s3://bucket/ckpt/vrshq-7b \\
         compute.num_actors=8
-    python -m jobs.infer --manifest m.parquet --output /tmp/out --preset tiny --seed 0   # random-init demo
+    python -m jobs.infer --manifest m.parquet --out /tmp/out --preset tiny --seed 0   # random-init demo
 
 On a schedule (bulk annotation): run the same command from cron or a CI timer; each run only does
 what is missing and appends, so overlapping schedules are safe (the second run is refused while the
-first holds ``<output>/_lock.json``, exit status 3)::
+first holds ``<out>/_lock.json``, exit status 3)::
 
     */30 * * * * cd /srv/vrshq && ray job submit --working-dir . -- python -m jobs.infer \
-        --config jobs/configs/infer_revos.yaml --manifest s3://bucket/incoming/latest.parquet
+        --config jobs/configs/infer_revos.yaml dataset=null --manifest s3://bucket/incoming/latest.parquet
+
+Renamed options (no aliases; the old names fail with a message naming the new ones): ``--output``
+is ``--out``; ``--dataset NAME --root URI --split S`` is ``--dataset.format NAME --dataset.root URI
+--dataset.split S``; the same holds for ``key=value`` overrides and ``--config`` YAML keys.
 
 Exit status: 0 when every pending expression was scored; 1 when error rows were written (the other
 videos are still done); 2 on a bad configuration, input or checkpoint (nothing is written then);
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not summary.ok:
         print(
             f"jobs.infer: finished with {summary.errors_rows} error row(s) and {summary.write_failures} failed "
-            f"write(s); see {cfg.output.rstrip('/')}/errors/",
+            f"write(s); see {cfg.out.rstrip('/')}/errors/",
             file=sys.stderr,
         )
         return EXIT_ERRORS

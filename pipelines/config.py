@@ -6,28 +6,38 @@ to run. Every field is read by the pipeline; every check runs in ``__post_init__
 problems of a config at once (as ``jobs._cli`` expects), so a bad command line fails before any
 Ray work starts.
 
+The dataset spec (:class:`DatasetConfig`: ``dataset.format / dataset.root / dataset.split /
+dataset.name``) lives here, not in ``jobs/``, because ``pipelines/`` must not import ``jobs/``; the
+jobs (``infer``, ``evaluate``, ``report``, ``export``) all use this one class, so a dataset is named
+the same way on every command line (``--dataset.root s3://...``).
+
 Example:
-    >>> cfg = InferenceConfig(output="/tmp/out", manifest="/tmp/manifest.parquet")
+    >>> cfg = InferenceConfig(out="/tmp/out", manifest="/tmp/manifest.parquet")
     >>> cfg.compute.num_actors, cfg.model_name
     (1, 'tiny')
-    >>> InferenceConfig(output="/tmp/out")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    >>> InferenceConfig(out="/tmp/out", dataset=DatasetConfig(root="/data/ReVOS")).dataset.table_name
+    'revos'
+    >>> InferenceConfig(out="/tmp/out")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    ValueError: give exactly one input: manifest=<uri> or dataset=<name> with root=<uri>
+    ValueError: give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ComputeConfig",
+    "ConfigError",
+    "DatasetConfig",
     "InferenceConfig",
     "MODEL_DTYPES",
     "MODEL_PRESETS",
     "DATASET_READERS",
     "is_safe_partition_value",
+    "read_dataset",
     "redact",
 ]
 
@@ -66,6 +76,55 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+class ConfigError(ValueError):
+    """One or more problems in a job's configuration; ``problems`` lists each one.
+
+    Raised by the shared config parts' ``__post_init__`` (each problem reported on its own line,
+    prefixed with the field's dotted path by ``jobs._cli``); ``jobs._cli`` re-exports it.
+    """
+
+    def __init__(self, problems: Sequence[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(
+            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
+        )
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset split to read (frames and ground truth): ``--dataset.format/root/split/name``."""
+
+    format: str = field(default="revos", metadata={"help": f"dataset layout: {' | '.join(DATASET_READERS)}"})
+    root: str = field(default="", metadata={"help": "dataset root URI (local path or s3://...)"})
+    split: str = field(default="valid", metadata={"help": "split name, e.g. valid, valid_u"})
+    name: str | None = field(default=None, metadata={"help": "dataset name in the tables (default: the format)"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.format not in DATASET_READERS:
+            problems.append(f"format={self.format!r}: must be one of {list(DATASET_READERS)}")
+        if not self.root:
+            problems.append("root is required (the dataset root URI)")
+        if not self.split:
+            problems.append("split must be non-empty")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def table_name(self) -> str:
+        """The ``dataset`` column / partition value of the rows read from it: ``name``, else ``format``."""
+        return self.name or self.format
+
+
+def read_dataset(cfg: DatasetConfig, *, storage_options: Mapping[str, Any] | None = None) -> list[Any]:
+    """The split's ``VideoRecord`` list, read with the ``vrshq.data`` reader of ``cfg.format``."""
+    import vrshq.data as data
+
+    reader = getattr(data, DATASET_READERS[cfg.format])
+    return list(reader(cfg.root, split=cfg.split, storage_options=dict(storage_options or {}) or None,
+                       dataset=cfg.table_name))
 
 
 @dataclass(frozen=True)
@@ -128,7 +187,7 @@ class InferenceConfig:
     """Everything ``jobs.infer`` needs: input, output, model and compute.
 
     Input is either a manifest Parquet (``schemas.MANIFEST_SCHEMA``, one row per (video,
-    expression)) or a dataset root read by ``vrshq.data`` (``dataset`` + ``root`` + ``split``).
+    expression)) or a dataset read by ``vrshq.data`` (``dataset``: a :class:`DatasetConfig`).
     The model is a preset with random init (``seed``; demos and tests) or a preset plus a
     ``checkpoint`` URI.
 
@@ -137,11 +196,11 @@ class InferenceConfig:
             preset, unsafe partition names, non-positive sizes...).
     """
 
-    output: str = field(metadata={"help": "output URI (local path or s3://bucket/prefix)"})
-    manifest: str | None = field(default=None, metadata={"help": "manifest Parquet URI (MANIFEST_SCHEMA)"})
-    dataset: str | None = field(default=None, metadata={"help": f"dataset reader: {sorted(DATASET_READERS)}"})
-    root: str | None = field(default=None, metadata={"help": "dataset root URI (with dataset=...)"})
-    split: str = field(default="valid", metadata={"help": "dataset split (with dataset=...)"})
+    out: str = field(metadata={"help": "output URI (local path or s3://bucket/prefix)"})
+    manifest: str | None = field(
+        default=None, metadata={"help": "manifest Parquet URI (MANIFEST_SCHEMA); or give --dataset.*"}
+    )
+    dataset: DatasetConfig | None = field(default=None, metadata={"help": "dataset input; or give --manifest"})
     preset: str = field(default="tiny", metadata={"help": f"model preset: {sorted(MODEL_PRESETS)}"})
     checkpoint: str | None = field(
         default=None, metadata={"help": "checkpoint URI; null: random init from seed (demos, tests)"}
@@ -180,15 +239,20 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         problems: list[str] = []
-        if not isinstance(self.output, str) or not self.output.strip():
-            problems.append(f"output must be a non-empty URI, got {self.output!r}")
-        has_dataset = self.dataset is not None or self.root is not None
-        if (self.manifest is None) == (not has_dataset) or (has_dataset and (self.dataset is None or self.root is None)):
-            problems.append("give exactly one input: manifest=<uri> or dataset=<name> with root=<uri>")
-        if self.dataset is not None and self.dataset not in DATASET_READERS:
-            problems.append(f"dataset={self.dataset!r} is unknown; known: {sorted(DATASET_READERS)}")
-        if not _PARTITION_VALUE.match(str(self.split)):
-            problems.append(f"split={self.split!r} must match {_PARTITION_VALUE.pattern} (it becomes a folder name)")
+        if not isinstance(self.out, str) or not self.out.strip():
+            problems.append(f"out must be a non-empty URI, got {self.out!r}")
+        if (self.manifest is None) == (self.dataset is None):
+            problems.append(
+                "give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)"
+            )
+        if self.dataset is not None and not isinstance(self.dataset, DatasetConfig):
+            problems.append(f"dataset must be a DatasetConfig (dataset.format, dataset.root, dataset.split, "
+                            f"dataset.name), got {self.dataset!r}")
+        elif self.dataset is not None:
+            for key, value in (("split", self.dataset.split), ("name", self.dataset.table_name)):
+                if not _PARTITION_VALUE.match(str(value)):
+                    problems.append(f"dataset.{key}={value!r} must match {_PARTITION_VALUE.pattern} "
+                                    f"(it becomes a folder name)")
         if self.preset not in MODEL_PRESETS:
             problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import DATASET_READERS, InferenceConfig, is_safe_partition_value
+from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
 from pipelines.output_lock import OutputLock
 from pipelines.resume import PairKey, done_pairs, remove_orphans
 from pipelines.storage import filesystem_for, join_uri
@@ -177,14 +177,14 @@ def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
         except ValueError as exc:
             raise PreflightError([str(exc)]) from exc
         return records_from_manifest(table)
-    import vrshq.data as data
-
-    reader = getattr(data, DATASET_READERS[cfg.dataset])  # type: ignore[index]
+    spec = cfg.dataset
+    assert spec is not None  # InferenceConfig: exactly one of manifest / dataset
     try:
-        records = reader(cfg.root, split=cfg.split, storage_options=cfg.storage_options)
+        records = read_dataset(spec, storage_options=cfg.storage_options)
     except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the run cannot start
-        raise PreflightError([f"cannot read dataset {cfg.dataset!r} at {cfg.root!r} split {cfg.split!r}: {exc}"]) from exc
-    return list(records), []
+        raise PreflightError([f"cannot read dataset {spec.format!r} at {spec.root!r} split {spec.split!r}: {exc}"]
+                             ) from exc
+    return records, []
 
 
 def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | None = None) -> WorkPlan:
@@ -224,12 +224,11 @@ def preflight(cfg: InferenceConfig) -> Any:
     except ModelLoadError as exc:
         problems.append(str(exc))
     try:
-        fs, path = filesystem_for(cfg.output, cfg.storage_options)
+        fs, path = filesystem_for(cfg.out, cfg.storage_options)
         fs.makedirs(path, exist_ok=True)
     except Exception as exc:  # noqa: BLE001
-        problems.append(f"output {cfg.output!r} is not writable: {exc}")
-    for name in ("manifest", "root"):
-        uri = getattr(cfg, name)
+        problems.append(f"out={cfg.out!r} is not writable: {exc}")
+    for name, uri in (("manifest", cfg.manifest), ("dataset.root", cfg.dataset.root if cfg.dataset else None)):
         if uri is None:
             continue
         try:
@@ -306,7 +305,7 @@ def _now() -> str:
 
 def _write_run_json(cfg: InferenceConfig, record: dict[str, Any]) -> None:
     data = json.dumps(record, indent=2, sort_keys=False, default=str).encode()
-    for uri in (join_uri(cfg.output, "run.json"), join_uri(cfg.output, "runs", f"{record['run_id']}.json")):
+    for uri in (join_uri(cfg.out, "run.json"), join_uri(cfg.out, "runs", f"{record['run_id']}.json")):
         fs, path = filesystem_for(uri, cfg.storage_options)
         write_bytes_atomic(fs, path, data)
 
@@ -317,7 +316,7 @@ def _write_driver_errors(cfg: InferenceConfig, rows: list[dict[str, Any]], run_f
         return 0
     table = pa.Table.from_pylist([{**r, **run_fields} for r in rows], schema=ERRORS_SCHEMA)
     keys = [(r["dataset"], r["split"], r["video_id"], str(r["exp_id"]), r["message"]) for r in rows]
-    write_batch(cfg.output, {"errors": table}, batch_id=f"{tag}-" + batch_id_for(run_fields["run_id"], keys)[:16],
+    write_batch(cfg.out, {"errors": table}, batch_id=f"{tag}-" + batch_id_for(run_fields["run_id"], keys)[:16],
                 storage_options=cfg.storage_options)
     return len(rows)
 
@@ -365,13 +364,13 @@ def run_inference(
         "seed": cfg.seed if cfg.checkpoint is None else None, "working_max_side": max_side,
         "config": cfg.public_dict(), "counts": {},
     }
-    with OutputLock(cfg.output, run_id=run_id, storage_options=cfg.storage_options,
+    with OutputLock(cfg.out, run_id=run_id, storage_options=cfg.storage_options,
                     stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock):
-        orphans = remove_orphans(cfg.output, storage_options=cfg.storage_options)
+        orphans = remove_orphans(cfg.out, storage_options=cfg.storage_options)
         if orphans:
             say(f"removed {len(orphans)} uncommitted masks file(s) of an interrupted run")
         records, input_errors = load_input(cfg)
-        done = done_pairs(cfg.output, storage_options=cfg.storage_options)
+        done = done_pairs(cfg.out, storage_options=cfg.storage_options)
         plan = plan_work(records, done=done, max_videos=cfg.max_videos)
         del records
         summary.orphans_removed = len(orphans)
@@ -382,7 +381,7 @@ def run_inference(
         _write_run_json(cfg, record)
         say(f"run {run_id}: {summary.videos_pending} video(s) / {summary.pairs_pending} expression(s) to do, "
             f"{summary.pairs_skipped} already done, {len(input_errors)} input error(s); "
-            f"model {cfg.model_name}, working max side {max_side}, output {cfg.output}")
+            f"model {cfg.model_name}, working max side {max_side}, output {cfg.out}")
         try:
             if plan.items:
                 _execute(cfg, plan, summary, max_side=max_side, run_fields=run_fields, say=say, started=started)

@@ -234,7 +234,7 @@ class ResultWriter:
         last: Exception | None = None
         for attempt in range(self._retries):
             try:
-                write_batch(self._cfg.output, tables, batch_id=batch_id, storage_options=self._cfg.storage_options)
+                write_batch(self._cfg.out, tables, batch_id=batch_id, storage_options=self._cfg.storage_options)
                 return ""
             except OSError as exc:  # transient storage error: back off and retry
                 last = exc

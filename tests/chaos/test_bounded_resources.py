@@ -92,13 +92,13 @@ def test_long_and_large_videos_have_bounded_memory(ray_on_head, tmp_path, name, 
     video = _write_video(tmp_path / name, num_frames=num_frames, height=height, width=width)
     manifest = tmp_path / "m.parquet"
     pq.write_table(records_to_manifest([video]), manifest)
-    cfg = InferenceConfig(output=str(tmp_path / "out"), manifest=str(manifest), preset="tiny", seed=1,
+    cfg = InferenceConfig(out=str(tmp_path / "out"), manifest=str(manifest), preset="tiny", seed=1,
                           compute=SMALL, code_version="chaos")
     # Warm-up on a 2-frame video: the driver's imports (torch, the model config) and Ray Data's
     # first-use state are not what scales with the video.
     small = _write_video(tmp_path / "warmup", num_frames=2, height=32, width=32)
     pq.write_table(records_to_manifest([small]), tmp_path / "w.parquet")
-    assert run_inference(InferenceConfig(output=str(tmp_path / "warm"), manifest=str(tmp_path / "w.parquet"),
+    assert run_inference(InferenceConfig(out=str(tmp_path / "warm"), manifest=str(tmp_path / "w.parquet"),
                                          preset="tiny", seed=1, compute=SMALL, code_version="chaos")).ok
     start_driver = psutil.Process().memory_info().rss
     started = time.perf_counter()
@@ -106,7 +106,7 @@ def test_long_and_large_videos_have_bounded_memory(ray_on_head, tmp_path, name, 
         summary = run_inference(cfg)
     seconds = time.perf_counter() - started
     assert summary.ok and summary.masks_rows == num_frames * 2, summary
-    masks = read_output(cfg.output, "masks", columns=["exp_id", "frame_index", "height", "width"])
+    masks = read_output(cfg.out, "masks", columns=["exp_id", "frame_index", "height", "width"])
     assert masks.num_rows == num_frames * 2
     assert set(masks.column("height").to_pylist()) == {height} and set(masks.column("width").to_pylist()) == {width}
     driver_growth = (peak.driver - start_driver) / MIB

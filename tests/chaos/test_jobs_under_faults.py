@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ComputeConfig, InferenceConfig
+from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig
 from pipelines.inference import run_inference
 from pipelines.manifest import records_to_manifest
 from pipelines.output_lock import OutputLock, OutputLockedError
@@ -76,8 +76,8 @@ def dataset(tmp_path_factory):
 
 
 def _cfg(output, *, root=None, manifest=None, storage_options=None, **kw) -> InferenceConfig:
-    source = {"manifest": str(manifest)} if manifest else {"dataset": "revos", "root": str(root)}
-    return InferenceConfig(output=str(output), preset="tiny", seed=3, compute=SMALL, code_version="chaos",
+    source = {"manifest": str(manifest)} if manifest else {"dataset": DatasetConfig(format="revos", root=str(root))}
+    return InferenceConfig(out=str(output), preset="tiny", seed=3, compute=SMALL, code_version="chaos",
                            progress_every=1, storage_options=storage_options or {}, **source, **kw)
 
 
@@ -141,8 +141,8 @@ def test_model_actor_killed_mid_batch(chaos_ray, dataset, reference, tmp_path):
 def test_driver_killed_then_rerun(chaos_ray, dataset, reference, tmp_path):
     output = tmp_path / "out"
     env = {**os.environ, "RAY_ADDRESS": chaos_ray.head.address, **chaos_ray.head.env, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "jobs.infer", "--dataset", "revos", "--root", str(dataset), "--split", "valid",
-               "--output", str(output), "--preset", "tiny", "--seed", "3", "--code-version", "chaos",
+    command = [sys.executable, "-m", "jobs.infer", "--dataset.format", "revos", "--dataset.root", str(dataset),
+               "--dataset.split", "valid", "--out", str(output), "--preset", "tiny", "--seed", "3", "--code-version", "chaos",
                "--progress-every", "1", "compute.read_num_cpus=0.25", "compute.writer_num_cpus=0.25",
                "compute.videos_per_file=1"]
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

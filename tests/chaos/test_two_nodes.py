@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from pipelines.config import ComputeConfig, InferenceConfig
+from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig
 from pipelines.inference import run_inference
 from pipelines.writers import list_parts
 from tests.chaos.figures import FIGURES
@@ -75,7 +75,7 @@ def test_infer_survives_losing_a_node(cluster, s3_server):
     write_synthetic_revos(root, storage_options=s3_server.storage_options, **DATA)
 
     def cfg(output):
-        return InferenceConfig(output=output, dataset="revos", root=root, preset="tiny", seed=3, compute=SMALL,
+        return InferenceConfig(out=output, dataset=DatasetConfig(format="revos", root=root), preset="tiny", seed=3, compute=SMALL,
                                code_version="chaos", storage_options=s3_server.storage_options)
 
     reference_out = f"{bucket}/runs/reference"

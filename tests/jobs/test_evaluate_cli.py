@@ -59,3 +59,14 @@ def test_help_lists_fields(capsys):
     text = capsys.readouterr().out
     for flag in ("--scores", "--overlay", "--dataset.root", "--storage-options", "(repeatable)"):
         assert flag in text
+
+
+def test_renamed_flags_are_refused_by_every_job():
+    with pytest.raises(ConfigError) as info:
+        parse_config(EvaluateConfig, ["--dataset", "revos", "--root", "/d", "--output", "/o", "--masks", "/m"],
+                     prog="t", description="t")
+    assert info.value.problems == ["--dataset was renamed --dataset.format", "--root was renamed --dataset.root",
+                                   "--output was renamed --out"]
+    # jobs.report has a --split of its own (the scores partition): it is not a renamed flag there
+    cfg = parse_config(ReportConfig, ["--scores", "/s", "--out", "/o", "--split", "valid"], prog="t", description="t")
+    assert cfg.split == "valid"

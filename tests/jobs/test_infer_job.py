@@ -57,8 +57,8 @@ def test_infer_job_submit_kill_rerun_and_check_rows(ray_head, s3_server):  # noq
         "excludes": [".venv", ".git", "*.parquet", "__pycache__"],
     }
     entrypoint = [
-        "python", "-m", "jobs.infer", "--dataset", "revos", "--root", root, "--split", "valid",
-        "--output", output, "--preset", "tiny", "--seed", "5", "--storage-options", json.dumps(endpoint),
+        "python", "-m", "jobs.infer", "--dataset.format", "revos", "--dataset.root", root, "--dataset.split", "valid",
+        "--out", output, "--preset", "tiny", "--seed", "5", "--storage-options", json.dumps(endpoint),
         "--code-version", "test-sha", "--progress-every", "1",
         "compute.read_num_cpus=0.25", "compute.writer_num_cpus=0.25", "compute.videos_per_file=1",
     ]
@@ -110,7 +110,7 @@ def test_infer_job_submit_kill_rerun_and_check_rows(ray_head, s3_server):  # noq
     rows: dict[tuple[str, str], list[dict]] = {}
     for row in masks.to_pylist():
         rows.setdefault((row["video_id"], row["exp_id"]), []).append(row)
-    model = build_model(InferenceConfig(output="unused", manifest="unused", preset="tiny", seed=5), device="cpu")
+    model = build_model(InferenceConfig(out="unused", manifest="unused", preset="tiny", seed=5), device="cpu")
     mask_dict = load_mask_dict(videos[0].mask_dict_uri, storage_options=opts)
     for video in good:
         frames = load_frames(video, storage_options=opts)

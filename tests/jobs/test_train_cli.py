@@ -54,7 +54,7 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     assert (out / "curve.png").stat().st_size > 1000
     assert len((out / "log.csv").read_text().strip().splitlines()) == 4  # header + 3 steps
     assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 3
-    model = build_model(InferenceConfig(output=str(tmp_path / "o"), manifest="m.parquet",
+    model = build_model(InferenceConfig(out=str(tmp_path / "o"), manifest="m.parquet",
                                         checkpoint=os.fspath(out / "model"), device="cpu"))
     assert model.cfg.name == "tiny"
 

@@ -61,7 +61,7 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
     rows.append(dict(rows[-1]))  # a duplicate (video, expression) row
     pq.write_table(table.from_pylist(rows, schema=table.schema), manifest)
     output = str(tmp_path / "out")
-    cfg = InferenceConfig(output=output, manifest=str(manifest), preset="tiny", seed=3, progress_every=1, compute=SMALL,
+    cfg = InferenceConfig(out=output, manifest=str(manifest), preset="tiny", seed=3, progress_every=1, compute=SMALL,
                           code_version="test-sha")
 
     summary = run_inference(cfg)

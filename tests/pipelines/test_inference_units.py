@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.config import ComputeConfig, InferenceConfig, redact
+from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig, redact
 from pipelines.inference import plan_work, records_from_manifest
 from pipelines.output_lock import OutputLock, OutputLockedError
 from pipelines.resume import done_pairs, drop_done, remove_orphans
@@ -41,16 +41,18 @@ RUN = {"run_id": "r1", "model": "tiny", "code_version": "abc"}
 
 def test_config_reports_every_problem_at_once():
     with pytest.raises(ValueError) as info:
-        InferenceConfig(output="", preset="huge", split="../x", max_side=-1, progress_every=0)
+        InferenceConfig(out="", manifest="m", dataset=DatasetConfig(root="/d", split="../x"), preset="huge",
+                        max_side=-1, progress_every=0)
     message = str(info.value)
-    for needle in ("output must be", "exactly one input", "preset='huge'", "split='../x'", "max_side", "progress_every"):
+    for needle in ("out must be", "exactly one input", "preset='huge'", "dataset.split='../x'", "max_side",
+                   "progress_every"):
         assert needle in message
     with pytest.raises(ValueError, match="compute.num_actors must be an integer >= 1"):
         ComputeConfig(num_actors=0)
 
 
 def test_public_dict_masks_credentials():
-    cfg = InferenceConfig(output="s3://b/o", manifest="s3://b/m.parquet", storage_options={
+    cfg = InferenceConfig(out="s3://b/o", manifest="s3://b/m.parquet", storage_options={
         "key": "AKIAXXX", "secret": "s3cr3t", "client_kwargs": {"endpoint_url": "http://x", "aws_session_token": "tok"}})
     text = json.dumps(cfg.public_dict())
     assert "AKIAXXX" not in text and "s3cr3t" not in text and "tok\"" not in text
@@ -377,9 +379,9 @@ def test_checkpoint_model_equals_the_saved_one_and_mismatch_fails(tmp_path, synt
     from vrshq.builders import build_vrshq, tiny_config
     from vrshq.model.checkpoint import save_vrshq_checkpoint
 
-    saved = build_model(InferenceConfig(output="o", manifest="m", seed=3), device="cpu")
+    saved = build_model(InferenceConfig(out="o", manifest="m", seed=3), device="cpu")
     save_vrshq_checkpoint(saved, str(tmp_path / "ckpt"))
-    cfg = InferenceConfig(output="o", manifest="m", seed=0, checkpoint=str(tmp_path / "ckpt"))
+    cfg = InferenceConfig(out="o", manifest="m", seed=0, checkpoint=str(tmp_path / "ckpt"))
     assert check_model_source(cfg).sam2.image_size == tiny_config().sam2.image_size
     loaded = build_model(cfg, device="cpu")
     assert cfg.model_name == "tiny:ckpt"
@@ -406,12 +408,12 @@ def test_result_writer_writes_a_batch_and_reports_storage_failures(synthetic_rev
     rows = [segment_video_item(_FakeModel(), item_to_json(v), load_frames(v), original_hw=(64, 96), max_side=0)
             for v in videos]
     batch = pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
-    cfg = InferenceConfig(output=str(tmp_path / "out"), manifest="unused")
+    cfg = InferenceConfig(out=str(tmp_path / "out"), manifest="unused")
     summary = result_writer.ResultWriter(cfg, run_fields=RUN)(batch).to_pylist()
     assert [s["scores_rows"] for s in summary] == [len(v.expressions) for v in videos]
     assert [s["masks_rows"] for s in summary] == [len(v.expressions) * v.num_frames for v in videos]
     assert {s["write_error"] for s in summary} == {""}
-    assert read_output(cfg.output, "scores").num_rows == sum(len(v.expressions) for v in videos)
+    assert read_output(cfg.out, "scores").num_rows == sum(len(v.expressions) for v in videos)
 
     attempts = []
 
@@ -421,7 +423,7 @@ def test_result_writer_writes_a_batch_and_reports_storage_failures(synthetic_rev
 
     monkeypatch.setattr(result_writer, "write_batch", storage_down)
     monkeypatch.setattr(result_writer.time, "sleep", lambda s: None)
-    failed = result_writer.ResultWriter(dataclasses.replace(cfg, output=str(tmp_path / "o2")), run_fields=RUN,
+    failed = result_writer.ResultWriter(dataclasses.replace(cfg, out=str(tmp_path / "o2")), run_fields=RUN,
                                         write_retries=3)(batch).to_pylist()
     assert len(attempts) == 3  # retried, then reported instead of raised
     assert all("503 Slow Down" in s["write_error"] and s["scores_rows"] == 0 for s in failed)
@@ -433,11 +435,11 @@ def test_a_compute_config_the_cluster_cannot_schedule_fails_fast_with_the_number
     from pipelines.config import ComputeConfig, InferenceConfig
     from pipelines.inference import PreflightError, check_cluster_fits
 
-    cfg = InferenceConfig(output="/tmp/x", manifest="/tmp/m.parquet", compute=ComputeConfig(read_num_cpus=1.0))
+    cfg = InferenceConfig(out="/tmp/x", manifest="/tmp/m.parquet", compute=ComputeConfig(read_num_cpus=1.0))
     with pytest.raises(PreflightError, match=r"needs 2\.5 CPUs .* cluster has 2"):
         check_cluster_fits(cfg, num_gpus=0.0, resources={"CPU": 2.0})
     check_cluster_fits(cfg, num_gpus=0.0, resources={"CPU": 2.5})
-    default = InferenceConfig(output="/tmp/x", manifest="/tmp/m.parquet")
+    default = InferenceConfig(out="/tmp/x", manifest="/tmp/m.parquet")
     check_cluster_fits(default, num_gpus=0.0, resources={"CPU": 2.0})  # the defaults fit a 2-CPU machine
     with pytest.raises(PreflightError, match="GPUs but the cluster has 0"):
         check_cluster_fits(default, num_gpus=1.0, resources={"CPU": 8.0})
@@ -448,14 +450,14 @@ def test_model_dtype_auto_is_float32_on_cpu_and_bf16_is_the_rounded_float32_mode
 
     from pipelines.model_loader import ModelLoadError, build_model, resolve_dtype
 
-    cfg = InferenceConfig(output="o", manifest="m", seed=2)
+    cfg = InferenceConfig(out="o", manifest="m", seed=2)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16  # no GPU needed to resolve
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(ModelLoadError, match="int8"):
         resolve_dtype("int8", torch.device("cpu"))
     with pytest.raises(ValueError, match="dtype='int8'"):
-        InferenceConfig(output="o", manifest="m", dtype="int8")
+        InferenceConfig(out="o", manifest="m", dtype="int8")
     full = build_model(cfg, device="cpu")
     half = build_model(dataclasses.replace(cfg, dtype="bfloat16"), device="cpu")
     assert {p.dtype for p in full.parameters()} == {torch.float32}
@@ -472,7 +474,7 @@ def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
     from pipelines.model_loader import model_config
     from vrshq.builders import build_vrshq, vrshq_7b_config
 
-    cfg = model_config(InferenceConfig(output="o", manifest="m", preset="vrshq-7b-tinytok"))
+    cfg = model_config(InferenceConfig(out="o", manifest="m", preset="vrshq-7b-tinytok"))
     assert MODEL_PRESETS["vrshq-7b-tinytok"] == "vrshq_7b_tinytok_config"
     seven = vrshq_7b_config()
     assert (cfg.llm.tokenizer, cfg.llm.tokenizer_path, cfg.name) == ("tiny", None, "vrshq-7b-tinytok")

@@ -123,7 +123,7 @@ def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, t
 
     # the exported model is what jobs.infer loads, and it segments a video
     assert result.final_uri == f"{run}/final"
-    model = build_model(InferenceConfig(output=str(tmp_path / "o"), manifest="m.parquet", checkpoint=result.final_uri,
+    model = build_model(InferenceConfig(out=str(tmp_path / "o"), manifest="m.parquet", checkpoint=result.final_uri,
                                         storage_options=opts, device="cpu"))
     video = read_revos(f"{bucket}/valid", split="valid", storage_options=opts)[0]
     frames = load_frames(video, storage_options=opts)

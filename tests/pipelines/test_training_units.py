@@ -255,7 +255,7 @@ def test_exported_model_loads_with_the_inference_loader(tmp_path, tiny_model):
     from pipelines.model_loader import build_model
 
     export_model(tiny_model, os.fspath(tmp_path / "final"))
-    cfg = InferenceConfig(output=os.fspath(tmp_path / "out"), manifest="m.parquet",
+    cfg = InferenceConfig(out=os.fspath(tmp_path / "out"), manifest="m.parquet",
                           checkpoint=os.fspath(tmp_path / "final"), device="cpu", seed=999)
     loaded = build_model(cfg)
     assert loaded.cfg == tiny_model.cfg
