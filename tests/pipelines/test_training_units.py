@@ -132,6 +132,32 @@ def test_record_clip_masks_are_the_union_of_the_expression_objects(synthetic_rev
     assert seen_multi_object  # group/reasoning expressions with several objects were covered
 
 
+def test_record_image_samples_are_one_frame_with_referring_expressions(synthetic_revos_local, synthetic_revos_args):
+    """The Ray path's sampler (records on storage) draws image samples by the same rule as synthetic videos."""
+    from vrshq.data import generate_synthetic_video, read_revos
+
+    records = read_revos(os.fspath(synthetic_revos_local), split="valid")
+    sampling = SamplingConfig(image_ratio=1.0)
+    for sample_id in range(6):
+        index = video_index_for_sample(sample_id, len(records), seed=5)
+        clip = sample_clip_from_record(records[index], sample_id=sample_id, seed=5, sampling=sampling)
+        video = generate_synthetic_video(
+            np.random.default_rng([synthetic_revos_args["seed"], index]),
+            num_frames=synthetic_revos_args["num_frames"], height=64, width=96,
+        )
+        by_text = {e.text: e for e in video.expressions}
+        if not any(e.type_id == 0 for e in video.expressions):
+            assert clip is None or len(clip.frame_indices) >= 3  # no referring expression: a clip instead
+            continue
+        assert len(clip.frame_indices) == 1 and clip.frames.shape == (1, 64, 96, 3)
+        for text, masks, prompt in zip(clip.expressions, clip.masks, clip.prompt_texts):
+            assert by_text[text].type_id == 0
+            np.testing.assert_array_equal(masks, video.target_masks(by_text[text])[list(clip.frame_indices)])
+            assert "(0)<image>" in prompt and prompt.count("[SEG]") == 1 and "(0) [SEG]" not in prompt
+        batch = rows_to_batch([_to_row(clip)])
+        assert batch.videos[0].frames.shape[0] == 1 and batch.videos[0].expressions == clip.expressions
+
+
 def test_rows_round_trip_into_a_train_batch():
     from vrshq.data import generate_synthetic_video
 
