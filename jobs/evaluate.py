@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -45,7 +46,10 @@ __all__ = ["EvaluateConfig", "EvaluationSummary", "evaluate", "main"]
 _LOG = logging.getLogger("jobs.evaluate")
 _ENGINES = ("local", "ray")
 #: Name prefix of the files this job writes; ``--overwrite`` only ever deletes files with it.
-_FILE_PREFIX = "evaluate-"
+_BATCH_PREFIX = "evaluate-"
+#: File-name prefix of evaluate's parts (``pipelines.writers`` names files ``part-<batch id>``); infer's
+#: batch ids are hashes, so the prefix tells evaluate's files from infer's in one output folder.
+_FILE_PREFIX = "part-" + _BATCH_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +217,8 @@ def _iter_results(cfg: EvaluateConfig, records: list[Any], masks_uri: str | None
 def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
     """Run the evaluation described by ``cfg`` (after :func:`_preflight`); see the module docstring."""
     from pipelines.report import summary_table
-    from pipelines.table_io import join_uri, write_json, write_partitioned
+    from pipelines.table_io import join_uri, write_json
+    from pipelines.writers import part_uri, write_batch
     from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
 
     records, masks_uri, png_root = _preflight(cfg)
@@ -221,6 +226,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
     if cfg.overwrite:
         _clear_partition(cfg, first.dataset, first.split)
     run = {"run_id": cfg.run_id or new_run_id("eval"), "code_version": code_version()}
+    run_token = re.sub(r"[^A-Za-z0-9_-]", "_", run["run_id"])[:40]  # file-name safe part of the batch id
     default_model = cfg.model or ("external" if cfg.pngs is not None else None)
     _LOG.info("scoring %d videos of %s/%s from %s (engine=%s)", len(records), first.dataset, first.split,
               masks_uri or png_root, cfg.engine)
@@ -234,15 +240,18 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
 
     def flush() -> None:
         nonlocal part, pending_scores, pending_errors
-        outputs_now = (("scores", pending_scores, SCORES_SCHEMA), ("errors", pending_errors, ERRORS_SCHEMA))
-        for name, rows, schema in outputs_now:
-            if rows:
-                table = pa.Table.from_pylist(rows, schema=schema)
-                if name == "scores":
-                    all_scores.append(table)
-                outputs[name] += write_partitioned(table, join_uri(cfg.out, name), schema,
-                                                   basename=f"{_FILE_PREFIX}{run['run_id']}-{part:05d}",
-                                                   storage_options=cfg.storage_options)
+        batch_id = f"{_BATCH_PREFIX}{run_token}-{part:05d}"
+        tables = {name: pa.Table.from_pylist(rows, schema=schema)
+                  for name, rows, schema in (("scores", pending_scores, SCORES_SCHEMA),
+                                             ("errors", pending_errors, ERRORS_SCHEMA)) if rows}
+        if "scores" in tables:
+            all_scores.append(tables["scores"])
+        # the one writer of output tables (as jobs.infer): validated, atomic per file, scores last
+        written = write_batch(cfg.out, tables, batch_id=batch_id, storage_options=cfg.storage_options)
+        for name in tables:
+            if written[name]:
+                outputs[name].append(part_uri(cfg.out, name, dataset=first.dataset, split=first.split,
+                                              batch_id=batch_id))
         pending_scores, pending_errors = [], []
         part += 1
 

@@ -1,15 +1,15 @@
-"""Reading and writing the hive-partitioned output tables (masks, scores, errors) on any fsspec URI.
+"""Reading the hive-partitioned output tables (masks, scores, errors) on any fsspec URI.
 
 Layout: ``<base>/dataset=<d>/split=<s>/<name>.parquet``; the files hold every schema column except
 the partition columns (standard hive, what Ray Data's ``write_parquet(partition_cols=...)``,
 DuckDB and Spark write). Readers accept files with or without the partition columns inside.
-Every table is validated against its schema before it is written and after it is read.
+Every table is validated against its schema after it is read. The one writer of these tables is
+:func:`pipelines.writers.write_batch` (validated, atomic per file).
 """
 from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,7 +32,6 @@ __all__ = [
     "read_table",
     "uri_exists",
     "write_json",
-    "write_partitioned",
 ]
 
 _PARTITION_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS])
@@ -125,38 +124,6 @@ def read_table(
     table = arrow_dataset.to_table(filter=flt)
     table = validate_table(table, schema, what=base_uri)
     return table.select(list(columns)) if columns is not None else table
-
-
-def write_partitioned(
-    table: pa.Table,
-    base_uri: str,
-    schema: pa.Schema,
-    *,
-    basename: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> list[str]:
-    """Validate ``table`` against ``schema`` and write one file per (dataset, split) partition.
-
-    Files are named ``<basename>.parquet`` (default: a fresh uuid), so concurrent or repeated
-    writers never overwrite each other. Returns the written URIs.
-    """
-    table = validate_table(table, schema, what=base_uri)
-    fs, base = _fs(base_uri, storage_options)
-    name = (basename or f"part-{uuid.uuid4().hex}") + ".parquet"
-    written: list[str] = []
-    if table.num_rows == 0:
-        return written
-    keys = table.select(list(PARTITION_COLUMNS)).group_by(list(PARTITION_COLUMNS)).aggregate([])
-    for dataset, split in zip(keys.column("dataset").to_pylist(), keys.column("split").to_pylist()):
-        part = table.filter((pc.field("dataset") == dataset) & (pc.field("split") == split))
-        part = part.drop_columns(list(PARTITION_COLUMNS))
-        folder = posixpath.join(base, f"dataset={dataset}", f"split={split}")
-        fs.makedirs(folder, exist_ok=True)
-        path = posixpath.join(folder, name)
-        with fs.open(path, "wb") as handle:
-            pq.write_table(part, handle)
-        written.append(path)
-    return written
 
 
 def write_json(obj: Any, uri: str, *, storage_options: dict[str, Any] | None = None) -> None:

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from jobs.evaluate import main
-from pipelines.table_io import read_table, write_partitioned
+from pipelines.table_io import read_table
+from pipelines.writers import write_batch
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import (
     expected_scores,
@@ -35,7 +36,7 @@ def setup(tmp_path_factory):
     del predictions[missing_exp[0]][missing_exp[1]]
     missing_video = records[2].video_id
     del predictions[missing_video]
-    write_partitioned(masks_table(records, predictions), str(root / "run" / "masks"), MASKS_SCHEMA, basename="p0")
+    write_batch(str(root / "run"), {"masks": masks_table(records, predictions)}, batch_id="p0")
     write_pngs(root / "other" / "Annotations", records, predictions)
     return {"root": root, "records": records, "predictions": predictions, "missing_exp": missing_exp,
             "missing_video": missing_video, "expected": expected_scores(records, predictions)}
@@ -107,8 +108,9 @@ def test_never_mixes_with_or_deletes_other_jobs_scores(setup, tmp_path, caplog):
            "seconds": 1.0, **RUN}
     import pyarrow as pa
 
-    written = write_partitioned(pa.Table.from_pylist([row], schema=SCORES_SCHEMA), str(tmp_path / "scores"),
-                                SCORES_SCHEMA, basename="part-infer0")
+    write_batch(str(tmp_path), {"scores": pa.Table.from_pylist([row], schema=SCORES_SCHEMA)}, batch_id="infer0")
+    written = [str(p) for p in (tmp_path / "scores").rglob("*.parquet")]
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["part-infer0.parquet"]
     for extra in ([], ["--overwrite"]):
         with caplog.at_level(logging.ERROR):
             assert main(["--dataset.root", str(root / "ds"), "--masks", str(root / "run"), "--out", str(tmp_path),
@@ -140,7 +142,7 @@ def test_split_without_ground_truth_fails_fast(setup, tmp_path, caplog):
 def test_complete_predictions_exit_zero(setup, tmp_path):
     records = setup["records"][:1]
     predictions = perturbed_predictions(records)
-    write_partitioned(masks_table(records, predictions), str(tmp_path / "masks"), MASKS_SCHEMA)
+    write_batch(str(tmp_path), {"masks": masks_table(records, predictions)}, batch_id="p0")
     # A dataset with only the first video: copy the meta with just that video.
     import json
 

@@ -12,7 +12,8 @@ from jobs.evaluate import main as evaluate_main
 from jobs.export import main
 from pipelines.export import export_zip
 from pipelines.png_masks import decode_png_mask
-from pipelines.table_io import read_table, write_partitioned
+from pipelines.table_io import read_table
+from pipelines.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import make_dataset, masks_table, perturbed_predictions
 
@@ -24,7 +25,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     records = make_dataset(root / "ds", num_videos=2)
     predictions = perturbed_predictions(records, seed=5)
-    write_partitioned(masks_table(records, predictions), str(root / "run" / "masks"), MASKS_SCHEMA)
+    write_batch(str(root / "run"), {"masks": masks_table(records, predictions)}, batch_id="p0")
     return root, records, predictions
 
 
@@ -63,7 +64,7 @@ def test_never_overwrites_without_asking(setup, tmp_path, caplog):
 def test_incomplete_masks_exit_one_and_list_what_is_missing(setup, tmp_path, caplog):
     root, records, predictions = setup
     partial = {records[0].video_id: dict(list(predictions[records[0].video_id].items())[1:])}
-    write_partitioned(masks_table(records, partial), str(tmp_path / "masks"), MASKS_SCHEMA)
+    write_batch(str(tmp_path), {"masks": masks_table(records, partial)}, batch_id="p0")
     with caplog.at_level(logging.ERROR):
         assert main(["--masks", str(tmp_path / "masks"), "--out", str(tmp_path / "s.zip"),
                      "--dataset.root", str(root / "ds")]) == 1
@@ -105,8 +106,8 @@ def test_export_and_evaluate_on_s3(setup, tmp_path, s3_server):
     root, records, predictions = setup
     bucket = s3_server.make_bucket()
     options = json.dumps(s3_server.storage_options)
-    write_partitioned(masks_table(records, predictions), f"{bucket}/run/masks", MASKS_SCHEMA,
-                      storage_options=s3_server.storage_options)
+    write_batch(f"{bucket}/run", {"masks": masks_table(records, predictions)}, batch_id="p0",
+                storage_options=s3_server.storage_options)
     assert main(["--masks", f"{bucket}/run", "--out", f"{bucket}/sub/mevis.zip", "--storage-options", options]) == 0
     fs = fsspec.filesystem("s3", **s3_server.storage_options)
     local = tmp_path / "mevis.zip"

@@ -12,7 +12,8 @@ from PIL import Image
 from jobs.evaluate import main as evaluate_main
 from jobs.report import main
 from pipelines import report as rep
-from pipelines.table_io import read_table, write_partitioned
+from pipelines.table_io import read_table
+from pipelines.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import make_dataset, masks_table, perturbed_predictions
 from vrshq import metrics
@@ -97,8 +98,8 @@ def evaluated(tmp_path_factory):
     records = make_dataset(root / "ds")
     predictions = perturbed_predictions(records, seed=1)
     keyframes = {(v.video_id, e.exp_id): (i % v.num_frames) for v in records for i, e in enumerate(v.expressions)}
-    write_partitioned(masks_table(records, predictions, keyframes=keyframes), str(root / "run" / "masks"),
-                      MASKS_SCHEMA)
+    write_batch(str(root / "run"), {"masks": masks_table(records, predictions, keyframes=keyframes)},
+                batch_id="p0")
     assert evaluate_main(["--dataset.root", str(root / "ds"), "--masks", str(root / "run"),
                           "--out", str(root / "run")]) == 0
     return root, records

@@ -22,7 +22,8 @@ from pipelines.scoring import (
     masks_from_table,
     score_video_masks,
 )
-from pipelines.table_io import read_table, write_partitioned
+from pipelines.table_io import read_table
+from pipelines.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA, SchemaValidationError
 from tests.pipelines.test_scoring_fixtures import (
     RUN,
@@ -144,10 +145,10 @@ def test_iter_video_masks_groups_across_files_and_batches(data, tmp_path):
     table = masks_table(records, predictions)
     # Two files with interleaved videos, reversed order: grouping must not depend on file order.
     half = table.num_rows // 2
-    write_partitioned(table.slice(half), str(tmp_path / "masks"), MASKS_SCHEMA, basename="a")
-    write_partitioned(table.slice(0, half), str(tmp_path / "masks"), MASKS_SCHEMA, basename="b")
+    write_batch(str(tmp_path), {"masks": table.slice(half)}, batch_id="a")
+    write_batch(str(tmp_path), {"masks": table.slice(0, half)}, batch_id="b")
     other = table.set_column(table.schema.get_field_index("split"), "split", pa.array(["other"] * table.num_rows))
-    write_partitioned(other, str(tmp_path / "masks"), MASKS_SCHEMA, basename="c")
+    write_batch(str(tmp_path), {"masks": other}, batch_id="c")
     groups = list(iter_video_masks(str(tmp_path / "masks"), dataset="revos", split="valid", rows_per_batch=7))
     assert [key[2] for key, _ in groups] == sorted(v.video_id for v in records)
     for (_, split, video_id), rows in groups:
@@ -157,14 +158,14 @@ def test_iter_video_masks_groups_across_files_and_batches(data, tmp_path):
     assert sum(rows.num_rows for _, rows in iter_video_masks(str(tmp_path / "masks"))) == 2 * table.num_rows
 
 
-def test_write_partitioned_validates_and_reads_back(data, tmp_path):
+def test_written_masks_are_validated_and_read_back(data, tmp_path):
     _, records, predictions = data
     table = masks_table(records[:1], predictions)
     with pytest.raises(SchemaValidationError, match="missing columns \\['score'\\]"):
-        write_partitioned(table.drop_columns(["score"]), str(tmp_path / "m"), MASKS_SCHEMA)
-    written = write_partitioned(table, str(tmp_path / "m"), MASKS_SCHEMA, basename="x")
-    assert written[0].endswith("m/dataset=revos/split=valid/x.parquet")
-    back = read_table(str(tmp_path / "m"), MASKS_SCHEMA)
+        write_batch(str(tmp_path), {"masks": table.drop_columns(["score"])}, batch_id="x")
+    assert write_batch(str(tmp_path), {"masks": table}, batch_id="x")["masks"] == table.num_rows
+    assert (tmp_path / "masks" / "dataset=revos" / "split=valid" / "part-x.parquet").is_file()
+    back = read_table(str(tmp_path / "masks"), MASKS_SCHEMA)
     assert back.sort_by([("exp_id", "ascending"), ("frame_index", "ascending")]).equals(
         table.sort_by([("exp_id", "ascending"), ("frame_index", "ascending")]))
 
