@@ -50,6 +50,8 @@ _BATCH_PREFIX = "evaluate-"
 #: File-name prefix of evaluate's parts (``pipelines.writers`` names files ``part-<batch id>``); infer's
 #: batch ids are hashes, so the prefix tells evaluate's files from infer's in one output folder.
 _FILE_PREFIX = "part-" + _BATCH_PREFIX
+#: Prefixes of evaluate's own files, including those of earlier versions (named "evaluate-...").
+_OWN_FILE_PREFIXES = (_FILE_PREFIX, _BATCH_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"out={cfg.out!r}: unreadable: {exc}")
                 break
-            foreign = [f for f in existing if not f.rsplit("/", 1)[-1].startswith(_FILE_PREFIX)]
+            foreign = [f for f in existing if not f.rsplit("/", 1)[-1].startswith(_OWN_FILE_PREFIXES)]
             if foreign:
                 problems.append(
                     f"out={cfg.out!r} has {table} for dataset={first.dataset} split={first.split} written by "
@@ -177,7 +179,7 @@ def _clear_partition(cfg: EvaluateConfig, dataset: str, split: str) -> None:
     for table in ("scores", "errors"):
         files = [f for f in dataset_files(join_uri(cfg.out, table), dataset=dataset, split=split,
                                           storage_options=cfg.storage_options)
-                 if f.rsplit("/", 1)[-1].startswith(_FILE_PREFIX)]  # only our own (preflight checked)
+                 if f.rsplit("/", 1)[-1].startswith(_OWN_FILE_PREFIXES)]  # only our own (preflight checked)
         if files:
             _LOG.info("--overwrite: removing %d old %s file(s) of %s/%s", len(files), table, dataset, split)
             fs, _ = fsspec.core.url_to_fs(cfg.out, **cfg.storage_options)

@@ -94,6 +94,14 @@ def test_refuses_to_overwrite_then_overwrites(setup, tmp_path, caplog):
     assert main([*args, "--overwrite"]) == 1
     assert len(list((tmp_path / "scores").rglob("*.parquet"))) == 1
     assert len(_scores(tmp_path)) == len(setup["expected"])
+    assert first[0].startswith("part-evaluate-")
+    # files of an earlier version of evaluate ("evaluate-<run>-<n>.parquet") count as evaluate's own
+    (part,) = (tmp_path / "scores").rglob("*.parquet")
+    part.rename(part.with_name("evaluate-old-00000.parquet"))
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 1
+    assert [p.name.startswith("part-evaluate-") for p in (tmp_path / "scores").rglob("*.parquet")] == [True]
 
 
 def test_never_mixes_with_or_deletes_other_jobs_scores(setup, tmp_path, caplog):
