@@ -296,6 +296,34 @@ def run(cfg: LearnabilityConfig) -> dict:
         return scores
 
     started = time.perf_counter()
+    wall_before = state.wall_seconds
+
+    def save(at_step: int, next_sample: int, last: dict) -> TrainState:
+        """Checkpoint, model, log, scores and curve of the run so far (after every evaluation)."""
+        import shutil
+
+        saved = TrainState(step=at_step, next_sample_id=next_sample,
+                           wall_seconds=wall_before + time.perf_counter() - started)
+        for name in ("checkpoint.tmp", "model.tmp"):
+            if os.path.exists(os.path.join(cfg.out, name)):
+                shutil.rmtree(os.path.join(cfg.out, name))
+        save_train_checkpoint(os.path.join(cfg.out, "checkpoint.tmp"), model=model, optimizer=optimizer,
+                              scheduler=scheduler, state=saved)
+        export_model(model, os.path.join(cfg.out, "model.tmp"), dtype=torch.bfloat16)
+        _replace_folder(os.path.join(cfg.out, "checkpoint.tmp"), os.path.join(cfg.out, "checkpoint"))
+        _replace_folder(os.path.join(cfg.out, "model.tmp"), os.path.join(cfg.out, "model"))
+        with open(log_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(log_rows[0]))
+            writer.writeheader()
+            writer.writerows(log_rows)
+        summary = {"config": dataclasses.asdict(cfg), "step": at_step, "train_seconds": saved.wall_seconds,
+                   "final": last, "evaluations": evals, "parameters": n_params}
+        with open(os.path.join(cfg.out, "heldout.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        _plot(cfg.out, log_rows, evals)
+        model.train()
+        return saved
+
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
     step, sample_pos = state.step, state.next_sample_id
     loader = iter(_loader(cfg, sample_pos, sampling))
@@ -321,30 +349,27 @@ def run(cfg: LearnabilityConfig) -> dict:
                       "(data %.3fs)", step, row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"],
                       row["object_loss"], row["sep_loss"], row["word_loss"], seconds, t_data)
         if step % cfg.eval_every == 0 and step < cfg.steps:
-            evaluate(step)
+            save(step, sample_pos, evaluate(step))  # a killed run keeps its last evaluated checkpoint
         if deadline is not None and time.perf_counter() > deadline:
             _LOG.info("max_minutes reached at step %d of %d", step, cfg.steps)
             break
-    train_seconds = time.perf_counter() - started
     final = evaluate(step) if not evals or evals[-1]["step"] != step else evals[-1]
-    state = TrainState(step=step, next_sample_id=sample_pos, wall_seconds=state.wall_seconds + train_seconds)
-    ckpt = os.path.join(cfg.out, "checkpoint")
-    if os.path.exists(ckpt):
-        import shutil
-
-        shutil.rmtree(ckpt)
-    save_train_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
-    export_model(model, os.path.join(cfg.out, "model"), dtype=torch.bfloat16)
-    with open(log_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(log_rows[0]))
-        writer.writeheader()
-        writer.writerows(log_rows)
-    summary = {"config": dataclasses.asdict(cfg), "step": step, "train_seconds": state.wall_seconds,
-               "final": final, "evaluations": evals, "parameters": n_params}
-    with open(os.path.join(cfg.out, "heldout.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    _plot(cfg.out, log_rows, evals)
+    state = save(step, sample_pos, final)
     return {**final, "train_seconds": state.wall_seconds}
+
+
+def _replace_folder(tmp: str, final: str) -> None:
+    """Move a freshly written folder over the previous one (a kill leaves the old or the new one whole)."""
+    import shutil
+
+    old = final + ".old"
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    if os.path.exists(final):
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if os.path.exists(old):
+        shutil.rmtree(old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,9 +54,48 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     assert (out / "curve.png").stat().st_size > 1000
     assert len((out / "log.csv").read_text().strip().splitlines()) == 4  # header + 3 steps
     assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "curve.png", "heldout.json", "log.csv", "model"]
     model = build_model(InferenceConfig(out=str(tmp_path / "o"), manifest="m.parquet",
                                         checkpoint=os.fspath(out / "model"), device="cpu"))
     assert model.cfg.name == "tiny"
+
+
+def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tmp_path, monkeypatch):
+    """Outputs are saved at every evaluation, so a run killed later (here: at step 3) can be resumed."""
+    import torch
+
+    from jobs import learnability
+
+    import pipelines.train_loop as train_loop
+
+    calls = {"n": 0}
+
+    original = train_loop.train_step
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "train_step", dying_step)
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1"]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learnability.main(args)
+        assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 2
+        assert json.loads((out / "heldout.json").read_text())["step"] == 2
+        monkeypatch.setattr(train_loop, "train_step", original)
+        assert learnability.main([*args, "--resume", str(out / "checkpoint")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    summary = json.loads((out / "heldout.json").read_text())
+    assert summary["step"] == 4 and [e["step"] for e in summary["evaluations"]] == [2, 4]
+    assert len((out / "log.csv").read_text().strip().splitlines()) == 5  # header + steps 1, 2 (kept) + 3, 4
 
 
 def test_yaml_exponent_numbers_without_a_dot_are_floats(tmp_path):
