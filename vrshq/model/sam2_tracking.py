@@ -316,39 +316,11 @@ def _insert_keyframe_mask(
     memory_dtype: torch.dtype | None,
     memory_device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``add_new_mask`` + the memory encoding of ``propagate_in_video_preflight``, batched."""
-    num = len(group.object_indices)
-    feats, pos, sizes = frame_inputs(group.keyframe)
-    feats, pos = _expand(feats, num), _expand(pos, num)
-    out = model.track_step(
-        frame_idx=group.keyframe,
-        is_init_cond_frame=True,
-        current_vision_feats=feats,
-        current_vision_pos_embeds=pos,
-        feat_sizes=sizes,
-        point_inputs=None,
-        mask_inputs=masks[:, None].float(),
-        output_dict=group.output_dict,
-        num_frames=num_frames,
-        track_in_reverse=False,
-        run_mem_encoder=False,
-    )
+    """``add_new_mask`` + the memory encoding of ``propagate_in_video_preflight``, batched (the mask
+    is the output as is, no memory is read: the same computation as :func:`_insert_keyframe_masks`)."""
+    keyframes = torch.full((len(group.object_indices),), group.keyframe, dtype=torch.long)
+    out = _insert_keyframe_masks(model, frame_inputs, keyframes, masks, num_frames=num_frames)
     pred = out["pred_masks"]
-    if model.fill_hole_area > 0 and not model.training:
-        pred = fill_holes(pred, model.fill_hole_area)
-    # As the stock preflight: memory is encoded from the (filled) low-res output upsampled
-    # back to S×S, binarised because the mask is a user input (is_mask_from_pts=True).
-    high_res = F.interpolate(
-        pred, size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
-    )
-    maskmem_features, maskmem_pos_enc = model._encode_new_memory(
-        current_vision_feats=feats,
-        feat_sizes=sizes,
-        pred_masks_high_res=high_res,
-        object_score_logits=out["object_score_logits"],
-        is_mask_from_pts=True,
-    )
-    out["maskmem_features"], out["maskmem_pos_enc"] = maskmem_features, maskmem_pos_enc
     group.store(group.keyframe, out, is_cond=True, memory_dtype=memory_dtype, memory_device=memory_device)
     return pred, out["object_score_logits"]
 
