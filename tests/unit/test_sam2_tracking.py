@@ -59,25 +59,38 @@ def test_joint_tracking_equals_tracking_each_object_alone():
     assert ((full[1, 3] > 0) == masks[1]).float().mean() > 0.95
 
 
+def _five_objects_on_24_frames():
+    """A segmenter, the features of 24 frames and five objects with keyframes at both ends and inside."""
+    seg = make_segmenter()
+    frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    keyframes = [0, 2, 5, 20, 23]
+    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60), (2, 9, 2, 9)])
+    return seg, seg.encode_video(frames), keyframes, masks
+
+
+def _record_track_steps(monkeypatch, seg, describe) -> list:
+    """Wrap ``seg.sam2.track_step``; every call appends ``describe(kwargs)`` to the returned list."""
+    calls = []
+    original = seg.sam2.track_step
+
+    def counting(*args, **kwargs):
+        calls.append(describe(kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg.sam2, "track_step", counting)
+    return calls
+
+
 def test_lockstep_runs_every_row_of_a_distance_in_one_step_and_stays_exact(monkeypatch):
     """One insertion for all objects, then one step per distance from the keyframes.
 
     Rows: a forward pass per keyframe < T-1, a backward pass per keyframe > 0, each as long as
     the frames it covers; step d batches every row that is still inside the video.
     """
-    seg = make_segmenter()
-    frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    feats = seg.encode_video(frames)
-    keyframes = [0, 2, 5, 20, 23]
-    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60), (2, 9, 2, 9)])
-    calls = []
-    original = seg.sam2.track_step
-
-    def counting(*args, **kwargs):
-        calls.append((kwargs["frame_idx"], kwargs["current_vision_feats"][-1].shape[1]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(seg.sam2, "track_step", counting)
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    calls = _record_track_steps(
+        monkeypatch, seg, lambda kw: (kw["frame_idx"], kw["current_vision_feats"][-1].shape[1])
+    )
     joint = seg.track(feats, keyframes, masks)
     monkeypatch.undo()
     # row lengths 23 (fwd 0, bwd 23), 21, 20, 18, 5, 3, 2
@@ -103,19 +116,8 @@ def test_lockstep_is_used_only_where_it_is_exact():
 def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
     """Grouped fallback: past 15 frames from the keyframe, groups of different keyframes share a batch."""
     monkeypatch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)
-    seg = make_segmenter()
-    frames = torch.randn(24, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
-    feats = seg.encode_video(frames)
-    keyframes = [0, 2, 5, 20, 23]
-    masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30), (0, 64, 40, 60), (30, 40, 30, 60), (2, 9, 2, 9)])
-    calls = []
-    original = seg.sam2.track_step
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["current_vision_feats"][-1].shape[1])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(seg.sam2, "track_step", counting)
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    calls = _record_track_steps(monkeypatch, seg, lambda kw: kw["current_vision_feats"][-1].shape[1])
     joint = seg.track(feats, keyframes, masks)
     joint_calls = list(calls)
     assert len(joint_calls) > 24  # grouped: more steps than the lockstep path
