@@ -451,6 +451,8 @@ def parse_config(
         if isinstance(value, list):
             item_tp = (typing.get_args(tp) or (Any,))[0]
             parsed: Any = [_parse_value(v, item_tp) for v in value]
+            if len(parsed) == 1 and isinstance(parsed[0], list):  # one flag holding a whole list: --x "[0, 1]"
+                parsed = parsed[0]
         else:
             parsed = _parse_value(value, tp)
         _set_dotted(data, dotted, parsed)

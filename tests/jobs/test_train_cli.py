@@ -110,3 +110,18 @@ def test_yaml_exponent_numbers_without_a_dot_are_floats(tmp_path):
     config.write_text("storage_path: /tmp/runs\ndata:\n  root: /d\noptim:\n  lr: fast\n")
     with pytest.raises(ConfigError, match="lr.*expected a number, got 'fast'"):
         parse_config(TrainConfig, ["--config", str(config)], prog="t", description="t")
+
+
+def test_a_tuple_field_takes_one_yaml_list_or_repeated_flags():
+    from jobs._cli import ConfigError, parse_config
+    from jobs.learnability import LearnabilityConfig
+
+    def parse(*argv: str):
+        return parse_config(LearnabilityConfig, ["--out", "o", *argv], prog="t", description="t")
+
+    assert parse().expression_types == (0, 1)  # the held-out task, no no-target expressions
+    assert parse("--expression-types", "[0, 2]").expression_types == (0, 2)
+    assert parse("--expression-types", "0", "--expression-types", "1").expression_types == (0, 1)
+    assert parse("--expression-types", "1").expression_types == (1,)
+    with pytest.raises(ConfigError, match=r"expression_types=\(0, 3\): must be a non-empty subset"):
+        parse("--expression-types", "[0, 3]")
