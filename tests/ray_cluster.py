@@ -15,6 +15,7 @@ Usage::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ __all__ = [
     "RayHead",
     "acquire_shared_head",
     "free_port",
+    "ray_driver",
     "ray_head",
     "ray_on_head",
     "release_shared_head",
@@ -288,9 +291,13 @@ def ray_head():
     release_shared_head()
 
 
-@pytest.fixture(scope="module")
-def ray_on_head(ray_head):
-    """This process as a Ray driver of ``ray_head`` (``ray.init(address=...)``), shut down after the module."""
+@contextlib.contextmanager
+def ray_driver(head: RayHead, *, runtime_env: dict[str, Any] | None = None) -> Iterator[RayHead]:
+    """This process as a Ray driver of ``head`` (``ray.init(address=...)``) for the ``with`` block.
+
+    ``runtime_env`` (optional) is passed to ``ray.init``: e.g. ``{"env_vars": {...}}`` for every worker.
+    A fixture that needs one wraps this; :func:`ray_on_head` is the plain one.
+    """
     import ray
 
     if ray.is_initialized():
@@ -299,13 +306,23 @@ def ray_on_head(ray_head):
 
     with pytest.MonkeyPatch.context() as patch:
         for key in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
-            patch.setenv(key, ray_head.env[key])
+            patch.setenv(key, head.env[key])
         # With RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray keeps "127.0.0.1" instead of swapping in the
         # machine's IP (where this head does not listen). Ray reads it at import; scripts/test.sh exports
         # it, and this covers a pytest run started without it.
         patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-        ray.init(address=ray_head.address, logging_level="WARNING", log_to_driver=False)
+        ray.init(address=head.address, logging_level="WARNING", log_to_driver=False, runtime_env=runtime_env)
         try:
-            yield ray_head
+            yield head
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_on_head(ray_head):
+    """This process as a Ray driver of ``ray_head`` (``ray.init(address=...)``), shut down after the module.
+
+    For a driver with a ``runtime_env``, use :func:`ray_driver` in a fixture of your own.
+    """
+    with ray_driver(ray_head) as head:
+        yield head

@@ -35,7 +35,7 @@ from pipelines.segment_actor import CHAOS_KILL_FILE_ENV
 from pipelines.writers import list_parts, read_output
 from tests.chaos.figures import FIGURES
 from tests.chaos.s3_proxy import FaultyS3Proxy
-from tests.ray_cluster import ray_head  # noqa: F401 - pytest fixture
+from tests.ray_cluster import ray_driver, ray_head  # noqa: F401 - ray_head: pytest fixture
 from vrshq.data import read_revos, write_synthetic_revos
 
 pytestmark = pytest.mark.slow
@@ -50,22 +50,9 @@ SECRET_KEY, SECRET = "AKIACHAOS0KEY0ID0XYZ", "chaos-Secret-9f3Kq7/ZzTop+Never-Lo
 def chaos_ray(ray_head, tmp_path_factory):  # noqa: F811
     """This process as a driver of the session's Ray head, with the actor-kill hook's file path in
     every worker's environment (the file stays absent unless a test writes kill counts into it)."""
-    import ray
-    from ray._private import ray_constants
-
     kill_file = tmp_path_factory.mktemp("chaos") / "kill_counts"
-    if ray.is_initialized():
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as patch:
-        for key in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
-            patch.setenv(key, ray_head.env[key])
-        patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-        ray.init(address=ray_head.address, logging_level="WARNING", log_to_driver=False,
-                 runtime_env={"env_vars": {CHAOS_KILL_FILE_ENV: str(kill_file)}})
-        try:
-            yield dataclasses.make_dataclass("ChaosRay", ["head", "kill_file"])(ray_head, kill_file)
-        finally:
-            ray.shutdown()
+    with ray_driver(ray_head, runtime_env={"env_vars": {CHAOS_KILL_FILE_ENV: str(kill_file)}}):
+        yield dataclasses.make_dataclass("ChaosRay", ["head", "kill_file"])(ray_head, kill_file)
 
 
 @pytest.fixture(scope="module")
