@@ -7,6 +7,11 @@ pipeline, scores it, and prints the paper-style table (referring / reasoning / o
 The model is the committed tiny checkpoint (``checkpoints/tiny-synthetic``) when it exists, else a
 random initialisation, which the summary says plainly: random weights give random masks.
 
+A checkpoint trained by ``jobs.learnability`` carries ``learnability.json``, the task it learnt (frame
+size, frames per video, expression types) and its held-out scores. The demo's synthetic data follows
+that task unless ``--size``/``--frames``/``--expression-types`` say otherwise, so the printed J&F is
+comparable with the held-out J&F the checkpoint was published with (printed beside it).
+
 Run::
 
     python -m jobs.demo                                   # everything under ./out/demo
@@ -15,14 +20,19 @@ Run::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import pathlib
+import shutil
 import sys
 from collections.abc import Sequence
+import dataclasses
+from dataclasses import dataclass
 
 from jobs._cli import setup_logging
+from jobs.learnability import TASK_FILE
 
-__all__ = ["DEFAULT_CHECKPOINT", "main"]
+__all__ = ["DEFAULT_CHECKPOINT", "DemoData", "demo_data", "main", "read_task_file"]
 
 #: The tiny model trained on synthetic videos (issue 6), committed with the code.
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic"
@@ -30,23 +40,103 @@ DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 _LOG = logging.getLogger("jobs.demo")
 
 
+
+@dataclass(frozen=True)
+class DemoData:
+    """The synthetic dataset of a demo run (recorded beside it, so that other settings regenerate it)."""
+
+    videos: int
+    frames: int
+    height: int
+    width: int
+    seed: int
+    expression_types: tuple[int, ...]
+
+    def matches(self, folder: pathlib.Path) -> bool:
+        """Whether ``folder`` holds exactly this dataset (its :data:`DATA_MARKER` says so)."""
+        marker = folder / DATA_MARKER
+        try:
+            return json.loads(marker.read_text()) == json.loads(json.dumps(dataclasses.asdict(self)))
+        except (OSError, ValueError):
+            return False
+
+    def write_marker(self, folder: pathlib.Path) -> None:
+        (folder / DATA_MARKER).write_text(json.dumps(dataclasses.asdict(self)))
+
+
+DATA_MARKER = "demo_data.json"
+"""In the demo's data folder: the :class:`DemoData` it was written with (other settings regenerate it)."""
+
+
+def read_task_file(checkpoint: str | None) -> dict:
+    """A checkpoint's :data:`~jobs.learnability.TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
+    if not checkpoint:
+        return {}
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(checkpoint)
+    task_path = path.rstrip("/") + "/" + TASK_FILE
+    if not fs.exists(task_path):
+        return {}
+    try:
+        with fs.open(task_path, "r") as f:
+            payload = json.load(f)
+        task = payload["task"]
+        payload["task"] = {"frames": int(task["video_frames"]),
+                           "size": (int(task["video_size"]), int(task["video_size"])),
+                           "expression_types": tuple(int(t) for t in task["expression_types"])}
+        return payload
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"jobs.demo: {task_path} is unreadable ({type(exc).__name__}: {exc}); fix or remove it") from exc
+
+
+def _published_scores(payload: dict) -> str:
+    """The held-out scores line of a task file, else ``""``."""
+    heldout = payload.get("heldout", {})
+    if not all(k in heldout for k in ("j", "f", "jf")):
+        return ""
+    return (f"\n  published held-out scores of this checkpoint ({heldout.get('videos', '?')} unseen videos): "
+            f"J {heldout['j']:.3f}  F {heldout['f']:.3f}  J&F {heldout['jf']:.3f}")
+
+
+def demo_data(args: argparse.Namespace, task: dict) -> DemoData:
+    """Flags first, then the checkpoint's task (``read_task_file(...)["task"]``), then the defaults of a
+    random-weights demo."""
+    height, width = args.size if args.size else task.get("size", (128, 160))
+    return DemoData(videos=args.videos, frames=args.frames or task.get("frames", 16), height=height, width=width,
+                    seed=args.seed, expression_types=args.expression_types or task.get("expression_types", (0, 1, 2)))
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/demo", help="folder for data, run and report (default: out/demo)")
-    parser.add_argument("--videos", type=int, default=6, help="synthetic videos (default: 6)")
-    parser.add_argument("--frames", type=int, default=16, help="frames per video (default: 16)")
-    parser.add_argument("--size", default="128x160", help="frame HxW (default: 128x160)")
+    parser.add_argument("--videos", type=int, default=16, help="synthetic videos (default: 16)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help=f"frames per video (default: the checkpoint's {TASK_FILE}, else 16)")
+    parser.add_argument("--size", default=None, help=f"frame HxW (default: the checkpoint's {TASK_FILE}, else 128x160)")
+    parser.add_argument("--expression-types", default=None,
+                        help="comma-separated type ids: 0 referring, 1 reasoning, 2 no-target "
+                             f"(default: the checkpoint's {TASK_FILE}, else 0,1,2)")
     parser.add_argument("--seed", type=int, default=2025, help="seed of the synthetic data (default: 2025)")
     parser.add_argument("--checkpoint", default=None,
                         help=f"model checkpoint (default: {DEFAULT_CHECKPOINT.name} if present, else random init)")
     args = parser.parse_args(argv)
-    try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        parser.error(f"--size must look like 128x160, got {args.size!r}")
-    if min(args.videos, args.frames, height, width) < 1:
+    if args.size is not None:
+        try:
+            args.size = tuple(int(v) for v in args.size.lower().split("x"))
+            if len(args.size) != 2:
+                raise ValueError
+        except ValueError:
+            parser.error(f"--size must look like 128x160, got {args.size!r}")
+    if args.expression_types is not None:
+        try:
+            args.expression_types = tuple(sorted({int(t) for t in args.expression_types.split(",")}))
+        except ValueError:
+            parser.error(f"--expression-types must look like 0,1 got {args.expression_types!r}")
+        if not set(args.expression_types) <= {0, 1, 2}:
+            parser.error(f"--expression-types must be among 0, 1, 2, got {args.expression_types}")
+    if min(args.videos, args.frames or 1, *(args.size or (1,))) < 1:
         parser.error("--videos, --frames and --size must be positive")
-    args.height, args.width = height, width
     return args
 
 
@@ -55,15 +145,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = _parse(argv)
     from jobs import infer, report
-    from vrshq.data import write_synthetic_revos
+    from vrshq.data import SyntheticSceneConfig, write_synthetic_revos
 
+    checkpoint = args.checkpoint or (str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else None)
+    task_file = read_task_file(checkpoint)
+    spec = demo_data(args, task_file.get("task", {}))
     out = pathlib.Path(args.out).resolve()
     data, run, report_dir = out / "data", out / "run", out / "report"
-    if not (data / "mask_dict.json").exists():
-        info = write_synthetic_revos(str(data), num_videos=args.videos, num_frames=args.frames,
-                                     height=args.height, width=args.width, seed=args.seed)
+    if not spec.matches(data):
+        if data.exists():
+            _LOG.info("the demo data in %s has other settings: writing it anew", data)
+            shutil.rmtree(data)
+        info = write_synthetic_revos(str(data), num_videos=spec.videos, num_frames=spec.frames, height=spec.height,
+                                     width=spec.width, seed=spec.seed,
+                                     config=SyntheticSceneConfig(expression_types=spec.expression_types))
+        spec.write_marker(data)
         _LOG.info("wrote %d synthetic videos to %s", len(info.video_ids), data)
-    checkpoint = args.checkpoint or (str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.exists() else None)
+    if run.exists():
+        # infer resumes by (video, expression) keys, which repeat across demo datasets and models: start clean.
+        _LOG.info("removing the previous demo run %s", run)
+        shutil.rmtree(run)
     model_args = ["--checkpoint", checkpoint] if checkpoint else ["--seed", "0"]
     status = infer.main(["--dataset.format", "revos", "--dataset.root", str(data), "--dataset.split", "valid",
                          "--out", str(run), "--preset", "tiny", *model_args])
@@ -73,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  "--dataset.root", str(data), "--masks", str(run)])
     # jobs.report has printed the paper table; say what produced it and where everything is.
     model = f"checkpoint {checkpoint}" if checkpoint else "tiny preset with RANDOM weights (no checkpoint): expect a low J&F"
-    print(f"\nmodel: {model}\noutputs: {run} (masks/, scores/, errors/, run.json)\n"
+    published = _published_scores(task_file)
+    print(f"\nmodel: {model}{published}\ndata: {data} ({spec.videos} videos, {spec.frames} frames of "
+          f"{spec.height}x{spec.width}, expression types {','.join(map(str, spec.expression_types))})\n"
+          f"outputs: {run} (masks/, scores/, errors/, run.json)\n"
           f"report: {report_dir / 'report.md'} (and report.html, plots)")
     return status or report_status
 

@@ -48,10 +48,13 @@ from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
 
-__all__ = ["LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream"]
+__all__ = ["TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
 
 _LOG = logging.getLogger("jobs.learnability")
 _TRAIN_STREAM, _HELDOUT_STREAM = 1, 2  # separate seed streams: held-out videos are never trained on
+
+TASK_FILE = "learnability.json"
+"""Written into every exported ``model/``: the task the model learnt and its held-out scores (jobs.demo reads it)."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,8 @@ def run(cfg: LearnabilityConfig) -> dict:
         save_train_checkpoint(os.path.join(cfg.out, "checkpoint.tmp"), model=model, optimizer=optimizer,
                               scheduler=scheduler, state=saved)
         export_model(model, os.path.join(cfg.out, "model.tmp"), dtype=torch.bfloat16)
+        write_task_file(os.path.join(cfg.out, "model.tmp"), cfg, step=at_step, scores=last,
+                        train_seconds=saved.wall_seconds)
         _replace_folder(os.path.join(cfg.out, "checkpoint.tmp"), os.path.join(cfg.out, "checkpoint"))
         _replace_folder(os.path.join(cfg.out, "model.tmp"), os.path.join(cfg.out, "model"))
         with open(log_path, "w", newline="") as f:
@@ -367,6 +372,22 @@ def run(cfg: LearnabilityConfig) -> dict:
     final = evaluate(step) if not evals or evals[-1]["step"] != step else evals[-1]
     state = save(step, sample_pos, final)
     return {**final, "train_seconds": state.wall_seconds}
+
+
+def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, scores: dict, train_seconds: float) -> None:
+    """Write :data:`TASK_FILE` into ``model_dir``: the synthetic task (frame size, frames, expression types)
+    and the held-out scores, so whoever loads the model (``jobs.demo``) can rebuild comparable data."""
+    keys = ("j", "f", "jf", "j_referring", "f_referring", "jf_referring", "j_reasoning", "f_reasoning", "jf_reasoning",
+            "num_expressions")
+    payload = {
+        "task": {"generator": "vrshq.data.generate_synthetic_video", "video_size": cfg.video_size,
+                 "video_frames": cfg.video_frames, "expression_types": list(cfg.expression_types)},
+        "heldout": {"videos": cfg.heldout_videos, "seed": cfg.seed, "step": step,
+                    **{k: scores[k] for k in keys if k in scores}},
+        "training": {"steps": step, "train_seconds": train_seconds, "config": dataclasses.asdict(cfg)},
+    }
+    with open(os.path.join(model_dir, TASK_FILE), "w") as f:
+        json.dump(payload, f, indent=2)
 
 
 def _replace_folder(tmp: str, final: str) -> None:
