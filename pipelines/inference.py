@@ -207,7 +207,8 @@ def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | N
 
 
 def preflight(cfg: InferenceConfig) -> Any:
-    """Every check that can fail before Ray starts: model source, output writability.
+    """Every check that can fail before Ray starts: model source, output writability, and that an
+    existing output holds results of this run's model only (a rerun resumes it).
 
     Returns:
         The model's ``VrshqConfig`` (for the working resolution).
@@ -237,6 +238,20 @@ def preflight(cfg: InferenceConfig) -> Any:
                 problems.append(f"{name} {uri!r} does not exist")
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{name} {uri!r} is not readable: {exc}")
+    if not problems:
+        from pipelines.resume import other_models
+
+        try:
+            others = other_models(cfg.out, cfg.model_name, storage_options=cfg.storage_options)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"out={cfg.out!r}: cannot read its scores table to check what it holds: {exc}")
+        else:
+            if others:
+                problems.append(
+                    f"out={cfg.out!r} holds results of model {', '.join(map(repr, others))}, and this run's model is "
+                    f"{cfg.model_name!r}: a rerun there resumes, so it would count their (video, expression) pairs "
+                    "as done and mix two models in one table; write to another out, or delete that output first"
+                )
     if problems:
         raise PreflightError(problems)
     return model_cfg

@@ -18,7 +18,7 @@ import pyarrow as pa
 from pipelines.storage import filesystem_for
 from pipelines.writers import list_parts, read_output
 
-__all__ = ["PairKey", "done_pairs", "remove_orphans", "drop_done"]
+__all__ = ["PairKey", "done_pairs", "drop_done", "other_models", "remove_orphans"]
 
 #: (dataset, split, video_id, exp_id)
 PairKey = tuple[str, str, str, str]
@@ -33,6 +33,17 @@ def done_pairs(output: str, *, storage_options: Mapping[str, Any] | None = None)
     keys = read_output(output, "scores", columns=_KEY_COLUMNS, storage_options=storage_options)
     columns = [keys.column(name).to_pylist() for name in _KEY_COLUMNS]
     return set(zip(*columns))
+
+
+def other_models(output: str, model: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The models other than ``model`` that have scores rows under ``output`` (sorted; [] for a new output).
+
+    Why: :func:`done_pairs` keys on (dataset, split, video, expression), not on the model, so a run of
+    another model (other checkpoint, preset or seed) into the same output would skip every pair the
+    first model did and leave one table with two models' rows. Reads only the ``model`` column.
+    """
+    models = read_output(output, "scores", columns=["model"], storage_options=storage_options).column("model")
+    return sorted(set(models.unique().to_pylist()) - {model})
 
 
 def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:

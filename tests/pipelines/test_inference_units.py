@@ -482,3 +482,22 @@ def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
     assert (cfg.vision, cfg.anchor, cfg.sam2, cfg.method) == (seven.vision, seven.anchor, seven.sam2, seven.method)
     model = build_vrshq(cfg, device=torch.device("meta"))  # no memory; the tokenizer is there, so it can segment
     assert model.tokenizer is not None and model.mllm.llm.config.num_hidden_layers == 32
+
+
+def test_an_output_of_another_model_is_refused_before_any_work(tmp_path):
+    from pipelines.config import InferenceConfig
+    from pipelines.inference import PreflightError, preflight
+    from pipelines.resume import other_models
+
+    out = str(tmp_path / "out")
+    assert other_models(out, "tiny") == []  # nothing written yet
+    write_batch(out, _tables([("v1", "0")]), batch_id="b1")  # rows of model "tiny" (RUN)
+    manifest = tmp_path / "m.parquet"
+    manifest.write_bytes(b"")
+    assert other_models(out, "tiny") == []
+    preflight(InferenceConfig(out=out, manifest=str(manifest), preset="tiny", seed=0))  # same model: resumes
+    with pytest.raises(PreflightError) as info:
+        preflight(InferenceConfig(out=out, manifest=str(manifest), preset="tiny", seed=3))
+    (problem,) = info.value.problems
+    assert "holds results of model 'tiny'" in problem and "this run's model is 'tiny-seed3'" in problem
+    assert "would count their (video, expression) pairs as done" in problem
