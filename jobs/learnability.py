@@ -36,6 +36,7 @@ time to evaluate and save (the step reached is recorded; ``--resume`` continues 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -106,6 +107,12 @@ class LearnabilityConfig:
                           "(pipelines.train_loop.expression_word_loss: half of the TAK mirrors the expression's "
                           "words, as a pretrained LLM's would); 0 trains the method's losses only"},
     )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "evaluate and export an exponential moving average of the weights with this decay (e.g. "
+                          "0.999; pipelines.train_loop.WeightEma): held-out scores swing by ~0.05 between evaluations "
+                          "a few dozen steps apart; 0 = the raw weights"},
+    )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
@@ -137,6 +144,8 @@ class LearnabilityConfig:
             problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
         if not isinstance(self.expression_word_weight, (int, float)) or not 0 <= self.expression_word_weight < 1e6:
             problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
+        if not isinstance(self.ema_decay, (int, float)) or not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            problems.append(f"ema_decay={self.ema_decay!r}: must be 0 (off) or in (0, 1)")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
         if not self.out:
@@ -248,7 +257,9 @@ def run(cfg: LearnabilityConfig) -> dict:
     from pipelines.clip_sampling import samples_to_batch
     from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig
     from pipelines.train_loop import (
+        EMA_NAME,
         TrainState,
+        WeightEma,
         build_optimizer,
         build_scheduler,
         build_training_model,
@@ -279,6 +290,15 @@ def run(cfg: LearnabilityConfig) -> dict:
     if cfg.resume:
         state = load_train_checkpoint(cfg.resume, model=model, optimizer=optimizer, scheduler=scheduler)
         _LOG.info("resumed from %s at step %d (next sample %d)", cfg.resume, state.step, state.next_sample_id)
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and cfg.resume:
+        ema_path = os.path.join(cfg.resume, EMA_NAME)
+        if os.path.exists(ema_path):
+            ema.load(ema_path)
+        else:
+            _LOG.warning("%s has no %s: the weight average starts again from the resumed weights", cfg.resume,
+                         EMA_NAME)
+    scored = ema.swapped_in if ema is not None else contextlib.nullcontext
     n_params = sum(p.numel() for p in model.parameters())
     _LOG.info("model %s: %.2fM parameters on %s", model.cfg.name, n_params / 1e6, device)
     sampling = SamplingConfig(image_ratio=cfg.image_ratio, expression_types=cfg.expression_types)
@@ -298,7 +318,8 @@ def run(cfg: LearnabilityConfig) -> dict:
                     )
 
     def evaluate(step: int) -> dict:
-        scores = validate(model, heldout)
+        with scored():
+            scores = validate(model, heldout)
         scores["step"] = step
         evals.append(scores)
         _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs; IoU between "
@@ -323,7 +344,10 @@ def run(cfg: LearnabilityConfig) -> dict:
                 shutil.rmtree(os.path.join(cfg.out, name))
         save_train_checkpoint(os.path.join(cfg.out, "checkpoint.tmp"), model=model, optimizer=optimizer,
                               scheduler=scheduler, state=saved)
-        export_model(model, os.path.join(cfg.out, "model.tmp"), dtype=torch.bfloat16)
+        if ema is not None:
+            ema.save(os.path.join(cfg.out, "checkpoint.tmp", EMA_NAME))
+        with scored():  # the exported model is the one that was scored
+            export_model(model, os.path.join(cfg.out, "model.tmp"), dtype=torch.bfloat16)
         write_task_file(os.path.join(cfg.out, "model.tmp"), cfg, step=at_step, scores=last,
                         train_seconds=saved.wall_seconds)
         _replace_folder(os.path.join(cfg.out, "checkpoint.tmp"), os.path.join(cfg.out, "checkpoint"))
@@ -350,6 +374,8 @@ def run(cfg: LearnabilityConfig) -> dict:
         metrics = train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
                              clip_grad_norm=optim.clip_grad_norm, tak_separation_weight=cfg.tak_separation_weight,
                              expression_word_weight=cfg.expression_word_weight)
+        if ema is not None:
+            ema.update()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1

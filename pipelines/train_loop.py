@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +41,13 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "EMA_NAME",
     "EvalVideo",
     "OPTIMIZER_NAME",
     "TRAIN_STATE_NAME",
     "TrainState",
     "VALIDATION_NAME",
+    "WeightEma",
     "build_optimizer",
     "build_scheduler",
     "build_training_model",
@@ -421,6 +423,80 @@ def train_step(
 
 
 # ------------------------------------------------------------------------------ checkpoints
+
+
+EMA_NAME = "ema.safetensors"
+"""The :class:`WeightEma` of a training checkpoint folder (float32 averaged weights + decay/updates)."""
+
+
+class WeightEma:
+    """Exponential moving average of the trainable weights, for evaluation and export.
+
+    Why: from scratch, held-out J&F of the ``learn`` preset swings by ~0.05 between evaluations a few
+    dozen steps apart (keyframe and object choices on knife edges); the average over the last
+    ~1/(1-decay) steps is a steadier model to score and ship. Float32 copies; the effective decay
+    warms up as ``min(decay, (1 + n) / (10 + n))`` so the first updates track the weights.
+    ``swapped_in`` puts the average into the model for a block and restores the weights exactly.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import torch
+
+        if not 0 < decay < 1:
+            raise ValueError(f"decay={decay!r}: must be in (0, 1)")
+        self.decay = float(decay)
+        self.updates = 0
+        self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.shadow = {n: p.detach().to(torch.float32, copy=True) for n, p in self._params}
+
+    def update(self) -> None:
+        """Fold the current weights in (call after every optimiser step)."""
+        import torch
+
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_([self.shadow[n] for n, _ in self._params],
+                                 [p.detach().float() for _, p in self._params], 1.0 - decay)
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The model holds the averaged weights inside the block, its own weights again after it."""
+        import torch
+
+        saved = [p.detach().clone() for _, p in self._params]
+        try:
+            with torch.no_grad():
+                for n, p in self._params:
+                    p.copy_(self.shadow[n])
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), w in zip(self._params, saved):
+                    p.copy_(w)
+
+    def save(self, path: str) -> None:
+        """Write the averaged weights and the update count (safetensors, local path)."""
+        from safetensors.torch import save_file
+
+        save_file({n: t.contiguous() for n, t in self.shadow.items()}, path,
+                  metadata={"decay": repr(self.decay), "updates": str(self.updates)})
+
+    def load(self, path: str) -> None:
+        """Restore :meth:`save`'s file; the trainable names and shapes must match the model's."""
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            names, updates = set(f.keys()), int(f.metadata()["updates"])
+            if names != set(self.shadow):
+                raise ValueError(f"{path}: EMA weights {len(names)} do not match the model's {len(self.shadow)} "
+                                 f"trainable weights (e.g. {sorted(names ^ set(self.shadow))[:3]})")
+            for n, t in self.shadow.items():
+                loaded = f.get_tensor(n)
+                if loaded.shape != t.shape:
+                    raise ValueError(f"{path}: EMA weight {n} has shape {tuple(loaded.shape)}, the model {tuple(t.shape)}")
+                t.copy_(loaded)
+        self.updates = updates
 
 
 def save_train_checkpoint(

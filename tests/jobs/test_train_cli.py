@@ -125,3 +125,72 @@ def test_a_tuple_field_takes_one_yaml_list_or_repeated_flags():
     assert parse("--expression-types", "1").expression_types == (1,)
     with pytest.raises(ConfigError, match=r"expression_types=\(0, 3\): must be a non-empty subset"):
         parse("--expression-types", "[0, 3]")
+
+
+def test_learnability_with_a_weight_average_scores_exports_and_resumes_the_average(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from jobs import learnability
+
+    import pipelines.train_loop as train_loop
+
+    updates: list[int] = []
+    original_update = train_loop.WeightEma.update
+
+    def counting_update(self):
+        original_update(self)
+        updates.append(self.updates)
+
+    monkeypatch.setattr(train_loop.WeightEma, "update", counting_update)
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1", "--lr", "0.01", "--sam2-lr", "0.01", "--text-lr", "0.01"]
+    try:
+        assert learnability.main([*args, "--steps", "2", "--ema-decay", "0.9"]) == 0
+        assert learnability.main([*args, "--ema-decay", "0.9", "--resume", str(out / "checkpoint")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert updates == [1, 2, 3, 4]  # the resumed average continues from its saved update count
+    ema = load_file(str(out / "checkpoint" / train_loop.EMA_NAME))
+    raw = load_file(str(out / "checkpoint" / "model.safetensors"))
+    exported = load_file(str(out / "model" / "model.safetensors"))
+    moved = [n for n in ema if not torch.allclose(ema[n], raw[n])]
+    assert moved, "after 4 steps at lr 0.01 the average differs from the weights"
+    for name in moved[:20]:  # the exported (scored) model is the average, in bf16
+        assert torch.equal(exported[name], ema[name].to(torch.bfloat16)), name
+
+
+def test_weight_ema_update_swap_and_file_round_trip(tmp_path):
+    import torch
+
+    from pipelines.train_loop import WeightEma
+
+    model = torch.nn.Linear(3, 2)
+    frozen = torch.nn.Parameter(torch.ones(1), requires_grad=False)
+    model.register_parameter("frozen", frozen)
+    start = model.weight.detach().clone()
+    ema = WeightEma(model, 0.9)
+    assert set(ema.shadow) == {"weight", "bias"}
+    expected = start.clone()
+    for k in range(3):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update()
+        decay = min(0.9, (1 + k) / (10 + k))
+        expected = decay * expected + (1 - decay) * model.weight.detach()
+    torch.testing.assert_close(ema.shadow["weight"], expected)
+    current = model.weight.detach().clone()
+    with ema.swapped_in():
+        torch.testing.assert_close(model.weight.detach(), expected)
+    assert torch.equal(model.weight.detach(), current)
+    ema.save(str(tmp_path / "ema.safetensors"))
+    again = WeightEma(model, 0.9)
+    again.load(str(tmp_path / "ema.safetensors"))
+    assert again.updates == 3 and torch.equal(again.shadow["weight"], ema.shadow["weight"])
+    with pytest.raises(ValueError, match="do not match"):
+        WeightEma(torch.nn.Linear(3, 3, bias=False), 0.9).load(str(tmp_path / "ema.safetensors"))
+    with pytest.raises(ValueError, match="decay"):
+        WeightEma(model, 1.0)
