@@ -107,6 +107,12 @@ class LearnabilityConfig:
                           "(pipelines.train_loop.expression_word_loss: half of the TAK mirrors the expression's "
                           "words, as a pretrained LLM's would); 0 trains the method's losses only"},
     )
+    train_window: int = field(
+        default=3,
+        metadata={"help": "SAM2 frames per expression in training (the method: 3). From-scratch aid, not the method: "
+                          "a longer window trains the memory path over the distances that inference propagates "
+                          "(held-out videos of 16 frames); costs one batched track_step per extra frame"},
+    )
     ema_decay: float = field(
         default=0.0,
         metadata={"help": "evaluate and export an exponential moving average of the weights with this decay (e.g. "
@@ -127,6 +133,8 @@ class LearnabilityConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}={value!r}: must be a positive int")
+        if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
+            problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
         if (not isinstance(self.expression_types, tuple) or not self.expression_types
                 or not set(self.expression_types) <= {0, 1, 2}):
             problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")
@@ -279,7 +287,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     os.makedirs(cfg.out, exist_ok=True)
     spec = ModelSpec(preset=cfg.preset, trainable="all", object_weight=cfg.object_weight, seed=cfg.seed,
-                     init_checkpoint=cfg.init_model)
+                     init_checkpoint=cfg.init_model, train_window=cfg.train_window)
     optim = OptimConfig(lr=cfg.lr, sam2_lr=cfg.sam2_lr, text_lr=cfg.text_lr, warmup_steps=cfg.warmup_steps)
     model = build_training_model(spec, device=device)
     if cfg.seg_head_init_gain != 1.0 and not cfg.resume and not cfg.init_model:

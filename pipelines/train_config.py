@@ -117,9 +117,16 @@ class ModelSpec:
         default=None, metadata={"help": "full checkpoint to start from (vrshq.model.checkpoint); null: random init"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the random init (the same on every worker)"})
+    train_window: int | None = field(
+        default=None,
+        metadata={"help": "SAM2 frames per expression in training (null: the preset's, 3 as in the method; longer "
+                          "windows are a from-scratch aid that trains the memory path over longer distances)"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
+        if self.train_window is not None and (not _is_int(self.train_window) or self.train_window < 1):
+            problems.append(f"train_window={self.train_window!r}: must be a positive int or null")
         if self.preset not in MODEL_PRESETS:
             problems.append(f"preset={self.preset!r}: must be one of {list(MODEL_PRESETS)}")
         if self.trainable not in _TRAINABLE:
@@ -140,6 +147,8 @@ def model_config_from_spec(spec: ModelSpec):
     cfg = dataclasses.replace(cfg, trainable=dataclasses.replace(cfg.trainable, mode=spec.trainable))
     if spec.object_weight is not None:
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, object_weight=float(spec.object_weight)))
+    if spec.train_window is not None:
+        cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_window=spec.train_window))
     return cfg
 
 

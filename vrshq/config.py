@@ -114,7 +114,8 @@ class MethodConfig:
     Attributes:
         tda_alpha: TAK' = TAK + alpha * Σ w_t SEG_t (method §3; 0.1, formerly 0.25).
         max_frames: frames fed to the MLLM at inference, `max_image_token` (method §1.4, hard-coded 12).
-        train_window: SAM2 frames per expression in training around the keyframe (method §4, 3).
+        train_window: SAM2 frames per expression in training around the keyframe (method §4, 3). Longer
+            windows (a from-scratch aid, not the method) train the memory path over longer distances.
         tks_sam_weight: weight of softmax(object-score logits) in the inference keyframe score (method §4, 1.0).
         tks_token_weight: weight of the TDA weights in the inference keyframe score (method §4, 1.0).
         seg_embed_dim: output of the shared SEG/TAK MLP = SAM2 prompt dimension (method §2, 256).

@@ -194,3 +194,35 @@ def test_weight_ema_update_swap_and_file_round_trip(tmp_path):
         WeightEma(torch.nn.Linear(3, 3, bias=False), 0.9).load(str(tmp_path / "ema.safetensors"))
     with pytest.raises(ValueError, match="decay"):
         WeightEma(model, 1.0)
+
+
+def test_learnability_trains_sam2_on_the_window_it_is_given(tmp_path, monkeypatch):
+    import torch
+
+    from jobs import learnability
+    from vrshq.model.sam2_segmenter import Sam2Segmenter
+
+    seen: list[tuple[int, ...]] = []
+    original = Sam2Segmenter.train_window_forward
+
+    def recording(self, images, cond_pos, prompt_embeds):
+        out = original(self, images, cond_pos, prompt_embeds)
+        seen.append((images.shape[1], out.logits.shape[1]))
+        return out
+
+    monkeypatch.setattr(Sam2Segmenter, "train_window_forward", recording)
+    threads = torch.get_num_threads()
+    try:
+        assert learnability.main([
+            "--out", str(tmp_path / "w5"), "--preset", "tiny", "--steps", "2", "--videos-per-step", "2",
+            "--video-frames", "6", "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2",
+            "--data-workers", "0", "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0",
+            "--train-window", "5",
+        ]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {(5, 5)}
+    from jobs._cli import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="train_window=9"):
+        parse_config(learnability.LearnabilityConfig, ["--out", "o", "--train-window", "9"], prog="t", description="t")

@@ -201,7 +201,9 @@ def test_train_window_validates_inputs():
     images, prompts = window_inputs(seg, 2)
     with pytest.raises(ValueError, match="cond_pos"):
         seg.train_window_forward(images, torch.tensor([0, 3]), prompts)
-    with pytest.raises(ValueError, match="window"):
-        seg.train_window_forward(images[:, :2], torch.tensor([0, 1]), prompts)
+    with pytest.raises(ValueError, match=r"cond_pos must be \(B,\) in \[0, 2\)"):  # the window is images.shape[1]
+        seg.train_window_forward(images[:, :2], torch.tensor([0, 2]), prompts)
+    with pytest.raises(ValueError, match="the window has no frames"):
+        seg.train_window_forward(images[:, :0], torch.tensor([0, 0]), prompts)
     with pytest.raises(ValueError, match="set_trainable"):
         seg.set_trainable("decoder")

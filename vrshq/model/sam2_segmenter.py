@@ -42,18 +42,32 @@ __all__ = [
     "VideoFeatures",
     "TrackResult",
     "TrainableSet",
+    "window_passes",
 ]
 
 TrainableSet = Literal["mask_decoder", "all", "none"]
-_TRAIN_WINDOW = 3  # method §4: SAM2 sees a 3-frame window per expression in training
-# Method §5.4 (same as §5.3 step 4): per conditioning position, the passes to run as
-# (track_in_reverse, window positions in processing order); each pass starts from a memory
-# that holds only the conditioning frame.
-_WINDOW_PASSES: dict[int, tuple[tuple[bool, tuple[int, ...]], ...]] = {
-    0: ((False, (1, 2)),),
-    1: ((False, (2,)), (True, (0,))),
-    2: ((True, (1, 0)),),
-}
+def window_passes(cond: int, window: int) -> tuple[tuple[bool, tuple[int, ...]], ...]:
+    """The tracking passes of a training window: (track_in_reverse, window positions in processing order).
+
+    Method §5.4 (same as §5.3 step 4) for the 3-frame window: forward from the conditioning
+    position to the window's end, then backward to its start, each pass from a memory that holds
+    only the conditioning frame. Longer windows (a from-scratch aid, ``MethodConfig.train_window``)
+    follow the same rule, so they train the memory path over longer distances.
+
+    Example:
+        >>> [window_passes(c, 3) for c in range(3)]
+        [((False, (1, 2)),), ((False, (2,)), (True, (0,))), ((True, (1, 0)),)]
+    """
+    if not 0 <= cond < window:
+        raise ValueError(f"conditioning position {cond} is outside a window of {window} frames")
+    passes = []
+    if cond < window - 1:
+        passes.append((False, tuple(range(cond + 1, window))))
+    if cond > 0:
+        passes.append((True, tuple(range(cond - 1, -1, -1))))
+    return tuple(passes)
+
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -489,39 +503,36 @@ class Sam2Segmenter(nn.Module):
         cond_pos: torch.Tensor,
         prompt_embeds: torch.Tensor,
     ) -> WindowOutput:
-        """Training path on 3-frame windows (method §5.4).
+        """Training path on W-frame windows (method §5.4: W = 3).
 
         The conditioning frame is decoded with [pad, pad, prompt]; the other frames are tracked
-        with memory (c=0: forward 1, 2; c=2: backward 1, 0; c=1: forward 2, then from a fresh
-        memory of the same conditioning output backward 0). Call in ``train()`` mode: memory
+        with memory (:func:`window_passes`; W=3: c=0: forward 1, 2; c=2: backward 1, 0; c=1:
+        forward 2, then from a fresh memory of the same conditioning output backward 0). Call in ``train()`` mode: memory
         uses sigmoid (not binarised) masks, memory-attention dropout is active, and masks are
         not gated by the object score. Gradients reach ``prompt_embeds`` and the mask decoder
         (also through the propagated frames); the image encoder runs under no_grad while its
         parameters are frozen (``set_trainable("mask_decoder")``, method §6).
 
         All rows run together: one batched decode of the conditioning frames, then one batched
-        ``track_step`` per distance from them (2 steps instead of up to 3 decodes and 6 steps when
-        the batch holds every conditioning position), equal to the per-group loop.
+        ``track_step`` per distance from them (W=3: 2 steps instead of up to 3 decodes and 6 steps
+        when the batch holds every conditioning position), equal to the per-group loop.
 
         Args:
-            images: (B, 3, 3, S, S) letterboxed window frames.
-            cond_pos: (B,) conditioning position in the window, 0/1/2 (the keyframe).
+            images: (B, W, 3, S, S) letterboxed window frames.
+            cond_pos: (B,) conditioning position in the window, in [0, W) (the keyframe).
             prompt_embeds: (B, D) fused TAK embeddings.
 
         Returns:
             :class:`WindowOutput`.
         """
         self._check_images(images, "train_window_forward", 5)
-        batch = images.shape[0]
-        if images.shape[1] != _TRAIN_WINDOW:
-            raise ValueError(
-                f"train_window_forward: window must have {_TRAIN_WINDOW} frames, "
-                f"got {images.shape[1]}"
-            )
+        batch, window = images.shape[:2]
+        if window < 1:
+            raise ValueError("train_window_forward: the window has no frames")
         cond_pos = torch.as_tensor(cond_pos, dtype=torch.long).cpu()
-        if cond_pos.shape != (batch,) or bool(((cond_pos < 0) | (cond_pos >= _TRAIN_WINDOW)).any()):
+        if cond_pos.shape != (batch,) or bool(((cond_pos < 0) | (cond_pos >= window)).any()):
             raise ValueError(
-                f"train_window_forward: cond_pos must be (B,) in [0, 3), got {cond_pos.tolist()}"
+                f"train_window_forward: cond_pos must be (B,) in [0, {window}), got {cond_pos.tolist()}"
             )
         if prompt_embeds.shape != (batch, self.prompt_embed_dim):
             raise ValueError(
@@ -529,11 +540,11 @@ class Sam2Segmenter(nn.Module):
                 f"expected ({batch}, {self.prompt_embed_dim})"
             )
         device = self.device
-        flat = images.reshape(batch * _TRAIN_WINDOW, *images.shape[2:]).to(device).float()
+        flat = images.reshape(batch * window, *images.shape[2:]).to(device).float()
         backbone = self._forward_image(flat)
 
         def frame_out(rows: torch.Tensor, positions: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-            sel = rows * _TRAIN_WINDOW + positions
+            sel = rows * window + positions
             return {
                 "backbone_fpn": [x.index_select(0, sel) for x in backbone["backbone_fpn"]],
                 "vision_pos_enc": [x.index_select(0, sel) for x in backbone["vision_pos_enc"]],
@@ -543,15 +554,15 @@ class Sam2Segmenter(nn.Module):
         rows_host = torch.arange(batch)
         cond_out = self._decode_step(
             frame_out(rows_host.to(device), cond_pos.to(device)), prompt_embeds.to(device),
-            num_frames=_TRAIN_WINDOW, frame_idx=0, run_mem_encoder=True,
+            num_frames=window, frame_idx=0, run_mem_encoder=True,
         )
         # 2. the passes (row, window positions in processing order), two-frame passes first so the
         #    passes still running at distance 2 are a prefix
-        passes = [(b, frames) for b, c in enumerate(cond_pos.tolist()) for _, frames in _WINDOW_PASSES[c]]
+        passes = [(b, frames) for b, c in enumerate(cond_pos.tolist()) for _, frames in window_passes(c, window)]
         passes.sort(key=lambda p: -len(p[1]))
         pass_rows_host = torch.tensor([p[0] for p in passes], dtype=torch.long)
         pass_rows = pass_rows_host.to(device)
-        max_len = len(passes[0][1])
+        max_len = max((len(f) for _, f in passes), default=0)
         positions_host = torch.tensor([list(f) + [-1] * (max_len - len(f)) for _, f in passes], dtype=torch.long)
         positions = positions_host.to(device)
         lengths = [len(f) for _, f in passes]
@@ -585,7 +596,7 @@ class Sam2Segmenter(nn.Module):
                 point_inputs=None,
                 mask_inputs=None,
                 output_dict=bank,
-                num_frames=_TRAIN_WINDOW,
+                num_frames=window,
                 track_in_reverse=False,
                 run_mem_encoder=True,
             )
@@ -597,6 +608,6 @@ class Sam2Segmenter(nn.Module):
         index = (torch.cat(out_rows).to(device), torch.cat(out_pos).to(device))
         logits_all = torch.cat(out_logits)[:, 0].float()
         scores_all = torch.cat(out_scores)[:, 0].float()
-        logits = logits_all.new_zeros(batch, _TRAIN_WINDOW, *logits_all.shape[1:]).index_put(index, logits_all)
-        scores = scores_all.new_zeros(batch, _TRAIN_WINDOW).index_put(index, scores_all)
+        logits = logits_all.new_zeros(batch, window, *logits_all.shape[1:]).index_put(index, logits_all)
+        scores = scores_all.new_zeros(batch, window).index_put(index, scores_all)
         return WindowOutput(logits=logits, object_score_logits=scores)

@@ -45,7 +45,6 @@ _SDPA_BACKENDS = {
     "math": SDPBackend.MATH,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
-_SAM2_TRAIN_WINDOW = 3  # Sam2Segmenter.train_window_forward implements the 3-frame window of method §4
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,11 +109,6 @@ class VrshqModel(nn.Module):
             raise ValueError(
                 f"seg head output {out_dim} != SAM2 prompt dimension {sam2.prompt_embed_dim}; set "
                 "MethodConfig.seg_embed_dim to the SAM2 prompt size (256 for Hiera-L, d_model for sam2_tiny)"
-            )
-        if cfg.method.train_window != _SAM2_TRAIN_WINDOW:
-            raise ValueError(
-                f"MethodConfig.train_window={cfg.method.train_window}: Sam2Segmenter.train_window_forward "
-                f"implements the {_SAM2_TRAIN_WINDOW}-frame window of method §4 only"
             )
         self.cfg = cfg
         self.vision = vision
