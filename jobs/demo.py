@@ -20,14 +20,13 @@ Run::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import pathlib
 import shutil
 import sys
 from collections.abc import Sequence
-import dataclasses
-from dataclasses import dataclass
 
 from jobs._cli import setup_logging
 from jobs.learnability import TASK_FILE
@@ -40,8 +39,7 @@ DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 _LOG = logging.getLogger("jobs.demo")
 
 
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DemoData:
     """The synthetic dataset of a demo run (recorded beside it, so that other settings regenerate it)."""
 
