@@ -10,7 +10,8 @@ What the official ``evaluation_multiseg.py`` does per expression (method §7, §
 5. the SAM2 input of every frame (letterbox, §1.5); for **each** TKS candidate a new SAM2 image
    encoding of that frame and a decode of TAK' on it (the official builds a new state per candidate,
    §4, §9 item 8), keyframe = argmax of the TKS scores;
-6. SAM2 image encoding of all frames again, single-object tracking forward then backward (§5.3);
+6. SAM2 image encoding of all frames again, single-object tracking forward then backward (§5.3)
+   with stock SAM2 memory attention (every memory re-projected at every frame it is read);
 7. crop the letterbox, resize to the frame size, threshold at 0 (§5.3 step 6).
 
 It calls the same submodules as :meth:`vrshq.model.VrshqModel.segment_video` (same weights), so its
@@ -163,7 +164,8 @@ def segment_expression_serial(
             with times.stage("sam2_encode", device):
                 features = model.sam2.encode_video(boxed.images)
             with times.stage("track", device):
-                track = model.sam2.track(features, [keyframe], key_mask[None])
+                # stock SAM2 memory attention, as the official predictor runs it
+                track = model.sam2.track(features, [keyframe], key_mask[None], project_memory_once=False)
                 del features
             with times.stage("masks", device):
                 out_hw = (height, width) if output_hw is None else (int(output_hw[0]), int(output_hw[1]))

@@ -103,6 +103,78 @@ def test_lockstep_runs_every_row_of_a_distance_in_one_step_and_stays_exact(monke
         assert (joint.object_score_logits[obj] - alone.object_score_logits[0]).abs().max() < 1e-4
 
 
+def test_projected_memory_equals_stock_memory_attention(monkeypatch):
+    """Lockstep tracking with each memory frame's keys/values projected once equals stock SAM2's
+    memory attention (which re-projects every memory at every frame), and projects each frame once."""
+    from vrshq.model import projected_memory
+
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    stock = seg.track(feats, keyframes, masks, project_memory_once=False)
+    projections, conditioned = [], []
+    project, condition = projected_memory._project_entry, projected_memory.condition_on_projected_memory
+
+    def counting_project(model, entry, device):
+        if projected_memory.PROJECTED_KEY not in entry:
+            projections.append(entry["maskmem_features"].shape[0])
+        return project(model, entry, device)
+
+    def counting_condition(*args, **kwargs):
+        conditioned.append(kwargs["frame_idx"])
+        return condition(*args, **kwargs)
+
+    monkeypatch.setattr(projected_memory, "_project_entry", counting_project)
+    monkeypatch.setattr("vrshq.model.sam2_model.condition_on_projected_memory", counting_condition)
+    fast = seg.track(feats, keyframes, masks)
+    # every non-initial lockstep step (distances 1..23) went through the projected path
+    assert conditioned == list(range(1, 24))
+    # the keyframes' memory once, then each distance's memory once (22 of them are read again)
+    assert len(projections) == 1 + 22
+    assert (fast.low_res_logits - stock.low_res_logits).abs().max() < 1e-4
+    assert (fast.object_score_logits - stock.object_score_logits).abs().max() < 1e-4
+    assert torch.equal(fast.low_res_logits > 0, stock.low_res_logits > 0)
+
+
+@pytest.mark.parametrize("rows_per_call", [2, 3])
+def test_projected_memory_in_fixed_row_chunks_with_padding_is_unchanged(monkeypatch, rows_per_call):
+    """The cuDNN layout (fixed rows per attention call, last call padded) on CPU: same result."""
+    from vrshq.model import projected_memory
+
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    plain = seg.track(feats, keyframes, masks)
+    monkeypatch.setattr(projected_memory, "CUDNN_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(projected_memory, "CUDNN_ROWS_PER_CALL", rows_per_call)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        tokens = (SIZE // 16) ** 2  # memory attention: queries are a frame's tokens, keys at least as many
+        if q.shape[2] == tokens and k.shape[2] >= tokens:
+            calls.append((q.shape[0], k.shape[2] == tokens))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(projected_memory.F, "scaled_dot_product_attention", recording)
+    chunked = seg.track(feats, keyframes, masks)
+    # self- and cross-attention, every call with the fixed row count
+    assert set(calls) == {(rows_per_call, True), (rows_per_call, False)}
+    assert (chunked.low_res_logits - plain.low_res_logits).abs().max() < 1e-5
+
+
+def test_projected_memory_is_off_where_it_cannot_apply():
+    seg = make_segmenter()
+    assert projected_memory_supported(seg)
+    seg.sam2.train()
+    assert not projected_memory_supported(seg)  # training: dropout and gradients take the stock path
+    seg.sam2.eval()
+    seg.sam2.memory_attention.layers[0].pos_enc_at_cross_attn_keys = False  # keys without position: no split
+    assert not projected_memory_supported(seg)
+
+
+def projected_memory_supported(seg: Sam2Segmenter) -> bool:
+    from vrshq.model.projected_memory import supports_projected_memory
+
+    return supports_projected_memory(seg.sam2)
+
+
 def test_lockstep_is_used_only_where_it_is_exact():
     seg = make_segmenter()
     assert sam2_tracking._lockstep_is_exact(seg.sam2)  # the VRS-HQ memory settings

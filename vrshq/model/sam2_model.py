@@ -14,6 +14,11 @@
    gradient of every "absent" frame (learnability.md). ``track_step`` keeps
    ``object_score_logits`` in training as well, so a presence loss can use them.
 
+One speed path, no change of result: when the memory bank asks for it
+(``vrshq.model.projected_memory.USE_PROJECTED_MEMORY``, set by lockstep tracking),
+``_prepare_memory_conditioned_features`` projects each memory frame's keys and values once instead
+of at every frame that reads it.
+
 Hole filling (``fill_hole_area``, method §5.3 step 2) needs sam2's CUDA extension ``sam2._C``,
 which is usually not built; :func:`fill_holes_in_mask_scores` falls back to OpenCV connected
 components (8-connectivity, the same rule) so CPU results follow the method.
@@ -33,6 +38,11 @@ import torch.nn.functional as F
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
+from vrshq.model.projected_memory import (
+    USE_PROJECTED_MEMORY,
+    condition_on_projected_memory,
+    supports_projected_memory,
+)
 from vrshq.model.sam2_config import Sam2Config
 
 __all__ = [
@@ -121,6 +131,41 @@ class VrshqSam2(SAM2VideoPredictor):
     def prompt_embed_dim(self) -> int:
         """Width D of a sparse prompt token (256 for Hiera-L; the neck ``d_model``)."""
         return self.sam_prompt_embed_dim
+
+    def _prepare_memory_conditioned_features(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        current_vision_feats: list[torch.Tensor],
+        current_vision_pos_embeds: list[torch.Tensor],
+        feat_sizes: list[tuple[int, int]],
+        output_dict: dict[str, Any],
+        num_frames: int,
+        track_in_reverse: bool = False,
+    ) -> torch.Tensor:
+        """The stock method, or :func:`condition_on_projected_memory` (same result, memory keys and
+        values projected once per memory frame) when the bank asks for it and the model allows it."""
+        if not is_init_cond_frame and output_dict.get(USE_PROJECTED_MEMORY) and supports_projected_memory(self):
+            return condition_on_projected_memory(
+                self,
+                frame_idx=frame_idx,
+                current_vision_feats=current_vision_feats,
+                current_vision_pos_embeds=current_vision_pos_embeds,
+                feat_sizes=feat_sizes,
+                output_dict=output_dict,
+                num_frames=num_frames,
+                track_in_reverse=track_in_reverse,
+            )
+        return super()._prepare_memory_conditioned_features(
+            frame_idx,
+            is_init_cond_frame,
+            current_vision_feats,
+            current_vision_pos_embeds,
+            feat_sizes,
+            output_dict,
+            num_frames,
+            track_in_reverse,
+        )
 
     def _forward_sam_heads(
         self,

@@ -418,11 +418,13 @@ class Sam2Segmenter(nn.Module):
         keyframe_masks: torch.Tensor,
         *,
         output_device: torch.device | str | None = None,
+        project_memory_once: bool = True,
     ) -> TrackResult:
         """Joint propagation with object scores (inference, no gradients).
 
         See :func:`vrshq.model.sam2_tracking.track_objects`; call in eval mode for the method's
         behaviour (binarised keyframe memory, object-score gate, hole filling).
+        ``project_memory_once=False`` runs stock SAM2's memory attention (the official loop's).
         """
         return track_objects(
             self.sam2,
@@ -432,6 +434,7 @@ class Sam2Segmenter(nn.Module):
             memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
             memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
             output_device=torch.device(output_device) if output_device is not None else None,
+            project_memory_once=project_memory_once,
         )
 
     def propagate(

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 import vrshq.model.sam2_model as _sam2_model
+from vrshq.model.projected_memory import PROJECTED_KEY, USE_PROJECTED_MEMORY
 from vrshq.model.sam2_model import VrshqSam2
 
 __all__ = ["VideoFeatures", "TrackResult", "ObjectGroupMemory", "track_objects", "fill_holes", "fill_small_holes_on_device"]
@@ -549,10 +550,12 @@ class _LockstepBank:
             return
         self.rows = rows
         self.maskmem_pos_enc[:] = [p[:rows] for p in self.maskmem_pos_enc]
-        for entries in self.output_dict.values():
-            for entry in entries.values():
+        for name in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            for entry in self.output_dict[name].values():
                 for key in ("maskmem_features", "obj_ptr", "object_score_logits"):
                     entry[key] = entry[key][:rows]
+                if PROJECTED_KEY in entry:
+                    entry[PROJECTED_KEY] = [(k[:rows], v[:rows]) for k, v in entry[PROJECTED_KEY]]
 
     def store(
         self,
@@ -633,6 +636,7 @@ def _track_lockstep(
     *,
     memory_dtype: torch.dtype | None,
     memory_device: torch.device,
+    project_memory_once: bool,
 ) -> None:
     """Both passes of every object in one batch per distance from the keyframes.
 
@@ -676,7 +680,9 @@ def _track_lockstep(
     if memory_dtype is not None:
         cond_feats = cond_feats.to(memory_dtype)
     bank = _LockstepBank(
-        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+        # projections live beside the memory, so only when the memory stays on the compute device
+        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {},
+                     USE_PROJECTED_MEMORY: project_memory_once and memory_device == device},
         maskmem_pos_enc=[p.index_select(0, pick) for p in inserted["maskmem_pos_enc"]],
         rows=len(rows),
     )
@@ -726,6 +732,7 @@ def track_objects(
     memory_dtype: torch.dtype | None = None,
     memory_device: torch.device | None = None,
     output_device: torch.device | None = None,
+    project_memory_once: bool = True,
 ) -> TrackResult:
     """Propagate E keyframe masks through the whole video (method §5.3 steps 3-5).
 
@@ -742,6 +749,9 @@ def track_objects(
         memory_dtype: Storage dtype of memory features (None: compute dtype).
         memory_device: Where memory features are kept (None: compute device).
         output_device: Where the result is accumulated (None: compute device).
+        project_memory_once: In lockstep tracking, project each memory frame's attention keys and
+            values once (``vrshq.model.projected_memory``; same result up to rounding) instead of
+            at every frame that reads it as stock SAM2 does. Ignored when memory is offloaded.
 
     Returns:
         :class:`TrackResult`; frame ``keyframe_idx[e]`` holds the inserted mask.
@@ -777,7 +787,7 @@ def track_objects(
     with torch.inference_mode():
         _track_into(
             model, features, by_keyframe, masks, result,
-            memory_dtype=memory_dtype, memory_device=memory_device,
+            memory_dtype=memory_dtype, memory_device=memory_device, project_memory_once=project_memory_once,
         )
     return result
 
@@ -791,6 +801,7 @@ def _track_into(
     *,
     memory_dtype: torch.dtype | None,
     memory_device: torch.device,
+    project_memory_once: bool,
 ) -> None:
     """Both passes of :func:`track_objects` and the hole filling, written into ``result``."""
     num_frames = features.num_frames
@@ -801,7 +812,7 @@ def _track_into(
                 keyframe_idx[obj] = k
         _track_lockstep(
             model, features, keyframe_idx, masks, result,
-            memory_dtype=memory_dtype, memory_device=memory_device,
+            memory_dtype=memory_dtype, memory_device=memory_device, project_memory_once=project_memory_once,
         )
         _fill_holes_in_place(model, result.low_res_logits)
         return

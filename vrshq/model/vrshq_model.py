@@ -122,7 +122,9 @@ class VrshqModel(nn.Module):
     #: order of preference; None leaves the choice to PyTorch. cuDNN attention is left out: it
     #: builds an execution plan for every new attention shape (tens of milliseconds each, measured
     #: on an H200 as seconds per video), and inference meets new shapes in every video (tracked
-    #: rows per step, memory length, MLLM prompt lengths). Set on an instance to compare.
+    #: rows per step, memory length, MLLM prompt lengths). SAM2's memory attention, the largest
+    #: attention of inference, runs cuDNN anyway, in calls of a fixed number of rows whose few
+    #: shapes repeat in every video (``vrshq.model.projected_memory``). Set on an instance to compare.
     inference_sdpa_backends: tuple[str, ...] | None = ("flash", "efficient", "math")
 
     def inference_attention(self) -> contextlib.AbstractContextManager:
