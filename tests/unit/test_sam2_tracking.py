@@ -175,6 +175,20 @@ def projected_memory_supported(seg: Sam2Segmenter) -> bool:
     return supports_projected_memory(seg.sam2)
 
 
+def test_objects_past_the_per_pass_cap_are_tracked_in_more_passes_with_the_same_result(monkeypatch):
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    together = seg.track(feats, keyframes, masks)
+    capped = make_segmenter(max_objects_per_track=2)
+    capped.load_state_dict(seg.state_dict())
+    calls = _record_track_steps(monkeypatch, capped, lambda kw: kw["is_init_cond_frame"])
+    passes = capped.track(feats, keyframes, masks)
+    assert calls.count(True) == 3  # one keyframe insertion per pass: objects 0-1, 2-3, 4
+    assert (passes.low_res_logits - together.low_res_logits).abs().max() < 1e-4
+    assert (passes.object_score_logits - together.object_score_logits).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="max_objects_per_track"):
+        sam2_tiny(image_size=SIZE, max_objects_per_track=0)
+
+
 def test_lockstep_is_used_only_where_it_is_exact():
     seg = make_segmenter()
     assert sam2_tracking._lockstep_is_exact(seg.sam2)  # the VRS-HQ memory settings

@@ -88,6 +88,10 @@ class Sam2Config:
             in bf16, and halves memory.
         gate_masks_in_training: Apply SAM2's object-score gate (mask → -1024) in training too.
             The official VRS-HQ code gates only in eval (learnability.md), hence False.
+        max_objects_per_track: Objects tracked together in one lockstep pass; more are tracked in
+            successive passes (same result). Bounds tracking memory, which grows with the objects:
+            ~0.3 GiB per object and direction at SAM2-L, 1024 px, bf16 (memory bank plus the
+            projected keys and values of ``vrshq.model.projected_memory``; H200).
     """
 
     config_name: str = "configs/sam2/sam2_hiera_l.yaml"
@@ -101,6 +105,7 @@ class Sam2Config:
     offload_memory_to_cpu: bool = False
     memory_dtype: str | None = None
     gate_masks_in_training: bool = False
+    max_objects_per_track: int = 64
 
     def __post_init__(self) -> None:
         if not isinstance(self.config_name, str) or not self.config_name.endswith(".yaml"):
@@ -139,6 +144,11 @@ class Sam2Config:
         if not isinstance(self.encode_chunk_size, int) or self.encode_chunk_size < 1:
             raise ValueError(
                 f"Sam2Config.encode_chunk_size={self.encode_chunk_size!r}: must be an int >= 1"
+            )
+        if not isinstance(self.max_objects_per_track, int) or isinstance(self.max_objects_per_track, bool) \
+                or self.max_objects_per_track < 1:
+            raise ValueError(
+                f"Sam2Config.max_objects_per_track={self.max_objects_per_track!r}: must be an int >= 1"
             )
         if self.memory_dtype not in _MEMORY_DTYPES:
             raise ValueError(

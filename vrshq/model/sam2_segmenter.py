@@ -425,16 +425,29 @@ class Sam2Segmenter(nn.Module):
         See :func:`vrshq.model.sam2_tracking.track_objects`; call in eval mode for the method's
         behaviour (binarised keyframe memory, object-score gate, hole filling).
         ``project_memory_once=False`` runs stock SAM2's memory attention (the official loop's).
+        More than ``cfg.max_objects_per_track`` objects are tracked in successive passes (objects
+        are independent, so the result is the same) to bound tracking memory.
         """
-        return track_objects(
-            self.sam2,
-            features,
-            [int(k) for k in keyframe_idx],
-            keyframe_masks,
-            memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
-            memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
-            output_device=torch.device(output_device) if output_device is not None else None,
-            project_memory_once=project_memory_once,
+        keyframe_idx = [int(k) for k in keyframe_idx]
+        step = self.cfg.max_objects_per_track
+        parts = [
+            track_objects(
+                self.sam2,
+                features,
+                keyframe_idx[start : start + step],
+                keyframe_masks[start : start + step],
+                memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
+                memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
+                output_device=torch.device(output_device) if output_device is not None else None,
+                project_memory_once=project_memory_once,
+            )
+            for start in range(0, max(1, len(keyframe_idx)), step)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return TrackResult(
+            low_res_logits=torch.cat([p.low_res_logits for p in parts]),
+            object_score_logits=torch.cat([p.object_score_logits for p in parts]),
         )
 
     def propagate(
