@@ -17,6 +17,10 @@ memories and pointers of the same distances whatever the keyframe and direction,
 keyed by distance. A video of T frames takes at most T-1 steps however many expressions and
 keyframes it has (the per-step Python and launch overhead, not the GPU, bounded tracking).
 
+Lockstep steps condition on memory through ``vrshq.model.projected_memory`` (each memory frame's
+attention keys and values projected once, cuDNN attention in fixed row chunks on CUDA; equal to
+stock SAM2's memory attention up to rounding); ``project_memory_once=False`` keeps the stock path.
+
 **Grouped** (other memory settings, e.g. a stride ``r > 1``, whose memory grid moves with the
 keyframe): one loop walks the frames once per direction, moves a frame's backbone features to
 the device once, and calls ``track_step`` for every group of objects whose memories have the
