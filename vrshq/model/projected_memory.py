@@ -11,9 +11,9 @@ per token, so ``rope(k_proj(m + p + t)) = rope(k_proj(m + p)) + rope(W_k t)``. T
 ``rope(k_proj(m + p))`` and ``v_proj(m)`` of every layer with the memory entry the first time it is
 read (``PROJECTED_KEY`` in the entry dict, so it is trimmed and dropped with the entry), and the
 ``num_maskmem`` temporal terms ``rope(W_k t)`` once per model call. A tracking step then only
-projects its object pointers and concatenates. Values equal the stock path up to rounding (equal
-in float32 to ~1e-6, tests check), and the step's queries, self-attention and MLP run the stock
-modules.
+projects its object pointers and concatenates. Values equal the stock path up to rounding (tiny
+model in float32: logits within ~1e-7, tests check; SAM2-L on an H200 in float32: identical masks),
+and the step's queries, self-attention and MLP use the layer's own modules.
 
 The memory attention's self- and cross-attention run here too, on CUDA with cuDNN attention in
 calls of ``CUDNN_ROWS_PER_CALL`` rows (the last padded): cuDNN is ~2x faster than flash attention
@@ -22,9 +22,9 @@ plans few and reused.
 
 Used by lockstep tracking (``vrshq.model.sam2_tracking``), which marks its memory bank with
 ``USE_PROJECTED_MEMORY``; ``VrshqSam2._prepare_memory_conditioned_features`` dispatches here.
-Measured on one H200 (SAM2-L sizes, random init, bf16, 48 frames): tracking 12 objects 1.96 s
-(stock) -> 1.83 s (projected) -> 1.41 s (plus cuDNN, 4 rows per call); 34 objects 5.19 -> 4.65
--> 3.59 s.
+Measured on one H200 (SAM2-L sizes, random init, bf16, 48 frames; ``benchmarks.tracking_speed``):
+tracking 12 objects 1.96 s (stock) -> 1.83 s (projected) -> 1.41 s (plus cuDNN cross-attention,
+4 rows per call); 34 objects 5.19 -> 4.65 -> 3.59 s.
 """
 
 from __future__ import annotations
