@@ -332,9 +332,11 @@ def run(cfg: LearnabilityConfig) -> dict:
         evals.append(scores)
         _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs; IoU between "
                   "the masks of two expressions of a video: predicted %.3f, ground truth %.3f (near 1 vs low: the "
-                  "model ignores the expression)", step, scores["j"], scores["f"], scores["jf"],
+                  "model ignores the expression); keyframe J %.3f, wrong object at the keyframe %.1f%%",
+                  step, scores["j"], scores["f"], scores["jf"],
                   scores.get("jf_referring", float("nan")), scores.get("jf_reasoning", float("nan")), scores["seconds"],
-                  scores["pred_pair_iou"], scores["gt_pair_iou"])
+                  scores["pred_pair_iou"], scores["gt_pair_iou"], scores["keyframe_j"],
+                  100 * scores["wrong_keyframe_share"])
         model.train()
         return scores
 

@@ -648,6 +648,10 @@ def load_eval_videos(
     return out
 
 
+#: Keyframe J below which :func:`validate` counts an expression as grounded on the wrong object.
+WRONG_KEYFRAME_J = 0.3
+
+
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """IoU of two bool masks over all their frames; 1 when both are empty (the same "no object")."""
     union = int(np.logical_or(a, b).sum())
@@ -665,6 +669,10 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
         between the predicted (resp. ground-truth) masks of two expressions of one video, over
         all such pairs (NaN without a pair). A model that ignores the expression segments the
         same region for every expression: ``pred_pair_iou`` near 1 while ``gt_pair_iou`` is low.
+        ``keyframe_j``: mean J at each expression's chosen keyframe; ``wrong_keyframe_share``: the
+        share of expressions whose keyframe J is below ``WRONG_KEYFRAME_J`` (the wrong object was
+        found; propagation cannot repair that). Together they split the error into grounding
+        (the keyframe) and propagation (J over the video against keyframe J).
     """
     from vrshq.metrics import score_expression
 
@@ -672,14 +680,17 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
         raise ValueError("validate needs at least one held-out video with a scored expression")
     start = time.perf_counter()
     rows: list[tuple[int, float, float]] = []
+    keyframe_j: list[float] = []
     pred_pairs: list[float] = []
     gt_pairs: list[float] = []
     for video in videos:
         results = model.segment_video(video.frames, list(video.expressions))
-        for result, gt, type_id in zip(results, video.masks, video.type_ids):
+        preds = [np.asarray(r.masks, dtype=bool) for r in results]
+        for result, pred, gt, type_id in zip(results, preds, video.masks, video.type_ids):
             score = score_expression(gt, result.masks)
             rows.append((type_id, float(score.j), float(score.f)))
-        preds = [np.asarray(r.masks, dtype=bool) for r in results]
+            key = int(result.keyframe_idx)
+            keyframe_j.append(_mask_iou(pred[key], np.asarray(gt[key], dtype=bool)))
         for i in range(len(preds)):
             for j in range(i + 1, len(preds)):
                 pred_pairs.append(_mask_iou(preds[i], preds[j]))
@@ -699,6 +710,8 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
     out["jf_revos"] = float(np.mean(per_type)) if per_type else out["jf"]
     out["pred_pair_iou"] = float(np.mean(pred_pairs)) if pred_pairs else math.nan
     out["gt_pair_iou"] = float(np.mean(gt_pairs)) if gt_pairs else math.nan
+    out["keyframe_j"] = float(np.mean(keyframe_j))
+    out["wrong_keyframe_share"] = float(np.mean(np.array(keyframe_j) < WRONG_KEYFRAME_J))
     out["num_expressions"] = float(len(rows))
     out["seconds"] = time.perf_counter() - start
     return out

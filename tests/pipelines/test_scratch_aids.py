@@ -158,7 +158,7 @@ def test_validate_reports_how_alike_the_masks_of_two_expressions_are():
 
     class SameBlob:  # segments rows 0-1 whatever the expression
         def segment_video(self, frames, expressions):
-            return [SimpleNamespace(masks=a.copy()) for _ in expressions]
+            return [SimpleNamespace(masks=a.copy(), keyframe_idx=0) for _ in expressions]
 
     videos = [
         EvalVideo("v0", np.zeros((2, 4, 4, 3), np.uint8), ("x", "y", "z"), (a, b, half), (0, 0, 1)),

@@ -301,7 +301,7 @@ class _StubModel:
     def segment_video(self, frames, expressions):
         from types import SimpleNamespace
 
-        return [SimpleNamespace(masks=self.answers[e]) for e in expressions]
+        return [SimpleNamespace(masks=self.answers[e], keyframe_idx=1) for e in expressions]
 
 
 def test_validate_scores_through_segment_video():
@@ -318,3 +318,8 @@ def test_validate_scores_through_segment_video():
     assert scores["j"] == pytest.approx(0.75)
     assert scores["jf_revos"] == pytest.approx((1.0 + scores["jf_reasoning"]) / 2)
     assert scores["num_expressions"] == 2
+    # keyframe (frame 1) J: 1.0 and 0.5; both found their object
+    assert scores["keyframe_j"] == pytest.approx(0.75) and scores["wrong_keyframe_share"] == 0.0
+    # "a" answered with b's region: keyframe J 12/116 < 0.3, the wrong object
+    wrong = validate(_StubModel({"a": gt_b, "b": half}), [video])
+    assert wrong["keyframe_j"] == pytest.approx((12 / 116 + 0.5) / 2) and wrong["wrong_keyframe_share"] == 0.5
