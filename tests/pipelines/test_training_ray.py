@@ -26,12 +26,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """In-process Ray with 2 CPUs and its own temp dir (never ``ray stop``)."""
+    """In-process Ray with 2 CPUs and its own temp dir (never ``ray stop``).
+
+    Token authentication off, as on the session's shared test head: a local ``ray.init`` otherwise
+    turns it on for this process (``RAY_AUTH_MODE=token``), and later drivers of the shared head in
+    the same pytest process then lose their actors at start.
+    """
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
-    with tempfile.TemporaryDirectory(prefix="ray-train-test-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="ray-train-test-") as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, _temp_dir=tmp, include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
         try:
