@@ -327,16 +327,17 @@ def run(cfg: LearnabilityConfig) -> dict:
 
     def evaluate(step: int) -> dict:
         with scored():
-            scores = validate(model, heldout)
+            scores = validate(model, heldout, true_keyframe=True)
         scores["step"] = step
         evals.append(scores)
         _LOG.info("step %d held-out: J %.4f F %.4f J&F %.4f (referring %.4f, reasoning %.4f) in %.1fs; IoU between "
                   "the masks of two expressions of a video: predicted %.3f, ground truth %.3f (near 1 vs low: the "
-                  "model ignores the expression); keyframe J %.3f, wrong object at the keyframe %.1f%%",
+                  "model ignores the expression); keyframe J %.3f, wrong object at the keyframe %.1f%%; J of "
+                  "tracking alone from ground-truth keyframes %.3f (the ceiling of perfect grounding)",
                   step, scores["j"], scores["f"], scores["jf"],
                   scores.get("jf_referring", float("nan")), scores.get("jf_reasoning", float("nan")), scores["seconds"],
                   scores["pred_pair_iou"], scores["gt_pair_iou"], scores["keyframe_j"],
-                  100 * scores["wrong_keyframe_share"])
+                  100 * scores["wrong_keyframe_share"], scores["j_true_keyframe"])
         model.train()
         return scores
 
@@ -414,7 +415,7 @@ def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, score
     """Write :data:`TASK_FILE` into ``model_dir``: the synthetic task (frame size, frames, expression types)
     and the held-out scores, so whoever loads the model (``jobs.demo``) can rebuild comparable data."""
     keys = ("j", "f", "jf", "j_referring", "f_referring", "jf_referring", "j_reasoning", "f_reasoning", "jf_reasoning",
-            "num_expressions")
+            "keyframe_j", "wrong_keyframe_share", "j_true_keyframe", "num_expressions")
     payload = {
         "task": {"generator": "vrshq.data.generate_synthetic_video", "video_size": cfg.video_size,
                  "video_frames": cfg.video_frames, "expression_types": list(cfg.expression_types)},

@@ -658,7 +658,55 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum()) / union if union else 1.0
 
 
-def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, float]:
+def true_keyframe_tracking_j(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> list[float]:
+    """Per expression, J of SAM2's memory path alone: the ground-truth mask of the expression's
+    largest-area frame is inserted as the keyframe mask (as inference inserts its decoded keyframe)
+    and tracked through the video; J is the mean over the other frames.
+
+    Perfect grounding (the right object, a perfect keyframe mask) cannot score above this, so it
+    tells a from-scratch run whether its limit is grounding or tracking.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from vrshq.model.letterbox import letterbox_shape, unletterbox_logits
+
+    segmenter = model.sam2
+    size = segmenter.image_size
+    out: list[float] = []
+    with _eval_mode(model), torch.no_grad():
+        for video in videos:
+            gts = [np.asarray(mask, dtype=bool) for mask in video.masks]
+            height, width = gts[0].shape[1:]
+            resized = letterbox_shape(height, width, size)
+            keys = [int(gt.reshape(len(gt), -1).sum(1).argmax()) for gt in gts]
+            key_masks = torch.zeros(len(gts), size, size, dtype=torch.bool)
+            for row, (gt, key) in enumerate(zip(gts, keys)):
+                key_mask = torch.from_numpy(gt[key]).float()[None, None]
+                key_masks[row, : resized[0], : resized[1]] = F.interpolate(key_mask, size=resized, mode="nearest")[0, 0] > 0
+            track = segmenter.track(segmenter.encode_frames(video.frames), keys, key_masks)
+            logits = unletterbox_logits(track.low_res_logits, resized_hw=resized, original_hw=(height, width),
+                                        image_size=size)
+            preds = (logits > 0).cpu().numpy()
+            for pred, gt, key in zip(preds, gts, keys):
+                others = [t for t in range(len(gt)) if t != key]
+                out.append(float(np.mean([_mask_iou(pred[t], gt[t]) for t in others])) if others else 1.0)
+    return out
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def validate(
+    model: torch.nn.Module, videos: Sequence[EvalVideo], *, true_keyframe: bool = False
+) -> dict[str, float]:
     """J, F, J&F of ``model`` on held-out videos through ``segment_video`` (eval mode inside).
 
     Returns:
@@ -673,6 +721,8 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
         share of expressions whose keyframe J is below ``WRONG_KEYFRAME_J`` (the wrong object was
         found; propagation cannot repair that). Together they split the error into grounding
         (the keyframe) and propagation (J over the video against keyframe J).
+        With ``true_keyframe``: also ``j_true_keyframe`` (and per type), the mean of
+        :func:`true_keyframe_tracking_j`, the score of tracking alone from ground-truth keyframes.
     """
     from vrshq.metrics import score_expression
 
@@ -710,6 +760,12 @@ def validate(model: torch.nn.Module, videos: Sequence[EvalVideo]) -> dict[str, f
     out["jf_revos"] = float(np.mean(per_type)) if per_type else out["jf"]
     out["pred_pair_iou"] = float(np.mean(pred_pairs)) if pred_pairs else math.nan
     out["gt_pair_iou"] = float(np.mean(gt_pairs)) if gt_pairs else math.nan
+    if true_keyframe:
+        tracked = np.array(true_keyframe_tracking_j(model, videos))
+        out["j_true_keyframe"] = float(tracked.mean())
+        for type_id, label in ((0, "referring"), (1, "reasoning")):
+            if (types == type_id).any():
+                out[f"j_true_keyframe_{label}"] = float(tracked[types == type_id].mean())
     out["keyframe_j"] = float(np.mean(keyframe_j))
     out["wrong_keyframe_share"] = float(np.mean(np.array(keyframe_j) < WRONG_KEYFRAME_J))
     out["num_expressions"] = float(len(rows))

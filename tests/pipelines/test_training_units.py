@@ -323,3 +323,40 @@ def test_validate_scores_through_segment_video():
     # "a" answered with b's region: keyframe J 12/116 < 0.3, the wrong object
     wrong = validate(_StubModel({"a": gt_b, "b": half}), [video])
     assert wrong["keyframe_j"] == pytest.approx((12 / 116 + 0.5) / 2) and wrong["wrong_keyframe_share"] == 0.5
+
+
+def test_true_keyframe_tracking_scores_tracking_alone_from_the_ground_truth_keyframe():
+    """The ground-truth mask of the largest-area frame is inserted (letterboxed) and tracked; J over
+    the other frames. A tracker that keeps the inserted mask scores the overlap of the two frames."""
+    from pipelines.train_loop import true_keyframe_tracking_j
+    from vrshq.model.sam2_tracking import TrackResult
+
+    class StaticSegmenter:
+        image_size = 16
+        inserted = None
+
+        def encode_frames(self, frames):
+            return len(frames)
+
+        def track(self, num_frames, keyframe_idx, keyframe_masks):
+            self.inserted = (list(keyframe_idx), keyframe_masks.clone())
+            logits = keyframe_masks.float()[:, None].repeat(1, num_frames, 1, 1) * 2 - 1  # S x S "low-res" logits
+            return TrackResult(low_res_logits=logits, object_score_logits=torch.ones(len(keyframe_idx), num_frames))
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sam2 = StaticSegmenter()
+
+    gt = np.zeros((3, 8, 8), bool)
+    gt[0, 0:4, 0:4] = True        # 16 px
+    gt[1, 0:4, 2:7] = True        # 20 px: the keyframe
+    gt[2, 0:4, 2:7] = True
+    video = EvalVideo("v", np.zeros((3, 8, 8, 3), np.uint8), ("a",), (gt,), (0,))
+    model = Model().train()
+    scores = true_keyframe_tracking_j(model, [video])
+    keys, masks = model.sam2.inserted
+    assert keys == [1] and masks.shape == (1, 16, 16) and int(masks.sum()) == 4 * 20  # letterboxed 2x
+    # frame 0: 8 / 28; frame 2: the same mask, 1.0
+    assert scores == [pytest.approx((8 / 28 + 1.0) / 2)]
+    assert model.training  # eval mode only inside
