@@ -191,8 +191,8 @@ def _object_pointers(
     return ptrs, obj_pos
 
 
-#: Rows per cross-attention call on CUDA with cuDNN attention first, or None for one call with the
-#: ambient kernels. cuDNN builds an execution plan per attention shape; a fixed number of rows per
+#: Rows per memory-attention call (self- and cross-attention) on CUDA with cuDNN attention first, or
+#: None for one call with the ambient kernels. cuDNN builds an execution plan per attention shape; a fixed number of rows per
 #: call (the last call padded) leaves only the key length to vary, and that depends only on the
 #: distance from the keyframe (up to ``max_obj_ptrs_in_encoder`` values), so every plan is built in
 #: the first video and reused after.
