@@ -670,11 +670,12 @@ def true_keyframe_tracking_j(model: torch.nn.Module, videos: Sequence[EvalVideo]
     import torch.nn.functional as F
 
     from vrshq.model.letterbox import letterbox_shape, unletterbox_logits
+    from vrshq.model.vrshq_model import eval_mode
 
     segmenter = model.sam2
     size = segmenter.image_size
     out: list[float] = []
-    with _eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for video in videos:
             gts = [np.asarray(mask, dtype=bool) for mask in video.masks]
             height, width = gts[0].shape[1:]
@@ -692,16 +693,6 @@ def true_keyframe_tracking_j(model: torch.nn.Module, videos: Sequence[EvalVideo]
                 others = [t for t in range(len(gt)) if t != key]
                 out.append(float(np.mean([_mask_iou(pred[t], gt[t]) for t in others])) if others else 1.0)
     return out
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def validate(

@@ -37,7 +37,7 @@ from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
 from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_window
 
-__all__ = ["VrshqModel"]
+__all__ = ["VrshqModel", "eval_mode"]
 
 _SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -49,7 +49,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, back in its previous mode after it."""
     was_training = module.training
     module.eval()
     try:
@@ -254,7 +255,7 @@ class VrshqModel(nn.Module):
         if any(not t for t in texts):
             raise ValueError(f"expressions must not be empty or blank, got {list(expressions)!r}")
         stage = torch.profiler.record_function  # named ranges in profiles; no cost without a profiler
-        with _eval_mode(self), self._autocast(), self.inference_attention():
+        with eval_mode(self), self._autocast(), self.inference_attention():
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
             with stage("vrshq.tokens_mllm"):
                 frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
