@@ -429,18 +429,16 @@ class Sam2Segmenter(nn.Module):
         are independent, so the result is the same) to bound tracking memory.
         """
         keyframe_idx = [int(k) for k in keyframe_idx]
+        options = dict(
+            memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
+            memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
+            output_device=torch.device(output_device) if output_device is not None else None,
+            project_memory_once=project_memory_once,
+        )
         step = self.cfg.max_objects_per_track
         parts = [
-            track_objects(
-                self.sam2,
-                features,
-                keyframe_idx[start : start + step],
-                keyframe_masks[start : start + step],
-                memory_dtype=_DTYPES[self.cfg.memory_dtype] if self.cfg.memory_dtype else None,
-                memory_device=torch.device("cpu") if self.cfg.offload_memory_to_cpu else None,
-                output_device=torch.device(output_device) if output_device is not None else None,
-                project_memory_once=project_memory_once,
-            )
+            track_objects(self.sam2, features, keyframe_idx[start : start + step],
+                          keyframe_masks[start : start + step], **options)
             for start in range(0, max(1, len(keyframe_idx)), step)
         ]
         if len(parts) == 1:
