@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
+from pipelines.train_config import TrackPretrainConfig
 
 __all__ = ["TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
 
@@ -119,6 +121,16 @@ class LearnabilityConfig:
                           "0.999; pipelines.train_loop.WeightEma): held-out scores swing by ~0.05 between evaluations "
                           "a few dozen steps apart; 0 = the raw weights"},
     )
+    track: TrackPretrainConfig = field(
+        default_factory=TrackPretrainConfig,
+        metadata={"help": "stage 0, tracking pretraining of SAM2 from ground-truth first-frame masks "
+                          "(pipelines.track_pretrain; what SA-V gives the real SAM2); runs from random init only"},
+    )
+    sam2_init: str | None = field(
+        default=None,
+        metadata={"help": "SAM2 weights to start from instead of stage 0 (e.g. an earlier run's "
+                          "track_pretrain/sam2.safetensors)"},
+    )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
@@ -160,6 +172,10 @@ class LearnabilityConfig:
             problems.append("out is required")
         if self.resume and self.init_model:
             problems.append("give resume (continue a schedule) or init_model (new schedule), not both")
+        if self.sam2_init and (self.resume or self.init_model):
+            problems.append("sam2_init starts a new model's SAM2: not with resume or init_model")
+        if self.track.steps and self.track.window > self.video_frames:
+            problems.append(f"track.window={self.track.window} exceeds video_frames={self.video_frames}")
         if problems:
             raise ConfigError(problems)
 
@@ -205,8 +221,9 @@ def heldout_videos(*, seed: int, count: int, num_frames: int, size: int, express
     return out
 
 
-def _loader(cfg: LearnabilityConfig, start_sample: int, sampling):
-    """Batches of ``videos_per_step`` clips from DataLoader worker processes."""
+def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
+    """Batches of ``batch_size`` samples from DataLoader worker processes; ``stream(stride, offset)``
+    yields a worker's share of a sample stream."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -214,12 +231,75 @@ def _loader(cfg: LearnabilityConfig, start_sample: int, sampling):
         def __iter__(self):
             info = get_worker_info()
             stride, offset = (info.num_workers, info.id) if info is not None else (1, 0)
-            return synthetic_clip_stream(seed=cfg.seed, start_sample=start_sample, num_frames=cfg.video_frames,
-                                         size=cfg.video_size, sampling=sampling, stride=stride, offset=offset)
+            return stream(stride, offset)
 
-    return DataLoader(_Stream(), batch_size=cfg.videos_per_step, collate_fn=list, num_workers=cfg.data_workers,
+    return DataLoader(_Stream(), batch_size=batch_size, collate_fn=list, num_workers=cfg.data_workers,
                       persistent_workers=cfg.data_workers > 0, prefetch_factor=4 if cfg.data_workers else None,
                       worker_init_fn=lambda _: torch.set_num_threads(1))
+
+
+TRACK_DIR = "track_pretrain"
+"""Stage 0's folder under ``--out``: ``sam2.safetensors`` (the SAM2 state dict, loadable as
+``Sam2Config.checkpoint_uri``), ``track.json`` (settings, held-out scores, completion), ``log.csv``."""
+
+
+def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
+    """Stage 0 (``pipelines.track_pretrain``), or its saved result when an earlier run of this ``--out``
+    completed it. Returns False when the deadline cut it short (saved, marked incomplete: a rerun
+    starts it again)."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from pipelines.track_pretrain import pretrain_tracking
+    from pipelines.train_loop import true_keyframe_tracking_j
+    from vrshq.model.sam2_model import load_sam2_checkpoint
+
+    folder = os.path.join(cfg.out, TRACK_DIR)
+    weights, summary_path = os.path.join(folder, "sam2.safetensors"), os.path.join(folder, "track.json")
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            done = json.load(f)
+        if done.get("complete") and done.get("config") == dataclasses.asdict(cfg.track):
+            load_sam2_checkpoint(model.sam2.sam2, weights)
+            _LOG.info("stage 0 (tracking) already done in %s: loaded its SAM2", folder)
+            return True
+        _LOG.info("stage 0 in %s is incomplete or had other settings: it runs again", folder)
+    os.makedirs(folder, exist_ok=True)
+
+    def evaluate(step: int) -> dict:
+        j = float(np.mean(true_keyframe_tracking_j(model, heldout)))
+        _LOG.info("tracking step %d: held-out J of tracking from ground-truth keyframes %.4f", step, j)
+        return {"j_true_keyframe": j}
+
+    stream = functools.partial(_track_stream, cfg)
+    rows = pretrain_tracking(model, cfg.track, iter(_loader(cfg, stream, cfg.track.clips_per_step)),
+                             on_eval=evaluate, eval_every=cfg.eval_every, log_every=cfg.log_every, deadline=deadline)
+    complete = len(rows) == cfg.track.steps
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.sam2.sam2.state_dict().items()}, weights)
+    with open(os.path.join(folder, "log.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    evals = [{"step": r["track_step"], "j_true_keyframe": r["j_true_keyframe"]} for r in rows if "j_true_keyframe" in r]
+    with open(summary_path, "w") as f:
+        json.dump({"config": dataclasses.asdict(cfg.track), "complete": complete, "steps": len(rows),
+                   "seconds": sum(r["seconds"] for r in rows), "evaluations": evals}, f, indent=2)
+    if not complete:
+        _LOG.warning("stage 0 stopped by max_minutes after %d of %d steps; rerun to do it again", len(rows),
+                     cfg.track.steps)
+    return complete
+
+
+def _track_stream(cfg: LearnabilityConfig, stride: int, offset: int):
+    from pipelines.track_pretrain import track_clip_stream
+
+    return track_clip_stream(seed=cfg.seed, start_sample=0, window=cfg.track.window, num_frames=cfg.video_frames,
+                             size=cfg.video_size, stride=stride, offset=offset)
+
+
+def _clip_stream(cfg: LearnabilityConfig, start_sample: int, sampling, stride: int, offset: int):
+    return synthetic_clip_stream(seed=cfg.seed, start_sample=start_sample, num_frames=cfg.video_frames,
+                                 size=cfg.video_size, sampling=sampling, stride=stride, offset=offset)
 
 
 def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
@@ -292,6 +372,17 @@ def run(cfg: LearnabilityConfig) -> dict:
     model = build_training_model(spec, device=device)
     if cfg.seg_head_init_gain != 1.0 and not cfg.resume and not cfg.init_model:
         scale_seg_head_init(model, cfg.seg_head_init_gain)  # random init only: loaded weights are kept
+    heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size,
+                             expression_types=cfg.expression_types)
+    run_started = time.perf_counter()
+    if cfg.sam2_init:
+        from vrshq.model.sam2_model import load_sam2_checkpoint
+
+        load_sam2_checkpoint(model.sam2.sam2, cfg.sam2_init)
+    elif not cfg.resume and not cfg.init_model and cfg.track.steps:
+        deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
+        if not _track_stage(cfg, model, heldout, deadline=deadline):
+            return {"step": 0, "track_stage": "incomplete"}
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, decay_steps=cfg.steps)
     state = TrainState()
@@ -310,8 +401,6 @@ def run(cfg: LearnabilityConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     _LOG.info("model %s: %.2fM parameters on %s", model.cfg.name, n_params / 1e6, device)
     sampling = SamplingConfig(image_ratio=cfg.image_ratio, expression_types=cfg.expression_types)
-    heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size,
-                             expression_types=cfg.expression_types)
     log_path = os.path.join(cfg.out, "log.csv")
     log_rows: list[dict] = []
     evals: list[dict] = []
@@ -342,7 +431,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         return scores
 
     started = time.perf_counter()
-    wall_before = state.wall_seconds
+    wall_before = state.wall_seconds + (started - run_started)  # stage 0 counts in the run's wall time
 
     def save(at_step: int, next_sample: int, last: dict) -> TrainState:
         """Checkpoint, model, log, scores and curve of the run so far (after every evaluation)."""
@@ -375,9 +464,9 @@ def run(cfg: LearnabilityConfig) -> dict:
         model.train()
         return saved
 
-    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else None
+    deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
     step, sample_pos = state.step, state.next_sample_id
-    loader = iter(_loader(cfg, sample_pos, sampling))
+    loader = iter(_loader(cfg, functools.partial(_clip_stream, cfg, sample_pos, sampling), cfg.videos_per_step))
     while step < cfg.steps:
         t0 = time.perf_counter()
         clips = next(loader)

@@ -26,10 +26,12 @@ __all__ = [
     "ModelSpec",
     "OptimConfig",
     "SamplingConfig",
+    "TrackPretrainConfig",
     "TrainConfig",
     "TrainDataConfig",
     "ValidationConfig",
     "learnability_model_config",
+    "learnability_model_config_256",
     "learnability_model_config_t14",
     "learnability_model_config_t7",
     "model_config_from_spec",
@@ -41,6 +43,7 @@ MODEL_PRESETS: dict[str, str] = {
     "learn": "pipelines.train_config:learnability_model_config",
     "learn-t14": "pipelines.train_config:learnability_model_config_t14",
     "learn-t7": "pipelines.train_config:learnability_model_config_t7",
+    "learn-256": "pipelines.train_config:learnability_model_config_256",
     "vrshq-7b": "vrshq.builders:vrshq_7b_config",
 }
 _TRAINABLE = ("all", "lora")
@@ -61,7 +64,8 @@ def _is_number(value: Any) -> bool:
 
 
 def learnability_model_config(
-    *, object_weight: float = 0.5, trainable: str = "all", cluster_counts: tuple[int, ...] = (16, 8, 4)
+    *, object_weight: float = 0.5, trainable: str = "all", cluster_counts: tuple[int, ...] = (16, 8, 4),
+    sam2_image_size: int = 128,
 ):
     """The model of the learnability run: the tiny classes at a middle size that fits a < 20 MB
     checkpoint in bf16 (learnability.md "Size": d_model 128, Hiera embed_dim 48).
@@ -88,9 +92,15 @@ def learnability_model_config(
     return dataclasses.replace(
         cfg,
         vision=tiny_vision_tower(projector_out_dim=128, cluster_counts=tuple(cluster_counts), knn_k=knn_k),
-        sam2=sam2_tiny(image_size=128, d_model=128, embed_dim=48, mem_dim=64),
+        sam2=sam2_tiny(image_size=sam2_image_size, d_model=128, embed_dim=48, mem_dim=64),
         name="tiny-learn",
     )
+
+
+def learnability_model_config_256(*, object_weight: float = 0.5, trainable: str = "all"):
+    """:func:`learnability_model_config` with SAM2 at 256 px: the same weights' shapes, a 16x16 memory grid
+    instead of 8x8 (a small shape of the 64 px videos spans ~2 memory cells at 128 px), 4x the SAM2 compute."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256)
 
 
 def learnability_model_config_t14(*, object_weight: float = 0.5, trainable: str = "all"):
@@ -150,6 +160,37 @@ def model_config_from_spec(spec: ModelSpec):
     if spec.train_window is not None:
         cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_window=spec.train_window))
     return cfg
+
+
+@dataclass(frozen=True)
+class TrackPretrainConfig:
+    """Stage 0 of the learnability run: tracking pretraining of SAM2 (``pipelines.track_pretrain``)."""
+
+    steps: int = field(default=2000, metadata={"help": "optimiser steps (0: no tracking stage)"})
+    window: int = field(default=8, metadata={"help": "frames per window: the mask prompt + window-1 tracked"})
+    clips_per_step: int = field(default=16, metadata={"help": "windows per optimiser step"})
+    lr: float = field(default=3e-4, metadata={"help": "AdamW learning rate (warm-up, then linear decay to 0)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    bce_weight: float = field(default=2.0, metadata={"help": "BCE weight (the method's mask loss weights)"})
+    dice_weight: float = field(default=0.5, metadata={"help": "DICE weight"})
+    object_weight: float = field(default=0.5, metadata={"help": "object-presence weight (occluded frames: absent)"})
+    clip_grad_norm: float = field(default=1.0, metadata={"help": "max gradient norm"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("steps", "warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name}={value!r}: must be an int >= 0")
+        for name in ("window", "clips_per_step"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "window" else 1):
+                problems.append(f"{name}={value!r}: must be an int >= {2 if name == 'window' else 1}")
+        for name in ("lr", "bce_weight", "dice_weight", "object_weight", "clip_grad_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                problems.append(f"{name}={value!r}: must be a finite number >= 0")
+        _problems_to_error("TrackPretrainConfig", problems)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
         status = learnability.main([
             "--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "1", "--video-frames", "6",
             "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1",
+            "--threads", "1", "--warmup-steps", "1", "--track.steps", "2", "--track.window", "4",
+            "--track.clips-per-step", "2", "--track.warmup-steps", "1",
         ])
     finally:
         torch.set_num_threads(threads)
@@ -54,7 +55,11 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     assert (out / "curve.png").stat().st_size > 1000
     assert len((out / "log.csv").read_text().strip().splitlines()) == 4  # header + 3 steps
     assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 3
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "curve.png", "heldout.json", "log.csv", "model"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "curve.png", "heldout.json", "log.csv", "model",
+                                                     "track_pretrain"]
+    track = json.loads((out / "track_pretrain" / "track.json").read_text())
+    assert track["complete"] and track["steps"] == 2 and [e["step"] for e in track["evaluations"]] == [2]
+    assert 0 <= track["evaluations"][0]["j_true_keyframe"] <= 1
     model = build_model(InferenceConfig(out=str(tmp_path / "o"), manifest="m.parquet",
                                         checkpoint=os.fspath(out / "model"), device="cpu"))
     assert model.cfg.name == "tiny"
@@ -83,7 +88,7 @@ def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tm
     out = tmp_path / "learn"
     args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
             "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1"]
+            "--threads", "1", "--warmup-steps", "1", "--track.steps", "0"]
     try:
         with pytest.raises(KeyboardInterrupt):
             learnability.main(args)
@@ -147,7 +152,8 @@ def test_learnability_with_a_weight_average_scores_exports_and_resumes_the_avera
     out = tmp_path / "learn"
     args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
             "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--lr", "0.01", "--sam2-lr", "0.01", "--text-lr", "0.01"]
+            "--threads", "1", "--warmup-steps", "1", "--lr", "0.01", "--sam2-lr", "0.01", "--text-lr", "0.01",
+            "--track.steps", "0"]
     try:
         assert learnability.main([*args, "--steps", "2", "--ema-decay", "0.9"]) == 0
         assert learnability.main([*args, "--ema-decay", "0.9", "--resume", str(out / "checkpoint")]) == 0
@@ -217,7 +223,7 @@ def test_learnability_trains_sam2_on_the_window_it_is_given(tmp_path, monkeypatc
             "--out", str(tmp_path / "w5"), "--preset", "tiny", "--steps", "2", "--videos-per-step", "2",
             "--video-frames", "6", "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2",
             "--data-workers", "0", "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0",
-            "--train-window", "5",
+            "--train-window", "5", "--track.steps", "0",
         ]) == 0
     finally:
         torch.set_num_threads(threads)

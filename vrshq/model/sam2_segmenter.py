@@ -9,8 +9,9 @@ a ``SAM2VideoPredictor``) and exposes the four operations VRS-HQ needs:
 * :meth:`Sam2Segmenter.decode_prompts` - SAM2-as-image decode of prompt embeddings on frames
   (keyframe / TKS candidates, method §4, §5.2, §5.3 step 2), batched over prompts;
 * :meth:`Sam2Segmenter.propagate` - joint propagation of E keyframe masks (§5.3 steps 3-5);
-* :meth:`Sam2Segmenter.train_window_forward` - the 3-frame training window (§5.4), and
-  :meth:`Sam2Segmenter.train_image_forward` - the 1-frame decode of image samples.
+* :meth:`Sam2Segmenter.train_window_forward` - the 3-frame training window (§5.4),
+  :meth:`Sam2Segmenter.train_image_forward` - the 1-frame decode of image samples, and
+  :meth:`Sam2Segmenter.train_track_forward` - tracking from a given mask (SAM2's own video training).
 
 SAM2's dict state never crosses this API; inputs and outputs are tensors and dataclasses.
 """
@@ -510,6 +511,61 @@ class Sam2Segmenter(nn.Module):
             logits=out["pred_masks_high_res"][:, :1].float(),
             object_score_logits=out["object_score_logits"][:, :1].float(),
         )
+
+    def train_track_forward(self, images: torch.Tensor, first_masks: torch.Tensor) -> WindowOutput:
+        """Tracking from a given first-frame mask, with gradients (SAM2's own video training).
+
+        Frame 0 of each window is the conditioning frame with ``first_masks`` as its mask prompt,
+        inserted as inference inserts a decoded keyframe (``add_new_mask``: the mask is the output,
+        its memory is encoded from it); frames 1..W-1 are tracked forward with memory. This is what
+        Meta's SA-V training teaches the real SAM2 before VRS-HQ fine-tunes it: the learnability run
+        trains it from scratch on synthetic videos (``pipelines.track_pretrain``), because VRS-HQ's
+        3-frame windows from a predicted keyframe teach tracking only over two frames, from a
+        mask that is still wrong early in training. Call in ``train()`` mode.
+
+        Args:
+            images: (B, W, 3, S, S) letterboxed frames in tracking order (reverse a window to
+                train backward tracking: the model sees only the order).
+            first_masks: (B, S, S) bool/0-1 mask of the target on frame 0.
+
+        Returns:
+            :class:`WindowOutput`; position 0 holds the mask prompt's output.
+        """
+        self._check_images(images, "train_track_forward", 5)
+        batch, window = images.shape[:2]
+        if first_masks.shape != (batch, self.image_size, self.image_size):
+            raise ValueError(
+                f"train_track_forward: first_masks has shape {tuple(first_masks.shape)}, expected "
+                f"({batch}, {self.image_size}, {self.image_size})"
+            )
+        device = self.device
+        backbone = self._forward_image(images.reshape(batch * window, *images.shape[2:]).to(device).float())
+        bank: dict[str, dict[int, dict]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        logits, scores = [], []
+        for t in range(window):
+            sel = torch.arange(batch, device=device) * window + t
+            _, feats, pos, sizes = self.sam2._prepare_backbone_features({
+                "backbone_fpn": [x.index_select(0, sel) for x in backbone["backbone_fpn"]],
+                "vision_pos_enc": [x.index_select(0, sel) for x in backbone["vision_pos_enc"]],
+            })
+            out = self.sam2.track_step(
+                frame_idx=t,
+                is_init_cond_frame=t == 0,
+                current_vision_feats=feats,
+                current_vision_pos_embeds=pos,
+                feat_sizes=sizes,
+                point_inputs=None,
+                mask_inputs=first_masks[:, None].to(device).float() if t == 0 else None,
+                output_dict=bank,
+                num_frames=window,
+                track_in_reverse=False,
+                run_mem_encoder=t < window - 1,
+            )
+            keep = ("maskmem_features", "maskmem_pos_enc", "obj_ptr", "object_score_logits")
+            bank["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = {k: out[k] for k in keep}
+            logits.append(out["pred_masks_high_res"][:, 0].float())
+            scores.append(out["object_score_logits"][:, 0].float())
+        return WindowOutput(logits=torch.stack(logits, 1), object_score_logits=torch.stack(scores, 1))
 
     def train_window_forward(
         self,

@@ -1,0 +1,195 @@
+"""Tracking pretraining of SAM2 on synthetic videos: the video training the real SAM2 brings with it.
+
+VRS-HQ starts from Meta's SAM2, whose memory path (memory encoder, memory attention, object
+pointers) was trained for video object segmentation on SA-V. A SAM2 trained from random init only
+by VRS-HQ's losses learns tracking from the method's 3-frame windows, from a keyframe mask that the
+still-untrained text path decodes: the learnability run measured that this memory path, given the
+*ground-truth* keyframe mask, reaches only J 0.65 on the other frames (README, issue 6).
+
+This stage gives the tiny SAM2 what SA-V gives the real one: it tracks a target from its ground-truth
+mask on the first frame of a window (a mask prompt, inserted the way inference inserts the keyframe)
+through the next ``window - 1`` frames with memory, with SAM2's own losses (BCE, DICE, object presence)
+on every tracked frame. Windows run forward or backward in time (inference tracks both ways), and
+the targets are the synthetic expressions' targets (single objects, groups, occluded objects), so
+occlusion and multi-object masks are in the training data. Only ``model.sam2`` trains. The result is a
+SAM2 state dict in the layout ``Sam2Config.checkpoint_uri`` loads (``{"model": state_dict}``).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.train_config import TrackPretrainConfig
+
+__all__ = [
+    "TRACK_STREAM",
+    "TrackClip",
+    "TrackPretrainConfig",
+    "pretrain_tracking",
+    "sample_track_clip",
+    "track_batch",
+    "track_clip_stream",
+    "track_losses",
+]
+
+_LOG = logging.getLogger("pipelines.track_pretrain")
+
+TRACK_STREAM = 3
+"""Seed stream of the tracking videos (``default_rng([seed, TRACK_STREAM, i])``): never a held-out video."""
+
+
+@dataclass(frozen=True)
+class TrackClip:
+    """One tracking window: ``frames`` (W, H, W', 3) uint8 in tracking order and the target's
+    ``masks`` (W, H, W') bool; frame 0's mask is the prompt."""
+
+    frames: np.ndarray
+    masks: np.ndarray
+    sample_id: int
+
+
+def sample_track_clip(video, rng: np.random.Generator, *, window: int, sample_id: int,
+                      min_area: int = 4) -> TrackClip | None:
+    """A window of ``video`` that tracks one expression's target (types 0 and 1: single objects,
+    groups, occluded objects) from a frame where it is visible (>= ``min_area`` pixels), forward or
+    backward in time; None when the video has no such window."""
+    targets = [video.target_masks(e) for e in video.expressions if e.obj_ids]
+    if not targets:
+        return None
+    masks = targets[int(rng.integers(len(targets)))]
+    num_frames = len(masks)
+    if num_frames < window:
+        return None
+    visible = masks.reshape(num_frames, -1).sum(1) >= min_area
+    starts = [(t, +1) for t in range(num_frames - window + 1) if visible[t]]
+    starts += [(t, -1) for t in range(window - 1, num_frames) if visible[t]]
+    if not starts:
+        return None
+    start, step = starts[int(rng.integers(len(starts)))]
+    order = np.arange(start, start + step * window, step)
+    return TrackClip(frames=video.frames[order], masks=masks[order], sample_id=sample_id)
+
+
+def track_clip_stream(*, seed: int, start_sample: int, window: int, num_frames: int, size: int,
+                      stride: int = 1, offset: int = 0) -> Iterator[TrackClip]:
+    """Windows ``start_sample + offset, + stride, ...``: window ``s`` comes from synthetic video
+    ``default_rng([seed, TRACK_STREAM, s])`` (never repeated, never a held-out video)."""
+    from vrshq.data import generate_synthetic_video
+
+    sample_id = start_sample + offset
+    while True:
+        rng = np.random.default_rng([seed, TRACK_STREAM, sample_id])
+        video = generate_synthetic_video(rng, num_frames=num_frames, height=size, width=size)
+        clip = sample_track_clip(video, rng, window=window, sample_id=sample_id)
+        if clip is not None:
+            yield clip
+        sample_id += stride
+
+
+def track_batch(clips: list[TrackClip], *, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Letterboxed frames (B, W, 3, S, S) and masks (B, W, S, S) float (1 inside the target,
+    resized into the letterbox's valid region, 0 in the padding)."""
+    from vrshq.model.letterbox import letterbox, letterbox_shape
+
+    batch, window = len(clips), len(clips[0].frames)
+    frames = torch.from_numpy(np.stack([c.frames for c in clips])).to(device)
+    height, width = frames.shape[2:4]
+    images = letterbox(frames.reshape(batch * window, height, width, 3), image_size=image_size).images
+    resized = letterbox_shape(height, width, image_size)
+    masks = torch.from_numpy(np.stack([c.masks for c in clips])).to(device).float()
+    masks = F.interpolate(masks.reshape(batch * window, 1, height, width), size=resized, mode="bilinear",
+                          align_corners=False) >= 0.5
+    masks = F.pad(masks.float(), (0, image_size - resized[1], 0, image_size - resized[0]))
+    return (images.reshape(batch, window, *images.shape[1:]),
+            masks.reshape(batch, window, image_size, image_size))
+
+
+def track_losses(logits: torch.Tensor, scores: torch.Tensor, masks: torch.Tensor,
+                 cfg: TrackPretrainConfig) -> dict[str, torch.Tensor]:
+    """SAM2's training losses on the tracked frames (position 0 is the prompt, not scored).
+
+    BCE and DICE (per mask, as :func:`vrshq.model.losses.mask_losses`) on frames where the target is
+    visible; object presence on every tracked frame (hidden: absent).
+    """
+    from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss
+
+    logits, scores, masks = logits[:, 1:].flatten(0, 1), scores[:, 1:].flatten(0, 1), masks[:, 1:].flatten(0, 1)
+    present = masks.flatten(1).any(1)
+    count = present.sum().clamp(min=1)
+    bce = sigmoid_bce_loss(logits[present], masks[present]) / count
+    dice = dice_loss(logits[present], masks[present]) / count
+    obj = object_presence_loss(scores, present.float())
+    loss = cfg.bce_weight * bce + cfg.dice_weight * dice + cfg.object_weight * obj
+    return {"loss": loss, "bce_loss": bce, "dice_loss": dice, "object_loss": obj}
+
+
+def pretrain_tracking(
+    model: torch.nn.Module,
+    cfg: TrackPretrainConfig,
+    batches: Iterator[list[TrackClip]],
+    *,
+    on_eval: Callable[[int], dict] | None = None,
+    eval_every: int = 0,
+    log_every: int = 25,
+    deadline: float | None = None,
+) -> list[dict]:
+    """Train ``model.sam2`` (every parameter) on tracking windows; returns the per-step log rows.
+
+    ``on_eval(step)`` runs every ``eval_every`` steps and at the end (e.g. the held-out J of
+    tracking from ground-truth keyframes); ``deadline`` (a ``time.perf_counter()`` value) stops early.
+    """
+    from pipelines.train_loop import build_scheduler
+
+    segmenter = model.sam2
+    device = segmenter.device
+    params = [p for p in segmenter.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    rows: list[dict] = []
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        clips = next(batches)
+        t_data = time.perf_counter() - t0
+        images, masks = track_batch(clips, image_size=segmenter.image_size, device=device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = segmenter.train_track_forward(images, masks[:, 0] > 0.5)
+        terms = track_losses(out.logits, out.object_score_logits, masks, cfg)
+        terms["loss"].backward()
+        max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            _LOG.warning("tracking step %d: non-finite gradient norm, update skipped", step)
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        row = {"track_step": step, **{k: float(v.detach()) for k, v in terms.items()}, "grad_norm": grad_norm,
+               "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - t0,
+               "data_seconds": t_data}
+        rows.append(row)
+        if step % log_every == 0 or step == 1:
+            _LOG.info("tracking step %d/%d loss %.4f (bce %.4f dice %.4f obj %.4f) %.3fs/step (data %.3fs)",
+                      step, cfg.steps, row["loss"], row["bce_loss"], row["dice_loss"], row["object_loss"],
+                      row["seconds"], t_data)
+        last = step == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
+        if on_eval is not None and ((eval_every and step % eval_every == 0) or last):
+            row.update(on_eval(step))
+            model.train()
+        if last:
+            break
+    return rows
