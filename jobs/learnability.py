@@ -239,61 +239,39 @@ def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
 
 
 TRACK_DIR = "track_pretrain"
-"""Stage 0's folder under ``--out``: ``sam2.safetensors`` (the SAM2 state dict, loadable as
-``Sam2Config.checkpoint_uri``), ``track.json`` (settings, held-out scores, completion), ``log.csv``."""
+"""Stage 0's folder under ``--out`` (files: ``pipelines.track_pretrain.pretrain_tracking``)."""
 
 
 def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
-    """Stage 0 (``pipelines.track_pretrain``), or its saved result when an earlier run of this ``--out``
-    completed it. Returns False when the deadline cut it short (saved, marked incomplete: a rerun
-    starts it again)."""
+    """Stage 0 (``pipelines.track_pretrain``) in ``--out``/:data:`TRACK_DIR`: resumed when an earlier
+    run of this ``--out`` stopped in it, loaded when it completed. False when the deadline cut it short
+    (saved: rerun the same command to continue it)."""
     import numpy as np
-    from safetensors.torch import save_file
 
     from pipelines.track_pretrain import pretrain_tracking
     from pipelines.train_loop import true_keyframe_tracking_j
-    from vrshq.model.sam2_model import load_sam2_checkpoint
-
-    folder = os.path.join(cfg.out, TRACK_DIR)
-    weights, summary_path = os.path.join(folder, "sam2.safetensors"), os.path.join(folder, "track.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            done = json.load(f)
-        if done.get("complete") and done.get("config") == dataclasses.asdict(cfg.track):
-            load_sam2_checkpoint(model.sam2.sam2, weights)
-            _LOG.info("stage 0 (tracking) already done in %s: loaded its SAM2", folder)
-            return True
-        _LOG.info("stage 0 in %s is incomplete or had other settings: it runs again", folder)
-    os.makedirs(folder, exist_ok=True)
 
     def evaluate(step: int) -> dict:
         j = float(np.mean(true_keyframe_tracking_j(model, heldout)))
         _LOG.info("tracking step %d: held-out J of tracking from ground-truth keyframes %.4f", step, j)
         return {"j_true_keyframe": j}
 
-    stream = functools.partial(_track_stream, cfg)
-    rows = pretrain_tracking(model, cfg.track, iter(_loader(cfg, stream, cfg.track.clips_per_step)),
-                             on_eval=evaluate, eval_every=cfg.eval_every, log_every=cfg.log_every, deadline=deadline)
-    complete = len(rows) == cfg.track.steps
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in model.sam2.sam2.state_dict().items()}, weights)
-    with open(os.path.join(folder, "log.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-        writer.writeheader()
-        writer.writerows(rows)
-    evals = [{"step": r["track_step"], "j_true_keyframe": r["j_true_keyframe"]} for r in rows if "j_true_keyframe" in r]
-    with open(summary_path, "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg.track), "complete": complete, "steps": len(rows),
-                   "seconds": sum(r["seconds"] for r in rows), "evaluations": evals}, f, indent=2)
+    def batches_from(first_sample: int):
+        stream = functools.partial(_track_stream, cfg, first_sample)
+        return iter(_loader(cfg, stream, cfg.track.clips_per_step))
+
+    complete = pretrain_tracking(model, cfg.track, batches_from, folder=os.path.join(cfg.out, TRACK_DIR),
+                                 on_eval=evaluate, eval_every=cfg.eval_every, log_every=cfg.log_every,
+                                 deadline=deadline)
     if not complete:
-        _LOG.warning("stage 0 stopped by max_minutes after %d of %d steps; rerun to do it again", len(rows),
-                     cfg.track.steps)
+        _LOG.warning("stage 0 stopped by max_minutes; rerun the same command to continue it")
     return complete
 
 
-def _track_stream(cfg: LearnabilityConfig, stride: int, offset: int):
+def _track_stream(cfg: LearnabilityConfig, start_sample: int, stride: int, offset: int):
     from pipelines.track_pretrain import track_clip_stream
 
-    return track_clip_stream(seed=cfg.seed, start_sample=0, window=cfg.track.window, num_frames=cfg.video_frames,
+    return track_clip_stream(seed=cfg.seed, start_sample=start_sample, window=cfg.track.window, num_frames=cfg.video_frames,
                              size=cfg.video_size, stride=stride, offset=offset)
 
 

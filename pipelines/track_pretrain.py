@@ -31,6 +31,7 @@ from pipelines.train_config import TrackPretrainConfig
 
 __all__ = [
     "TRACK_STREAM",
+    "read_summary",
     "TrackClip",
     "TrackPretrainConfig",
     "pretrain_tracking",
@@ -131,22 +132,84 @@ def track_losses(logits: torch.Tensor, scores: torch.Tensor, masks: torch.Tensor
     return {"loss": loss, "bce_loss": bce, "dice_loss": dice, "object_loss": obj}
 
 
+WEIGHTS_FILE, STATE_FILE, SUMMARY_FILE, LOG_FILE = "sam2.safetensors", "state.pt", "track.json", "log.csv"
+"""The stage's folder: SAM2 state dict (``Sam2Config.checkpoint_uri`` loads it), optimiser/schedule/data
+position (resume), summary (settings, held-out evaluations, ``complete``) and per-step log."""
+
+
+def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig, rows: list[dict],
+          next_sample: int) -> None:
+    """Write the stage's files, each by a rename, so a kill leaves the old or the new one whole."""
+    import csv
+    import dataclasses
+    import json
+    import os
+
+    from safetensors.torch import save_file
+
+    def replace(name: str, write: Callable[[str], None]) -> None:
+        tmp = os.path.join(folder, name + ".tmp")
+        write(tmp)
+        os.replace(tmp, os.path.join(folder, name))
+
+    replace(WEIGHTS_FILE, lambda path: save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in segmenter.sam2.state_dict().items()}, path))
+    replace(STATE_FILE, lambda path: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                                 "step": len(rows), "next_sample": next_sample}, path))
+
+    def write_log(path: str) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_summary(path: str) -> None:
+        evals = [{"step": r["track_step"], **{k: v for k, v in r.items() if k.startswith("j_")}}
+                 for r in rows if any(k.startswith("j_") for k in r)]
+        with open(path, "w") as f:
+            json.dump({"config": dataclasses.asdict(cfg), "complete": len(rows) >= cfg.steps, "steps": len(rows),
+                       "seconds": sum(r["seconds"] for r in rows), "evaluations": evals}, f, indent=2)
+
+    replace(LOG_FILE, write_log)
+    replace(SUMMARY_FILE, write_summary)
+
+
+def read_summary(folder: str) -> dict | None:
+    """The stage's summary in ``folder``, or None when it has none."""
+    import json
+    import os
+
+    path = os.path.join(folder, SUMMARY_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def pretrain_tracking(
     model: torch.nn.Module,
     cfg: TrackPretrainConfig,
-    batches: Iterator[list[TrackClip]],
+    batches_from: Callable[[int], Iterator[list[TrackClip]]],
     *,
+    folder: str,
     on_eval: Callable[[int], dict] | None = None,
     eval_every: int = 0,
     log_every: int = 25,
     deadline: float | None = None,
-) -> list[dict]:
-    """Train ``model.sam2`` (every parameter) on tracking windows; returns the per-step log rows.
+) -> bool:
+    """Train ``model.sam2`` (every parameter) on tracking windows, saving to ``folder``; True when complete.
 
-    ``on_eval(step)`` runs every ``eval_every`` steps and at the end (e.g. the held-out J of
-    tracking from ground-truth keyframes); ``deadline`` (a ``time.perf_counter()`` value) stops early.
+    ``batches_from(first_sample)`` yields the batches of clips from sample ``first_sample`` on.
+    ``on_eval(step)`` runs every ``eval_every`` steps and at the end (e.g. the held-out J of tracking
+    from ground-truth keyframes); the stage is saved after each. ``deadline`` (a ``time.perf_counter()``
+    value) stops early. A ``folder`` that holds an incomplete stage of the same settings is resumed
+    (weights, optimiser, schedule, data position); a complete one is loaded and returns at once.
     """
+    import dataclasses
+    import os
+
     from pipelines.train_loop import build_scheduler
+    from vrshq.model.sam2_model import load_sam2_checkpoint
 
     segmenter = model.sam2
     device = segmenter.device
@@ -155,14 +218,35 @@ def pretrain_tracking(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
+    rows: list[dict] = []
+    next_sample = 0
+    summary = read_summary(folder)
+    if summary is not None and summary.get("config") == dataclasses.asdict(cfg):
+        load_sam2_checkpoint(segmenter.sam2, os.path.join(folder, WEIGHTS_FILE))
+        if summary["complete"]:
+            _LOG.info("tracking stage already complete in %s (%d steps): loaded its SAM2", folder, summary["steps"])
+            return True
+        import csv
+
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        next_sample = int(state["next_sample"])
+        with open(os.path.join(folder, LOG_FILE)) as f:
+            rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)][: state["step"]]
+        _LOG.info("tracking stage resumed from %s at step %d", folder, len(rows))
+    elif summary is not None:
+        _LOG.warning("%s holds a tracking stage of other settings: it starts again", folder)
+    os.makedirs(folder, exist_ok=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
-    rows: list[dict] = []
+    batches = batches_from(next_sample)
     model.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(len(rows) + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         clips = next(batches)
         t_data = time.perf_counter() - t0
+        next_sample = max(next_sample, max(c.sample_id for c in clips) + 1)
         images, masks = track_batch(clips, image_size=segmenter.image_size, device=device)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -187,9 +271,11 @@ def pretrain_tracking(
                       step, cfg.steps, row["loss"], row["bce_loss"], row["dice_loss"], row["object_loss"],
                       row["seconds"], t_data)
         last = step == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
-        if on_eval is not None and ((eval_every and step % eval_every == 0) or last):
-            row.update(on_eval(step))
-            model.train()
+        if (eval_every and step % eval_every == 0) or last:
+            if on_eval is not None:
+                row.update(on_eval(step))
+                model.train()
+            _save(folder, segmenter, optimizer, scheduler, cfg, rows, next_sample)
         if last:
             break
-    return rows
+    return len(rows) >= cfg.steps
