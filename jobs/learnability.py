@@ -129,7 +129,14 @@ class LearnabilityConfig:
     sam2_init: str | None = field(
         default=None,
         metadata={"help": "SAM2 weights to start from instead of stage 0 (e.g. an earlier run's "
-                          "track_pretrain/sam2.safetensors)"},
+                          "track_pretrain/sam2.safetensors); give it again with --resume: the parts of SAM2 "
+                          "that do not train are not in the training checkpoint"},
+    )
+    sam2_trainable: str | None = field(
+        default=None,
+        metadata={"help": "SAM2 parts that train with the text path: mask_decoder (the method's trainable set, §6: "
+                          "a tracking-trained image encoder and memory path stay as they are) | all; null: "
+                          "mask_decoder when SAM2 comes from stage 0 or sam2_init, else all"},
     )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
@@ -172,8 +179,8 @@ class LearnabilityConfig:
             problems.append("out is required")
         if self.resume and self.init_model:
             problems.append("give resume (continue a schedule) or init_model (new schedule), not both")
-        if self.sam2_init and (self.resume or self.init_model):
-            problems.append("sam2_init starts a new model's SAM2: not with resume or init_model")
+        if self.sam2_trainable not in (None, "mask_decoder", "all"):
+            problems.append(f"sam2_trainable={self.sam2_trainable!r}: must be mask_decoder, all or null")
         if self.track.steps and self.track.window > self.video_frames:
             problems.append(f"track.window={self.track.window} exceeds video_frames={self.video_frames}")
         if problems:
@@ -353,14 +360,24 @@ def run(cfg: LearnabilityConfig) -> dict:
     heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size,
                              expression_types=cfg.expression_types)
     run_started = time.perf_counter()
-    if cfg.sam2_init:
-        from vrshq.model.sam2_model import load_sam2_checkpoint
+    # Where SAM2's weights come from. The training checkpoint holds the trainable weights only, so a
+    # resumed run reloads the frozen ones from the same source as the run it continues.
+    from pipelines.track_pretrain import WEIGHTS_FILE
+    from vrshq.model.sam2_model import load_sam2_checkpoint
 
+    stage0_weights = os.path.join(cfg.out, TRACK_DIR, WEIGHTS_FILE)
+    pretrained_sam2 = True
+    if cfg.sam2_init:
         load_sam2_checkpoint(model.sam2.sam2, cfg.sam2_init)
-    elif not cfg.resume and not cfg.init_model and cfg.track.steps:
+    elif cfg.resume and os.path.exists(stage0_weights):
+        load_sam2_checkpoint(model.sam2.sam2, stage0_weights)
+    elif not cfg.resume and not cfg.init_model and cfg.track.steps > 0:
         deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
         if not _track_stage(cfg, model, heldout, deadline=deadline):
             return {"step": 0, "track_stage": "incomplete"}
+    else:
+        pretrained_sam2 = False
+    model.sam2.set_trainable(cfg.sam2_trainable or ("mask_decoder" if pretrained_sam2 else "all"))
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, decay_steps=cfg.steps)
     state = TrainState()

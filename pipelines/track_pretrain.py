@@ -233,7 +233,8 @@ def pretrain_tracking(
         scheduler.load_state_dict(state["scheduler"])
         next_sample = int(state["next_sample"])
         with open(os.path.join(folder, LOG_FILE)) as f:
-            rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)][: state["step"]]
+            rows = [{k: int(v) if k == "track_step" else float(v) for k, v in r.items() if v != ""}
+                    for r in csv.DictReader(f)][: state["step"]]
         _LOG.info("tracking stage resumed from %s at step %d", folder, len(rows))
     elif summary is not None:
         _LOG.warning("%s holds a tracking stage of other settings: it starts again", folder)

@@ -232,3 +232,33 @@ def test_learnability_trains_sam2_on_the_window_it_is_given(tmp_path, monkeypatc
 
     with pytest.raises(ConfigError, match="train_window=9"):
         parse_config(learnability.LearnabilityConfig, ["--out", "o", "--train-window", "9"], prog="t", description="t")
+
+
+def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_resumed_run_keeps_stage_0s_weights(tmp_path):
+    """The method's trainable set after tracking pretraining: the tracking-trained image encoder and memory path stay
+    as stage 0 left them, also across --resume (the training checkpoint holds only trainable weights)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from jobs import learnability
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "2",
+            "--track.window", "4", "--track.clips-per-step", "2", "--track.warmup-steps", "1"]
+    try:
+        assert learnability.main([*args, "--steps", "2"]) == 0
+        assert learnability.main([*args, "--resume", str(out / "checkpoint")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stage0 = load_file(str(out / "track_pretrain" / "sam2.safetensors"))
+    final = load_file(str(out / "model" / "model.safetensors"))
+    frozen = [k for k in stage0 if k.startswith(("image_encoder.", "memory_attention.", "memory_encoder."))]
+    trained = [k for k in stage0 if k.startswith("sam_mask_decoder.")]
+    assert frozen and trained
+    for key in frozen:  # bf16 export of the float32 stage-0 weights
+        torch.testing.assert_close(final[f"sam2.sam2.{key}"].float(), stage0[key].to(torch.bfloat16).float())
+    assert any(not torch.equal(final[f"sam2.sam2.{k}"].float(), stage0[k].to(torch.bfloat16).float()) for k in trained)
+    assert json.loads((out / "heldout.json").read_text())["step"] == 3
