@@ -148,6 +148,11 @@ class LearnabilityConfig:
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={"help": "end training at this step of the --steps schedule (the learning rate still decays "
+                          "over --steps): the reproducible form of a run that --max-minutes stopped"},
+    )
     data_workers: int = field(default=4, metadata={"help": "DataLoader processes generating videos"})
     log_every: int = field(default=25, metadata={"help": "log a line every N steps"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
@@ -180,6 +185,9 @@ class LearnabilityConfig:
             problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
         if not isinstance(self.ema_decay, (int, float)) or not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
             problems.append(f"ema_decay={self.ema_decay!r}: must be 0 (off) or in (0, 1)")
+        if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or isinstance(self.stop_at_step, bool)
+                                              or not 1 <= self.stop_at_step <= self.steps):
+            problems.append(f"stop_at_step={self.stop_at_step!r}: must be an int in [1, steps] or null")
         if self.max_minutes is not None and not self.max_minutes > 0:
             problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
         if not self.out:
@@ -496,7 +504,8 @@ def run(cfg: LearnabilityConfig) -> dict:
     deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
     step, sample_pos = state.step, state.next_sample_id
     loader = iter(_loader(cfg, functools.partial(_clip_stream, cfg, sample_pos, sampling), cfg.videos_per_step))
-    while step < cfg.steps:
+    last_step = cfg.stop_at_step or cfg.steps
+    while step < last_step:
         t0 = time.perf_counter()
         clips = next(loader)
         t_data = time.perf_counter() - t0
@@ -519,7 +528,7 @@ def run(cfg: LearnabilityConfig) -> dict:
             _LOG.info("step %d loss %.4f (ce %.3f bce %.3f dice %.3f obj %.3f sep %.3f word %.3f) %.3fs/step "
                       "(data %.3fs)", step, row["loss"], row["ce_loss"], row["bce_loss"], row["dice_loss"],
                       row["object_loss"], row["sep_loss"], row["word_loss"], seconds, t_data)
-        if step % cfg.eval_every == 0 and step < cfg.steps:
+        if step % cfg.eval_every == 0 and step < last_step:
             save(step, sample_pos, evaluate(step))  # a killed run keeps its last evaluated checkpoint
         if deadline is not None and time.perf_counter() > deadline:
             _LOG.info("max_minutes reached at step %d of %d", step, cfg.steps)

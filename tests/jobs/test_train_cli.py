@@ -249,7 +249,8 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_resumed_run_ke
             "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "2",
             "--track.window", "4", "--track.clips-per-step", "2", "--track.warmup-steps", "1"]
     try:
-        assert learnability.main([*args, "--steps", "2"]) == 0
+        assert learnability.main([*args, "--stop-at-step", "2"]) == 0  # the 3-step schedule, stopped at step 2
+        assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 2
         assert learnability.main([*args, "--resume", str(out / "checkpoint")]) == 0
     finally:
         torch.set_num_threads(threads)
