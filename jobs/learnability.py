@@ -386,6 +386,11 @@ def run(cfg: LearnabilityConfig) -> dict:
         validate,
     )
 
+    previous = os.path.join(cfg.out, "checkpoint")
+    if not cfg.resume and not cfg.init_model and os.path.exists(os.path.join(previous, "train_state.json")):
+        # the same command again continues its run, as it continues stage 0 (never a silent restart over it)
+        _LOG.info("%s holds this run's training checkpoint: resuming from it", previous)
+        cfg = dataclasses.replace(cfg, resume=previous)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
@@ -550,6 +555,11 @@ def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, score
                     **{k: scores[k] for k in keys if k in scores}},
         "training": {"steps": step, "train_seconds": train_seconds, "config": dataclasses.asdict(cfg)},
     }
+    from pipelines.track_pretrain import read_summary
+
+    stage0 = read_summary(os.path.join(cfg.out, TRACK_DIR))
+    if stage0 is not None:
+        payload["training"]["stage0"] = {k: stage0[k] for k in ("steps", "seconds", "complete", "config", "evaluations")}
     with open(os.path.join(model_dir, TASK_FILE), "w") as f:
         json.dump(payload, f, indent=2)
 

@@ -234,7 +234,7 @@ def test_learnability_trains_sam2_on_the_window_it_is_given(tmp_path, monkeypatc
         parse_config(learnability.LearnabilityConfig, ["--out", "o", "--train-window", "9"], prog="t", description="t")
 
 
-def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_resumed_run_keeps_stage_0s_weights(tmp_path):
+def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_keeps_stage_0s_weights(tmp_path):
     """The method's trainable set after tracking pretraining: the tracking-trained image encoder and memory path stay
     as stage 0 left them, also across --resume (the training checkpoint holds only trainable weights)."""
     import torch
@@ -251,9 +251,12 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_resumed_run_ke
     try:
         assert learnability.main([*args, "--stop-at-step", "2"]) == 0  # the 3-step schedule, stopped at step 2
         assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 2
-        assert learnability.main([*args, "--resume", str(out / "checkpoint")]) == 0
+        assert learnability.main(args) == 0  # the same command again continues the run (no --resume needed)
     finally:
         torch.set_num_threads(threads)
+    assert [e["step"] for e in json.loads((out / "heldout.json").read_text())["evaluations"]] == [2, 3]
+    task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
+    assert task["training"]["stage0"]["steps"] == 2 and task["training"]["stage0"]["complete"]
     stage0 = load_file(str(out / "track_pretrain" / "sam2.safetensors"))
     final = load_file(str(out / "model" / "model.safetensors"))
     frozen = [k for k in stage0 if k.startswith(("image_encoder.", "memory_attention.", "memory_encoder."))]
