@@ -12,29 +12,42 @@ through the next ``window - 1`` frames with memory, with SAM2's own losses (BCE,
 on every tracked frame. Windows run forward or backward in time (inference tracks both ways), and
 the targets are the synthetic expressions' targets (single objects, groups, occluded objects), so
 occlusion and multi-object masks are in the training data. Only ``model.sam2`` trains. The result is a
-SAM2 state dict in the layout ``Sam2Config.checkpoint_uri`` loads (``{"model": state_dict}``).
+SAM2 state dict (safetensors) that ``Sam2Config.checkpoint_uri`` and ``jobs.learnability --sam2-init`` load.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
+import dataclasses
+import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipelines.train_config import TrackPretrainConfig
+from pipelines.train_loop import build_scheduler
+from vrshq.data.synthetic import SyntheticVideo, generate_synthetic_video
+from vrshq.model.letterbox import letterbox, letterbox_shape
+from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss
+from vrshq.model.sam2_model import load_sam2_checkpoint
 
 __all__ = [
+    "LOG_FILE",
+    "STATE_FILE",
+    "SUMMARY_FILE",
     "TRACK_STREAM",
-    "read_summary",
+    "WEIGHTS_FILE",
     "TrackClip",
     "TrackPretrainConfig",
     "pretrain_tracking",
+    "read_summary",
     "sample_track_clip",
     "track_batch",
     "track_clip_stream",
@@ -57,7 +70,7 @@ class TrackClip:
     sample_id: int
 
 
-def sample_track_clip(video, rng: np.random.Generator, *, window: int, sample_id: int,
+def sample_track_clip(video: SyntheticVideo, rng: np.random.Generator, *, window: int, sample_id: int,
                       min_area: int = 4) -> TrackClip | None:
     """A window of ``video`` that tracks one expression's target (types 0 and 1: single objects,
     groups, occluded objects) from a frame where it is visible (>= ``min_area`` pixels), forward or
@@ -83,8 +96,6 @@ def track_clip_stream(*, seed: int, start_sample: int, window: int, num_frames: 
                       stride: int = 1, offset: int = 0) -> Iterator[TrackClip]:
     """Windows ``start_sample + offset, + stride, ...``: window ``s`` comes from synthetic video
     ``default_rng([seed, TRACK_STREAM, s])`` (never repeated, never a held-out video)."""
-    from vrshq.data import generate_synthetic_video
-
     sample_id = start_sample + offset
     while True:
         rng = np.random.default_rng([seed, TRACK_STREAM, sample_id])
@@ -98,8 +109,6 @@ def track_clip_stream(*, seed: int, start_sample: int, window: int, num_frames: 
 def track_batch(clips: list[TrackClip], *, image_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Letterboxed frames (B, W, 3, S, S) and masks (B, W, S, S) float (1 inside the target,
     resized into the letterbox's valid region, 0 in the padding)."""
-    from vrshq.model.letterbox import letterbox, letterbox_shape
-
     batch, window = len(clips), len(clips[0].frames)
     frames = torch.from_numpy(np.stack([c.frames for c in clips])).to(device)
     height, width = frames.shape[2:4]
@@ -120,8 +129,6 @@ def track_losses(logits: torch.Tensor, scores: torch.Tensor, masks: torch.Tensor
     BCE and DICE (per mask, as :func:`vrshq.model.losses.mask_losses`) on frames where the target is
     visible; object presence on every tracked frame (hidden: absent).
     """
-    from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss
-
     logits, scores, masks = logits[:, 1:].flatten(0, 1), scores[:, 1:].flatten(0, 1), masks[:, 1:].flatten(0, 1)
     present = masks.flatten(1).any(1)
     count = present.sum().clamp(min=1)
@@ -140,11 +147,6 @@ position (resume), summary (settings, held-out evaluations, ``complete``) and pe
 def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig, rows: list[dict],
           next_sample: int) -> None:
     """Write the stage's files, each by a rename, so a kill leaves the old or the new one whole."""
-    import csv
-    import dataclasses
-    import json
-    import os
-
     from safetensors.torch import save_file
 
     def replace(name: str, write: Callable[[str], None]) -> None:
@@ -176,9 +178,6 @@ def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig
 
 def read_summary(folder: str) -> dict | None:
     """The stage's summary in ``folder``, or None when it has none."""
-    import json
-    import os
-
     path = os.path.join(folder, SUMMARY_FILE)
     if not os.path.exists(path):
         return None
@@ -205,12 +204,6 @@ def pretrain_tracking(
     value) stops early. A ``folder`` that holds an incomplete stage of the same settings is resumed
     (weights, optimiser, schedule, data position); a complete one is loaded and returns at once.
     """
-    import dataclasses
-    import os
-
-    from pipelines.train_loop import build_scheduler
-    from vrshq.model.sam2_model import load_sam2_checkpoint
-
     segmenter = model.sam2
     device = segmenter.device
     params = [p for p in segmenter.parameters()]
@@ -226,8 +219,6 @@ def pretrain_tracking(
         if summary["complete"]:
             _LOG.info("tracking stage already complete in %s (%d steps): loaded its SAM2", folder, summary["steps"])
             return True
-        import csv
-
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
