@@ -245,7 +245,7 @@ def heldout_videos(*, seed: int, count: int, num_frames: int, size: int, express
 
 
 def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
-    """Batches of ``batch_size`` samples from DataLoader worker processes; ``stream(stride, offset)``
+    """Batches of ``batch_size`` samples from DataLoader worker processes; ``stream(stride=, offset=)``
     yields a worker's share of a sample stream."""
     import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -254,7 +254,7 @@ def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
         def __iter__(self):
             info = get_worker_info()
             stride, offset = (info.num_workers, info.id) if info is not None else (1, 0)
-            return stream(stride, offset)
+            return stream(stride=stride, offset=offset)
 
     return DataLoader(_Stream(), batch_size=batch_size, collate_fn=list, num_workers=cfg.data_workers,
                       persistent_workers=cfg.data_workers > 0, prefetch_factor=4 if cfg.data_workers else None,
@@ -271,7 +271,7 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
     (saved: rerun the same command to continue it)."""
     import numpy as np
 
-    from pipelines.track_pretrain import pretrain_tracking
+    from pipelines.track_pretrain import pretrain_tracking, track_clip_stream
     from pipelines.train_loop import true_keyframe_tracking_j
 
     def evaluate(step: int) -> dict:
@@ -280,7 +280,8 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
         return {"j_true_keyframe": j}
 
     def batches_from(first_sample: int):
-        stream = functools.partial(_track_stream, cfg, first_sample)
+        stream = functools.partial(track_clip_stream, seed=cfg.seed, start_sample=first_sample,
+                                   window=cfg.track.window, num_frames=cfg.video_frames, size=cfg.video_size)
         return iter(_loader(cfg, stream, cfg.track.clips_per_step))
 
     complete = pretrain_tracking(model, cfg.track, batches_from, folder=os.path.join(cfg.out, TRACK_DIR),
@@ -289,18 +290,6 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
     if not complete:
         _LOG.warning("stage 0 stopped by max_minutes; rerun the same command to continue it")
     return complete
-
-
-def _track_stream(cfg: LearnabilityConfig, start_sample: int, stride: int, offset: int):
-    from pipelines.track_pretrain import track_clip_stream
-
-    return track_clip_stream(seed=cfg.seed, start_sample=start_sample, window=cfg.track.window, num_frames=cfg.video_frames,
-                             size=cfg.video_size, stride=stride, offset=offset)
-
-
-def _clip_stream(cfg: LearnabilityConfig, start_sample: int, sampling, stride: int, offset: int):
-    return synthetic_clip_stream(seed=cfg.seed, start_sample=start_sample, num_frames=cfg.video_frames,
-                                 size=cfg.video_size, sampling=sampling, stride=stride, offset=offset)
 
 
 def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
@@ -509,7 +498,9 @@ def run(cfg: LearnabilityConfig) -> dict:
 
     deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
     step, sample_pos = state.step, state.next_sample_id
-    loader = iter(_loader(cfg, functools.partial(_clip_stream, cfg, sample_pos, sampling), cfg.videos_per_step))
+    stream = functools.partial(synthetic_clip_stream, seed=cfg.seed, start_sample=sample_pos,
+                               num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
+    loader = iter(_loader(cfg, stream, cfg.videos_per_step))
     last_step = cfg.stop_at_step or cfg.steps
     while step < last_step:
         t0 = time.perf_counter()
