@@ -146,6 +146,11 @@ class LearnabilityConfig:
                           "a tracking-trained image encoder and memory path stay as they are) | all; null: "
                           "mask_decoder when SAM2 comes from stage 0 or sam2_init, else all"},
     )
+    vision_trainable: bool = field(
+        default=False,
+        metadata={"help": "train the MLLM's vision tower too (stage 1): from scratch there is no pretrained CLIP, "
+                          "and a frozen random tower's merged tokens carry little of where the shapes are"},
+    )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
@@ -415,6 +420,7 @@ def run(cfg: LearnabilityConfig) -> dict:
     else:
         pretrained_sam2 = False
     model.sam2.set_trainable(cfg.sam2_trainable or ("mask_decoder" if pretrained_sam2 else "all"))
+    model.vision.set_tower_trainable(cfg.vision_trainable)
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, warmup_steps=optim.warmup_steps, decay_steps=cfg.steps)
     state = TrainState()

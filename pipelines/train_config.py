@@ -32,6 +32,7 @@ __all__ = [
     "ValidationConfig",
     "learnability_model_config",
     "learnability_model_config_256",
+    "learnability_model_config_256_wide",
     "learnability_model_config_t14",
     "learnability_model_config_t7",
     "model_config_from_spec",
@@ -44,6 +45,7 @@ MODEL_PRESETS: dict[str, str] = {
     "learn-t14": "pipelines.train_config:learnability_model_config_t14",
     "learn-t7": "pipelines.train_config:learnability_model_config_t7",
     "learn-256": "pipelines.train_config:learnability_model_config_256",
+    "learn-256-wide": "pipelines.train_config:learnability_model_config_256_wide",
     "vrshq-7b": "vrshq.builders:vrshq_7b_config",
 }
 _TRAINABLE = ("all", "lora")
@@ -65,7 +67,7 @@ def _is_number(value: Any) -> bool:
 
 def learnability_model_config(
     *, object_weight: float = 0.5, trainable: str = "all", cluster_counts: tuple[int, ...] = (16, 8, 4),
-    sam2_image_size: int = 128,
+    sam2_image_size: int = 128, llm_hidden_size: int = 128, llm_layers: int = 2, tower_hidden_size: int = 32,
 ):
     """The model of the learnability run: the tiny classes at a middle size that fits a < 20 MB
     checkpoint in bf16 (learnability.md "Size": d_model 128, Hiera embed_dim 48).
@@ -86,12 +88,14 @@ def learnability_model_config(
     from vrshq.model.vision_config import tiny_vision_tower
 
     cfg = tiny_config(
-        hidden_size=128, sam2_image_size=128, sam2_d_model=128, trainable=trainable, object_weight=object_weight
+        hidden_size=llm_hidden_size, num_hidden_layers=llm_layers, sam2_image_size=128, sam2_d_model=128,
+        trainable=trainable, object_weight=object_weight,
     )
     knn_k = tuple(min(k, max(1, prev - 1)) for k, prev in zip((5, 3, 3), (64, *cluster_counts[:-1])))
     return dataclasses.replace(
         cfg,
-        vision=tiny_vision_tower(projector_out_dim=128, cluster_counts=tuple(cluster_counts), knn_k=knn_k),
+        vision=tiny_vision_tower(projector_out_dim=llm_hidden_size, hidden_size=tower_hidden_size,
+                                 cluster_counts=tuple(cluster_counts), knn_k=knn_k),
         sam2=sam2_tiny(image_size=sam2_image_size, d_model=128, embed_dim=48, mem_dim=64),
         name="tiny-learn",
     )
@@ -101,6 +105,15 @@ def learnability_model_config_256(*, object_weight: float = 0.5, trainable: str 
     """:func:`learnability_model_config` with SAM2 at 256 px: the same weights' shapes, a 16x16 memory grid
     instead of 8x8 (a small shape of the 64 px videos spans ~2 memory cells at 128 px), 4x the SAM2 compute."""
     return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256)
+
+
+def learnability_model_config_256_wide(*, object_weight: float = 0.5, trainable: str = "all"):
+    """:func:`learnability_model_config_256` with a larger text path for reasoning over motion: LLaMA 4 layers
+    hidden 256 (2.8M parameters instead of 0.4M) and a vision tower of width 64; SAM2 unchanged (the same
+    weight shapes as ``learn-256``'s SAM2, so a stage-0 SAM2 of either loads into both). ~8.6M parameters,
+    ~17 MB in bf16."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
+                                     llm_hidden_size=256, llm_layers=4, tower_hidden_size=64)
 
 
 def learnability_model_config_t14(*, object_weight: float = 0.5, trainable: str = "all"):

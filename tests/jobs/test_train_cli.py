@@ -266,3 +266,37 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_
         torch.testing.assert_close(final[f"sam2.sam2.{key}"].float(), stage0[key].to(torch.bfloat16).float())
     assert any(not torch.equal(final[f"sam2.sam2.{k}"].float(), stage0[k].to(torch.bfloat16).float()) for k in trained)
     assert json.loads((out / "heldout.json").read_text())["step"] == 3
+
+
+def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights(tmp_path):
+    """--vision-trainable: the random tower learns in stage 1, its weights are in the training checkpoint (the
+    trainable set), and the continued run starts from them rather than from a fresh random tower."""
+    import torch
+    from safetensors.torch import load_file
+
+    from jobs import learnability
+    from pipelines.train_config import ModelSpec
+    from pipelines.train_loop import build_training_model
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "0",
+            "--vision-trainable"]
+    try:
+        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        stopped = {k: v.clone() for k, v in load_file(str(out / "model" / "model.safetensors")).items()
+                   if k.startswith("vision.vision_tower.")}
+        assert learnability.main(args) == 0
+        init = build_training_model(ModelSpec(preset="tiny", seed=0), device="cpu").state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    final = load_file(str(out / "model" / "model.safetensors"))
+    patch = "vision.vision_tower.embeddings.patch_embedding.weight"
+    assert patch in stopped
+    assert not torch.equal(final[patch].float(), init[patch].to(torch.bfloat16).float())  # it trained
+    assert not torch.equal(final[patch], stopped[patch])  # and went on training from the stopped weights
+    delta_from_stopped = (final[patch].float() - stopped[patch].float()).abs().max()
+    delta_from_init = (final[patch].float() - init[patch].to(torch.bfloat16).float()).abs().max()
+    assert delta_from_stopped < delta_from_init  # one step from the stopped run, not three from init

@@ -138,6 +138,18 @@ def test_learn_presets_differ_only_in_visual_tokens(preset, tokens, counts):
     assert (cfg.llm, cfg.sam2, cfg.method) == (base.llm, base.sam2, base.method)  # same weights, same sizes
 
 
+def test_wide_preset_keeps_sam2_and_fits_the_checkpoint_limit():
+    wide = model_config_from_spec(ModelSpec(preset="learn-256-wide"))
+    base = model_config_from_spec(ModelSpec(preset="learn-256"))
+    assert wide.sam2 == base.sam2  # a stage-0 SAM2 of either preset loads into both
+    assert (wide.llm.hidden_size, wide.llm.num_hidden_layers, wide.vision.hidden_size) == (256, 4, 64)
+    assert wide.vision.projector_out_dim == wide.llm.hidden_size
+    from vrshq.builders import build_vrshq
+
+    n_params = sum(p.numel() for p in build_vrshq(wide).parameters())
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB
+
+
 def test_learnability_config_rejects_a_negative_separation_weight():
     from jobs._cli import ConfigError
     from jobs.learnability import LearnabilityConfig

@@ -80,6 +80,25 @@ def test_tower_frozen_and_in_eval_projector_trainable(tokenizer):
     tokenizer.eval()
 
 
+def test_trainable_tower_gets_gradients_through_the_merge():
+    torch.manual_seed(0)
+    tok = VisualTokenizer(tiny_vision_tower())
+    pixels = tok.preprocess(_frames(2, seed=4))
+    frozen_out = tok(pixels)
+    tok.set_tower_trainable(True)
+    assert tok.tower_trainable and not tok.vision_tower.training  # trains, but stays without dropout
+    out = tok(pixels)
+    torch.testing.assert_close(out, frozen_out)  # the same function, now with a graph
+    out.sum().backward()
+    # select_layer -2: the last layer and the post-norm are unused; the embeddings and layer 0 all learn
+    used = {n: p for n, p in tok.vision_tower.named_parameters() if "embeddings." in n or "layers.0." in n}
+    assert len(used) > 10 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in used.values())
+    tok.set_tower_trainable(False)
+    assert not tok.tower_trainable
+    with torch.no_grad():  # inference stays graph-free either way
+        assert not tok(pixels).requires_grad
+
+
 def test_bf16_runs_and_keeps_dtype():
     torch.manual_seed(0)
     vt = VisualTokenizer(tiny_vision_tower()).to(torch.bfloat16)

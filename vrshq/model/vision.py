@@ -95,6 +95,9 @@ class VisualTokenizer(nn.Module):
     run without autograd, as in Chat-UniVi (``CLIPVisionTower.forward`` is ``@torch.no_grad``). The
     projector is an ordinary trainable ``nn.Linear``; the official recipe freezes it, which is the
     trainer's decision (``visual_tokenizer.projector.requires_grad_(False)``).
+    :meth:`set_tower_trainable` lets a from-scratch run train the tower too (no pretrained CLIP exists
+    there to freeze): then gradients flow through the tower and the cluster means of the merge, while the
+    cluster assignment itself stays gradient-free.
 
     Args:
         cfg: tower, merge and projector sizes.
@@ -122,6 +125,15 @@ class VisualTokenizer(nn.Module):
         """Visual tokens per frame (112 for the real config)."""
         return self.cfg.tokens_per_frame
 
+    @property
+    def tower_trainable(self) -> bool:
+        """Whether any tower weight trains (then the tower and the merge run with autograd)."""
+        return any(p.requires_grad for p in self.vision_tower.parameters())
+
+    def set_tower_trainable(self, trainable: bool) -> None:
+        """Train the tower (from-scratch runs, where a random tower would otherwise stay random) or freeze it."""
+        self.vision_tower.requires_grad_(trainable)
+
     def train(self, mode: bool = True) -> VisualTokenizer:
         """Set train/eval mode on the projector; the frozen tower always stays in eval mode."""
         super().train(mode)
@@ -140,7 +152,7 @@ class VisualTokenizer(nn.Module):
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
         """Tower features at ``select_layer`` without CLS: ``(N, 3, S, S)`` -> ``(N, num_patches, hidden)``."""
         self._check_pixels(pixel_values)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tower_trainable):
             outputs = self.vision_tower(
                 pixel_values=pixel_values.to(self.vision_tower.dtype), output_hidden_states=True
             )
@@ -149,7 +161,7 @@ class VisualTokenizer(nn.Module):
     def merge(self, patches: Tensor) -> Tensor:
         """DPC-KNN merge: ``(N, num_patches, hidden)`` -> ``(N, tokens_per_frame, hidden)``."""
         merge_cfg = self.cfg.merge
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.tower_trainable):
             return dpc_knn_merge(patches, cluster_counts=merge_cfg.cluster_counts, knn_k=merge_cfg.knn_k)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
