@@ -32,6 +32,12 @@ same command runs again on the same ``--out``. After it SAM2 trains only its mas
 trainable set (``--sam2-trainable``). Why: trained only through VRS-HQ's 3-frame windows, the memory path
 tracked a *ground-truth* keyframe mask at J 0.65; stage 0 alone brings that to 0.86 (H200, 2,000 steps).
 
+Stage V (``--vision.steps``, default 0; from random init only): the random vision tower learns what a pretrained
+CLIP knows, per patch where it is and what covers it (``pipelines.vision_pretrain``), and is then frozen as the
+method freezes CLIP. Why: the cluster means of a random tower's patches keep almost nothing of where an object
+is (linear-probe R^2 of the cluster centroid 0.07), so the LLM cannot reason over motion; 300 CPU steps give
+0.81. Its result (``vision_pretrain/``) is loaded when the same command runs again.
+
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
 
@@ -56,7 +62,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
-from pipelines.train_config import TrackPretrainConfig
+from pipelines.train_config import TrackPretrainConfig, VisionPretrainConfig
 
 __all__ = ["TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
 
@@ -133,6 +139,11 @@ class LearnabilityConfig:
         default_factory=TrackPretrainConfig,
         metadata={"help": "stage 0, tracking pretraining of SAM2 from ground-truth first-frame masks "
                           "(pipelines.track_pretrain; what SA-V gives the real SAM2); runs from random init only"},
+    )
+    vision: VisionPretrainConfig = field(
+        default_factory=VisionPretrainConfig,
+        metadata={"help": "stage V, pretraining of the random vision tower on synthetic frames (pipelines."
+                          "vision_pretrain; what CLIP pretraining gives the real tower); runs from random init only"},
     )
     sam2_init: str | None = field(
         default=None,
@@ -268,6 +279,8 @@ def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
 
 TRACK_DIR = "track_pretrain"
 """Stage 0's folder under ``--out`` (files: ``pipelines.track_pretrain.pretrain_tracking``)."""
+VISION_DIR = "vision_pretrain"
+"""Stage V's folder under ``--out`` (files: ``pipelines.vision_pretrain.pretrain_vision_tower``)."""
 
 
 def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
@@ -405,6 +418,8 @@ def run(cfg: LearnabilityConfig) -> dict:
     # Where SAM2's weights come from. The training checkpoint holds the trainable weights only, so a
     # resumed run reloads the frozen ones from the same source as the run it continues.
     from pipelines.track_pretrain import WEIGHTS_FILE
+    from pipelines.vision_pretrain import pretrain_vision_tower
+    from pipelines.vision_pretrain import read_summary as read_vision_summary
     from vrshq.model.sam2_model import load_sam2_checkpoint
 
     stage0_weights = os.path.join(cfg.out, TRACK_DIR, WEIGHTS_FILE)
@@ -419,6 +434,11 @@ def run(cfg: LearnabilityConfig) -> dict:
             return {"step": 0, "track_stage": "incomplete"}
     else:
         pretrained_sam2 = False
+    vision_dir = os.path.join(cfg.out, VISION_DIR)
+    if not cfg.init_model and (cfg.vision.steps > 0 or (cfg.resume and read_vision_summary(vision_dir))):
+        # trains it, or loads a complete one (a resumed run: the frozen tower is not in the training checkpoint)
+        pretrain_vision_tower(model.vision, cfg.vision, seed=cfg.seed, folder=vision_dir,
+                              num_frames=cfg.video_frames, size=cfg.video_size)
     model.sam2.set_trainable(cfg.sam2_trainable or ("mask_decoder" if pretrained_sam2 else "all"))
     model.vision.set_tower_trainable(cfg.vision_trainable)
     optimizer = build_optimizer(model, optim)
@@ -558,6 +578,11 @@ def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, score
     stage0 = read_summary(os.path.join(cfg.out, TRACK_DIR))
     if stage0 is not None:
         payload["training"]["stage0"] = {k: stage0[k] for k in ("steps", "seconds", "complete", "config", "evaluations")}
+    from pipelines.vision_pretrain import read_summary as read_vision_summary
+
+    stage_v = read_vision_summary(os.path.join(cfg.out, VISION_DIR))
+    if stage_v is not None:
+        payload["training"]["stage_v"] = stage_v
     with open(os.path.join(model_dir, TASK_FILE), "w") as f:
         json.dump(payload, f, indent=2)
 

@@ -30,6 +30,7 @@ __all__ = [
     "TrainConfig",
     "TrainDataConfig",
     "ValidationConfig",
+    "VisionPretrainConfig",
     "learnability_model_config",
     "learnability_model_config_256",
     "learnability_model_config_256_wide",
@@ -204,6 +205,33 @@ class TrackPretrainConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 problems.append(f"{name}={value!r}: must be a finite number >= 0")
         _problems_to_error("TrackPretrainConfig", problems)
+
+
+@dataclass(frozen=True)
+class VisionPretrainConfig:
+    """Stage V of the learnability run: pretraining of the random vision tower (``pipelines.vision_pretrain``),
+    what CLIP pretraining gives the real tower: patch features that say where they are and what covers them."""
+
+    steps: int = field(default=0, metadata={"help": "optimiser steps (0: no vision tower stage, the tower stays random)"})
+    videos_per_step: int = field(default=8, metadata={"help": "synthetic videos per step (all their frames)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (warm-up, then linear decay to 0)"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+    position_weight: float = field(default=4.0, metadata={"help": "weight of the patch-position regression"})
+    probe_videos: int = field(default=16, metadata={"help": "videos of the position probe before and after"})
+    log_every: int = field(default=100, metadata={"help": "log a line every N steps"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, minimum in (("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("probe_videos", 2),
+                              ("log_every", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < minimum:
+                problems.append(f"{name}={value!r}: must be an int >= {minimum}")
+        for name in ("lr", "position_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                problems.append(f"{name}={value!r}: must be a finite number >= 0")
+        _problems_to_error("VisionPretrainConfig", problems)
 
 
 @dataclass(frozen=True)

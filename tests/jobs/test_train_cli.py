@@ -300,3 +300,30 @@ def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights
     delta_from_stopped = (final[patch].float() - stopped[patch].float()).abs().max()
     delta_from_init = (final[patch].float() - init[patch].to(torch.bfloat16).float()).abs().max()
     assert delta_from_stopped < delta_from_init  # one step from the stopped run, not three from init
+
+
+def test_stage_v_pretrains_the_tower_which_stays_frozen_and_a_continued_run_reloads_it(tmp_path):
+    """--vision.steps: the tower is pretrained, frozen through stage 1, exported as pretrained, and a continued run
+    (whose training checkpoint holds only trainable weights) reloads it instead of keeping a random tower."""
+    import torch
+    from safetensors.torch import load_file
+
+    from jobs import learnability
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
+            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
+            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "0",
+            "--vision.steps", "3", "--vision.videos-per-step", "1", "--vision.probe-videos", "2"]
+    try:
+        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        assert learnability.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    tower = load_file(str(out / learnability.VISION_DIR / "tower.safetensors"))
+    final = load_file(str(out / "model" / "model.safetensors"))
+    for key, value in tower.items():
+        torch.testing.assert_close(final[f"vision.vision_tower.{key}"].float(), value.to(torch.bfloat16).float())
+    task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
+    assert task["training"]["stage_v"]["complete"] and task["training"]["stage_v"]["steps"] == 3
