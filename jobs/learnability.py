@@ -35,8 +35,10 @@ tracked a *ground-truth* keyframe mask at J 0.65; stage 0 alone brings that to 0
 Stage V (``--vision.steps``, default 0; from random init only): the random vision tower learns what a pretrained
 CLIP knows, per patch where it is and what covers it (``pipelines.vision_pretrain``), and is then frozen as the
 method freezes CLIP. Why: the cluster means of a random tower's patches keep almost nothing of where an object
-is (linear-probe R^2 of the cluster centroid 0.07), so the LLM cannot reason over motion; 300 CPU steps give
-0.81. Its result (``vision_pretrain/``) is loaded when the same command runs again.
+is (linear-probe R^2 of the cluster centroid 0.06), so the LLM cannot reason over motion; 600 steps give 0.86
+(40 s on an H200). Measured so far it did not help: 1,112 stage-1 steps on it reasoned no better and referred
+worse (README, "What limits reasoning"), hence off by default. Its result (``vision_pretrain/``) is loaded when
+the same command runs again.
 
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
@@ -160,7 +162,8 @@ class LearnabilityConfig:
     vision_trainable: bool = field(
         default=False,
         metadata={"help": "train the MLLM's vision tower too (stage 1): from scratch there is no pretrained CLIP, "
-                          "and a frozen random tower's merged tokens carry little of where the shapes are"},
+                          "and a frozen random tower's merged tokens carry little of where the shapes are "
+                          "(measured: no gain in 1,800 steps, README)"},
     )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
