@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.stage_files import read_json_if_exists
 from pipelines.train_config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import SyntheticVideo, generate_synthetic_video
@@ -178,11 +179,7 @@ def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig
 
 def read_summary(folder: str) -> dict | None:
     """The stage's summary in ``folder``, or None when it has none."""
-    path = os.path.join(folder, SUMMARY_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return read_json_if_exists(os.path.join(folder, SUMMARY_FILE))
 
 
 def pretrain_tracking(

@@ -19,7 +19,6 @@ stage is short (seconds on a GPU, a few minutes on a CPU), so an incomplete one 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipelines.stage_files import read_json_if_exists, write_json_atomic
 from pipelines.train_config import VisionPretrainConfig
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster
@@ -191,7 +191,7 @@ def pretrain_vision_tower(
         "final_loss": float(np.mean(losses[-cfg.log_every:])),
         "position_r2_before": r2_before, "position_r2_after": r2_after,
     }
-    _write_json(os.path.join(folder, SUMMARY_FILE), summary)
+    write_json_atomic(os.path.join(folder, SUMMARY_FILE), summary)
     _LOG.info("vision tower stage done in %.1fs: position R^2 of the merged tokens %.3f -> %.3f",
               summary["seconds"], r2_before, r2_after)
     return summary
@@ -212,15 +212,4 @@ def load_pretrained_tower(vision: VisualTokenizer, folder: str) -> None:
 
 def read_summary(folder: str) -> dict | None:
     """:data:`SUMMARY_FILE` of ``folder``, or None when there is none."""
-    path = os.path.join(folder, SUMMARY_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
+    return read_json_if_exists(os.path.join(folder, SUMMARY_FILE))
