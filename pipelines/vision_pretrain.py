@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -32,8 +32,9 @@ from torch import Tensor, nn
 
 from pipelines.stage_files import read_json_if_exists, write_json_atomic
 from pipelines.train_config import VisionPretrainConfig
+from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
-from vrshq.model.token_merging import dpc_knn_cluster
+from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer
 
 __all__ = [
@@ -54,12 +55,15 @@ _COLOURS = tuple(COLOURS)
 _MIN_COVER = 0.25  # a patch belongs to the object that covers at least this share of it (else background)
 
 
+@dataclass(frozen=True)
 class PatchTargets:
     """Per-patch targets of a batch of frames: class ids (0 = background, else attribute index + 1) and the
     patch centre in [-1, 1]. Shapes: ``colour``, ``shape``, ``size`` ``(N, P)`` long; ``position`` ``(P, 2)``."""
 
-    def __init__(self, colour: Tensor, shape: Tensor, size: Tensor, position: Tensor) -> None:
-        self.colour, self.shape, self.size, self.position = colour, shape, size, position
+    colour: Tensor
+    shape: Tensor
+    size: Tensor
+    position: Tensor
 
 
 def patch_targets(video: SyntheticVideo, grid: int) -> PatchTargets:
@@ -69,7 +73,6 @@ def patch_targets(video: SyntheticVideo, grid: int) -> PatchTargets:
     of the patch; otherwise it is background.
     """
     masks = torch.from_numpy(video.object_masks).float()  # (O, T, H, W)
-    num_frames = video.frames.shape[0]
     cover = F.adaptive_avg_pool2d(masks, grid).flatten(2)  # (O, T, P)
     best, owner = cover.max(dim=0)  # (T, P)
     present = best >= _MIN_COVER
@@ -82,7 +85,6 @@ def patch_targets(video: SyntheticVideo, grid: int) -> PatchTargets:
     centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
     rows, cols = torch.meshgrid(centres, centres, indexing="ij")
     position = torch.stack([rows.flatten(), cols.flatten()], dim=-1)
-    assert out["colour"].shape == (num_frames, grid * grid)
     return PatchTargets(out["colour"], out["shape"], out["size"], position)
 
 
@@ -113,10 +115,8 @@ def merged_token_position_r2(vision: VisualTokenizer, frames: np.ndarray) -> flo
     position = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
     clusters = vision.cfg.merge.cluster_counts[0]
     labels = dpc_knn_cluster(patches, num_clusters=clusters, k=min(5, num_patches)).labels
-    members = (labels[:, None, :] == torch.arange(clusters)[None, :, None]).float()  # (N, M, P)
-    counts = members.sum(-1, keepdim=True).clamp_min(1)
-    x = (members @ patches / counts).reshape(-1, patches.shape[-1]).double()
-    y = (members @ position / counts).reshape(-1, 2).double()
+    x = merge_clusters(patches, labels, clusters).reshape(-1, patches.shape[-1]).double()  # the tokens' features
+    y = merge_clusters(position.expand(num_frames, -1, -1), labels, clusters).reshape(-1, 2).double()  # centroids
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     fit = len(x) * 3 // 4
     weights = torch.linalg.solve(x[:fit].T @ x[:fit] + 1e-3 * torch.eye(x.shape[1], dtype=x.dtype), x[:fit].T @ y[:fit])
@@ -157,10 +157,7 @@ def pretrain_vision_tower(
     vision.set_tower_trainable(True)
     params = [p for p in vision.vision_tower.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warmup)))
-    )
+    schedule = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
     started = time.perf_counter()
     losses: list[float] = []
     batches = _batches(cfg, seed=seed, num_frames=num_frames, size=size, grid=grid)

@@ -32,7 +32,7 @@ from pipelines.clip_sampling import sample_synthetic_clip, samples_to_batch  # n
 from pipelines.config import InferenceConfig  # noqa: E402
 from pipelines.model_loader import build_model  # noqa: E402
 from pipelines.train_config import ModelSpec, SamplingConfig, VisionPretrainConfig  # noqa: E402
-from pipelines.train_loop import build_training_model  # noqa: E402
+from pipelines.train_loop import build_scheduler, build_training_model  # noqa: E402
 from pipelines.vision_pretrain import pretrain_vision_tower  # noqa: E402
 from vrshq.data import generate_synthetic_video  # noqa: E402
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES  # noqa: E402
@@ -103,10 +103,7 @@ def main() -> None:
     params = [p for n, p in model.named_parameters() if n.startswith(("mllm.", "seg_head.", "vision.projector."))]
     params += list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
-    warmup = 100
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (args.steps - s) / (args.steps - warmup)))
-    )
+    schedule = build_scheduler(optimizer, warmup_steps=100, decay_steps=args.steps)
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
 
     def loss_and_hits(batch, labels):
