@@ -1,16 +1,16 @@
 """Grounding probe (a diagnostic, not the method): can the tiny LLM learn *which object* an expression means?
 
-A fresh LLM of the ``learn-256`` preset reads the real prompts (visual tokens of a vision tower, the expression,
-[SEG] per frame and [TAK]) and TDA fuses its tokens into TAK', as in training. A linear head on TAK' must name
-the single target's colour, shape and size: the answer itself is the loss, a far stronger signal than SAM2's
-mask loss. Held-out accuracy of the full triple per expression kind tells whether the visual tokens and the
-LLM can ground at all, and how fast (README, "What limits reasoning").
+A fresh LLM of ``--preset`` (default ``learn-256``) reads the real prompts (visual tokens of a vision tower,
+the expression, [SEG] per frame and [TAK]) and TDA fuses its tokens into TAK', as in training. A linear head
+on TAK' must name the single target's colour, shape and size: the answer itself is the loss, a far stronger
+signal than SAM2's mask loss. Held-out accuracy of the full triple per expression kind tells whether the
+visual tokens and the LLM can ground at all, and how fast (README, "What limits reasoning").
 
     python scripts/grounding_probe.py --tower checkpoints/tiny-synthetic --steps 2000 --out probe.json
     python scripts/grounding_probe.py --stage-v-steps 300 --stage-v-position-weight 0.5 --out probe_v.json
 
-``--tower`` takes the vision tower of a model folder; ``--stage-v-steps`` pretrains one here instead
-(``pipelines.vision_pretrain``). CPU: ~0.8 s a step with one thread.
+``--tower`` takes the vision tower of a model folder (a tower of ``--preset``'s size); ``--stage-v-steps``
+pretrains one here instead (``pipelines.vision_pretrain``). CPU: ~0.8 s a step with one thread.
 """
 from __future__ import annotations
 
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--tower", default="checkpoints/tiny-synthetic", help="model folder whose vision tower is used")
     parser.add_argument("--stage-v-steps", type=int, default=0, help="pretrain the tower here instead (stage V)")
     parser.add_argument("--stage-v-position-weight", type=float, default=4.0)
+    parser.add_argument("--preset", default="learn-256", help="model preset (its LLM, seg head and tower sizes)")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--videos-per-step", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -88,21 +90,22 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON file of the evaluations")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = build_training_model(ModelSpec(preset="learn-256", seed=0), device="cpu")
+    model = build_training_model(ModelSpec(preset=args.preset, seed=0), device="cpu")
     if args.stage_v_steps:
         cfg = VisionPretrainConfig(steps=args.stage_v_steps, position_weight=args.stage_v_position_weight)
         summary = pretrain_vision_tower(model.vision, cfg, seed=0, folder=args.out + ".tower", num_frames=16, size=64)
         print(json.dumps({k: summary[k] for k in ("position_r2_before", "position_r2_after")}), flush=True)
     else:
         with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
-            source = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.tower, device="cpu"))
+            source = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.tower,
+                                                 device="cpu"))
         model.vision.vision_tower.load_state_dict(source.vision.vision_tower.float().state_dict())
     model.vision.set_tower_trainable(False)
     torch.manual_seed(0)
     head = torch.nn.Linear(model.cfg.method.seg_embed_dim, sum(_HEADS))
     params = [p for n, p in model.named_parameters() if n.startswith(("mllm.", "seg_head.", "vision.projector."))]
     params += list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     schedule = build_scheduler(optimizer, warmup_steps=100, decay_steps=args.steps)
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
 
