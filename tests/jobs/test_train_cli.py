@@ -8,6 +8,14 @@ import os
 import pytest
 
 
+def _tiny_run(out, *, steps: int, videos_per_step: int) -> list[str]:
+    """The settings every small learnability run here shares: the tiny preset on 6-frame 40 px videos, one
+    held-out video scored every 2 steps, data in the main process, one thread."""
+    return ["--out", str(out), "--preset", "tiny", "--steps", str(steps), "--videos-per-step", str(videos_per_step),
+            "--video-frames", "6", "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2",
+            "--data-workers", "0", "--threads", "1", "--warmup-steps", "1"]
+
+
 def test_train_rejects_a_bad_command_line_with_every_problem(capsys, monkeypatch):
     import jobs.train as train
 
@@ -40,9 +48,7 @@ def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "learn"
     try:
         status = learnability.main([
-            "--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "1", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--track.steps", "2", "--track.window", "4",
+            *_tiny_run(out, steps=3, videos_per_step=1), "--track.steps", "2", "--track.window", "4",
             "--track.clips-per-step", "2", "--track.warmup-steps", "1",
         ])
     finally:
@@ -86,9 +92,7 @@ def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tm
     monkeypatch.setattr(train_loop, "train_step", dying_step)
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
-    args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--track.steps", "0"]
+    args = [*_tiny_run(out, steps=4, videos_per_step=1), "--track.steps", "0"]
     try:
         with pytest.raises(KeyboardInterrupt):
             learnability.main(args)
@@ -150,9 +154,7 @@ def test_learnability_with_a_weight_average_scores_exports_and_resumes_the_avera
     monkeypatch.setattr(train_loop.WeightEma, "update", counting_update)
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
-    args = ["--out", str(out), "--preset", "tiny", "--steps", "4", "--videos-per-step", "1", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--lr", "0.01", "--sam2-lr", "0.01", "--text-lr", "0.01",
+    args = [*_tiny_run(out, steps=4, videos_per_step=1), "--lr", "0.01", "--sam2-lr", "0.01", "--text-lr", "0.01",
             "--track.steps", "0"]
     try:
         assert learnability.main([*args, "--steps", "2", "--ema-decay", "0.9"]) == 0
@@ -244,9 +246,7 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_
 
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
-    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "2",
+    args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "2",
             "--track.window", "4", "--track.clips-per-step", "2", "--track.warmup-steps", "1"]
     try:
         assert learnability.main([*args, "--stop-at-step", "2"]) == 0  # the 3-step schedule, stopped at step 2
@@ -280,9 +280,7 @@ def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights
 
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
-    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "0",
+    args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
             "--vision-trainable"]
     try:
         assert learnability.main([*args, "--stop-at-step", "2"]) == 0
@@ -312,9 +310,7 @@ def test_stage_v_pretrains_the_tower_which_stays_frozen_and_a_continued_run_relo
 
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
-    args = ["--out", str(out), "--preset", "tiny", "--steps", "3", "--videos-per-step", "2", "--video-frames", "6",
-            "--video-size", "40", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0",
-            "--threads", "1", "--warmup-steps", "1", "--image-ratio", "0", "--track.steps", "0",
+    args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
             "--vision.steps", "3", "--vision.videos-per-step", "1", "--vision.probe-videos", "2"]
     try:
         assert learnability.main([*args, "--stop-at-step", "2"]) == 0
