@@ -36,6 +36,7 @@ from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer
+from vrshq.model.vision_config import effective_knn_k
 
 __all__ = [
     "SUMMARY_FILE",
@@ -114,7 +115,8 @@ def merged_token_position_r2(vision: VisualTokenizer, frames: np.ndarray) -> flo
     rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
     position = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
     clusters = vision.cfg.merge.cluster_counts[0]
-    labels = dpc_knn_cluster(patches, num_clusters=clusters, k=min(5, num_patches)).labels
+    k = effective_knn_k(vision.cfg.merge.knn_k[0], clusters)  # the first merge level exactly as the LLM gets it
+    labels = dpc_knn_cluster(patches, num_clusters=clusters, k=k).labels
     x = merge_clusters(patches, labels, clusters).reshape(-1, patches.shape[-1]).double()  # the tokens' features
     y = merge_clusters(position.expand(num_frames, -1, -1), labels, clusters).reshape(-1, 2).double()  # centroids
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
