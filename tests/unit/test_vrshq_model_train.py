@@ -152,3 +152,19 @@ def test_visual_tokens_of_clips_encoded_together_equal_one_call_per_clip():
         alone = [model.encode_visual(c) for c in clips]
     for a, b in zip(together, alone):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_text_path_gives_the_fused_tak_and_ce_of_the_training_forward_without_sam2():
+    torch.manual_seed(0)
+    model = build_vrshq(tiny_config(trainable="none")).train()
+    batch = _batch()
+    with torch.no_grad():
+        out = model(batch)
+
+        def no_sam2(*args, **kwargs):
+            raise AssertionError("text_path ran SAM2")
+
+        model._sam2_train_forward = no_sam2
+        fused, ce = model.text_path(batch)
+    torch.testing.assert_close(fused, out.fused_tak)
+    torch.testing.assert_close(ce, out.ce_loss)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -46,6 +47,21 @@ _SDPA_BACKENDS = {
     "cudnn": SDPBackend.CUDNN_ATTENTION,
 }
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _TextForward:
+    """What the text path of training computes (:meth:`VrshqModel._text_forward`)."""
+
+    owners: list[tuple[int, int]]
+    seg: list[torch.Tensor]
+    tak: torch.Tensor
+    ce: torch.Tensor | None
+    seg_pad: torch.Tensor
+    frame_mask: torch.Tensor
+    tda: TdaResult
+    is_image: list[bool]
+    fused_tak: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -378,34 +394,21 @@ class VrshqModel(nn.Module):
         """
         if not isinstance(batch, TrainBatch):
             raise TypeError(f"batch must be a TrainBatch, got {type(batch).__name__}")
-        tokenizer = self._require_tokenizer()
         device = self.device
         loss_cfg = self.cfg.loss
         size = self.sam2.image_size
         with self._autocast():
-            encoded, visual, boxes, owners = [], [], [], []
-            visual_of = self._encode_visual_clips([video.frames for video in batch.videos])
-            for v, (video, vis) in enumerate(zip(batch.videos, visual_of)):
-                boxes.append(letterbox(video.frames, image_size=size, device=device))
-                for e, prompt in enumerate(video.prompts):
-                    encoded.append(encode_prompt(tokenizer, prompt))
-                    visual.append(vis)
-                    owners.append((v, e))
-            seg, tak, ce = self._embed_tokens(encoded, visual, with_labels=True)
-            seg_pad, frame_mask, tda = self._tda(seg, tak)
-            # image samples (1-frame clips, method §3/§5.4): no fusion, the frame itself is decoded
-            is_image = [s.shape[0] == 1 for s in seg]
-            image_rows = torch.tensor(is_image, device=tak.device)
-            fused_tak = torch.where(image_rows[:, None], tak.float(), tda.fused_tak)
-            keyframes = train_keyframe(tda.weights)
+            text = self._text_forward(batch)
+            boxes = [letterbox(video.frames, image_size=size, device=device) for video in batch.videos]
+            keyframes = train_keyframe(text.tda.weights)
             windows = [
                 TrainWindow(positions=(0,), cond_pos=0) if image
-                else train_window(int(k), seg[b].shape[0], window=self.cfg.method.train_window)
-                for b, (k, image) in enumerate(zip(keyframes.tolist(), is_image))
+                else train_window(int(k), text.seg[b].shape[0], window=self.cfg.method.train_window)
+                for b, (k, image) in enumerate(zip(keyframes.tolist(), text.is_image))
             ]
-            logits_of, scores_of = self._sam2_train_forward(owners, windows, is_image, boxes, fused_tak)
+            logits_of, scores_of = self._sam2_train_forward(text.owners, windows, text.is_image, boxes, text.fused_tak)
             pred, gt = [], []
-            for b, ((v, e), w) in enumerate(zip(owners, windows)):
+            for b, ((v, e), w) in enumerate(zip(text.owners, windows)):
                 box = boxes[v]
                 pred.append(
                     unletterbox_logits(
@@ -417,7 +420,7 @@ class VrshqModel(nn.Module):
             presence = torch.cat([g.flatten(1).any(1) for g in gt])
             obj = object_presence_loss(torch.cat(scores_of), presence)
             terms = combine_losses(
-                ce=ce,
+                ce=text.ce,
                 bce=bce,
                 dice=dice,
                 object_presence=obj,
@@ -432,18 +435,49 @@ class VrshqModel(nn.Module):
             bce_loss=terms.bce_loss,
             dice_loss=terms.dice_loss,
             object_loss=terms.object_loss,
-            seg_embeds=seg_pad,
-            frame_mask=frame_mask,
-            tak_embed=tak,
-            fused_tak=fused_tak,
+            seg_embeds=text.seg_pad,
+            frame_mask=text.frame_mask,
+            tak_embed=text.tak,
+            fused_tak=text.fused_tak,
             keyframe_idx=keyframes,
-            keyframe_scores=tda.weights,
+            keyframe_scores=text.tda.weights,
             mask_logits=tuple(pred),
             window_positions=torch.tensor(
                 [w.positions + (-1,) * (self.cfg.method.train_window - len(w.positions)) for w in windows],
                 dtype=torch.long,
             ),
         )
+
+    def text_path(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The text path of training alone (vision tokens, MLLM with labels, seg head, TDA; no SAM2).
+
+        Returns ``(fused_tak (B, D) float32, ce)`` for every expression of ``batch`` in batch order, exactly as
+        :meth:`forward` computes them. Why a public entry: a pretraining stage that supervises TAK' directly
+        (``pipelines.grounding_pretrain``) should run the same code as training, without SAM2's cost.
+        """
+        if not isinstance(batch, TrainBatch):
+            raise TypeError(f"batch must be a TrainBatch, got {type(batch).__name__}")
+        with self._autocast():
+            text = self._text_forward(batch)
+        return text.fused_tak, text.ce
+
+    def _text_forward(self, batch: TrainBatch) -> _TextForward:
+        """Prompts of every expression through the MLLM (with labels), the seg head and TDA; image samples
+        (1-frame clips, method §3/§5.4) keep their TAK unfused."""
+        tokenizer = self._require_tokenizer()
+        encoded, visual, owners = [], [], []
+        visual_of = self._encode_visual_clips([video.frames for video in batch.videos])
+        for v, (video, vis) in enumerate(zip(batch.videos, visual_of)):
+            for e, prompt in enumerate(video.prompts):
+                encoded.append(encode_prompt(tokenizer, prompt))
+                visual.append(vis)
+                owners.append((v, e))
+        seg, tak, ce = self._embed_tokens(encoded, visual, with_labels=True)
+        seg_pad, frame_mask, tda = self._tda(seg, tak)
+        is_image = [s.shape[0] == 1 for s in seg]
+        image_rows = torch.tensor(is_image, device=tak.device)
+        fused_tak = torch.where(image_rows[:, None], tak.float(), tda.fused_tak)
+        return _TextForward(owners, seg, tak, ce, seg_pad, frame_mask, tda, is_image, fused_tak)
 
     def _sam2_train_forward(
         self,
