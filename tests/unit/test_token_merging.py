@@ -211,3 +211,36 @@ def test_invalid_inputs_raise():
         dpc_knn_cluster(torch.ones(1, 4, 2, dtype=torch.long), num_clusters=2, k=2)
     with pytest.raises(ValueError, match="receives only"):
         TokenMerger(TokenMergeConfig(cluster_counts=(8,), knn_k=(3,)))(torch.randn(1, 4, 2))
+
+
+def test_grid_position_embedding_separates_every_patch_and_is_bounded():
+    from vrshq.model.token_merging import grid_position_embedding
+
+    emb = grid_position_embedding(8, 32)
+    assert emb.shape == (64, 32) and emb.abs().max() <= 1.0
+    distances = torch.cdist(emb, emb) + torch.eye(64) * 1e9
+    assert distances.min() > 0.1  # no two patches share an embedding
+    # rows live in the first half, columns in the second: patches of one row share the first half
+    torch.testing.assert_close(emb[0, :16], emb[7, :16])
+    assert not torch.allclose(emb[0, 16:], emb[7, 16:])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        grid_position_embedding(8, 30)
+
+
+def test_merge_with_positions_keeps_the_feature_clusters_and_adds_their_centroid_embedding():
+    from vrshq.model.token_merging import dpc_knn_cluster, grid_position_embedding, merge_clusters
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 64, 32)
+    positions = 2.0 * grid_position_embedding(8, 32)
+    plain = dpc_knn_merge(x, cluster_counts=(16, 8), knn_k=(5, 3))
+    placed = dpc_knn_merge(x, cluster_counts=(16, 8), knn_k=(5, 3), positions=positions)
+    # expected by hand: the clusters of the features alone, each level's mean position added
+    first = dpc_knn_cluster(x, num_clusters=16, k=5).labels
+    level0 = merge_clusters(x, first, 16)
+    second = dpc_knn_cluster(level0, num_clusters=8, k=3).labels
+    where0 = merge_clusters(positions.expand(3, -1, -1), first, 16)
+    where1 = merge_clusters(where0, second, 8)
+    torch.testing.assert_close(placed, plain + torch.cat([where0, where1], dim=1))
+    with pytest.raises(ValueError, match="positions must have shape"):
+        dpc_knn_merge(x, cluster_counts=(16,), knn_k=(5,), positions=positions[:10])

@@ -142,3 +142,19 @@ def test_bad_pixels_raise(tokenizer):
         tokenizer(torch.zeros(1, 3, 56, 56, dtype=torch.uint8))
     with pytest.raises(TypeError, match="VisionTowerConfig"):
         VisualTokenizer({"hidden_size": 32})
+
+
+def test_centroid_position_scale_adds_the_projected_centroid_embedding_of_each_cluster():
+    from vrshq.model.token_merging import grid_position_embedding
+
+    torch.manual_seed(0)
+    plain = VisualTokenizer(tiny_vision_tower())
+    placed = VisualTokenizer(tiny_vision_tower(centroid_position_scale=1.5))
+    placed.load_state_dict(plain.state_dict())
+    pixels = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        patches = plain.encode_patches(pixels)
+        positions = 1.5 * grid_position_embedding(8, patches.shape[-1])
+        expected = dpc_knn_merge(patches, cluster_counts=(16, 8, 4), knn_k=(5, 3, 3), positions=positions)
+        torch.testing.assert_close(placed(pixels), placed.projector(expected))
+        assert not torch.allclose(placed(pixels), plain(pixels))

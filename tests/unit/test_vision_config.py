@@ -124,3 +124,15 @@ def test_select_layer_read_from_checkpoint_config():
         chat_univi_select_layer({"hidden_size": 4096})
     with pytest.raises(TypeError, match="int"):
         chat_univi_select_layer({"mm_vision_select_layer": "-2"})
+
+
+def test_centroid_position_scale_is_validated_and_old_configs_load_without_it():
+    from vrshq.model.config_io import config_from_dict, config_to_dict
+    from vrshq.model.vision_config import TokenMergeConfig
+
+    with pytest.raises(ValueError, match="centroid_position_scale"):
+        TokenMergeConfig(centroid_position_scale=-1.0)
+    cfg = TokenMergeConfig(cluster_counts=(16, 8, 4), knn_k=(5, 3, 3), centroid_position_scale=1.0)
+    assert config_from_dict(TokenMergeConfig, config_to_dict(cfg)) == cfg
+    old = {k: v for k, v in config_to_dict(cfg).items() if k != "centroid_position_scale"}
+    assert config_from_dict(TokenMergeConfig, old).centroid_position_scale == 0.0  # checkpoints written before it

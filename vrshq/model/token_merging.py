@@ -28,6 +28,7 @@ between batch sizes, which can move tokens near a tie to another cluster.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,7 @@ __all__ = [
     "TokenMerger",
     "dpc_knn_cluster",
     "dpc_knn_merge",
+    "grid_position_embedding",
     "merge_clusters",
 ]
 
@@ -148,7 +150,33 @@ def merge_clusters(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
     return sums / counts
 
 
-def dpc_knn_merge(x: Tensor, *, cluster_counts: tuple[int, ...], knn_k: tuple[int, ...]) -> Tensor:
+def grid_position_embedding(grid: int, dim: int) -> Tensor:
+    """Fixed 2-D sine-cosine embedding of a ``grid x grid`` patch grid (row-major): ``(grid * grid, dim)``.
+
+    The first half of the channels encodes the row, the second the column, each as sines and cosines of
+    ``dim // 4`` frequencies from one cycle over the grid down to 1/8 of a patch (``dim`` a multiple of 4).
+    Values lie in [-1, 1]; no parameters, so no checkpoint changes.
+    """
+    if dim % 4 or dim < 4:
+        raise ValueError(f"dim must be a positive multiple of 4, got {dim}")
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    steps = dim // 4
+    # angular frequencies from 2*pi/grid (one cycle over the grid) geometrically down to 2*pi/(8*grid)
+    omega = 2 * math.pi / grid * torch.logspace(0, -math.log10(8), steps, dtype=torch.float64)
+    coords = torch.arange(grid, dtype=torch.float64) + 0.5
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(values: Tensor) -> Tensor:
+        angles = values.flatten()[:, None] * omega[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()
+
+
+def dpc_knn_merge(
+    x: Tensor, *, cluster_counts: tuple[int, ...], knn_k: tuple[int, ...], positions: Tensor | None = None
+) -> Tensor:
     """All merge levels: cluster, average, feed the averages to the next level; concatenate the levels.
 
     Args:
@@ -156,6 +184,10 @@ def dpc_knn_merge(x: Tensor, *, cluster_counts: tuple[int, ...], knn_k: tuple[in
         cluster_counts: clusters per level, e.g. ``(64, 32, 16)``.
         knn_k: configured k per level, e.g. ``(5, 3, 3)``; Chat-UniVi's
             :func:`~vrshq.model.vision_config.effective_knn_k` rule is applied.
+        positions: optional ``(N, C)`` or ``(B, N, C)`` embedding of each patch's position (not Chat-UniVi, a
+            from-scratch aid, ``TokenMergeConfig.centroid_position_scale``). It is averaged with the same
+            cluster assignments as ``x`` and added to each level's output; the clustering (and the features the
+            next level clusters) never see it.
 
     Returns:
         ``(B, sum(cluster_counts), C)`` in the dtype of ``x``.
@@ -163,12 +195,19 @@ def dpc_knn_merge(x: Tensor, *, cluster_counts: tuple[int, ...], knn_k: tuple[in
     _check_tokens(x)
     if len(cluster_counts) != len(knn_k):
         raise ValueError(f"cluster_counts {cluster_counts} and knn_k {knn_k} must have the same length")
+    if positions is not None and positions.shape[-2:] != x.shape[-2:]:
+        raise ValueError(f"positions must have shape (N, C) = {tuple(x.shape[-2:])}, got {tuple(positions.shape)}")
     levels = []
     tokens = x.float()
+    where = None if positions is None else positions.to(device=x.device, dtype=torch.float32).expand_as(tokens)
     for num_clusters, k in zip(cluster_counts, knn_k, strict=True):
         assignment = dpc_knn_cluster(tokens, num_clusters=num_clusters, k=effective_knn_k(k, num_clusters))
         tokens = merge_clusters(tokens, assignment.labels, num_clusters)
-        levels.append(tokens)
+        if where is None:
+            levels.append(tokens)
+        else:
+            where = merge_clusters(where, assignment.labels, num_clusters)
+            levels.append(tokens + where)
     return torch.cat(levels, dim=1).to(x.dtype)
 
 

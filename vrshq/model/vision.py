@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vrshq.model.clip_preprocess import clip_preprocess
-from vrshq.model.token_merging import dpc_knn_merge
+from vrshq.model.token_merging import dpc_knn_merge, grid_position_embedding
 from vrshq.model.vision_config import VisionTowerConfig
 
 if TYPE_CHECKING:
@@ -161,8 +161,13 @@ class VisualTokenizer(nn.Module):
     def merge(self, patches: Tensor) -> Tensor:
         """DPC-KNN merge: ``(N, num_patches, hidden)`` -> ``(N, tokens_per_frame, hidden)``."""
         merge_cfg = self.cfg.merge
+        positions = None
+        if merge_cfg.centroid_position_scale:
+            grid = self.cfg.image_size // self.cfg.patch_size
+            positions = merge_cfg.centroid_position_scale * grid_position_embedding(grid, patches.shape[-1])
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.tower_trainable):
-            return dpc_knn_merge(patches, cluster_counts=merge_cfg.cluster_counts, knn_k=merge_cfg.knn_k)
+            return dpc_knn_merge(patches, cluster_counts=merge_cfg.cluster_counts, knn_k=merge_cfg.knn_k,
+                                 positions=positions)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Visual tokens for a batch of frames.
