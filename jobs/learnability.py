@@ -64,7 +64,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
-from pipelines.train_config import TrackPretrainConfig, VisionPretrainConfig
+from pipelines.train_config import GroundingPretrainConfig, TrackPretrainConfig, VisionPretrainConfig
 
 __all__ = ["TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
 
@@ -147,6 +147,12 @@ class LearnabilityConfig:
         metadata={"help": "stage V, pretraining of the random vision tower on synthetic frames (pipelines."
                           "vision_pretrain; what CLIP pretraining gives the real tower); runs from random init only"},
     )
+    grounding: GroundingPretrainConfig = field(
+        default_factory=GroundingPretrainConfig,
+        metadata={"help": "stage G, grounding pretraining of the text path without SAM2 (pipelines.grounding_pretrain;"
+                          " what MLLM pretraining gives the real LLM): TAK' learns to name the targets; runs from "
+                          "random init only, after stage V"},
+    )
     sam2_init: str | None = field(
         default=None,
         metadata={"help": "SAM2 weights to start from instead of stage 0 (e.g. an earlier run's "
@@ -164,6 +170,12 @@ class LearnabilityConfig:
         metadata={"help": "train the MLLM's vision tower too (stage 1): from scratch there is no pretrained CLIP, "
                           "and a frozen random tower's merged tokens carry little of where the shapes are "
                           "(measured: no gain in 1,800 steps, README)"},
+    )
+    freeze_llm: bool = field(
+        default=False,
+        metadata={"help": "freeze the LLM and the visual projector in stage 1: of the text path only the seg head "
+                          "trains, so the grounding that stage G taught the LLM stays as it is (the method trains "
+                          "the LLM through LoRA only)"},
     )
     heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
     eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
@@ -284,6 +296,32 @@ TRACK_DIR = "track_pretrain"
 """Stage 0's folder under ``--out`` (files: ``pipelines.track_pretrain.pretrain_tracking``)."""
 VISION_DIR = "vision_pretrain"
 """Stage V's folder under ``--out`` (files: ``pipelines.vision_pretrain.pretrain_vision_tower``)."""
+GROUNDING_DIR = "grounding_pretrain"
+"""Stage G's folder under ``--out`` (files: ``pipelines.grounding_pretrain.pretrain_grounding``)."""
+
+
+def _grounding_stage(cfg: LearnabilityConfig, model) -> dict:
+    """Stage G (``pipelines.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, or loaded when
+    complete. Held out: the clips that stage G's sampling takes from the held-out videos (never trained on)."""
+    import numpy as np
+
+    from pipelines.grounding_pretrain import grounding_sample, grounding_sample_stream, pretrain_grounding
+    from pipelines.train_config import SamplingConfig
+    from vrshq.data import generate_synthetic_video
+
+    sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
+    heldout = []
+    for i in range(cfg.grounding.heldout_videos):
+        video = generate_synthetic_video(np.random.default_rng([cfg.seed, _HELDOUT_STREAM, i]),
+                                         num_frames=cfg.video_frames, height=cfg.video_size, width=cfg.video_size)
+        sample = grounding_sample(video, sample_id=i, seed=cfg.seed, sampling=sampling)
+        if sample is not None:
+            heldout.append(sample)
+    stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=0, num_frames=cfg.video_frames,
+                               size=cfg.video_size, sampling=sampling)
+    batches = iter(_loader(cfg, stream, cfg.grounding.videos_per_step))
+    return pretrain_grounding(model, cfg.grounding, batches, heldout=heldout,
+                              folder=os.path.join(cfg.out, GROUNDING_DIR), log_every=cfg.log_every)
 
 
 def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
@@ -442,6 +480,15 @@ def run(cfg: LearnabilityConfig) -> dict:
         # trains it, or loads a complete one (a resumed run: the frozen tower is not in the training checkpoint)
         pretrain_vision_tower(model.vision, cfg.vision, seed=cfg.seed, folder=vision_dir,
                               num_frames=cfg.video_frames, size=cfg.video_size)
+    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
+
+    if not cfg.init_model and (cfg.grounding.steps > 0 or (cfg.resume and read_grounding_summary(
+            os.path.join(cfg.out, GROUNDING_DIR)))):
+        # trains it, or loads the complete one (a resumed run: weights that stage 1 froze are not in its checkpoint)
+        _grounding_stage(cfg, model)
+    if cfg.freeze_llm:
+        model.mllm.requires_grad_(False)
+        model.vision.projector.requires_grad_(False)
     model.sam2.set_trainable(cfg.sam2_trainable or ("mask_decoder" if pretrained_sam2 else "all"))
     model.vision.set_tower_trainable(cfg.vision_trainable)
     optimizer = build_optimizer(model, optim)
@@ -586,6 +633,11 @@ def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, score
     stage_v = read_vision_summary(os.path.join(cfg.out, VISION_DIR))
     if stage_v is not None:
         payload["training"]["stage_v"] = stage_v
+    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
+
+    stage_g = read_grounding_summary(os.path.join(cfg.out, GROUNDING_DIR))
+    if stage_g is not None:
+        payload["training"]["stage_g"] = stage_g
     with open(os.path.join(model_dir, TASK_FILE), "w") as f:
         json.dump(payload, f, indent=2)
 

@@ -323,3 +323,33 @@ def test_stage_v_pretrains_the_tower_which_stays_frozen_and_a_continued_run_relo
         torch.testing.assert_close(final[f"vision.vision_tower.{key}"].float(), value.to(torch.bfloat16).float())
     task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
     assert task["training"]["stage_v"]["complete"] and task["training"]["stage_v"]["steps"] == 3
+
+
+def test_stage_g_text_path_stays_frozen_with_freeze_llm_and_a_continued_run_reloads_it(tmp_path):
+    """--grounding.steps with --freeze-llm: the LLM and projector keep stage G's weights through stage 1 (also after
+    a continued run, whose training checkpoint holds only trainable weights), while the seg head trains on."""
+    import torch
+    from safetensors.torch import load_file
+
+    from jobs import learnability
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
+            "--grounding.steps", "2", "--grounding.videos-per-step", "2", "--grounding.heldout-videos", "2",
+            "--freeze-llm"]
+    try:
+        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        assert learnability.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    stage_g = load_file(str(out / learnability.GROUNDING_DIR / "text_path.safetensors"))
+    final = load_file(str(out / "model" / "model.safetensors"))
+    frozen = [k for k in stage_g if not k.startswith("seg_head.")]
+    assert frozen and any(k.startswith("mllm.") for k in frozen)
+    for key in frozen:
+        torch.testing.assert_close(final[key].float(), stage_g[key].to(torch.bfloat16).float())
+    assert any(not torch.equal(final[k].float(), stage_g[k].to(torch.bfloat16).float())
+               for k in stage_g if k.startswith("seg_head."))
+    task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
+    assert task["training"]["stage_g"]["complete"] and task["training"]["stage_g"]["steps"] == 2

@@ -1,0 +1,245 @@
+"""Grounding pretraining of the text path on synthetic videos: what MLLM pretraining gives the real LLM.
+
+Why: VRS-HQ fine-tunes an MLLM that already answers questions about videos (Chat-UniVi's pretraining), so
+its [TAK] already says which object an expression means; SAM2's mask loss only has to teach it to say so in
+SAM2's prompt space. A random-init tiny LLM has to learn grounding through that mask loss alone, a weak and
+noisy signal: in 1,500-2,400 stage-1 steps a quarter of the referring expressions and most reasoning ones
+("the fastest", "hides behind") still pick the wrong object (README, "What limits reasoning").
+
+This stage trains the LLM, the visual projector and the seg head, without SAM2, so that TAK' (TDA's fusion of
+the [SEG] tokens into [TAK], exactly as training computes it: :meth:`VrshqModel.text_path`) names the target:
+a linear head on TAK', thrown away afterwards, scores each of the 24 (size, colour, shape) triples of the
+synthetic grammar, and a sigmoid BCE over the triples of the objects present in the clip's video asks it to
+say which are the expression's targets (several for "the two red shapes" or "the moving shapes"). The
+method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
+stage 1 can.
+
+Held-out accuracy: an expression counts as grounded when the set of present objects with a positive score
+is exactly its target set; reported in all and per kind (``referring``, ``group``, ``fastest`` ...).
+
+Folder (``folder``): :data:`WEIGHTS_FILE` (the text path's weights, float32: ``mllm.*``, ``seg_head.*``,
+``vision.projector.*``) and :data:`SUMMARY_FILE` (config, steps, seconds, the evaluations). A complete folder is
+loaded, not trained again; the stage is minutes on a GPU, so an incomplete one starts again.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.clip_sampling import ClipSample, sample_synthetic_clip, samples_to_batch
+from pipelines.stage_files import read_json_if_exists, write_json_atomic
+from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
+from pipelines.train_loop import build_scheduler
+from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
+
+__all__ = [
+    "GROUNDING_STREAM",
+    "SUMMARY_FILE",
+    "TARGET_TRIPLES",
+    "WEIGHTS_FILE",
+    "GroundingSample",
+    "TEXT_PATH_PREFIXES",
+    "grounding_accuracy",
+    "grounding_sample",
+    "grounding_sample_stream",
+    "load_text_path",
+    "pretrain_grounding",
+    "read_summary",
+]
+
+_LOG = logging.getLogger("pipelines.grounding_pretrain")
+
+WEIGHTS_FILE = "text_path.safetensors"
+SUMMARY_FILE = "grounding.json"
+GROUNDING_STREAM = 6
+"""Seed stream of this stage's training videos (stage 1 uses 1, held-out 2, stage 0 3, stage V 4 and 5)."""
+TARGET_TRIPLES: tuple[tuple[str, str, str], ...] = tuple(itertools.product(SIZES, COLOURS, SHAPES))
+"""The 24 (size, colour, shape) triples; a synthetic video never has two objects of one triple."""
+TEXT_PATH_PREFIXES: tuple[str, ...] = ("mllm.", "seg_head.", "vision.projector.")
+"""Parameter-name prefixes of what this stage trains and saves."""
+
+
+@dataclass(frozen=True)
+class GroundingSample:
+    """A training clip and, per expression, its targets over :data:`TARGET_TRIPLES`.
+
+    Attributes:
+        clip: the clip as stage 1 samples it (frames, prompts, masks).
+        targets: float32 ``(E, 24)``: 1 for a target, 0 for another object of the video, -1 for triples that no
+            object of the video has (not scored).
+        kinds: the E expression kinds (``referring``, ``group``, ``fastest`` ...).
+    """
+
+    clip: ClipSample
+    targets: np.ndarray
+    kinds: tuple[str, ...]
+
+
+def grounding_sample(
+    video: SyntheticVideo, *, sample_id: int, seed: int, sampling: SamplingConfig
+) -> GroundingSample | None:
+    """The clip that stage 1 would sample from ``video`` (:func:`sample_synthetic_clip`) with its targets;
+    None when that gives no clip. No-target expressions have an all-zero row (no object is a target)."""
+    clip = sample_synthetic_clip(video, sample_id=sample_id, seed=seed, sampling=sampling)
+    if clip is None:
+        return None
+    by_text = {e.text.strip(): e for e in video.expressions}
+    present = {(o.size, o.colour, o.shape): o.obj_id for o in video.objects}
+    targets = np.full((len(clip.expressions), len(TARGET_TRIPLES)), -1.0, dtype=np.float32)
+    kinds = []
+    for row, text in enumerate(clip.expressions):
+        if text not in by_text:
+            raise KeyError(f"sample {sample_id}: sampled expression {text!r} is not one of the video's expressions")
+        expression = by_text[text]
+        for column, triple in enumerate(TARGET_TRIPLES):
+            if triple in present:
+                targets[row, column] = float(present[triple] in expression.obj_ids)
+        kinds.append(expression.kind)
+    return GroundingSample(clip, targets, tuple(kinds))
+
+
+def grounding_sample_stream(
+    *, seed: int, start_sample: int, num_frames: int, size: int, sampling: SamplingConfig, stride: int = 1,
+    offset: int = 0, stream: int = GROUNDING_STREAM,
+) -> Iterator[GroundingSample]:
+    """Samples ``start_sample + offset, + stride, ...`` of synthetic video stream ``stream``
+    (``default_rng([seed, stream, s])``); never repeats, and a DataLoader worker takes every ``stride``-th."""
+    sample_id = start_sample + offset
+    while True:
+        video = generate_synthetic_video(np.random.default_rng([seed, stream, sample_id]), num_frames=num_frames,
+                                         height=size, width=size)
+        sample = grounding_sample(video, sample_id=sample_id, seed=seed, sampling=sampling)
+        if sample is not None:
+            yield sample
+        sample_id += stride
+
+
+def _loss_and_hits(model, head: torch.nn.Module, samples: Sequence[GroundingSample]):
+    """BCE over the present objects' triples (+ the method's CE) and, per expression, whether the predicted
+    target set is exact."""
+    fused, ce = model.text_path(samples_to_batch([s.clip for s in samples]))
+    logits = head(fused.float())
+    targets = torch.from_numpy(np.concatenate([s.targets for s in samples])).to(logits.device)
+    scored = targets >= 0
+    bce = F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+    hits = ((logits > 0) == (targets > 0.5)).logical_or(~scored).all(dim=1)
+    return bce, ce, hits
+
+
+def grounding_accuracy(model, head: torch.nn.Module, samples: Sequence[GroundingSample], *,
+                       batch_size: int = 16) -> dict[str, float]:
+    """Share of expressions whose predicted target set is exact, in ``all`` and per kind."""
+    hits: dict[str, list[bool]] = collections.defaultdict(list)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for first in range(0, len(samples), batch_size):
+            chunk = samples[first : first + batch_size]
+            kinds = [k for s in chunk for k in s.kinds]
+            for kind, hit in zip(kinds, _loss_and_hits(model, head, chunk)[2].tolist()):
+                hits[kind].append(hit)
+                hits["all"].append(hit)
+    model.train(was_training)
+    return {k: float(np.mean(v)) for k, v in sorted(hits.items())}
+
+
+def pretrain_grounding(
+    model,
+    cfg: GroundingPretrainConfig,
+    batches: Iterator[list[GroundingSample]],
+    *,
+    heldout: Sequence[GroundingSample],
+    folder: str,
+    log_every: int = 50,
+    on_step: Callable[[int], None] | None = None,
+) -> dict:
+    """Train ``model``'s text path (stage G) into ``folder``, or load it when ``folder`` holds a complete run.
+
+    ``batches`` yields lists of ``cfg.videos_per_step`` samples; ``heldout`` is scored every ``cfg.eval_every``
+    steps and at the end. The head's init uses its own generator, so the global RNG is untouched. Returns the
+    summary (:data:`SUMMARY_FILE`).
+    """
+    summary = read_summary(folder)
+    if summary and summary.get("complete"):
+        load_text_path(model, folder)
+        _LOG.info("grounding stage already complete in %s (%d steps): loaded its text path", folder, summary["steps"])
+        return summary
+    os.makedirs(folder, exist_ok=True)
+    device = model.device
+    generator = torch.Generator().manual_seed(cfg.head_seed)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init would draw from the global RNG
+        head = torch.nn.Linear(model.cfg.method.seg_embed_dim, len(TARGET_TRIPLES))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.in_features**-0.5)
+        head.bias.zero_()
+    head.to(device)
+    params = [p for n, p in model.named_parameters() if n.startswith(TEXT_PATH_PREFIXES) and p.requires_grad]
+    params += list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
+    started = time.perf_counter()
+    evaluations: list[dict] = []
+    losses: list[float] = []
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        samples = next(batches)
+        bce, ce, _ = _loss_and_hits(model, head, samples)
+        loss = bce + (cfg.ce_weight * ce if ce is not None else 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(bce.item())
+        if on_step is not None:
+            on_step(step)
+        if step % log_every == 0 or step == 1:
+            _LOG.info("grounding step %d/%d: target loss %.4f, %.2fs/step", step, cfg.steps,
+                      float(np.mean(losses[-log_every:])), (time.perf_counter() - started) / step)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            accuracy = grounding_accuracy(model, head, heldout)
+            evaluations.append({"step": step, "seconds": time.perf_counter() - started,
+                                "loss": float(np.mean(losses[-log_every:])), "accuracy": accuracy})
+            _LOG.info("grounding step %d: held-out target sets exact %.3f (%s)", step, accuracy["all"],
+                      ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items() if k != "all"))
+    from safetensors.torch import save_file
+
+    save_file({n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters()
+               if n.startswith(TEXT_PATH_PREFIXES)}, os.path.join(folder, WEIGHTS_FILE))
+    summary = {"config": asdict(cfg), "complete": True, "steps": cfg.steps, "seconds": time.perf_counter() - started,
+               "heldout_expressions": sum(len(s.kinds) for s in heldout), "evaluations": evaluations}
+    write_json_atomic(os.path.join(folder, SUMMARY_FILE), summary)
+    return summary
+
+
+def load_text_path(model, folder: str) -> None:
+    """Load :data:`WEIGHTS_FILE` of ``folder`` into ``model`` (every text-path weight, nothing else)."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no pretrained text path there (run the grounding stage first)")
+    state = load_file(path)
+    expected = {n for n, _ in model.named_parameters() if n.startswith(TEXT_PATH_PREFIXES)}
+    if set(state) != expected:
+        raise ValueError(f"{path}: text-path weights do not fit this model (missing {sorted(expected - set(state))[:5]}, "
+                         f"unexpected {sorted(set(state) - expected)[:5]})")
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    wrong = [n for n, v in state.items() if v.shape != shapes[n]]
+    if wrong:
+        raise ValueError(f"{path}: text-path weights of other sizes than this model's: {wrong[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def read_summary(folder: str) -> dict | None:
+    """:data:`SUMMARY_FILE` of ``folder``, or None when there is none."""
+    return read_json_if_exists(os.path.join(folder, SUMMARY_FILE))
