@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pipelines.stage_files import read_json_if_exists
 from pipelines.train_config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
-from vrshq.data.synthetic import SyntheticVideo, generate_synthetic_video
+from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.letterbox import letterbox, letterbox_shape
 from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss
 from vrshq.model.sam2_model import load_sam2_checkpoint
@@ -47,6 +47,8 @@ __all__ = [
     "WEIGHTS_FILE",
     "TrackClip",
     "TrackPretrainConfig",
+    "attribute_loss",
+    "cell_attribute_targets",
     "pretrain_tracking",
     "read_summary",
     "sample_track_clip",
@@ -56,6 +58,7 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("pipelines.track_pretrain")
+_COLOURS = tuple(COLOURS)
 
 TRACK_STREAM = 3
 """Seed stream of the tracking videos (``default_rng([seed, TRACK_STREAM, i])``): never a held-out video."""
@@ -64,11 +67,15 @@ TRACK_STREAM = 3
 @dataclass(frozen=True)
 class TrackClip:
     """One tracking window: ``frames`` (W, H, W', 3) uint8 in tracking order and the target's
-    ``masks`` (W, H, W') bool; frame 0's mask is the prompt."""
+    ``masks`` (W, H, W') bool; frame 0's mask is the prompt. ``object_masks`` (O, W, H, W') bool and
+    ``attributes`` (O, 3) int (colour, shape, size indices + 1) describe every object of the window, for the
+    per-cell attribute aid (``TrackPretrainConfig.attribute_weight``)."""
 
     frames: np.ndarray
     masks: np.ndarray
     sample_id: int
+    object_masks: np.ndarray | None = None
+    attributes: np.ndarray | None = None
 
 
 def sample_track_clip(video: SyntheticVideo, rng: np.random.Generator, *, window: int, sample_id: int,
@@ -90,7 +97,40 @@ def sample_track_clip(video: SyntheticVideo, rng: np.random.Generator, *, window
         return None
     start, step = starts[int(rng.integers(len(starts)))]
     order = np.arange(start, start + step * window, step)
-    return TrackClip(frames=video.frames[order], masks=masks[order], sample_id=sample_id)
+    attributes = np.array([[_COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1]
+                           for o in video.objects], dtype=np.int64)
+    return TrackClip(frames=video.frames[order], masks=masks[order], sample_id=sample_id,
+                     object_masks=video.object_masks[:, order], attributes=attributes)
+
+
+def cell_attribute_targets(clips: list[TrackClip], *, image_size: int, grid: int,
+                           device: torch.device) -> torch.Tensor:
+    """Per cell of a ``grid x grid`` image embedding, the (colour, shape, size) ids of the object covering at least
+    half of it (0: background), the objects' masks letterboxed as :func:`track_batch` letterboxes the frames.
+    Returns (B, W, grid, grid, 3) long."""
+    out = []
+    for clip in clips:
+        count, window, height, width = clip.object_masks.shape
+        resized = letterbox_shape(height, width, image_size)
+        masks = torch.from_numpy(clip.object_masks).to(device).float().reshape(count * window, 1, height, width)
+        masks = F.interpolate(masks, size=resized, mode="bilinear", align_corners=False)
+        masks = F.pad(masks, (0, image_size - resized[1], 0, image_size - resized[0]))
+        cover = F.adaptive_avg_pool2d(masks, grid).reshape(count, window, grid, grid)
+        best, owner = cover.max(dim=0)
+        ids = torch.from_numpy(clip.attributes).to(device)[owner]  # (W, g, g, 3)
+        out.append(torch.where((best >= 0.5)[..., None], ids, torch.zeros_like(ids)))
+    return torch.stack(out)
+
+
+_ATTRIBUTE_CLASSES = (len(COLOURS) + 1, len(SHAPES) + 1, len(SIZES) + 1)
+
+
+def attribute_loss(head: torch.nn.Module, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over colour, shape and size of the cross-entropy of ``head`` on every cell of ``embeddings``
+    (B, W, C, g, g) against ``targets`` (B, W, g, g, 3) from :func:`cell_attribute_targets`."""
+    logits = head(embeddings.float().permute(0, 1, 3, 4, 2)).flatten(0, 3)
+    flat = targets.flatten(0, 3)
+    return sum(F.cross_entropy(part, flat[:, k]) for k, part in enumerate(logits.split(_ATTRIBUTE_CLASSES, dim=-1)))
 
 
 def track_clip_stream(*, seed: int, start_sample: int, window: int, num_frames: int, size: int,
@@ -146,7 +186,7 @@ position (resume), summary (settings, held-out evaluations, ``complete``) and pe
 
 
 def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig, rows: list[dict],
-          next_sample: int) -> None:
+          next_sample: int, head: torch.nn.Module | None = None) -> None:
     """Write the stage's files, each by a rename, so a kill leaves the old or the new one whole."""
     from safetensors.torch import save_file
 
@@ -158,7 +198,9 @@ def _save(folder: str, segmenter, optimizer, scheduler, cfg: TrackPretrainConfig
     replace(WEIGHTS_FILE, lambda path: save_file(
         {k: v.detach().float().cpu().contiguous() for k, v in segmenter.sam2.state_dict().items()}, path))
     replace(STATE_FILE, lambda path: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                                 "step": len(rows), "next_sample": next_sample}, path))
+                                                 "step": len(rows), "next_sample": next_sample,
+                                                 "attribute_head": None if head is None else head.state_dict()},
+                                                path))
 
     def write_log(path: str) -> None:
         with open(path, "w", newline="") as f:
@@ -206,17 +248,31 @@ def pretrain_tracking(
     params = [p for p in segmenter.parameters()]
     for p in params:
         p.requires_grad_(True)
+    head = None
+    if cfg.attribute_weight > 0:  # the attribute aid's throw-away head; its own generator leaves the global RNG alone
+        generator = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng(devices=[]):
+            head = torch.nn.Linear(segmenter.sam2.hidden_dim, sum(_ATTRIBUTE_CLASSES))
+        with torch.no_grad():
+            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.in_features**-0.5)
+            head.bias.zero_()
+        head.to(device)
+        params = params + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
     rows: list[dict] = []
     next_sample = 0
     summary = read_summary(folder)
-    if summary is not None and summary.get("config") == dataclasses.asdict(cfg):
+    # settings added since a folder was written read as their defaults, so older complete stages still load
+    if summary is not None and {**dataclasses.asdict(TrackPretrainConfig()), **summary.get("config", {})} == \
+            dataclasses.asdict(cfg):
         load_sam2_checkpoint(segmenter.sam2, os.path.join(folder, WEIGHTS_FILE))
         if summary["complete"]:
             _LOG.info("tracking stage already complete in %s (%d steps): loaded its SAM2", folder, summary["steps"])
             return True
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        if head is not None:
+            head.load_state_dict(state["attribute_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         next_sample = int(state["next_sample"])
@@ -241,6 +297,11 @@ def pretrain_tracking(
         with autocast:
             out = segmenter.train_track_forward(images, masks[:, 0] > 0.5)
         terms = track_losses(out.logits, out.object_score_logits, masks, cfg)
+        if head is not None:
+            grid = out.image_embeddings.shape[-1]
+            targets = cell_attribute_targets(clips, image_size=segmenter.image_size, grid=grid, device=device)
+            terms["attribute_loss"] = attribute_loss(head, out.image_embeddings, targets)
+            terms["loss"] = terms["loss"] + cfg.attribute_weight * terms["attribute_loss"]
         terms["loss"].backward()
         max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm > 0 else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -256,15 +317,15 @@ def pretrain_tracking(
                "data_seconds": t_data}
         rows.append(row)
         if step % log_every == 0 or step == 1:
-            _LOG.info("tracking step %d/%d loss %.4f (bce %.4f dice %.4f obj %.4f) %.3fs/step (data %.3fs)",
-                      step, cfg.steps, row["loss"], row["bce_loss"], row["dice_loss"], row["object_loss"],
-                      row["seconds"], t_data)
+            _LOG.info("tracking step %d/%d loss %.4f (bce %.4f dice %.4f obj %.4f attributes %.4f) %.3fs/step "
+                      "(data %.3fs)", step, cfg.steps, row["loss"], row["bce_loss"], row["dice_loss"],
+                      row["object_loss"], row.get("attribute_loss", float("nan")), row["seconds"], t_data)
         last = step == cfg.steps or (deadline is not None and time.perf_counter() > deadline)
         if (eval_every and step % eval_every == 0) or last:
             if on_eval is not None:
                 row.update(on_eval(step))
                 model.train()
-            _save(folder, segmenter, optimizer, scheduler, cfg, rows, next_sample)
+            _save(folder, segmenter, optimizer, scheduler, cfg, rows, next_sample, head)
         if last:
             break
     return len(rows) >= cfg.steps

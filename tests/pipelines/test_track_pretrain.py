@@ -167,3 +167,69 @@ def test_bad_settings_are_refused_with_their_names():
     with pytest.raises(ValueError, match="window=1") as info:
         TrackPretrainConfig(window=1, lr=-1.0)
     assert "lr=-1.0" in str(info.value)
+
+
+def test_cell_targets_name_the_object_covering_each_cell():
+    from pipelines.track_pretrain import cell_attribute_targets
+    from vrshq.data.synthetic import COLOURS, SHAPES, SIZES
+
+    clips = _clips(2)
+    targets = cell_attribute_targets(clips, image_size=SIZE, grid=4, device=torch.device("cpu"))
+    assert targets.shape == (2, 4, 4, 4, 3)
+    for clip, target in zip(clips, targets):
+        # 48 px square frames fill the letterbox: a 4x4 grid has 12x12 px cells
+        cover = clip.object_masks.reshape(len(clip.attributes), 4, 4, 12, 4, 12).mean(axis=(3, 5))  # (O, W, 4, 4)
+        for t, r, c in np.ndindex(4, 4, 4):
+            best = int(cover[:, t, r, c].argmax())
+            expected = clip.attributes[best] if cover[best, t, r, c] >= 0.5 + 0.05 else (0, 0, 0)
+            if abs(cover[best, t, r, c] - 0.5) > 0.05:  # away from the resampling's rounding at the threshold
+                assert target[t, r, c].tolist() == list(expected), (t, r, c)
+        assert (target > 0).any()
+    assert clips[0].attributes[:, 0].max() <= len(COLOURS) and clips[0].attributes[:, 1].max() <= len(SHAPES)
+    assert clips[0].attributes.min() >= 1 and clips[0].attributes[:, 2].max() <= len(SIZES)
+
+
+def test_the_attribute_aid_trains_a_head_on_the_image_embedding_and_resumes_it(tmp_path):
+    cfg = TrackPretrainConfig(steps=12, window=3, clips_per_step=2, warmup_steps=1, lr=3e-3, attribute_weight=1.0)
+
+    def batches_from(first: int):
+        stream = track_clip_stream(seed=0, start_sample=first, window=3, num_frames=8, size=48)
+        while True:
+            yield [next(stream), next(stream)]
+
+    def rng_after_one_step(weight: float, folder) -> torch.Tensor:
+        holder = _Holder()
+        torch.manual_seed(5)
+        one = TrackPretrainConfig(steps=12, window=3, clips_per_step=2, warmup_steps=1, attribute_weight=weight)
+        assert not pretrain_tracking(holder, one, batches_from, folder=str(folder), deadline=-1.0)
+        return torch.get_rng_state()
+
+    # the head's init draws from its own generator: the run draws the same global numbers with or without it
+    assert torch.equal(rng_after_one_step(0.0, tmp_path / "plain"), rng_after_one_step(1.0, tmp_path / "aid"))
+    assert not pretrain_tracking(_Holder(), cfg, batches_from, folder=str(tmp_path), deadline=-1.0)
+    state = torch.load(tmp_path / STATE_FILE, weights_only=False)
+    assert state["attribute_head"] is not None
+    assert pretrain_tracking(_Holder(seed=1), cfg, batches_from, folder=str(tmp_path))
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    losses = [float(r["attribute_loss"]) for r in rows]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])  # the head and the encoder learn it
+
+
+def test_a_complete_stage_written_before_a_setting_existed_still_loads(tmp_path, monkeypatch):
+    import pipelines.track_pretrain as tp
+
+    cfg = TrackPretrainConfig(steps=1, window=4, clips_per_step=1, warmup_steps=1)
+
+    def batches_from(first: int):
+        stream = track_clip_stream(seed=0, start_sample=first, window=4, num_frames=8, size=48)
+        while True:
+            yield [next(stream)]
+
+    assert pretrain_tracking(_Holder(), cfg, batches_from, folder=str(tmp_path))
+    summary = json.loads((tmp_path / "track.json").read_text())
+    del summary["config"]["attribute_weight"]  # as written before the attribute aid existed
+    (tmp_path / "track.json").write_text(json.dumps(summary))
+    monkeypatch.setattr(tp, "track_batch", lambda *a, **k: pytest.fail("a complete stage trained again"))
+    assert pretrain_tracking(_Holder(seed=2), cfg, batches_from, folder=str(tmp_path))

@@ -94,10 +94,13 @@ class WindowOutput:
     Attributes:
         logits: (B, 3, S, S) mask logits of the three window frames (no gating in training).
         object_score_logits: (B, 3) object-presence logits, for an optional presence loss.
+        image_embeddings: (B, W, C, S/16, S/16) the lowest-resolution image embedding of every window frame
+            (what the mask decoder reads), when the entry point returns it (``train_track_forward``), else None.
     """
 
     logits: torch.Tensor
     object_score_logits: torch.Tensor
+    image_embeddings: torch.Tensor | None = None
 
 
 def _select_rows(value, rows):
@@ -565,7 +568,9 @@ class Sam2Segmenter(nn.Module):
             bank["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = {k: out[k] for k in keep}
             logits.append(out["pred_masks_high_res"][:, 0].float())
             scores.append(out["object_score_logits"][:, 0].float())
-        return WindowOutput(logits=torch.stack(logits, 1), object_score_logits=torch.stack(scores, 1))
+        embeddings = backbone["backbone_fpn"][-1]
+        return WindowOutput(logits=torch.stack(logits, 1), object_score_logits=torch.stack(scores, 1),
+                            image_embeddings=embeddings.reshape(batch, window, *embeddings.shape[1:]))
 
     def train_window_forward(
         self,
