@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.clip_sampling import ClipSample, sample_synthetic_clip, samples_to_batch
+from pipelines.aux_heads import throwaway_linear_head
 from pipelines.stage_files import read_json_if_exists, write_json_atomic
 from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
 from pipelines.train_loop import build_scheduler
@@ -175,13 +176,7 @@ def pretrain_grounding(
         return summary
     os.makedirs(folder, exist_ok=True)
     device = model.device
-    generator = torch.Generator().manual_seed(cfg.head_seed)
-    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init would draw from the global RNG
-        head = torch.nn.Linear(model.cfg.method.seg_embed_dim, len(TARGET_TRIPLES))
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.in_features**-0.5)
-        head.bias.zero_()
-    head.to(device)
+    head = throwaway_linear_head(model.cfg.method.seg_embed_dim, len(TARGET_TRIPLES), seed=cfg.head_seed, device=device)
     params = [p for n, p in model.named_parameters() if n.startswith(TEXT_PATH_PREFIXES) and p.requires_grad]
     params += list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)

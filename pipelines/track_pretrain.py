@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipelines.aux_heads import throwaway_linear_head
 from pipelines.stage_files import read_json_if_exists
 from pipelines.train_config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
@@ -250,13 +251,7 @@ def pretrain_tracking(
         p.requires_grad_(True)
     head = None
     if cfg.attribute_weight > 0:  # the attribute aid's throw-away head; its own generator leaves the global RNG alone
-        generator = torch.Generator().manual_seed(0)
-        with torch.random.fork_rng(devices=[]):
-            head = torch.nn.Linear(segmenter.sam2.hidden_dim, sum(_ATTRIBUTE_CLASSES))
-        with torch.no_grad():
-            head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.in_features**-0.5)
-            head.bias.zero_()
-        head.to(device)
+        head = throwaway_linear_head(segmenter.sam2.hidden_dim, sum(_ATTRIBUTE_CLASSES), seed=0, device=device)
         params = params + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)

@@ -28,8 +28,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from pipelines.aux_heads import throwaway_linear_head
 from pipelines.stage_files import read_json_if_exists, write_json_atomic
 from pipelines.train_config import VisionPretrainConfig
 from pipelines.train_loop import build_scheduler
@@ -149,13 +150,7 @@ def pretrain_vision_tower(
     ])
     r2_before = merged_token_position_r2(vision, probe_frames)
     heads = {"colour": len(_COLOURS) + 1, "shape": len(SHAPES) + 1, "size": len(SIZES) + 1}
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # nn.Linear's own init would draw from the global RNG
-        head = nn.Linear(vision.cfg.hidden_size, sum(heads.values()) + 2)
-    with torch.no_grad():
-        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * head.in_features**-0.5)
-        head.bias.zero_()
-    head.to(device)
+    head = throwaway_linear_head(vision.cfg.hidden_size, sum(heads.values()) + 2, seed=seed, device=device)
     vision.set_tower_trainable(True)
     params = [p for p in vision.vision_tower.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
