@@ -16,6 +16,21 @@ def _tiny_run(out, *, steps: int, videos_per_step: int) -> list[str]:
             "--data-workers", "0", "--threads", "1", "--warmup-steps", "1"]
 
 
+def _stop_at_2_then_continue(args: list[str]) -> None:
+    """Run the learnability job stopped at step 2, then the same command again (which continues the run);
+    torch's thread count, which the job sets, is restored for the other tests."""
+    import torch
+
+    from jobs import learnability
+
+    threads = torch.get_num_threads()
+    try:
+        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        assert learnability.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_train_rejects_a_bad_command_line_with_every_problem(capsys, monkeypatch):
     import jobs.train as train
 
@@ -308,15 +323,10 @@ def test_stage_v_pretrains_the_tower_which_stays_frozen_and_a_continued_run_relo
 
     from jobs import learnability
 
-    threads = torch.get_num_threads()
     out = tmp_path / "learn"
     args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
             "--vision.steps", "3", "--vision.videos-per-step", "1", "--vision.probe-videos", "2"]
-    try:
-        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
-        assert learnability.main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _stop_at_2_then_continue(args)
     tower = load_file(str(out / learnability.VISION_DIR / "tower.safetensors"))
     final = load_file(str(out / "model" / "model.safetensors"))
     for key, value in tower.items():
@@ -333,16 +343,11 @@ def test_stage_g_text_path_stays_frozen_with_freeze_llm_and_a_continued_run_relo
 
     from jobs import learnability
 
-    threads = torch.get_num_threads()
     out = tmp_path / "learn"
     args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
             "--grounding.steps", "2", "--grounding.videos-per-step", "2", "--grounding.heldout-videos", "2",
             "--freeze-llm"]
-    try:
-        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
-        assert learnability.main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
+    _stop_at_2_then_continue(args)
     stage_g = load_file(str(out / learnability.GROUNDING_DIR / "text_path.safetensors"))
     final = load_file(str(out / "model" / "model.safetensors"))
     frozen = [k for k in stage_g if not k.startswith("seg_head.")]
