@@ -218,7 +218,7 @@ class TrackPretrainConfig:
         metadata={"help": "from-scratch aid: weight of a per-cell loss on SAM2's image embedding (a throw-away "
                           "linear head names the colour, shape and size of the object covering each cell, what "
                           "SA-1B training gives the real encoder); 0 = tracking losses only. Why: after stage 0 "
-                          "alone the embedding gives shape at 63% per cell, and the decoder finds 41% of 'the "
+                          "alone the embedding gives shape at 63%% per cell, and the decoder finds 41%% of 'the "
                           "triangle'-style targets"},
     )
 

@@ -358,3 +358,15 @@ def test_stage_g_text_path_stays_frozen_with_freeze_llm_and_a_continued_run_relo
                for k in stage_g if k.startswith("seg_head."))
     task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
     assert task["training"]["stage_g"]["complete"] and task["training"]["stage_g"]["steps"] == 2
+
+
+@pytest.mark.parametrize("job", ["jobs.learnability", "jobs.train"])
+def test_help_lists_every_setting(job, capsys):
+    """argparse formats help strings with %: a bare % in a field's help breaks --help of the whole job."""
+    import importlib
+
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(job).main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage:" in out and "--" in out
