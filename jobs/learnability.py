@@ -40,6 +40,14 @@ is (linear-probe R^2 of the cluster centroid 0.06), so the LLM cannot reason ove
 worse (README, "What limits reasoning"), hence off by default. Its result (``vision_pretrain/``) is loaded when
 the same command runs again.
 
+Stage G (``--grounding.steps``, default 0; from random init only, after stage V): the text path (LLM, visual
+projector, seg head) learns without SAM2 to make TAK' name the expression's targets among the video's objects
+(``pipelines.grounding_pretrain``), what MLLM pretraining gives the real LLM. With ``--preset learn-256-pos`` it
+grounds every held-out referring and group expression in 500 steps of 64 clips, but the motion kinds not in 1,500,
+and stage 1 after it scored J&F 0.62 against 0.60 (README, "Grounding pretraining and what the decoder cannot
+find"). ``--freeze-llm`` keeps its LLM through stage 1. Its result (``grounding_pretrain/``) is loaded when the
+same command runs again.
+
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
 
