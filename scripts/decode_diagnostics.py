@@ -52,11 +52,12 @@ def fit_linear_probe(x: torch.Tensor, y: torch.Tensor, classes: int, *, steps: i
     weight = 1.0 / torch.bincount(y, minlength=classes).float().clamp_min(1)
     weight = weight / weight.sum() * classes
     z = (x - mean) / std
-    for _ in range(steps):
-        loss = F.cross_entropy(head(z), y, weight=weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():  # callers may hold torch.no_grad() for the model's features
+        for _ in range(steps):
+            loss = F.cross_entropy(head(z), y, weight=weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     with torch.no_grad():  # fold the standardisation into the weights
         head.weight.div_(std)
         head.bias.sub_(head.weight @ mean)
@@ -120,11 +121,12 @@ def tak_grounding(model, *, train_clips: int, heldout_videos: int) -> dict[str, 
     head = torch.nn.Linear(x.shape[1], y.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
     scored = y >= 0
-    for _ in range(1500):
-        loss = F.binary_cross_entropy_with_logits(head((x - mean) / std)[scored], y[scored])
-        optimizer.zero_grad()
-        (loss + 1e-3 * head.weight.pow(2).sum()).backward()
-        optimizer.step()
+    with torch.enable_grad():
+        for _ in range(1500):
+            loss = F.binary_cross_entropy_with_logits(head((x - mean) / std)[scored], y[scored])
+            optimizer.zero_grad()
+            (loss + 1e-3 * head.weight.pow(2).sum()).backward()
+            optimizer.step()
     xh, yh = taks(heldout)
     with torch.no_grad():
         logits = head((xh - mean) / std)
