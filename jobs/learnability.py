@@ -193,7 +193,11 @@ class LearnabilityConfig:
         metadata={"help": "end training at this step of the --steps schedule (the learning rate still decays "
                           "over --steps): the reproducible form of a run that --max-minutes stopped"},
     )
-    data_workers: int = field(default=4, metadata={"help": "DataLoader processes generating videos"})
+    data_workers: int = field(
+        default=4,
+        metadata={"help": "DataLoader processes generating videos; each builds whole batches from its share of the "
+                          "stream, so the batches (not the videos) depend on this number: part of a run's recipe"},
+    )
     log_every: int = field(default=25, metadata={"help": "log a line every N steps"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
 
