@@ -6,6 +6,12 @@ SAM2's prompt space. A random-init tiny LLM has to learn grounding through that 
 noisy signal: in 1,500-2,400 stage-1 steps a quarter of the referring expressions and most reasoning ones
 ("the fastest", "hides behind") still pick the wrong object (README, "What limits reasoning").
 
+Measured (README, "Grounding pretraining and what the decoder cannot find"): with positions in the visual tokens
+(``learn-256-pos``) this stage grounds every held-out referring and group expression in 500 steps, but not the
+motion kinds in 1,500, and stage 1 after it scored no better. The reason is further on: TAK' already named ~94% of
+the referring targets after plain stage 1 too; SAM2's decoder cannot find by shape what its image features hardly
+encode. Hence off by default.
+
 This stage trains the LLM, the visual projector and the seg head, without SAM2, so that TAK' (TDA's fusion of
 the [SEG] tokens into [TAK], exactly as training computes it: :meth:`VrshqModel.text_path`) names the target:
 a linear head on TAK', thrown away afterwards, scores each of the 24 (size, colour, shape) triples of the
