@@ -242,6 +242,12 @@ class LearnabilityConfig:
             problems.append(f"sam2_trainable={self.sam2_trainable!r}: must be mask_decoder, all or null")
         if self.track.steps and self.track.window > self.video_frames:
             problems.append(f"track.window={self.track.window} exceeds video_frames={self.video_frames}")
+        if self.freeze_llm and not (self.grounding.steps or self.init_model or self.resume):
+            problems.append("freeze_llm would freeze a random LLM: give grounding.steps (stage G trains it first) or "
+                            "init_model (a trained model)")
+        if self.track.attribute_weight and not self.track.steps:
+            problems.append(f"track.attribute_weight={self.track.attribute_weight} has no effect with track.steps=0 "
+                            "(the aid is part of stage 0)")
         if problems:
             raise ConfigError(problems)
 

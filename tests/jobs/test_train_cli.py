@@ -370,3 +370,18 @@ def test_help_lists_every_setting(job, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "usage:" in out and "--" in out
+
+
+def test_settings_without_effect_are_refused_before_any_work():
+    from jobs._cli import ConfigError, parse_config
+    from jobs.learnability import LearnabilityConfig
+
+    def parse(*argv: str):
+        return parse_config(LearnabilityConfig, ["--out", "o", *argv], prog="t", description="t")
+
+    with pytest.raises(ConfigError, match="freeze_llm would freeze a random LLM"):
+        parse("--freeze-llm")
+    assert parse("--freeze-llm", "--grounding.steps", "10").freeze_llm
+    with pytest.raises(ConfigError, match="attribute_weight=1.0 has no effect with track.steps=0"):
+        parse("--track.steps", "0", "--track.attribute-weight", "1")
+    assert parse("--track.attribute-weight", "0.3").track.attribute_weight == 0.3
