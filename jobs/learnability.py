@@ -321,20 +321,12 @@ GROUNDING_DIR = "grounding_pretrain"
 def _grounding_stage(cfg: LearnabilityConfig, model) -> dict:
     """Stage G (``pipelines.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, or loaded when
     complete. Held out: the clips that stage G's sampling takes from the held-out videos (never trained on)."""
-    import numpy as np
-
-    from pipelines.grounding_pretrain import grounding_sample, grounding_sample_stream, pretrain_grounding
+    from pipelines.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
     from pipelines.train_config import SamplingConfig
-    from vrshq.data import generate_synthetic_video
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
-    heldout = []
-    for i in range(cfg.grounding.heldout_videos):
-        video = generate_synthetic_video(np.random.default_rng([cfg.seed, _HELDOUT_STREAM, i]),
-                                         num_frames=cfg.video_frames, height=cfg.video_size, width=cfg.video_size)
-        sample = grounding_sample(video, sample_id=i, seed=cfg.seed, sampling=sampling)
-        if sample is not None:
-            heldout.append(sample)
+    heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
+                                        num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
     stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=0, num_frames=cfg.video_frames,
                                size=cfg.video_size, sampling=sampling)
     batches = iter(_loader(cfg, stream, cfg.grounding.videos_per_step))

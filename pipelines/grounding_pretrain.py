@@ -34,7 +34,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "grounding_accuracy",
     "grounding_sample",
     "grounding_sample_stream",
+    "heldout_grounding_samples",
     "load_text_path",
     "pretrain_grounding",
     "read_summary",
@@ -130,6 +131,21 @@ def grounding_sample_stream(
         sample_id += stride
 
 
+def heldout_grounding_samples(
+    count: int, *, seed: int, stream: int, num_frames: int, size: int, sampling: SamplingConfig
+) -> list[GroundingSample]:
+    """The samples of synthetic videos ``0 .. count - 1`` of seed stream ``stream`` (a held-out one: the caller
+    owns the stream ids); videos without a clip are left out."""
+    samples = []
+    for i in range(count):
+        video = generate_synthetic_video(np.random.default_rng([seed, stream, i]), num_frames=num_frames, height=size,
+                                         width=size)
+        sample = grounding_sample(video, sample_id=i, seed=seed, sampling=sampling)
+        if sample is not None:
+            samples.append(sample)
+    return samples
+
+
 def _loss_and_hits(model, head: torch.nn.Module, samples: Sequence[GroundingSample]):
     """BCE over the present objects' triples (+ the method's CE) and, per expression, whether the predicted
     target set is exact."""
@@ -167,7 +183,6 @@ def pretrain_grounding(
     heldout: Sequence[GroundingSample],
     folder: str,
     log_every: int = 50,
-    on_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``model``'s text path (stage G) into ``folder``, or load it when ``folder`` holds a complete run.
 
@@ -201,8 +216,6 @@ def pretrain_grounding(
         optimizer.step()
         scheduler.step()
         losses.append(bce.item())
-        if on_step is not None:
-            on_step(step)
         if step % log_every == 0 or step == 1:
             _LOG.info("grounding step %d/%d: target loss %.4f, %.2fs/step", step, cfg.steps,
                       float(np.mean(losses[-log_every:])), (time.perf_counter() - started) / step)

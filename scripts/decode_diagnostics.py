@@ -34,13 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipelines.clip_sampling import samples_to_batch  # noqa: E402
 from pipelines.config import InferenceConfig  # noqa: E402
-from pipelines.grounding_pretrain import grounding_sample, grounding_sample_stream  # noqa: E402
+from jobs.learnability import _HELDOUT_STREAM  # noqa: E402
+from pipelines.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples  # noqa: E402
 from pipelines.model_loader import build_model  # noqa: E402
 from pipelines.train_config import SamplingConfig  # noqa: E402
 from vrshq.data import generate_synthetic_video  # noqa: E402
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES  # noqa: E402
 
-_HELDOUT_STREAM = 2  # jobs.learnability's held-out videos
 _ATTRIBUTES = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", SIZES))
 
 
@@ -104,10 +104,8 @@ def tak_grounding(model, *, train_clips: int, heldout_videos: int) -> dict[str, 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
     train = list(itertools.islice(grounding_sample_stream(seed=0, start_sample=10**6, num_frames=16, size=64,
                                                           sampling=sampling), train_clips))
-    heldout = [s for s in (grounding_sample(generate_synthetic_video(np.random.default_rng([0, _HELDOUT_STREAM, i]),
-                                                                     num_frames=16, height=64, width=64),
-                                            sample_id=i, seed=0, sampling=sampling) for i in range(heldout_videos))
-               if s is not None]
+    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
+                                        sampling=sampling)
 
     def taks(samples):
         out = []
