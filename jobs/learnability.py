@@ -31,6 +31,8 @@ the real SAM2 before VRS-HQ fine-tunes it. Its result (``track_pretrain/``) is r
 same command runs again on the same ``--out``. After it SAM2 trains only its mask decoder, the method's
 trainable set (``--sam2-trainable``). Why: trained only through VRS-HQ's 3-frame windows, the memory path
 tracked a *ground-truth* keyframe mask at J 0.65; stage 0 alone brings that to 0.86 (H200, 2,000 steps).
+``--track.attribute-weight`` adds a per-cell attribute loss on SAM2's image embedding (a from-scratch aid, off by
+default); the committed checkpoint's command sets it to 1, which lets the decoder find by shape.
 
 Stage V (``--vision.steps``, default 0; from random init only): the random vision tower learns what a pretrained
 CLIP knows, per patch where it is and what covers it (``pipelines.vision_pretrain``), and is then frozen as the
@@ -43,10 +45,11 @@ the same command runs again.
 Stage G (``--grounding.steps``, default 0; from random init only, after stage V): the text path (LLM, visual
 projector, seg head) learns without SAM2 to make TAK' name the expression's targets among the video's objects
 (``pipelines.grounding_pretrain``), what MLLM pretraining gives the real LLM. With ``--preset learn-256-pos`` it
-grounds every held-out referring and group expression in 500 steps of 64 clips, but the motion kinds not in 1,500,
-and stage 1 after it scored J&F 0.62 against 0.60 (README, "Grounding pretraining and what the decoder cannot
-find"). ``--freeze-llm`` keeps its LLM through stage 1. Its result (``grounding_pretrain/``) is loaded when the
-same command runs again.
+grounds every held-out referring and group expression in 500 steps of 64 clips, but the motion kinds not in 1,500.
+Stage 1 after it scored J&F 0.62 against 0.60 while SAM2's encoder hardly told shapes apart; after a stage 0 with
+the attribute aid (``--track.attribute-weight``) it scores 0.68 against 0.64 without stage G (README, "The
+attribute aid and what now limits"). ``--freeze-llm`` keeps its LLM through stage 1. Its result
+(``grounding_pretrain/``) is loaded when the same command runs again.
 
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
@@ -86,7 +89,8 @@ TASK_FILE = "learnability.json"
 @dataclass(frozen=True)
 class LearnabilityConfig:
     """Settings of the learnability run. The README's command sets the preset, the schedule and the from-scratch
-    aids it used explicitly (``--preset learn-256 --expression-word-weight 1 --ema-decay 0.999``)."""
+    aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --grounding.steps 1500
+    --expression-word-weight 1 --ema-decay 0.999``)."""
 
     out: str = field(metadata={"help": "output folder (local)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
@@ -363,13 +367,15 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
 
 def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
     """``curve.png``: stage 0 (when ``out_dir`` has one: its loss and held-out J of tracking from ground-truth
-    keyframes), the training losses and the held-out scores."""
+    keyframes), stage G (when it has one: held-out grounding accuracy in all and per kind), the training losses
+    and the held-out scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
     from pipelines.track_pretrain import LOG_FILE, read_summary
 
     def smooth(ax, steps, values, label, **kw):
@@ -381,7 +387,9 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
 
     track_dir = os.path.join(out_dir, TRACK_DIR)
     track = read_summary(track_dir)
-    panels = 3 if track else 2
+    grounding = read_grounding_summary(os.path.join(out_dir, GROUNDING_DIR))
+    grounding_evals = (grounding or {}).get("evaluations") or []
+    panels = 2 + bool(track) + bool(grounding_evals)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4))
     if track:
         ax0 = axes[0]
@@ -397,6 +405,18 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
         twin.set_ylim(0, 1)
         ax0.legend(loc="upper left")
         twin.legend(loc="upper right")
+    if grounding_evals:
+        axg = axes[1 if track else 0]
+        gs = [e["step"] for e in grounding_evals]
+        kinds = sorted({k for e in grounding_evals for k in e["accuracy"]} - {"all"})
+        axg.plot(gs, [e["accuracy"]["all"] for e in grounding_evals], marker="o", color="black", label="all")
+        for kind in kinds:
+            axg.plot(gs, [e["accuracy"].get(kind, float("nan")) for e in grounding_evals], marker=".",
+                     linewidth=0.8, label=kind)
+        axg.set_ylim(0, 1.02)
+        axg.set_xlabel("stage G step")
+        axg.set_title("stage G: held-out exact target sets")
+        axg.legend(fontsize=7)
     ax1, ax2 = axes[-2], axes[-1]
     steps = [r["step"] for r in log_rows]
     for key in ("loss", "bce_loss", "dice_loss", "ce_loss", "object_loss", "sep_loss", "word_loss"):
@@ -624,8 +644,8 @@ def run(cfg: LearnabilityConfig) -> dict:
 def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, scores: dict, train_seconds: float) -> None:
     """Write :data:`TASK_FILE` into ``model_dir``: the synthetic task (frame size, frames, expression types)
     and the held-out scores, so whoever loads the model (``jobs.demo``) can rebuild comparable data."""
-    keys = ("j", "f", "jf", "j_referring", "f_referring", "jf_referring", "j_reasoning", "f_reasoning", "jf_reasoning",
-            "keyframe_j", "wrong_keyframe_share", "j_true_keyframe", "num_expressions")
+    keys = ("j", "f", "jf", "jf_revos", "j_referring", "f_referring", "jf_referring", "j_reasoning", "f_reasoning",
+            "jf_reasoning", "keyframe_j", "wrong_keyframe_share", "j_true_keyframe", "num_expressions")
     payload = {
         "task": {"generator": "vrshq.data.generate_synthetic_video", "video_size": cfg.video_size,
                  "video_frames": cfg.video_frames, "expression_types": list(cfg.expression_types)},

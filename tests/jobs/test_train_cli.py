@@ -385,3 +385,26 @@ def test_settings_without_effect_are_refused_before_any_work():
     with pytest.raises(ConfigError, match="attribute_weight=1.0 has no effect with track.steps=0"):
         parse("--track.steps", "0", "--track.attribute-weight", "1")
     assert parse("--track.attribute-weight", "0.3").track.attribute_weight == 0.3
+
+
+def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):
+    """The curve gets a stage-G panel (held-out accuracy in all and per kind) beside the stage-1 panels."""
+    import matplotlib.figure
+
+    from jobs.learnability import GROUNDING_DIR, _plot
+    from pipelines.grounding_pretrain import SUMMARY_FILE
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    rows = [{"step": s, "loss": 1.0 / s, "ce_loss": 0.5 / s} for s in range(1, 4)]
+    evals = [{"step": 3, "j": 0.5, "f": 0.6, "jf": 0.55}]
+    _plot(str(tmp_path), rows, evals)  # no stage G: the two stage-1 panels
+    (tmp_path / GROUNDING_DIR).mkdir()
+    (tmp_path / GROUNDING_DIR / SUMMARY_FILE).write_text(json.dumps({"complete": True, "steps": 500, "evaluations": [
+        {"step": 250, "accuracy": {"all": 0.4, "referring": 0.6, "fastest": 0.0}},
+        {"step": 500, "accuracy": {"all": 0.7, "referring": 1.0, "fastest": 0.1}}]}))
+    _plot(str(tmp_path), rows, evals)
+    titles = [[ax.get_title() for ax in fig.axes] for fig in saved]
+    assert len(titles[0]) == 2 and not any("stage G" in t for t in titles[0]), titles
+    (stage_g,) = [ax for ax in saved[1].axes if ax.get_title().startswith("stage G")]
+    assert sorted(line.get_label() for line in stage_g.get_lines()) == ["all", "fastest", "referring"]
