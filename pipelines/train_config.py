@@ -219,7 +219,8 @@ class TrackPretrainConfig:
                           "linear head names the colour, shape and size of the object covering each cell, what "
                           "SA-1B training gives the real encoder); 0 = tracking losses only. Why: after stage 0 "
                           "alone the embedding gives shape at 63%% per cell, and the decoder finds 41%% of 'the "
-                          "triangle'-style targets"},
+                          "triangle'-style targets; with weight 1: 96%% and 91%%, tracking J 0.848 against "
+                          "0.864"},
     )
 
     def __post_init__(self) -> None:
