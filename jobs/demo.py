@@ -89,12 +89,18 @@ def read_task_file(checkpoint: str | None) -> dict:
 
 
 def _published_scores(payload: dict) -> str:
-    """The held-out scores line of a task file, else ``""``."""
+    """The held-out scores lines of a task file, else ``""``. The table that ``jobs.report`` prints has a row
+    per expression type and an ``overall`` row that is their mean (ReVOS's convention); the published
+    per-type J&F and that mean come first so the two compare like with like, then the mean over expressions."""
     heldout = payload.get("heldout", {})
     if not all(k in heldout for k in ("j", "f", "jf")):
         return ""
-    return (f"\n  published held-out scores of this checkpoint ({heldout.get('videos', '?')} unseen videos): "
-            f"J {heldout['j']:.3f}  F {heldout['f']:.3f}  J&F {heldout['jf']:.3f}")
+    lines = f"\n  published held-out scores of this checkpoint ({heldout.get('videos', '?')} unseen videos):"
+    if all(k in heldout for k in ("jf_referring", "jf_reasoning")):
+        overall = heldout.get("jf_revos", (heldout["jf_referring"] + heldout["jf_reasoning"]) / 2)
+        lines += (f"\n    J&F referring {100 * heldout['jf_referring']:.1f}  reasoning "
+                  f"{100 * heldout['jf_reasoning']:.1f}  overall {100 * overall:.1f} (the mean of the two, as above)")
+    return lines + (f"\n    per expression: J {heldout['j']:.3f}  F {heldout['f']:.3f}  J&F {heldout['jf']:.3f}")
 
 
 def demo_data(args: argparse.Namespace, task: dict) -> DemoData:

@@ -89,3 +89,14 @@ def test_demo_end_to_end_with_the_committed_checkpoint(ray_on_head, tmp_path, ca
     assert demo.DemoData(2, 16, 64, 64, 2025, (0,)).matches(out / "data")  # rewritten, not mixed
     rows = dict(re.findall(r"^(referring|reasoning|overall)\s+.*?(\d+)$", printed, re.M))
     assert int(rows["overall"]) == int(rows["referring"]) > 0, printed  # referring expressions only
+
+
+def test_published_scores_compare_like_with_the_printed_table():
+    """The report's ``overall`` row is the mean of the type rows; the published line must offer that mean too."""
+    heldout = {"videos": 64, "j": 0.6, "f": 0.7, "jf": 0.65, "jf_referring": 0.8, "jf_reasoning": 0.4}
+    printed = demo._published_scores({"heldout": heldout})
+    assert "J&F referring 80.0  reasoning 40.0  overall 60.0 (the mean of the two" in printed
+    assert "per expression: J 0.600  F 0.700  J&F 0.650" in printed
+    committed = demo.read_task_file(str(CHECKPOINT))
+    assert f"overall {100 * committed['heldout']['jf_revos']:.1f}" in demo._published_scores(committed)
+    assert demo._published_scores({"heldout": {"jf": 0.5}}) == ""  # no scores, no line

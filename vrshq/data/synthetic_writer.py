@@ -72,6 +72,7 @@ def write_synthetic_revos(
     config: SyntheticSceneConfig | None = None,
     video_prefix: str = "synthetic",
     jpeg_quality: int = 95,
+    jpeg_chroma: str = "444",
     fps: int = 10,
 ) -> SyntheticRevosInfo:
     """Generate ``num_videos`` synthetic videos and write them in the ReVOS layout.
@@ -89,6 +90,10 @@ def write_synthetic_revos(
         config: the scene grammar.
         video_prefix: first part of the video ids (``<prefix>/<split>/vid0000``).
         jpeg_quality: JPEG quality of the frames.
+        jpeg_chroma: ``"444"`` (full-resolution colour, the default) or ``"420"`` (colour at half resolution,
+            what most cameras and datasets store). Why 4:4:4: in small synthetic videos a shape spans a few
+            pixels, and 4:2:0 blurs its colour into its neighbours; the committed tiny checkpoint scores J&F
+            0.65 on 16 demo videos written at 4:4:4 (the same as the raw frames) but 0.57 at 4:2:0.
         fps: frame rate of the mp4 files.
 
     Returns:
@@ -106,6 +111,8 @@ def write_synthetic_revos(
         raise ValueError(f"num_videos must be >= 1, got {num_videos}")
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
+    if jpeg_chroma not in _JPEG_CHROMA:
+        raise ValueError(f"jpeg_chroma must be one of {sorted(_JPEG_CHROMA)}, got {jpeg_chroma!r}")
     config = config or SyntheticSceneConfig()
     root = canonical_uri(root_uri, storage_options)
     fs, _ = resolve(root, storage_options)
@@ -148,7 +155,7 @@ def write_synthetic_revos(
         by_type.update(e.type_id for e in video.expressions)
         by_kind.update(e.kind for e in video.expressions)
         files = {
-            f"{_path(fs, root)}/JPEGImages/{video_id}/{name}.jpg": _encode_jpeg(frame, jpeg_quality)
+            f"{_path(fs, root)}/JPEGImages/{video_id}/{name}.jpg": _encode_jpeg(frame, jpeg_quality, jpeg_chroma)
             for name, frame in zip(frame_names, video.frames)
         }
         if write_mp4:
@@ -208,8 +215,12 @@ def encode_mp4(frames: np.ndarray, *, fps: int = 10) -> bytes:
     return data
 
 
-def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+_JPEG_CHROMA = {"444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444, "420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420}
+
+
+def _encode_jpeg(frame: np.ndarray, quality: int, chroma: str) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", np.ascontiguousarray(frame[..., ::-1]), [
+        cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _JPEG_CHROMA[chroma]])
     if not ok:
         raise RuntimeError("cv2.imencode failed to encode a JPEG frame")
     return buffer.tobytes()
