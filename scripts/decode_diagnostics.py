@@ -9,10 +9,19 @@ Three measurements on a model folder (CPU, float32; a diagnostic, not the method
    probes of the colour, shape and size of the object covering a cell (>= 60%; background cells: < 1%).
 3. ``referring``: how often the keyframe mask is the right object (IoU >= 0.3) for referring expressions,
    split by the attributes the expression names ("the triangle" vs "the red shape").
+4. ``motion``: can motion be read from the visual tokens the LLM gets at all? A probe with an oracle object query
+   (an embedding of the object's size-colour-shape triple) attends over one frame's tokens (the tower, the
+   DPC-KNN merge and the centroid positions, what the projector maps into the LLM; ``--motion-tokens patches``:
+   the unmerged patches with their positions) and regresses the object's centre. Held out: the centre's R^2, and
+   "never moves" / "fastest" answered by the speed rule (mean |step| of the centre) on the probe's centres
+   against the true ones (the rule's ceiling). ``--vision-folder`` first loads a stage-V tower.
 
 Measured on the session-7 model (README, "What limits reasoning"): TAK' names 93% of referring targets, SAM2's
 image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of colour-only
 expressions but 41% of shape-only ones: the decoder cannot find by shape what the image features hardly encode.
+Session 8 (README, "The attribute aid and what now limits"): with the stage-0 attribute aid shape per cell is 96%
+and shape-only expressions are found 91% of the time; the motion probe reads object centres from the merged tokens
+at R^2 0.53, and the speed rule on them is near chance.
 
     python scripts/decode_diagnostics.py checkpoints/tiny-synthetic --videos 64
 """
@@ -157,6 +166,101 @@ def referring_by_attributes(model, videos: int) -> dict[str, dict[str, float]]:
     return {k: {"right": float(np.mean(v)), "expressions": len(v)} for k, v in sorted(right.items())}
 
 
+def visual_tokens(model, frames: np.ndarray, *, patches: bool) -> torch.Tensor:
+    """What the LLM's projector receives for ``frames`` (T, H, W, 3) uint8: ``(T, tokens, C)``; with ``patches``
+    the unmerged patches, each with its own position embedding at the preset's centroid scale."""
+    from vrshq.model.token_merging import grid_position_embedding
+
+    vision = model.vision
+    with torch.no_grad():
+        features = vision.encode_patches(vision.preprocess(torch.from_numpy(frames)))
+        if not patches:
+            return vision.merge(features)
+        grid = vision.cfg.image_size // vision.cfg.patch_size
+        scale = vision.cfg.merge.centroid_position_scale
+        return features + scale * grid_position_embedding(grid, features.shape[-1]).to(features)
+
+
+class ObjectCentreProbe(torch.nn.Module):
+    """Oracle-query attention over one frame's tokens -> the queried object's centre (y, x) / frame size."""
+
+    def __init__(self, token_dim: int, queries: int, width: int = 128) -> None:
+        super().__init__()
+        self.query = torch.nn.Embedding(queries, width)
+        self.key = torch.nn.Linear(token_dim, width)
+        self.value = torch.nn.Linear(token_dim, width)
+        self.head = torch.nn.Sequential(torch.nn.Linear(2 * width, width), torch.nn.GELU(), torch.nn.Linear(width, 2))
+
+    def forward(self, tokens: torch.Tensor, query_ids: torch.Tensor) -> torch.Tensor:
+        q = self.query(query_ids)
+        weights = torch.softmax((self.key(tokens) @ q[:, :, None]).squeeze(-1) / q.shape[-1] ** 0.5, dim=-1)
+        pooled = (weights[:, :, None] * self.value(tokens)).sum(1)
+        return self.head(torch.cat([pooled, q], dim=-1))
+
+
+def speed_rule_accuracy(videos, centres: list[np.ndarray]) -> dict[str, float]:
+    """Share of "never moves" / "fastest" expressions whose target is the object of least / most mean |step| of
+    its centre track; ``centres[i]`` is (objects, T, 2) for ``videos[i]``."""
+    hits: dict[str, list[bool]] = {"static": [], "fastest": []}
+    for video, track in zip(videos, centres):
+        speed = np.abs(np.diff(track, axis=1)).sum(-1).mean(1)
+        for expression in video.expressions:
+            if expression.kind in hits:
+                pick = np.argmin(speed) if expression.kind == "static" else np.argmax(speed)
+                hits[expression.kind].append(int(pick) == expression.obj_ids[0])
+    return {kind: float(np.mean(h)) if h else float("nan") for kind, h in hits.items()}
+
+
+def motion_from_tokens(model, *, train_videos: int, heldout_videos: int, steps: int, patches: bool) -> dict:
+    """Measurement 4 (module docstring): the centre probe's held-out R^2 and RMSE, and the speed rule's accuracy
+    on the probe's centres and on the true ones."""
+    from vrshq.data import COLOURS, SHAPES, SIZES, generate_synthetic_video
+
+    triples = {t: i for i, t in enumerate(itertools.product(SIZES, COLOURS, SHAPES))}
+    gen = torch.Generator().manual_seed(0)
+
+    def rows(stream: int, count: int):
+        videos, tokens, queries, centres, visible = [], [], [], [], []
+        for i in range(count):
+            video = generate_synthetic_video(np.random.default_rng([0, stream, i]), num_frames=16, height=64, width=64)
+            frame_tokens = visual_tokens(model, video.frames, patches=patches)
+            seen = video.object_masks.reshape(len(video.objects), video.frames.shape[0], -1).any(-1)
+            size = video.frames.shape[1]
+            for o in video.objects:
+                tokens.append(frame_tokens)
+                queries.append(torch.full((len(frame_tokens),), triples[(o.size, o.colour, o.shape)]))
+                centres.append(torch.from_numpy(o.centers / size).float())
+                visible.append(torch.from_numpy(seen[o.obj_id]))
+            videos.append(video)
+        return videos, torch.cat(tokens), torch.cat(queries), torch.cat(centres), torch.cat(visible)
+
+    _, x, q, y, v = rows(7, train_videos)
+    videos, xh, qh, yh, vh = rows(8, heldout_videos)
+    probe = ObjectCentreProbe(x.shape[-1], len(triples))
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=2e-3)
+    x, q, y = x[v], q[v], y[v]  # hidden frames have no centre to see
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (512,), generator=gen)
+        loss = F.mse_loss(probe(x[idx], q[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = probe(xh, qh)
+    target, guess = yh[vh], predicted[vh]
+    r2 = 1 - ((guess - target) ** 2).sum() / ((target - target.mean(0)) ** 2).sum()
+    size = videos[0].frames.shape[1]
+    tracks, true_tracks, start = [], [], 0
+    for video in videos:
+        n, t = len(video.objects), video.frames.shape[0]
+        tracks.append(predicted[start:start + n * t].reshape(n, t, 2).numpy() * size)
+        true_tracks.append(np.stack([o.centers for o in video.objects]))
+        start += n * t
+    return {"centre_r2": float(r2), "centre_rmse_px": float(size * ((guess - target) ** 2).mean().sqrt()),
+            "speed_rule_probe": speed_rule_accuracy(videos, tracks),
+            "speed_rule_true_centres": speed_rule_accuracy(videos, true_tracks)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="model folder (jobs.learnability's model/, or checkpoints/tiny-synthetic)")
@@ -164,13 +268,24 @@ def main() -> None:
     parser.add_argument("--image-videos", type=int, default=40, help="videos (4 frames each) of the image probe")
     parser.add_argument("--tak-train-clips", type=int, default=384)
     parser.add_argument("--tak-heldout-videos", type=int, default=96)
-    parser.add_argument("--only", choices=("tak", "image", "referring"), help="one measurement only")
+    parser.add_argument("--motion-train-videos", type=int, default=2000)
+    parser.add_argument("--motion-heldout-videos", type=int, default=150)
+    parser.add_argument("--motion-steps", type=int, default=3000)
+    parser.add_argument("--motion-tokens", choices=("merged", "patches"), default="merged",
+                        help="what the centre probe reads: the LLM's merged tokens, or the unmerged patches")
+    parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load "
+                                                "into the tower first")
+    parser.add_argument("--only", choices=("tak", "image", "referring", "motion"), help="one measurement only")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
         model = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model, device="cpu"))
     model = model.float().eval()
+    if args.vision_folder:
+        from pipelines.vision_pretrain import load_pretrained_tower
+
+        load_pretrained_tower(model.vision, args.vision_folder)
     report = {}
     if args.only in (None, "tak"):
         report["tak_grounding"] = tak_grounding(model, train_clips=args.tak_train_clips,
@@ -182,6 +297,11 @@ def main() -> None:
     if args.only in (None, "referring"):
         report["referring"] = referring_by_attributes(model, args.videos)
         print(json.dumps({"referring": report["referring"]}), flush=True)
+    if args.only in (None, "motion"):
+        report["motion"] = motion_from_tokens(model, train_videos=args.motion_train_videos,
+                                              heldout_videos=args.motion_heldout_videos, steps=args.motion_steps,
+                                              patches=args.motion_tokens == "patches")
+        print(json.dumps({"motion": report["motion"]}), flush=True)
 
 
 if __name__ == "__main__":

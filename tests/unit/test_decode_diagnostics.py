@@ -31,3 +31,43 @@ def test_cell_probe_reads_encoded_attributes_and_not_absent_ones():
         accuracy = diagnostics.cell_probe_accuracy(features, labels)
     assert accuracy["colour"] > 0.95 and accuracy["size"] > 0.95
     assert accuracy["shape"] < 0.5  # three object shapes: chance is 1/3
+
+
+def _videos_with_motion_questions(count: int):
+    import numpy as np
+
+    from vrshq.data import generate_synthetic_video
+
+    videos = [generate_synthetic_video(np.random.default_rng([0, 11, i]), num_frames=16, height=64, width=64)
+              for i in range(count)]
+    return [v for v in videos if any(e.kind in ("static", "fastest") for e in v.expressions)]
+
+
+def test_speed_rule_answers_motion_questions_from_true_tracks_only():
+    import numpy as np
+
+    diagnostics = _load()
+    videos = _videos_with_motion_questions(24)
+    true = [np.stack([o.centers for o in v.objects]) for v in videos]
+    assert diagnostics.speed_rule_accuracy(videos, true) == {"static": 1.0, "fastest": 1.0}
+    swapped = [np.roll(track, 1, axis=0) for track in true]  # every object gets another one's track
+    accuracy = diagnostics.speed_rule_accuracy(videos, swapped)
+    assert accuracy["static"] < 0.5 and accuracy["fastest"] < 0.5, accuracy
+    assert np.isnan(diagnostics.speed_rule_accuracy([], [])["static"])  # no question, no score
+
+
+def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp_path):
+    from pipelines.config import InferenceConfig
+    from pipelines.model_loader import build_model
+
+    diagnostics = _load()
+    checkpoint = pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic"
+    model = build_model(InferenceConfig(out=str(tmp_path), manifest="m.parquet", checkpoint=str(checkpoint),
+                                        device="cpu")).float().eval()
+    tokens = diagnostics.visual_tokens(model, _videos_with_motion_questions(4)[0].frames, patches=False)
+    assert tokens.shape[:2] == (16, model.vision.tokens_per_frame)
+    patches = diagnostics.visual_tokens(model, _videos_with_motion_questions(4)[0].frames, patches=True)
+    assert patches.shape[1] == (model.vision.cfg.image_size // model.vision.cfg.patch_size) ** 2
+    report = diagnostics.motion_from_tokens(model, train_videos=12, heldout_videos=12, steps=30, patches=False)
+    assert report["speed_rule_true_centres"] == {"static": 1.0, "fastest": 1.0}
+    assert -1.0 < report["centre_r2"] <= 1.0 and report["centre_rmse_px"] > 0
