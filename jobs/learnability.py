@@ -354,7 +354,8 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
 
     def batches_from(first_sample: int):
         stream = functools.partial(track_clip_stream, seed=cfg.seed, start_sample=first_sample,
-                                   window=cfg.track.window, num_frames=cfg.video_frames, size=cfg.video_size)
+                                   window=cfg.track.window, num_frames=cfg.video_frames, size=cfg.video_size,
+                                   with_objects=cfg.track.attribute_weight > 0)
         return iter(_loader(cfg, stream, cfg.track.clips_per_step))
 
     complete = pretrain_tracking(model, cfg.track, batches_from, folder=os.path.join(cfg.out, TRACK_DIR),

@@ -80,10 +80,12 @@ class TrackClip:
 
 
 def sample_track_clip(video: SyntheticVideo, rng: np.random.Generator, *, window: int, sample_id: int,
-                      min_area: int = 4) -> TrackClip | None:
+                      min_area: int = 4, with_objects: bool = True) -> TrackClip | None:
     """A window of ``video`` that tracks one expression's target (types 0 and 1: single objects,
     groups, occluded objects) from a frame where it is visible (>= ``min_area`` pixels), forward or
-    backward in time; None when the video has no such window."""
+    backward in time; None when the video has no such window. ``with_objects=False`` leaves out every
+    object's masks and attributes (only the attribute aid reads them; they double a clip's size), with
+    the same window drawn."""
     targets = [video.target_masks(e) for e in video.expressions if e.obj_ids]
     if not targets:
         return None
@@ -98,6 +100,8 @@ def sample_track_clip(video: SyntheticVideo, rng: np.random.Generator, *, window
         return None
     start, step = starts[int(rng.integers(len(starts)))]
     order = np.arange(start, start + step * window, step)
+    if not with_objects:
+        return TrackClip(frames=video.frames[order], masks=masks[order], sample_id=sample_id)
     attributes = np.array([[_COLOURS.index(o.colour) + 1, SHAPES.index(o.shape) + 1, SIZES.index(o.size) + 1]
                            for o in video.objects], dtype=np.int64)
     return TrackClip(frames=video.frames[order], masks=masks[order], sample_id=sample_id,
@@ -135,14 +139,15 @@ def attribute_loss(head: torch.nn.Module, embeddings: torch.Tensor, targets: tor
 
 
 def track_clip_stream(*, seed: int, start_sample: int, window: int, num_frames: int, size: int,
-                      stride: int = 1, offset: int = 0) -> Iterator[TrackClip]:
+                      stride: int = 1, offset: int = 0, with_objects: bool = True) -> Iterator[TrackClip]:
     """Windows ``start_sample + offset, + stride, ...``: window ``s`` comes from synthetic video
-    ``default_rng([seed, TRACK_STREAM, s])`` (never repeated, never a held-out video)."""
+    ``default_rng([seed, TRACK_STREAM, s])`` (never repeated, never a held-out video); ``with_objects``
+    as in :func:`sample_track_clip`."""
     sample_id = start_sample + offset
     while True:
         rng = np.random.default_rng([seed, TRACK_STREAM, sample_id])
         video = generate_synthetic_video(rng, num_frames=num_frames, height=size, width=size)
-        clip = sample_track_clip(video, rng, window=window, sample_id=sample_id)
+        clip = sample_track_clip(video, rng, window=window, sample_id=sample_id, with_objects=with_objects)
         if clip is not None:
             yield clip
         sample_id += stride

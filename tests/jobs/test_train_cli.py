@@ -283,6 +283,28 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_
     assert json.loads((out / "heldout.json").read_text())["step"] == 3
 
 
+def test_stage_0_of_the_cli_feeds_the_attribute_aid_its_objects(tmp_path):
+    """The CLI's stage-0 windows carry every object's masks when the aid is on (and only then): its loss is logged."""
+    import csv
+
+    import torch
+
+    from jobs import learnability
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "learn"
+    args = [*_tiny_run(out, steps=1, videos_per_step=2), "--image-ratio", "0", "--track.steps", "2",
+            "--track.window", "3", "--track.clips-per-step", "2", "--track.warmup-steps", "1",
+            "--track.attribute-weight", "1"]
+    try:
+        assert learnability.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open(out / "track_pretrain" / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(float(r["attribute_loss"]) > 0 for r in rows)
+
+
 def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights(tmp_path):
     """--vision-trainable: the random tower learns in stage 1, its weights are in the training checkpoint (the
     trainable set), and the continued run starts from them rather than from a fresh random tower."""

@@ -1,6 +1,7 @@
 """Stage 0 of the learnability run: tracking pretraining of SAM2 (pipelines.track_pretrain)."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -57,6 +58,17 @@ def test_a_window_follows_one_expression_target_forward_or_backward_from_a_visib
         targets = [video.target_masks(e)[order] for e in video.expressions if e.obj_ids]
         assert any(np.array_equal(clip.masks, t) for t in targets)
     assert directions == {1, -1}
+
+
+def test_windows_without_objects_are_the_same_windows_without_the_aids_data():
+    full = itertools.islice(track_clip_stream(seed=0, start_sample=0, window=4, num_frames=8, size=32), 6)
+    lean = itertools.islice(track_clip_stream(seed=0, start_sample=0, window=4, num_frames=8, size=32,
+                                              with_objects=False), 6)
+    for a, b in zip(full, lean, strict=True):
+        assert a.sample_id == b.sample_id
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.masks, b.masks)
+        assert a.object_masks is not None and a.attributes is not None
+        assert b.object_masks is None and b.attributes is None
 
 
 def test_the_prompt_frame_outputs_the_prompt_and_the_tracked_frames_depend_on_it():
