@@ -64,9 +64,10 @@ def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp
     checkpoint = pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic"
     model = build_model(InferenceConfig(out=str(tmp_path), manifest="m.parquet", checkpoint=str(checkpoint),
                                         device="cpu")).float().eval()
-    tokens = diagnostics.visual_tokens(model, _videos_with_motion_questions(4)[0].frames, patches=False)
+    frames = _videos_with_motion_questions(4)[0].frames
+    tokens = diagnostics.visual_tokens(model, frames, patches=False)
     assert tokens.shape[:2] == (16, model.vision.tokens_per_frame)
-    patches = diagnostics.visual_tokens(model, _videos_with_motion_questions(4)[0].frames, patches=True)
+    patches = diagnostics.visual_tokens(model, frames, patches=True)
     assert patches.shape[1] == (model.vision.cfg.image_size // model.vision.cfg.patch_size) ** 2
     report = diagnostics.motion_from_tokens(model, train_videos=12, heldout_videos=12, steps=30, patches=False)
     assert report["speed_rule_true_centres"] == {"static": 1.0, "fastest": 1.0}
