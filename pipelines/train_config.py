@@ -71,6 +71,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _range_problems(config: Any, *, ints: tuple[tuple[str, int], ...] = (),
+                    non_negative: tuple[str, ...] = ()) -> list[str]:
+    """One message per field of ``config`` out of range: ``ints`` are ``(name, minimum)`` of int fields,
+    ``non_negative`` names the fields that must be finite numbers >= 0 (the pretraining stages' configs)."""
+    problems = []
+    for name, minimum in ints:
+        value = getattr(config, name)
+        if not _is_int(value) or value < minimum:
+            problems.append(f"{name}={value!r}: must be an int >= {minimum}")
+    for name in non_negative:
+        value = getattr(config, name)
+        if not _is_number(value) or value < 0:
+            problems.append(f"{name}={value!r}: must be a finite number >= 0")
+    return problems
+
+
 def learnability_model_config(
     *, object_weight: float = 0.5, trainable: str = "all", cluster_counts: tuple[int, ...] = (16, 8, 4),
     sam2_image_size: int = 128, llm_hidden_size: int = 128, llm_layers: int = 2, tower_hidden_size: int = 32,
@@ -224,19 +240,9 @@ class TrackPretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("steps", "warmup_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{name}={value!r}: must be an int >= 0")
-        for name in ("window", "clips_per_step"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (2 if name == "window" else 1):
-                problems.append(f"{name}={value!r}: must be an int >= {2 if name == 'window' else 1}")
-        for name in ("lr", "bce_weight", "dice_weight", "object_weight", "clip_grad_norm", "attribute_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                problems.append(f"{name}={value!r}: must be a finite number >= 0")
+        problems = _range_problems(
+            self, ints=(("steps", 0), ("warmup_steps", 0), ("window", 2), ("clips_per_step", 1)),
+            non_negative=("lr", "bce_weight", "dice_weight", "object_weight", "clip_grad_norm", "attribute_weight"))
         _problems_to_error("TrackPretrainConfig", problems)
 
 
@@ -254,16 +260,10 @@ class VisionPretrainConfig:
     log_every: int = field(default=100, metadata={"help": "log a line every N steps"})
 
     def __post_init__(self) -> None:
-        problems = []
-        for name, minimum in (("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("probe_videos", 2),
-                              ("log_every", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                problems.append(f"{name}={value!r}: must be an int >= {minimum}")
-        for name in ("lr", "position_weight"):
-            value = getattr(self, name)
-            if not _is_number(value) or value < 0:
-                problems.append(f"{name}={value!r}: must be a finite number >= 0")
+        problems = _range_problems(
+            self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("probe_videos", 2),
+                        ("log_every", 1)),
+            non_negative=("lr", "position_weight"))
         _problems_to_error("VisionPretrainConfig", problems)
 
 
@@ -283,18 +283,12 @@ class GroundingPretrainConfig:
     head_seed: int = field(default=0, metadata={"help": "seed of the throw-away target head's init"})
 
     def __post_init__(self) -> None:
-        problems = []
-        for name, minimum in (("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("eval_every", 1),
-                              ("heldout_videos", 1)):
-            value = getattr(self, name)
-            if not _is_int(value) or value < minimum:
-                problems.append(f"{name}={value!r}: must be an int >= {minimum}")
+        problems = _range_problems(
+            self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("eval_every", 1),
+                        ("heldout_videos", 1)))
         if not _is_int(self.head_seed):
             problems.append(f"head_seed={self.head_seed!r}: must be an int")
-        for name in ("lr", "ce_weight", "clip_grad_norm"):
-            value = getattr(self, name)
-            if not _is_number(value) or value < 0:
-                problems.append(f"{name}={value!r}: must be a finite number >= 0")
+        problems += _range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))
         _problems_to_error("GroundingPretrainConfig", problems)
 
 
