@@ -56,6 +56,21 @@ def test_speed_rule_answers_motion_questions_from_true_tracks_only():
     assert np.isnan(diagnostics.speed_rule_accuracy([], [])["static"])  # no question, no score
 
 
+def test_spread_rule_survives_noise_that_defeats_the_step_rule():
+    import numpy as np
+
+    diagnostics = _load()
+    videos = _videos_with_motion_questions(60)
+    rng = np.random.default_rng(0)
+    noisy = [np.stack([o.centers for o in v.objects])[:, ::2] + rng.normal(0, 4, (len(v.objects), 8, 2))
+             for v in videos]
+    step = diagnostics.speed_rule_accuracy(videos, noisy)
+    spread = diagnostics.speed_rule_accuracy(videos, noisy, "spread")
+    assert spread["static"] > step["static"] + 0.1 and spread["fastest"] > step["fastest"], (step, spread)
+    swapped = [np.roll(np.stack([o.centers for o in v.objects]), 1, axis=0) for v in videos]
+    assert diagnostics.speed_rule_accuracy(videos, swapped, "spread")["static"] < 0.5
+
+
 def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp_path):
     from pipelines.config import InferenceConfig
     from pipelines.model_loader import build_model
@@ -71,4 +86,5 @@ def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp
     assert patches.shape[1] == (model.vision.cfg.image_size // model.vision.cfg.patch_size) ** 2
     report = diagnostics.motion_from_tokens(model, train_videos=12, heldout_videos=12, steps=30, patches=False)
     assert report["speed_rule_true_centres"] == {"static": 1.0, "fastest": 1.0}
+    assert report["spread_rule_true_centres"]["static"] == 1.0 and set(report["spread_rule_probe"]) == {"static", "fastest"}
     assert -1.0 < report["centre_r2"] <= 1.0 and report["centre_rmse_px"] > 0
