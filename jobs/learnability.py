@@ -252,6 +252,9 @@ class LearnabilityConfig:
         if self.track.attribute_weight and not self.track.steps:
             problems.append(f"track.attribute_weight={self.track.attribute_weight} has no effect with track.steps=0 "
                             "(the aid is part of stage 0)")
+        if self.grounding.focus_share and not self.grounding.steps:
+            problems.append(f"grounding.focus_share={self.grounding.focus_share} has no effect with grounding.steps=0 "
+                            "(it shapes stage G's clips)")
         if problems:
             raise ConfigError(problems)
 
@@ -332,7 +335,8 @@ def _grounding_stage(cfg: LearnabilityConfig, model) -> dict:
     heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
                                         num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
     stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=0, num_frames=cfg.video_frames,
-                               size=cfg.video_size, sampling=sampling)
+                               size=cfg.video_size, sampling=sampling, focus_kinds=cfg.grounding.focus_kinds,
+                               focus_share=cfg.grounding.focus_share)
     batches = iter(_loader(cfg, stream, cfg.grounding.videos_per_step))
     return pretrain_grounding(model, cfg.grounding, batches, heldout=heldout,
                               folder=os.path.join(cfg.out, GROUNDING_DIR), log_every=cfg.log_every)

@@ -281,6 +281,16 @@ class GroundingPretrainConfig:
     eval_every: int = field(default=250, metadata={"help": "score the held-out expressions every N steps"})
     heldout_videos: int = field(default=96, metadata={"help": "held-out videos scored (their sampled clips)"})
     head_seed: int = field(default=0, metadata={"help": "seed of the throw-away target head's init"})
+    focus_kinds: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "expression kinds that focused clips keep (e.g. static fastest moving); the held-out "
+                          "clips stay the whole task"},
+    )
+    focus_share: float = field(
+        default=0.0,
+        metadata={"help": "share of training clips that keep only the focus kinds' expressions (0: every clip is "
+                          "sampled from all of its video's expressions)"},
+    )
 
     def __post_init__(self) -> None:
         problems = _range_problems(
@@ -289,6 +299,16 @@ class GroundingPretrainConfig:
         if not _is_int(self.head_seed):
             problems.append(f"head_seed={self.head_seed!r}: must be an int")
         problems += _range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))
+        from vrshq.data.synthetic import EXPRESSION_KINDS
+
+        unknown = [k for k in self.focus_kinds if k not in EXPRESSION_KINDS]
+        if unknown:
+            problems.append(f"focus_kinds={list(self.focus_kinds)!r}: unknown kinds {unknown}, "
+                            f"must be among {list(EXPRESSION_KINDS)}")
+        if not _is_number(self.focus_share) or not 0 <= self.focus_share <= 1:
+            problems.append(f"focus_share={self.focus_share!r}: must be a number in [0, 1]")
+        elif self.focus_share and not self.focus_kinds:
+            problems.append(f"focus_share={self.focus_share}: needs focus_kinds")
         _problems_to_error("GroundingPretrainConfig", problems)
 
 

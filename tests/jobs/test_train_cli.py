@@ -407,6 +407,11 @@ def test_settings_without_effect_are_refused_before_any_work():
     with pytest.raises(ConfigError, match="attribute_weight=1.0 has no effect with track.steps=0"):
         parse("--track.steps", "0", "--track.attribute-weight", "1")
     assert parse("--track.attribute-weight", "0.3").track.attribute_weight == 0.3
+    focus = ("--grounding.focus-kinds", "static", "--grounding.focus-kinds", "fastest", "--grounding.focus-share", "0.5")
+    with pytest.raises(ConfigError, match="focus_share=0.5 has no effect with grounding.steps=0"):
+        parse(*focus)
+    grounding = parse(*focus, "--grounding.steps", "10").grounding
+    assert grounding.focus_kinds == ("static", "fastest") and grounding.focus_share == 0.5
 
 
 def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):

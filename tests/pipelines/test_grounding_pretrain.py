@@ -95,3 +95,60 @@ def test_config_rejects_bad_values_with_every_problem():
         GroundingPretrainConfig(steps=-1, videos_per_step=0, lr=float("nan"))
     message = str(info.value)
     assert "steps=-1" in message and "videos_per_step=0" in message and "lr=nan" in message
+
+
+def _stream(**focus):
+    from pipelines.grounding_pretrain import grounding_sample_stream
+
+    return grounding_sample_stream(seed=0, start_sample=0, num_frames=8, size=48, sampling=_SAMPLING, **focus)
+
+
+def test_focused_clips_keep_only_the_focus_kinds_and_share_zero_is_the_plain_stream():
+    focused = list(itertools.islice(_stream(focus_kinds=("static", "fastest"), focus_share=1.0), 8))
+    assert all(set(s.kinds) <= {"static", "fastest"} for s in focused)
+    plain = list(itertools.islice(_stream(), 8))
+    assert any(set(s.kinds) - {"static", "fastest"} for s in plain)  # the test could fail: the whole task is wider
+    unfocused = list(itertools.islice(_stream(focus_kinds=("static",), focus_share=0.0), 8))
+    assert [s.clip.expressions for s in unfocused] == [s.clip.expressions for s in plain]
+    half = list(itertools.islice(_stream(focus_kinds=("static", "fastest"), focus_share=0.5), 24))
+    mixed = [set(s.kinds) <= {"static", "fastest"} for s in half]
+    assert any(mixed) and not all(mixed)
+    again = list(itertools.islice(_stream(focus_kinds=("static", "fastest"), focus_share=0.5), 24))
+    assert [s.clip.expressions for s in again] == [s.clip.expressions for s in half]  # drawn per sample id
+
+
+def test_focus_config_problems_are_named():
+    with pytest.raises(ValueError) as info:
+        GroundingPretrainConfig(focus_kinds=("static", "slowest"), focus_share=1.5)
+    assert "slowest" in str(info.value) and "focus_share=1.5" in str(info.value)
+    with pytest.raises(ValueError, match="needs focus_kinds"):
+        GroundingPretrainConfig(focus_share=0.5)
+    assert GroundingPretrainConfig(focus_kinds=("static",), focus_share=0.5).focus_share == 0.5
+
+
+def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
+    from pipelines.clip_sampling import ClipSample
+    from pipelines.grounding_pretrain import GroundingSample, grounding_scores
+
+    targets = np.full((3, 24), -1.0, dtype=np.float32)
+    targets[:, :3] = 0.0
+    targets[0, 0] = 1.0  # one target, ranked first but unsure (no positive score): pick yes, exact no
+    targets[1, 1] = 1.0  # one target, another object ranked first: pick no
+    targets[2, :2] = 1.0  # two targets: exact only
+    logits = torch.full((3, 24), -5.0)
+    logits[0, :3] = torch.tensor([-0.1, -0.5, -0.6])
+    logits[1, :3] = torch.tensor([2.0, 1.0, -1.0])
+    logits[2, :3] = torch.tensor([1.0, 1.0, -1.0])
+
+    class _TextPath(torch.nn.Module):
+        def text_path(self, batch):
+            return logits, None
+
+    clip = ClipSample(frames=np.zeros((1, 8, 8, 3), np.uint8), masks=np.zeros((3, 1, 8, 8), bool),
+                      expressions=("a", "b", "c"), prompt_texts=("a", "b", "c"), prompt_instructions=("", "", ""),
+                      frame_indices=(0,), video_id="v", sample_id=0)
+    sample = GroundingSample(clip, targets, ("static", "fastest", "group"))
+    monkeypatch.setattr("pipelines.grounding_pretrain.samples_to_batch", lambda clips: None)
+    exact, pick = grounding_scores(_TextPath(), torch.nn.Identity(), [sample])
+    assert exact == {"all": 1 / 3, "fastest": 0.0, "group": 1.0, "static": 0.0}
+    assert pick == {"all": 0.5, "fastest": 0.0, "static": 1.0}

@@ -36,6 +36,7 @@ __all__ = [
     "SHAPES",
     "COLOURS",
     "SIZES",
+    "EXPRESSION_KINDS",
     "SyntheticSceneConfig",
     "SyntheticObject",
     "SyntheticExpression",
@@ -53,6 +54,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 210, 40),
 }
 SIZES: tuple[str, ...] = ("small", "large")
+#: The kinds of expression the grammar writes (``SyntheticExpression.kind``).
+EXPRESSION_KINDS: tuple[str, ...] = ("referring", "group", "fastest", "static", "moving", "hides_behind", "covers",
+                                     "no_target")
 #: Shapes that never occur: they only appear in no-target expressions.
 _ABSENT_SHAPES: tuple[str, ...] = ("star", "hexagon")
 _NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
@@ -165,7 +169,7 @@ class SyntheticExpression:
     text: str
     obj_ids: tuple[int, ...]
     type_id: int
-    kind: str  # referring | group | fastest | static | moving | hides_behind | covers | no_target
+    kind: str  # one of EXPRESSION_KINDS
 
 
 @dataclass(frozen=True, eq=False)
