@@ -128,7 +128,7 @@ def grounding_sample_stream(
 
     A ``focus_share`` of the samples (drawn per sample id) keep only the expressions of ``focus_kinds``; a video
     without one gives no such sample. Why: a small LLM learns "which shape never moves?" from true object tracks
-    only after ~10^6 questions (README, "What motion needs"), and the whole task's mix gives ~20k in 1,500 steps.
+    only after ~10^6 questions (README, "What motion needs"); the whole task's mix gives ~60k in 1,500 steps.
     """
     sample_id = start_sample + offset
     while True:

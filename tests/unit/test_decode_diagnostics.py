@@ -1,19 +1,15 @@
 """scripts/decode_diagnostics.py: the per-cell probe must tell encoded attributes from absent ones."""
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import torch
 
-_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "decode_diagnostics.py"
+from tests.scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("decode_diagnostics", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("decode_diagnostics")
 
 
 def test_cell_probe_reads_encoded_attributes_and_not_absent_ones():

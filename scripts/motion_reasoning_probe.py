@@ -1,0 +1,179 @@
+"""Can a transformer of the learnability LLM's size learn "which shape never moves?" and "the fastest" at all?
+
+Why: stage G and stage 1 never learnt the motion kinds (README, "What motion needs"). This separates the two
+possible causes: what the visual tokens hold, and how much training the reasoning needs. A small transformer
+(2 layers, width 128, 4 heads: the ``learn-256-pos`` LLM's size) reads 8 frames of a synthetic video (every
+second of 16) plus a token for the question's kind ("never moves" or "fastest") and scores the 24 (size, colour,
+shape) triples; the answer is the best-scored triple among the video's objects (cross-entropy over those). Inputs:
+
+* ``oracle``: per frame one token per object, its triple one-hot and its true centre (times ``--centre-scale``):
+  everything the question needs, so only learning can fail;
+* ``merged``: the 28 DPC-KNN tokens a frame of the model's tower, exactly what the LLM's projector receives.
+
+Training videos come from stream 7 and held-out ones from stream 8 (a fixed set each, so a long run sees every
+question many times); held-out accuracy per kind is printed every ``--eval-every`` steps. A random pick among the
+video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
+
+    python scripts/motion_reasoning_probe.py --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vrshq.data import COLOURS, SHAPES, SIZES, generate_synthetic_video  # noqa: E402
+
+KINDS = ("static", "fastest")
+TRIPLES = {t: i for i, t in enumerate(itertools.product(SIZES, COLOURS, SHAPES))}
+_ORACLE_SLOTS = 4  # at most 4 objects a video
+_ORACLE_DIM = len(TRIPLES) + 2
+
+
+def oracle_tokens(video, frames: slice, centre_scale: float) -> torch.Tensor:
+    """(T, 4, 26): per frame and object slot the triple one-hot and the centre / frame size (empty slots zero)."""
+    centres = np.stack([o.centers for o in video.objects])[:, frames]  # (O, T, 2)
+    tokens = torch.zeros(centres.shape[1], _ORACLE_SLOTS, _ORACLE_DIM)
+    for o in video.objects:
+        tokens[:, o.obj_id, TRIPLES[(o.size, o.colour, o.shape)]] = 1.0
+        tokens[:, o.obj_id, len(TRIPLES):] = torch.from_numpy(centres[o.obj_id] / video.frames.shape[1]).float()
+        tokens[:, o.obj_id, len(TRIPLES):] *= centre_scale
+    return tokens
+
+
+def merged_tokens(vision, frames: np.ndarray) -> torch.Tensor:
+    """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input."""
+    with torch.no_grad():
+        pixels = vision.preprocess(torch.from_numpy(frames).to(vision.projector.weight.device))
+        return vision.merge(vision.encode_patches(pixels)).float().cpu()
+
+
+def questions(stream: int, videos: int, tokens_of) -> dict[str, torch.Tensor]:
+    """Every "never moves" / "fastest" question of ``videos`` videos of ``stream``: tokens, kind, the present
+    triples and the target triple."""
+    rows: dict[str, list] = {"tokens": [], "kind": [], "present": [], "target": []}
+    for i in range(videos):
+        video = generate_synthetic_video(np.random.default_rng([0, stream, i]), num_frames=16, height=64, width=64)
+        asked = [e for e in video.expressions if e.kind in KINDS]
+        if not asked:
+            continue
+        tokens = tokens_of(video)
+        present = torch.zeros(len(TRIPLES), dtype=torch.bool)
+        for o in video.objects:
+            present[TRIPLES[(o.size, o.colour, o.shape)]] = True
+        for expression in asked:
+            target = video.objects[expression.obj_ids[0]]
+            rows["tokens"].append(tokens)
+            rows["kind"].append(KINDS.index(expression.kind))
+            rows["present"].append(present)
+            rows["target"].append(TRIPLES[(target.size, target.colour, target.shape)])
+    return {"tokens": torch.stack(rows["tokens"]), "kind": torch.tensor(rows["kind"]),
+            "present": torch.stack(rows["present"]), "target": torch.tensor(rows["target"])}
+
+
+class MotionReasoner(torch.nn.Module):
+    """Kind token, then every frame's tokens (plus a learnt frame embedding), through a pre-norm transformer
+    encoder; the kind token's output scores the 24 triples."""
+
+    def __init__(self, token_dim: int, frames: int, *, width: int, layers: int, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(token_dim, width)
+        self.frame = torch.nn.Embedding(frames, width)
+        self.kind = torch.nn.Embedding(len(KINDS), width)
+        layer = torch.nn.TransformerEncoderLayer(width, heads, 2 * width, 0.0, batch_first=True, norm_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(width, len(TRIPLES))
+
+    def forward(self, tokens: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(tokens) + self.frame.weight[None, :, None]  # (B, T, N, W)
+        hidden = torch.cat([self.kind(kind)[:, None], hidden.flatten(1, 2)], dim=1)
+        return self.head(self.encoder(hidden)[:, 0])
+
+
+def accuracy(model: MotionReasoner, data: dict[str, torch.Tensor], batch: int = 512) -> dict[str, float]:
+    """Share of questions whose best-scored present triple is the target, per kind."""
+    with torch.no_grad():
+        picks = torch.cat([
+            model(data["tokens"][i:i + batch], data["kind"][i:i + batch])
+            .masked_fill(~data["present"][i:i + batch], float("-inf")).argmax(-1)
+            for i in range(0, len(data["kind"]), batch)
+        ])
+    right = picks == data["target"]
+    return {kind: float(right[data["kind"] == k].float().mean()) for k, kind in enumerate(KINDS)}
+
+
+def train(model: MotionReasoner, data: dict, heldout: dict, *, steps: int, batch: int, lr: float,
+          eval_every: int, seed: int = 0) -> list[dict]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    history = []
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(data["kind"]), (batch,), generator=generator).to(data["kind"].device)
+        logits = model(data["tokens"][idx], data["kind"][idx]).masked_fill(~data["present"][idx], float("-inf"))
+        loss = F.cross_entropy(logits, data["target"][idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % eval_every == 0 or step == steps:
+            history.append({"step": step, "loss": round(loss.item(), 4),
+                            **{k: round(v, 3) for k, v in accuracy(model, heldout).items()}})
+            print(json.dumps(history[-1]), flush=True)
+    return history
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", choices=("oracle", "merged"), default="oracle")
+    parser.add_argument("--model", default="checkpoints/tiny-synthetic", help="model folder whose tower makes the "
+                                                                              "merged tokens")
+    parser.add_argument("--train-videos", type=int, default=3000)
+    parser.add_argument("--heldout-videos", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--centre-scale", type=float, default=1.0, help="oracle centres are multiplied by this")
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    every_second = slice(None, None, 2)
+    if args.input == "oracle":
+        def tokens_of(video):
+            return oracle_tokens(video, every_second, args.centre_scale)
+    else:
+        from pipelines.config import InferenceConfig
+        from pipelines.model_loader import build_model
+
+        with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
+            vision = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model,
+                                                 device="cpu")).float().eval().vision.to(args.device)
+
+        def tokens_of(video):
+            return merged_tokens(vision, video.frames[every_second])
+    started = time.perf_counter()
+    data, heldout = questions(7, args.train_videos, tokens_of), questions(8, args.heldout_videos, tokens_of)
+    print(json.dumps({"input": args.input, "train_questions": len(data["kind"]), "heldout_questions":
+                      len(heldout["kind"]), "seconds": round(time.perf_counter() - started)}), flush=True)
+    data = {k: v.to(args.device) for k, v in data.items()}
+    heldout = {k: v.to(args.device) for k, v in heldout.items()}
+    model = MotionReasoner(data["tokens"].shape[-1], data["tokens"].shape[1], width=args.width,
+                           layers=args.layers).to(args.device)
+    train(model, data, heldout, steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every)
+
+
+if __name__ == "__main__":
+    main()
