@@ -89,8 +89,8 @@ TASK_FILE = "learnability.json"
 @dataclass(frozen=True)
 class LearnabilityConfig:
     """Settings of the learnability run. The README's command sets the preset, the schedule and the from-scratch
-    aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --grounding.steps 1500
-    --expression-word-weight 1 --ema-decay 0.999``)."""
+    aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --track.steps 3200
+    --grounding.steps 1500 --expression-word-weight 1 --ema-decay 0.999``)."""
 
     out: str = field(metadata={"help": "output folder (local)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
