@@ -58,7 +58,6 @@ __all__ = [
     "WEIGHTS_FILE",
     "GroundingSample",
     "TEXT_PATH_PREFIXES",
-    "grounding_accuracy",
     "grounding_sample",
     "grounding_scores",
     "grounding_sample_stream",
@@ -197,12 +196,6 @@ def grounding_scores(model, head: torch.nn.Module, samples: Sequence[GroundingSa
     model.train(was_training)
     return ({k: float(np.mean(v)) for k, v in sorted(exact.items())},
             {k: float(np.mean(v)) for k, v in sorted(pick.items())})
-
-
-def grounding_accuracy(model, head: torch.nn.Module, samples: Sequence[GroundingSample], *,
-                       batch_size: int = 16) -> dict[str, float]:
-    """Share of expressions whose predicted target set is exact, in ``all`` and per kind."""
-    return grounding_scores(model, head, samples, batch_size=batch_size)[0]
 
 
 def pretrain_grounding(

@@ -59,10 +59,10 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     model = _model()
     untouched = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith(TEXT_PATH_PREFIXES)}
     cfg = GroundingPretrainConfig(steps=80, videos_per_step=4, lr=3e-3, warmup_steps=5, eval_every=80)
-    from pipelines.grounding_pretrain import grounding_accuracy
+    from pipelines.grounding_pretrain import grounding_scores
 
     head = torch.nn.Linear(model.cfg.method.seg_embed_dim, 24)
-    before = grounding_accuracy(model, head, train)["all"]
+    before = grounding_scores(model, head, train)[0]["all"]
     rng_state = torch.get_rng_state()
     summary = pretrain_grounding(model, cfg, itertools.repeat(train), heldout=train, folder=str(tmp_path))
     assert torch.equal(torch.get_rng_state(), rng_state)  # later stages draw the same numbers with or without it
