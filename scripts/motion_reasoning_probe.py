@@ -19,7 +19,6 @@ video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -32,10 +31,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vrshq.data import COLOURS, SHAPES, SIZES, generate_synthetic_video  # noqa: E402
+from pipelines.grounding_pretrain import TARGET_TRIPLES  # noqa: E402
+from vrshq.data import generate_synthetic_video  # noqa: E402
 
 KINDS = ("static", "fastest")
-TRIPLES = {t: i for i, t in enumerate(itertools.product(SIZES, COLOURS, SHAPES))}
+TRIPLES = {t: i for i, t in enumerate(TARGET_TRIPLES)}  # the order stage G's head scores them in
 _ORACLE_SLOTS = 4  # at most 4 objects a video
 _ORACLE_DIM = len(TRIPLES) + 2
 
@@ -46,15 +46,14 @@ def oracle_tokens(video, frames: slice, centre_scale: float) -> torch.Tensor:
     tokens = torch.zeros(centres.shape[1], _ORACLE_SLOTS, _ORACLE_DIM)
     for o in video.objects:
         tokens[:, o.obj_id, TRIPLES[(o.size, o.colour, o.shape)]] = 1.0
-        tokens[:, o.obj_id, len(TRIPLES):] = torch.from_numpy(centres[o.obj_id] / video.frames.shape[1]).float()
-        tokens[:, o.obj_id, len(TRIPLES):] *= centre_scale
+        tokens[:, o.obj_id, len(TRIPLES):] = torch.from_numpy(centres[o.obj_id] / video.frames.shape[1] * centre_scale)
     return tokens
 
 
 def merged_tokens(vision, frames: np.ndarray) -> torch.Tensor:
     """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input."""
     with torch.no_grad():
-        pixels = vision.preprocess(torch.from_numpy(frames).to(vision.projector.weight.device))
+        pixels = vision.preprocess(torch.from_numpy(frames))  # on the tower's device
         return vision.merge(vision.encode_patches(pixels)).float().cpu()
 
 
