@@ -168,3 +168,39 @@ def test_text_path_gives_the_fused_tak_and_ce_of_the_training_forward_without_sa
         fused, ce = model.text_path(batch)
     torch.testing.assert_close(fused, out.fused_tak)
     torch.testing.assert_close(ce, out.ce_loss)
+
+
+def test_visual_chunks_bound_the_hidden_state_not_the_frame_count():
+    from vrshq.model.vision_config import VisionTowerConfig
+    from vrshq.model.vrshq_model import CPU_VISUAL_CHUNK_FRAMES, VISUAL_CHUNK_VALUES
+
+    model = build_vrshq(tiny_config())
+    tiny = model.vision.cfg
+    per_frame = ((tiny.image_size // tiny.patch_size) ** 2 + 1) * tiny.hidden_size
+    assert VISUAL_CHUNK_VALUES // per_frame > CPU_VISUAL_CHUNK_FRAMES
+    assert model.visual_chunk_frames() == CPU_VISUAL_CHUNK_FRAMES  # on the CPU: capped
+    model.to("meta")  # a tensor's device is all the rule reads
+    assert model.visual_chunk_frames() == VISUAL_CHUNK_VALUES // per_frame
+    model = build_vrshq(tiny_config())
+    model.vision.cfg = VisionTowerConfig()  # CLIP ViT-L/14 at 224: 257 tokens of 1024
+    assert model.visual_chunk_frames() == 32
+    model.vision.cfg = tiny
+    frames = torch.randint(0, 255, (5, 30, 44, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_visual(frames), model.encode_visual(frames, chunk_size=2),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_encode_prompt_caches_per_tokenizer_and_matches_the_function():
+    import copy
+
+    from vrshq.model.prompts import encode_prompt, inference_prompt
+
+    model = build_vrshq(tiny_config())
+    prompt = inference_prompt("the small red circle", 3)
+    first = model.encode_prompt(prompt)
+    assert first == encode_prompt(model.tokenizer, prompt)
+    assert model.encode_prompt(prompt) is first  # cached
+    model.tokenizer = copy.deepcopy(model.tokenizer)  # another tokenizer: its own encodings
+    again = model.encode_prompt(prompt)
+    assert again is not first and again == first

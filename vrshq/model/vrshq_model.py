@@ -33,12 +33,21 @@ from vrshq.model.letterbox import letterbox, letterbox_shape, unletterbox_logits
 from vrshq.model.losses import combine_losses, mask_losses, object_presence_loss
 from vrshq.model.mllm import VrshqMLLM
 from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
-from vrshq.model.prompts import EncodedPrompt, encode_prompt, inference_prompt, normalize_expression
+from vrshq.model.prompts import EncodedPrompt, VideoPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
 from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_window
 
-__all__ = ["VrshqModel", "eval_mode"]
+__all__ = ["CPU_VISUAL_CHUNK_FRAMES", "PROMPT_CACHE_SIZE", "VISUAL_CHUNK_VALUES", "VrshqModel", "eval_mode"]
+
+VISUAL_CHUNK_VALUES = 32 * 257 * 1024
+"""Values of one tower hidden state per call of :meth:`VrshqModel.encode_visual`: 32 frames of CLIP ViT-L/14 at
+224 (257 tokens of 1024)."""
+CPU_VISUAL_CHUNK_FRAMES = 256
+"""Most frames a tower call takes on a CPU. Measured (2 cores, learnability tower, 1,288 frames): 0.24 s in calls
+of 32 frames, 0.19 s of 256, 0.34 s in one call."""
+PROMPT_CACHE_SIZE = 65536
+"""Encoded prompts a model keeps (:meth:`VrshqModel.encode_prompt`)."""
 
 _SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -134,6 +143,8 @@ class VrshqModel(nn.Module):
         self.seg_head = seg_head
         self.sam2 = sam2
         self.tokenizer = tokenizer
+        self._prompt_cache_owner = None  # the tokenizer whose encodings _prompt_cache holds (encode_prompt)
+        self._prompt_cache: dict[VideoPrompt, EncodedPrompt] = {}
 
     #: Scaled-dot-product-attention kernels that inference (`segment_video`) may use, in PyTorch's
     #: order of preference; None leaves the choice to PyTorch. cuDNN attention is left out: it
@@ -174,13 +185,48 @@ class VrshqModel(nn.Module):
             )
         return self.tokenizer
 
-    def encode_visual(self, frames: torch.Tensor, *, chunk_size: int = 32) -> torch.Tensor:
-        """CLIP-224 visual tokens of frames: uint8 (N, H, W, 3) -> (N, tokens_per_frame, hidden)."""
+    def encode_visual(self, frames: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+        """CLIP-224 visual tokens of frames: uint8 (N, H, W, 3) -> (N, tokens_per_frame, hidden).
+
+        ``chunk_size`` frames go through the tower per call; None bounds a call by the size of a hidden state
+        instead (:meth:`visual_chunk_frames`)."""
+        chunk_size = chunk_size or self.visual_chunk_frames()
         chunks = [
             self.vision(self.vision.preprocess(frames[start : start + chunk_size]))
             for start in range(0, frames.shape[0], chunk_size)
         ]
         return torch.cat(chunks, dim=0)
+
+    def visual_chunk_frames(self) -> int:
+        """Frames per tower call: as many as keep one hidden state within :data:`VISUAL_CHUNK_VALUES` (32 frames of
+        CLIP-L, thousands of the learnability tower's 64-patch frames). Why not a fixed frame count: 32 frames a
+        call split a stage-G batch of 1,280 tiny-tower frames into 40 calls of ~100 small kernels each, 0.4 s of
+        host time a step on an H200 where the GPU work was milliseconds. On a CPU there are no launches to save and
+        a call stops at :data:`CPU_VISUAL_CHUNK_FRAMES` frames, where the CPU's caches do best."""
+        cfg = self.vision.cfg
+        per_frame = ((cfg.image_size // cfg.patch_size) ** 2 + 1) * cfg.hidden_size
+        frames = max(1, VISUAL_CHUNK_VALUES // per_frame)
+        if next(self.vision.parameters()).device.type == "cpu":
+            frames = min(frames, CPU_VISUAL_CHUNK_FRAMES)
+        return frames
+
+    def encode_prompt(self, prompt: VideoPrompt) -> EncodedPrompt:
+        """:func:`encode_prompt` with this model's tokenizer, through a cache.
+
+        Why: training asks for the same prompts again and again (templates x expressions x frame counts), and
+        tokenising 384 of them was ~0.5 s of a stage-G step's host time on an H200 (more than the GPU's work).
+        A new tokenizer object starts a new cache; the cache is emptied when it reaches
+        :data:`PROMPT_CACHE_SIZE` entries.
+        """
+        tokenizer = self._require_tokenizer()
+        if self._prompt_cache_owner is not tokenizer:
+            self._prompt_cache_owner, self._prompt_cache = tokenizer, {}
+        encoded = self._prompt_cache.get(prompt)
+        if encoded is None:
+            if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
+                self._prompt_cache.clear()
+            encoded = self._prompt_cache[prompt] = encode_prompt(tokenizer, prompt)
+        return encoded
 
     def _encode_visual_clips(self, clips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Visual tokens of several clips: frames of one size go through the tower together (fewer,
@@ -262,7 +308,7 @@ class VrshqModel(nn.Module):
         Raises:
             ValueError: bad frames, expressions or `output_hw`.
         """
-        tokenizer = self._require_tokenizer()
+        self._require_tokenizer()  # before any work: a model built without one cannot run
         frames = _as_frames(frames)
         output_hw = self._check_output_hw(output_hw, frames)
         if isinstance(expressions, str) or not expressions:
@@ -274,7 +320,7 @@ class VrshqModel(nn.Module):
         with eval_mode(self), self._autocast(), self.inference_attention():
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
             with stage("vrshq.tokens_mllm"):
-                frame_sets, tda = self._video_tokens(frames, texts, tokenizer, llm_batch_size=llm_batch_size)
+                frame_sets, tda = self._video_tokens(frames, texts, llm_batch_size=llm_batch_size)
             # 4. SAM2 features once; every TKS candidate of every expression in one decode (§4, §5.3)
             # letterboxed and encoded chunk by chunk: the (T, 3, S, S) float video never exists
             with stage("vrshq.sam2_encode"):
@@ -318,7 +364,7 @@ class VrshqModel(nn.Module):
         return int(output_hw[0]), int(output_hw[1])
 
     def _video_tokens(
-        self, frames: torch.Tensor, texts: Sequence[str], tokenizer, *, llm_batch_size: int | None
+        self, frames: torch.Tensor, texts: Sequence[str], *, llm_batch_size: int | None
     ) -> tuple[list[list[int]], TdaResult]:
         """MLLM frames per expression and the TDA of their SEG/TAK embeddings (method §1.4-§3).
 
@@ -331,7 +377,7 @@ class VrshqModel(nn.Module):
         union_pos = {f: i for i, f in enumerate(union)}
         visual_union = self.encode_visual(frames[union])
         visual = [visual_union[[union_pos[f] for f in fs]] for fs in frame_sets]
-        encoded = [encode_prompt(tokenizer, inference_prompt(t, len(fs))) for t, fs in zip(texts, frame_sets)]
+        encoded = [self.encode_prompt(inference_prompt(t, len(fs))) for t, fs in zip(texts, frame_sets)]
         step = llm_batch_size or len(encoded)
         seg: list[torch.Tensor] = []
         taks = []
@@ -464,12 +510,11 @@ class VrshqModel(nn.Module):
     def _text_forward(self, batch: TrainBatch) -> _TextForward:
         """Prompts of every expression through the MLLM (with labels), the seg head and TDA; image samples
         (1-frame clips, method §3/§5.4) keep their TAK unfused."""
-        tokenizer = self._require_tokenizer()
         encoded, visual, owners = [], [], []
         visual_of = self._encode_visual_clips([video.frames for video in batch.videos])
         for v, (video, vis) in enumerate(zip(batch.videos, visual_of)):
             for e, prompt in enumerate(video.prompts):
-                encoded.append(encode_prompt(tokenizer, prompt))
+                encoded.append(self.encode_prompt(prompt))
                 visual.append(vis)
                 owners.append((v, e))
         seg, tak, ce = self._embed_tokens(encoded, visual, with_labels=True)
