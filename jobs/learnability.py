@@ -58,7 +58,8 @@ Outputs under ``--out``: ``model/`` (full bf16 checkpoint that ``jobs.infer --ch
 ``checkpoint/`` (training checkpoint: float32 trainable weights, optimiser, scheduler, step, data
 position; ``--resume`` continues from it), ``log.csv`` (per-step losses and throughput),
 ``heldout.json`` (J, F, J&F per evaluation), ``curve.png``. ``--max-minutes`` stops training in
-time to evaluate and save (the step reached is recorded; ``--resume`` continues the schedule).
+time to evaluate and save (the step reached is recorded; ``--resume`` continues the schedule); in stage 0 or
+stage G it saves the stage, and the same command again continues it.
 """
 from __future__ import annotations
 
@@ -325,21 +326,30 @@ GROUNDING_DIR = "grounding_pretrain"
 """Stage G's folder under ``--out`` (files: ``pipelines.grounding_pretrain.pretrain_grounding``)."""
 
 
-def _grounding_stage(cfg: LearnabilityConfig, model) -> dict:
-    """Stage G (``pipelines.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, or loaded when
-    complete. Held out: the clips that stage G's sampling takes from the held-out videos (never trained on)."""
+def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) -> bool:
+    """Stage G (``pipelines.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, resumed when an
+    earlier run of this ``--out`` stopped in it, or loaded when complete; False when the deadline cut it short
+    (saved: rerun the same command to continue it). Held out: the clips that stage G's sampling takes from the
+    held-out videos (never trained on)."""
     from pipelines.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
     from pipelines.train_config import SamplingConfig
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
     heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
                                         num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
-    stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=0, num_frames=cfg.video_frames,
-                               size=cfg.video_size, sampling=sampling, focus_kinds=cfg.grounding.focus_kinds,
-                               focus_share=cfg.grounding.focus_share)
-    batches = iter(_loader(cfg, stream, cfg.grounding.videos_per_step))
-    return pretrain_grounding(model, cfg.grounding, batches, heldout=heldout,
-                              folder=os.path.join(cfg.out, GROUNDING_DIR), log_every=cfg.log_every)
+
+    def batches_from(first_sample: int):
+        stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=first_sample,
+                                   num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling,
+                                   focus_kinds=cfg.grounding.focus_kinds, focus_share=cfg.grounding.focus_share)
+        return iter(_loader(cfg, stream, cfg.grounding.videos_per_step))
+
+    summary = pretrain_grounding(model, cfg.grounding, batches_from, heldout=heldout,
+                                 folder=os.path.join(cfg.out, GROUNDING_DIR), log_every=cfg.log_every,
+                                 deadline=deadline)
+    if not summary["complete"]:
+        _LOG.warning("stage G stopped by max_minutes; rerun the same command to continue it")
+    return bool(summary["complete"])
 
 
 def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
@@ -491,6 +501,7 @@ def run(cfg: LearnabilityConfig) -> dict:
     heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size,
                              expression_types=cfg.expression_types)
     run_started = time.perf_counter()
+    deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None  # stages 0, G and 1 share it
     # Where SAM2's weights come from. The training checkpoint holds the trainable weights only, so a
     # resumed run reloads the frozen ones from the same source as the run it continues.
     from pipelines.track_pretrain import WEIGHTS_FILE
@@ -505,7 +516,6 @@ def run(cfg: LearnabilityConfig) -> dict:
     elif cfg.resume and os.path.exists(stage0_weights):
         load_sam2_checkpoint(model.sam2.sam2, stage0_weights)
     elif not cfg.resume and not cfg.init_model and cfg.track.steps > 0:
-        deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
         if not _track_stage(cfg, model, heldout, deadline=deadline):
             return {"step": 0, "track_stage": "incomplete"}
     else:
@@ -520,7 +530,8 @@ def run(cfg: LearnabilityConfig) -> dict:
     if not cfg.init_model and (cfg.grounding.steps > 0 or (cfg.resume and read_grounding_summary(
             os.path.join(cfg.out, GROUNDING_DIR)))):
         # trains it, or loads the complete one (a resumed run: weights that stage 1 froze are not in its checkpoint)
-        _grounding_stage(cfg, model)
+        if not _grounding_stage(cfg, model, deadline=deadline):
+            return {"step": 0, "grounding_stage": "incomplete"}
     if cfg.freeze_llm:
         model.mllm.requires_grad_(False)
         model.vision.projector.requires_grad_(False)
@@ -607,7 +618,6 @@ def run(cfg: LearnabilityConfig) -> dict:
         model.train()
         return saved
 
-    deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None
     step, sample_pos = state.step, state.next_sample_id
     stream = functools.partial(synthetic_clip_stream, seed=cfg.seed, start_sample=sample_pos,
                                num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)

@@ -26,18 +26,22 @@ Held-out accuracy: an expression counts as grounded when the set of present obje
 is exactly its target set; reported in all and per kind (``referring``, ``group``, ``fastest`` ...).
 
 Folder (``folder``): :data:`WEIGHTS_FILE` (the text path's weights, float32: ``mllm.*``, ``seg_head.*``,
-``vision.projector.*``) and :data:`SUMMARY_FILE` (config, steps, seconds, the evaluations). A complete folder is
-loaded, not trained again; the stage is minutes on a GPU, so an incomplete one starts again.
+``vision.projector.*``), :data:`STATE_FILE` (optimiser, schedule, the throw-away head, step and data position) and
+:data:`SUMMARY_FILE` (config, steps, seconds, the evaluations, ``complete``), all written at every evaluation and
+when a deadline stops the stage. A complete folder is loaded, not trained again. An incomplete one of the same
+settings is resumed: teaching the motion kinds takes ~10^6 questions (README, "What motion needs"), a stage G of
+hours that must survive a stopped machine, as stages 0 and 1 do.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import itertools
+import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,6 +57,7 @@ from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generat
 
 __all__ = [
     "GROUNDING_STREAM",
+    "STATE_FILE",
     "SUMMARY_FILE",
     "TARGET_TRIPLES",
     "WEIGHTS_FILE",
@@ -71,6 +76,7 @@ _LOG = logging.getLogger("pipelines.grounding_pretrain")
 
 WEIGHTS_FILE = "text_path.safetensors"
 SUMMARY_FILE = "grounding.json"
+STATE_FILE = "state.pt"
 GROUNDING_STREAM = 6
 """Seed stream of this stage's training videos (stage 1 uses 1, held-out 2, stage 0 3, stage V 4 and 5)."""
 TARGET_TRIPLES: tuple[tuple[str, str, str], ...] = tuple(itertools.product(SIZES, COLOURS, SHAPES))
@@ -201,17 +207,20 @@ def grounding_scores(model, head: torch.nn.Module, samples: Sequence[GroundingSa
 def pretrain_grounding(
     model,
     cfg: GroundingPretrainConfig,
-    batches: Iterator[list[GroundingSample]],
+    batches_from: Callable[[int], Iterator[list[GroundingSample]]],
     *,
     heldout: Sequence[GroundingSample],
     folder: str,
     log_every: int = 50,
+    deadline: float | None = None,
 ) -> dict:
-    """Train ``model``'s text path (stage G) into ``folder``, or load it when ``folder`` holds a complete run.
+    """Train ``model``'s text path (stage G) into ``folder``; load it when ``folder`` holds a complete run, resume
+    it when ``folder`` holds an incomplete one of the same settings.
 
-    ``batches`` yields lists of ``cfg.videos_per_step`` samples; ``heldout`` is scored every ``cfg.eval_every``
-    steps and at the end. The head's init uses its own generator, so the global RNG is untouched. Returns the
-    summary (:data:`SUMMARY_FILE`).
+    ``batches_from(first_sample)`` yields lists of ``cfg.videos_per_step`` samples from sample ``first_sample`` on;
+    ``heldout`` is scored every ``cfg.eval_every`` steps and at the end, and the stage is saved after each. A
+    ``deadline`` (a ``time.perf_counter()`` value) stops it early, saved. The head's init uses its own generator, so
+    the global RNG is untouched. Returns the summary (:data:`SUMMARY_FILE`; ``complete`` False when stopped).
     """
     summary = read_summary(folder)
     if summary and summary.get("complete"):
@@ -225,12 +234,49 @@ def pretrain_grounding(
     params += list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
-    started = time.perf_counter()
     evaluations: list[dict] = []
+    done, next_sample, seconds_before = 0, 0, 0.0
+    # settings added since a folder was written read as their defaults; compared as JSON has them (lists, not tuples)
+    as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731
+    if summary is not None and as_json({**asdict(GroundingPretrainConfig()), **summary.get("config", {})}) == \
+            as_json(asdict(cfg)) and os.path.exists(os.path.join(folder, STATE_FILE)):
+        load_text_path(model, folder)
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        done, next_sample = int(state["step"]), int(state["next_sample"])
+        evaluations, seconds_before = list(summary["evaluations"]), float(summary["seconds"])
+        _LOG.info("grounding stage resumed from %s at step %d (next sample %d)", folder, done, next_sample)
+    elif summary is not None:
+        _LOG.warning("%s holds an incomplete grounding stage of other settings: it starts again", folder)
+    started = time.perf_counter()
     losses: list[float] = []
+
+    def save(step: int) -> dict:
+        """Weights, state, then the summary, each by a rename: a kill leaves a folder that resumes."""
+        from safetensors.torch import save_file
+
+        weights = os.path.join(folder, WEIGHTS_FILE)
+        save_file({n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters()
+                   if n.startswith(TEXT_PATH_PREFIXES)}, weights + ".tmp")
+        os.replace(weights + ".tmp", weights)
+        state_path = os.path.join(folder, STATE_FILE)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "head": head.state_dict(), "step": step, "next_sample": next_sample}, state_path + ".tmp")
+        os.replace(state_path + ".tmp", state_path)
+        out = {"config": asdict(cfg), "complete": step >= cfg.steps, "steps": step,
+               "seconds": seconds_before + time.perf_counter() - started,
+               "heldout_expressions": sum(len(s.kinds) for s in heldout), "evaluations": evaluations}
+        write_json_atomic(os.path.join(folder, SUMMARY_FILE), out)
+        return out
+
+    batches = batches_from(next_sample)
     model.train()
-    for step in range(1, cfg.steps + 1):
+    out = None
+    for step in range(done + 1, cfg.steps + 1):
         samples = next(batches)
+        next_sample = max(next_sample, max(s.clip.sample_id for s in samples) + 1)
         bce, ce, _, _ = _loss_and_hits(model, head, samples)
         loss = bce + (cfg.ce_weight * ce if ce is not None else 0.0)
         optimizer.zero_grad(set_to_none=True)
@@ -239,24 +285,25 @@ def pretrain_grounding(
         optimizer.step()
         scheduler.step()
         losses.append(bce.item())
-        if step % log_every == 0 or step == 1:
+        if step % log_every == 0 or step == done + 1:
             _LOG.info("grounding step %d/%d: target loss %.4f, %.2fs/step", step, cfg.steps,
-                      float(np.mean(losses[-log_every:])), (time.perf_counter() - started) / step)
+                      float(np.mean(losses[-log_every:])), (time.perf_counter() - started) / (step - done))
+        stop = deadline is not None and time.perf_counter() > deadline
         if step % cfg.eval_every == 0 or step == cfg.steps:
             accuracy, pick = grounding_scores(model, head, heldout)
-            evaluations.append({"step": step, "seconds": time.perf_counter() - started,
+            evaluations.append({"step": step, "seconds": seconds_before + time.perf_counter() - started,
                                 "loss": float(np.mean(losses[-log_every:])), "accuracy": accuracy, "pick": pick})
             _LOG.info("grounding step %d: held-out target sets exact %.3f (%s); one-target picks right %.3f (%s)",
                       step, accuracy["all"], ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items() if k != "all"),
                       pick.get("all", float("nan")), ", ".join(f"{k} {v:.2f}" for k, v in pick.items() if k != "all"))
-    from safetensors.torch import save_file
-
-    save_file({n: p.detach().float().cpu().contiguous() for n, p in model.named_parameters()
-               if n.startswith(TEXT_PATH_PREFIXES)}, os.path.join(folder, WEIGHTS_FILE))
-    summary = {"config": asdict(cfg), "complete": True, "steps": cfg.steps, "seconds": time.perf_counter() - started,
-               "heldout_expressions": sum(len(s.kinds) for s in heldout), "evaluations": evaluations}
-    write_json_atomic(os.path.join(folder, SUMMARY_FILE), summary)
-    return summary
+            out = save(step)
+        elif stop:
+            out = save(step)
+        if stop and step < cfg.steps:
+            _LOG.warning("grounding stage stopped by its deadline at step %d of %d (saved; run again to continue)",
+                         step, cfg.steps)
+            return out
+    return out if out is not None else save(done)
 
 
 def load_text_path(model, folder: str) -> None:

@@ -2,6 +2,7 @@
 and the learnability run writes a model that the inference loader reads."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
@@ -380,6 +381,36 @@ def test_stage_g_text_path_stays_frozen_with_freeze_llm_and_a_continued_run_relo
                for k in stage_g if k.startswith("seg_head."))
     task = json.loads((out / "model" / learnability.TASK_FILE).read_text())
     assert task["training"]["stage_g"]["complete"] and task["training"]["stage_g"]["steps"] == 2
+
+
+def test_max_minutes_stops_stage_g_saved_and_the_same_command_continues_it(tmp_path, monkeypatch, caplog):
+    """A stage G cut by --max-minutes is saved, the run stops before stage 1, and the command again resumes it."""
+    import torch
+
+    from jobs import learnability
+    from pipelines.grounding_pretrain import read_summary
+
+    out = tmp_path / "learn"
+    args = [*_tiny_run(out, steps=2, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
+            "--grounding.steps", "3", "--grounding.videos-per-step", "2", "--grounding.heldout-videos", "2",
+            "--grounding.eval-every", "2"]
+    clock = iter(itertools.count(0.0, 3600.0))  # every reading an hour later: the deadline passes at once
+    threads = torch.get_num_threads()
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(learnability.time, "perf_counter", lambda: next(clock))
+            patched.setattr("pipelines.grounding_pretrain.time.perf_counter", lambda: next(clock))
+            assert learnability.main([*args, "--max-minutes", "1"]) == 0
+        stopped = read_summary(str(out / learnability.GROUNDING_DIR))
+        assert not stopped["complete"] and stopped["steps"] == 1 and not (out / "model").exists()
+        with caplog.at_level("INFO"):
+            assert learnability.main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "grounding stage resumed" in caplog.text
+    finished = read_summary(str(out / learnability.GROUNDING_DIR))
+    assert finished["complete"] and finished["steps"] == 3 and [e["step"] for e in finished["evaluations"]] == [2, 3]
+    assert (out / "model" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("job", ["jobs.learnability", "jobs.train"])

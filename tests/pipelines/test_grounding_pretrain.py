@@ -64,7 +64,8 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     head = torch.nn.Linear(model.cfg.method.seg_embed_dim, 24)
     before = grounding_scores(model, head, train)[0]["all"]
     rng_state = torch.get_rng_state()
-    summary = pretrain_grounding(model, cfg, itertools.repeat(train), heldout=train, folder=str(tmp_path))
+    summary = pretrain_grounding(model, cfg, lambda first: itertools.repeat(train), heldout=train,
+                                 folder=str(tmp_path))
     assert torch.equal(torch.get_rng_state(), rng_state)  # later stages draw the same numbers with or without it
     after = summary["evaluations"][-1]["accuracy"]["all"]
     assert before < 0.5 and after >= 0.9, (before, after)  # fits its own clips: the signal reaches TAK'
@@ -73,17 +74,67 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     assert read_summary(str(tmp_path))["complete"] and (tmp_path / SUMMARY_FILE).exists()
 
     fresh = _model()
-    again = pretrain_grounding(fresh, cfg, iter(()), heldout=train, folder=str(tmp_path))  # loads, never trains
+    again = pretrain_grounding(fresh, cfg, lambda first: iter(()), heldout=train, folder=str(tmp_path))  # loads only
     assert again["steps"] == 80
     trained = dict(model.named_parameters())
     for name, value in fresh.named_parameters():
         assert torch.equal(value, trained[name]), name
 
 
+def _numbered_batches(samples, *, per_step: int, log: list[int]):
+    """batches_from for pretrain_grounding: sample ids from first_sample on (the clips repeat), logging the first."""
+    import dataclasses
+
+    def batches_from(first: int):
+        log.append(first)
+        for start in itertools.count(first, per_step):
+            yield [dataclasses.replace(samples[i % len(samples)], clip=dataclasses.replace(
+                samples[i % len(samples)].clip, sample_id=i)) for i in range(start, start + per_step)]
+
+    return batches_from
+
+
+def test_a_stage_stopped_by_its_deadline_resumes_to_the_uninterrupted_weights(tmp_path):
+    torch.set_num_threads(1)
+    train = [s for _, s in _samples(4)]
+    cfg = GroundingPretrainConfig(steps=6, videos_per_step=2, lr=3e-3, warmup_steps=2, eval_every=3)
+    straight = _model()
+    pretrain_grounding(straight, cfg, _numbered_batches(train, per_step=2, log=[]), heldout=train,
+                       folder=str(tmp_path / "straight"))
+
+    starts: list[int] = []
+    stopped = _model()
+    first = pretrain_grounding(stopped, cfg, _numbered_batches(train, per_step=2, log=starts), heldout=train,
+                               folder=str(tmp_path / "cut"), deadline=0.0)  # past: stops after step 1, saved
+    assert not first["complete"] and first["steps"] == 1 and read_summary(str(tmp_path / "cut"))["steps"] == 1
+    resumed = _model()
+    second = pretrain_grounding(resumed, cfg, _numbered_batches(train, per_step=2, log=starts), heldout=train,
+                                folder=str(tmp_path / "cut"))
+    assert starts == [0, 2]  # the data position: sample 2 on, after step 1 used 0 and 1
+    assert second["complete"] and second["steps"] == 6 and [e["step"] for e in second["evaluations"]] == [3, 6]
+    expected = dict(straight.named_parameters())
+    for name, value in resumed.named_parameters():
+        if name.startswith(TEXT_PATH_PREFIXES):
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_incomplete_stage_of_other_settings_starts_again(tmp_path, caplog):
+    train = [s for _, s in _samples(2)]
+    cfg = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2)
+    pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=[]), heldout=train,
+                       folder=str(tmp_path), deadline=0.0)
+    starts: list[int] = []
+    other = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2, lr=5e-4)
+    with caplog.at_level("WARNING"):
+        summary = pretrain_grounding(_model(), other, _numbered_batches(train, per_step=2, log=starts),
+                                     heldout=train, folder=str(tmp_path))
+    assert starts == [0] and summary["complete"] and "other settings" in caplog.text
+
+
 def test_loading_a_text_path_of_another_size_is_refused(tmp_path):
     cfg = GroundingPretrainConfig(steps=1, videos_per_step=1, warmup_steps=0, eval_every=1)
     train = [s for _, s in _samples(1)]
-    pretrain_grounding(_model(), cfg, itertools.repeat(train), heldout=train, folder=str(tmp_path))
+    pretrain_grounding(_model(), cfg, lambda first: itertools.repeat(train), heldout=train, folder=str(tmp_path))
     with pytest.raises(ValueError, match="do not fit|other sizes"):
         load_text_path(_model("learn"), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no pretrained text path"):
