@@ -25,6 +25,8 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.op_count import count_aten_ops
+
 
 def _best(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
     best, out = float("inf"), None
@@ -35,14 +37,6 @@ def _best(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, out
-
-
-def _count_ops(fn: Callable[[], object]) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         naive_vis, naive_tokens = _best(lambda: model.encode_visual(frames, chunk_size=32), args.repeats, device)
         ours_vis, our_tokens = _best(lambda: model.encode_visual(frames), args.repeats, device)
-        naive_ops = _count_ops(lambda: model.encode_visual(frames, chunk_size=32))
-        our_ops = _count_ops(lambda: model.encode_visual(frames))
+        naive_ops = count_aten_ops(lambda: model.encode_visual(frames, chunk_size=32))
+        our_ops = count_aten_ops(lambda: model.encode_visual(frames))
     same = naive_ids == our_ids and torch.allclose(naive_tokens.float(), our_tokens.float(), rtol=1e-4, atol=1e-5)
 
     print(f"{args.preset} on {device}: {args.clips} clips, {len(prompts)} prompts, {frames.shape[0]} frames "

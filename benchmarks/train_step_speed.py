@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from benchmarks.op_count import count_aten_ops
 from benchmarks.train_window_reference import reference_train_window_forward
 
 
@@ -48,14 +48,6 @@ def _step(model, batch, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return float(out.loss.detach())
-
-
-def _count_ops(fn: Callable[[], float]) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         seg.train_window_forward = window
         try:
             loss = _step(model, batch, device)  # warm-up
-            ops = _count_ops(lambda: _step(model, batch, device))
+            ops = count_aten_ops(lambda: _step(model, batch, device))
             best = float("inf")
             for _ in range(args.repeats):
                 start = time.perf_counter()
