@@ -167,7 +167,9 @@ def learnability_model_config_256_pos_k2(*, object_weight: float = 0.5, trainabl
     of 5, 3, 3 (no weights change). Why: with k = 5 a small shape's 2-6 patches get the density of the background
     around them and only 41-46% of an object's patches land in a cluster mostly theirs; on the committed tower's
     tokens k = 2, 2, 2 lifts the centre probe's R^2 from 0.52 to 0.62 and its spread rule for "never moves" /
-    "fastest" from 0.67 / 0.65 to 0.72 / 0.73 (README, "Longer tracking, and what motion needs")."""
+    "fastest" from 0.67 / 0.65 to 0.72 / 0.73 (README, "Longer tracking, and what motion needs"). Measured in
+    session 10 with a stage G focused on the reasoning kinds (2,000 x 128 clips): stage 1 J&F 0.704 against the
+    committed 0.717 (32 videos, bf16); the motion kinds were still not learnt (README, "Focused grounding")."""
     return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
                                      centroid_position_scale=1.0, knn_k=(2, 2, 2))
 
