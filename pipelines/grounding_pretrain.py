@@ -37,7 +37,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import time
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 
 from pipelines.clip_sampling import ClipSample, sample_synthetic_clip, samples_to_batch
 from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, write_json_atomic
+from pipelines.stage_files import read_json_if_exists, same_settings, write_json_atomic
 from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
 from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
@@ -236,10 +235,7 @@ def pretrain_grounding(
     scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
     evaluations: list[dict] = []
     done, next_sample, seconds_before = 0, 0, 0.0
-    # settings added since a folder was written read as their defaults; compared as JSON has them (lists, not tuples)
-    as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731
-    if summary is not None and as_json({**asdict(GroundingPretrainConfig()), **summary.get("config", {})}) == \
-            as_json(asdict(cfg)) and os.path.exists(os.path.join(folder, STATE_FILE)):
+    if same_settings(summary, cfg) and os.path.exists(os.path.join(folder, STATE_FILE)):
         load_text_path(model, folder)
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
         head.load_state_dict(state["head"])

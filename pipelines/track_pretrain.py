@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists
+from pipelines.stage_files import read_json_if_exists, same_settings
 from pipelines.train_config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
@@ -263,9 +263,7 @@ def pretrain_tracking(
     rows: list[dict] = []
     next_sample = 0
     summary = read_summary(folder)
-    # settings added since a folder was written read as their defaults, so older complete stages still load
-    if summary is not None and {**dataclasses.asdict(TrackPretrainConfig()), **summary.get("config", {})} == \
-            dataclasses.asdict(cfg):
+    if same_settings(summary, cfg):  # settings added since the folder was written read as their defaults
         load_sam2_checkpoint(segmenter.sam2, os.path.join(folder, WEIGHTS_FILE))
         if summary["complete"]:
             _LOG.info("tracking stage already complete in %s (%d steps): loaded its SAM2", folder, summary["steps"])
