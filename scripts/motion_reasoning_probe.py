@@ -8,13 +8,18 @@ shape) triples; the answer is the best-scored triple among the video's objects (
 
 * ``oracle``: per frame one token per object, its triple one-hot and its true centre (times ``--centre-scale``):
   everything the question needs, so only learning can fail;
-* ``merged``: the 28 DPC-KNN tokens a frame of the model's tower, exactly what the LLM's projector receives.
+* ``merged``: the 28 DPC-KNN tokens a frame of the model's tower, exactly what the LLM's projector receives
+  (``--knn-k`` and ``--position-scale`` merge them as another preset would: no weights change).
+
+``--aux-weight`` (oracle input) adds a dense target: every object token also names its object's speed class
+(static, slow, medium, fast) through a linear head, a signal on each token instead of one answer a question.
 
 Training videos come from stream 7 and held-out ones from stream 8 (a fixed set each, so a long run sees every
 question many times); held-out accuracy per kind is printed every ``--eval-every`` steps. A random pick among the
 video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 
     python scripts/motion_reasoning_probe.py --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
+    python scripts/motion_reasoning_probe.py --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from pipelines.grounding_pretrain import TARGET_TRIPLES  # noqa: E402
 from vrshq.data import generate_synthetic_video  # noqa: E402
 
 KINDS = ("static", "fastest")
+SPEED_CLASSES = ("static", "slow", "medium", "fast")  # vrshq.data.synthetic's speed classes
 TRIPLES = {t: i for i, t in enumerate(TARGET_TRIPLES)}  # the order stage G's head scores them in
 _ORACLE_SLOTS = 4  # at most 4 objects a video
 _ORACLE_DIM = len(TRIPLES) + 2
@@ -50,17 +56,27 @@ def oracle_tokens(video, frames: slice, centre_scale: float) -> torch.Tensor:
     return tokens
 
 
-def merged_tokens(vision, frames: np.ndarray) -> torch.Tensor:
-    """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input."""
+def merged_tokens(vision, frames: np.ndarray, *, knn_k: tuple[int, ...] | None = None,
+                  position_scale: float | None = None) -> torch.Tensor:
+    """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input; ``knn_k`` and
+    ``position_scale`` (None: the model's own) merge them as ``TokenMergeConfig.knn_k`` /
+    ``centroid_position_scale`` would."""
+    from vrshq.model.token_merging import dpc_knn_merge, grid_position_embedding
+
+    merge = vision.cfg.merge
+    knn_k = merge.knn_k if knn_k is None else knn_k
+    scale = merge.centroid_position_scale if position_scale is None else position_scale
     with torch.no_grad():
-        pixels = vision.preprocess(torch.from_numpy(frames))  # on the tower's device
-        return vision.merge(vision.encode_patches(pixels)).float().cpu()
+        patches = vision.encode_patches(vision.preprocess(torch.from_numpy(frames)))  # on the tower's device
+        grid = vision.cfg.image_size // vision.cfg.patch_size
+        positions = scale * grid_position_embedding(grid, patches.shape[-1]) if scale else None
+        return dpc_knn_merge(patches, cluster_counts=merge.cluster_counts, knn_k=knn_k, positions=positions).float().cpu()
 
 
 def questions(stream: int, videos: int, tokens_of) -> dict[str, torch.Tensor]:
     """Every "never moves" / "fastest" question of ``videos`` videos of ``stream``: tokens, kind, the present
-    triples and the target triple."""
-    rows: dict[str, list] = {"tokens": [], "kind": [], "present": [], "target": []}
+    triples, the target triple and, per object slot, its speed class (-100 for an empty slot)."""
+    rows: dict[str, list] = {"tokens": [], "kind": [], "present": [], "target": [], "speed": []}
     for i in range(videos):
         video = generate_synthetic_video(np.random.default_rng([0, stream, i]), num_frames=16, height=64, width=64)
         asked = [e for e in video.expressions if e.kind in KINDS]
@@ -68,21 +84,26 @@ def questions(stream: int, videos: int, tokens_of) -> dict[str, torch.Tensor]:
             continue
         tokens = tokens_of(video)
         present = torch.zeros(len(TRIPLES), dtype=torch.bool)
+        speed = torch.full((_ORACLE_SLOTS,), -100, dtype=torch.long)
         for o in video.objects:
             present[TRIPLES[(o.size, o.colour, o.shape)]] = True
+            speed[o.obj_id] = SPEED_CLASSES.index(o.speed_class)
         for expression in asked:
             target = video.objects[expression.obj_ids[0]]
             rows["tokens"].append(tokens)
             rows["kind"].append(KINDS.index(expression.kind))
             rows["present"].append(present)
             rows["target"].append(TRIPLES[(target.size, target.colour, target.shape)])
+            rows["speed"].append(speed)
     return {"tokens": torch.stack(rows["tokens"]), "kind": torch.tensor(rows["kind"]),
-            "present": torch.stack(rows["present"]), "target": torch.tensor(rows["target"])}
+            "present": torch.stack(rows["present"]), "target": torch.tensor(rows["target"]),
+            "speed": torch.stack(rows["speed"])}
 
 
 class MotionReasoner(torch.nn.Module):
     """Kind token, then every frame's tokens (plus a learnt frame embedding), through a pre-norm transformer
-    encoder; the kind token's output scores the 24 triples."""
+    encoder; the kind token's output scores the 24 triples, and ``speed_head`` reads every other output (the
+    dense speed target of ``--aux-weight``)."""
 
     def __init__(self, token_dim: int, frames: int, *, width: int, layers: int, heads: int = 4) -> None:
         super().__init__()
@@ -92,11 +113,16 @@ class MotionReasoner(torch.nn.Module):
         layer = torch.nn.TransformerEncoderLayer(width, heads, 2 * width, 0.0, batch_first=True, norm_first=True)
         self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = torch.nn.Linear(width, len(TRIPLES))
+        self.speed_head = torch.nn.Linear(width, len(SPEED_CLASSES))
 
-    def forward(self, tokens: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + T * N, W): the kind token's output, then every frame token's."""
         hidden = self.embed(tokens) + self.frame.weight[None, :, None]  # (B, T, N, W)
         hidden = torch.cat([self.kind(kind)[:, None], hidden.flatten(1, 2)], dim=1)
-        return self.head(self.encoder(hidden)[:, 0])
+        return self.encoder(hidden)
+
+    def forward(self, tokens: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(tokens, kind)[:, 0])
 
 
 def accuracy(model: MotionReasoner, data: dict[str, torch.Tensor], batch: int = 512) -> dict[str, float]:
@@ -111,15 +137,30 @@ def accuracy(model: MotionReasoner, data: dict[str, torch.Tensor], batch: int = 
     return {kind: float(right[data["kind"] == k].float().mean()) for k, kind in enumerate(KINDS)}
 
 
+def speed_loss(model: MotionReasoner, outputs: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every oracle object token's speed class (outputs ``(B, 1 + T * 4, W)``, speed ``(B, 4)``);
+    empty slots are not scored."""
+    frames = (outputs.shape[1] - 1) // _ORACLE_SLOTS
+    targets = speed[:, None, :].expand(-1, frames, -1).flatten(1)  # (B, T * 4), the order of encode's tokens
+    return F.cross_entropy(model.speed_head(outputs[:, 1:]).flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
 def train(model: MotionReasoner, data: dict, heldout: dict, *, steps: int, batch: int, lr: float,
-          eval_every: int, seed: int = 0) -> list[dict]:
+          eval_every: int, seed: int = 0, aux_weight: float = 0.0) -> list[dict]:
+    """AdamW on the answer's cross-entropy over the present triples (plus ``aux_weight`` times
+    :func:`speed_loss`, oracle tokens only); held-out accuracy every ``eval_every`` steps."""
+    if aux_weight and data["tokens"].shape[2:] != (_ORACLE_SLOTS, _ORACLE_DIM):
+        raise ValueError("aux_weight needs oracle tokens (one token per object slot)")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(data["kind"]), (batch,), generator=generator).to(data["kind"].device)
-        logits = model(data["tokens"][idx], data["kind"][idx]).masked_fill(~data["present"][idx], float("-inf"))
+        outputs = model.encode(data["tokens"][idx], data["kind"][idx])
+        logits = model.head(outputs[:, 0]).masked_fill(~data["present"][idx], float("-inf"))
         loss = F.cross_entropy(logits, data["target"][idx])
+        if aux_weight:
+            loss = loss + aux_weight * speed_loss(model, outputs, data["speed"][idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -143,6 +184,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--centre-scale", type=float, default=1.0, help="oracle centres are multiplied by this")
+    parser.add_argument("--aux-weight", type=float, default=0.0, help="weight of the dense speed-class target "
+                                                                       "(oracle input)")
+    parser.add_argument("--knn-k", type=int, nargs="+", default=None, help="merged input: the merge's k per level "
+                                                                          "(default: the model's)")
+    parser.add_argument("--position-scale", type=float, default=None, help="merged input: scale of the centroid "
+                                                                           "embedding (default: the model's)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -161,8 +208,10 @@ def main() -> None:
             vision = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model,
                                                  device="cpu")).float().eval().vision.to(args.device)
 
+        knn_k = tuple(args.knn_k) if args.knn_k else None
+
         def tokens_of(video):
-            return merged_tokens(vision, video.frames[every_second])
+            return merged_tokens(vision, video.frames[every_second], knn_k=knn_k, position_scale=args.position_scale)
     started = time.perf_counter()
     data, heldout = questions(7, args.train_videos, tokens_of), questions(8, args.heldout_videos, tokens_of)
     print(json.dumps({"input": args.input, "train_questions": len(data["kind"]), "heldout_questions":
@@ -171,7 +220,8 @@ def main() -> None:
     heldout = {k: v.to(args.device) for k, v in heldout.items()}
     model = MotionReasoner(data["tokens"].shape[-1], data["tokens"].shape[1], width=args.width,
                            layers=args.layers).to(args.device)
-    train(model, data, heldout, steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every)
+    train(model, data, heldout, steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every,
+          aux_weight=args.aux_weight)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """scripts/motion_reasoning_probe.py: its oracle questions carry the answer, and its reasoner can fit them."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from tests.scripts import load_script
@@ -34,3 +36,51 @@ def test_the_reasoner_fits_a_few_questions():
     before = probe.accuracy(model, data)
     history = probe.train(model, data, data, steps=300, batch=len(data["kind"]), lr=3e-3, eval_every=300)
     assert min(history[-1]["static"], history[-1]["fastest"]) == 1.0, (before, history)
+
+
+def test_questions_record_each_objects_speed_class():
+    probe = _load()
+    data = probe.questions(7, 40, lambda video: probe.oracle_tokens(video, slice(None, None, 2), 1.0))
+    speed = data["speed"]
+    assert speed.shape == (len(data["kind"]), 4)
+    slots = data["tokens"][:, 0, :, :24].sum(-1) > 0  # occupied object slots
+    assert ((speed >= 0) == slots).all()
+    # "never moves": the target is the one static object; its centre never changes over the frames
+    for row in torch.nonzero(data["kind"] == 0).flatten().tolist():
+        target_slot = data["tokens"][row, 0, :, :24].argmax(-1).eq(data["target"][row]) & slots[row]
+        assert speed[row][target_slot].tolist() == [0]
+        assert (speed[row][slots[row] & ~target_slot] > 0).all()
+        assert data["tokens"][row][:, target_slot, 24:].std(dim=0).max() == 0
+
+
+def test_the_dense_speed_target_trains_and_needs_oracle_tokens():
+    probe = _load()
+    torch.manual_seed(0)
+    data = probe.questions(7, 12, lambda video: probe.oracle_tokens(video, slice(None, None, 2), 10.0))
+    model = probe.MotionReasoner(26, 8, width=32, layers=1)
+    outputs = model.encode(data["tokens"], data["kind"])
+    before = probe.speed_loss(model, outputs, data["speed"]).item()
+    probe.train(model, data, data, steps=200, batch=len(data["kind"]), lr=3e-3, eval_every=200, aux_weight=1.0)
+    after = probe.speed_loss(model, model.encode(data["tokens"], data["kind"]), data["speed"]).item()
+    assert after < 0.3 * before, (before, after)
+    merged_like = dict(data, tokens=torch.zeros(len(data["kind"]), 8, 28, 32))
+    with pytest.raises(ValueError, match="oracle tokens"):
+        probe.train(probe.MotionReasoner(32, 8, width=32, layers=1), merged_like, merged_like, steps=1, batch=4,
+                    lr=1e-3, eval_every=1, aux_weight=1.0)
+
+
+def test_merged_tokens_follow_the_models_merge_unless_told_otherwise():
+    from vrshq.model.vision import VisualTokenizer
+    from vrshq.model.vision_config import tiny_vision_tower
+
+    probe = _load()
+    torch.manual_seed(0)
+    vision = VisualTokenizer(tiny_vision_tower(centroid_position_scale=1.0)).eval()
+    video = probe.generate_synthetic_video(np.random.default_rng(3), num_frames=4, height=64, width=64)
+    with torch.no_grad():
+        own = vision.merge(vision.encode_patches(vision.preprocess(torch.from_numpy(video.frames)))).float()
+    assert torch.allclose(probe.merged_tokens(vision, video.frames), own, atol=1e-5)
+    no_positions = probe.merged_tokens(vision, video.frames, position_scale=0.0)
+    scaled = probe.merged_tokens(vision, video.frames, position_scale=10.0)
+    assert torch.allclose(scaled - no_positions, 10 * (own - no_positions), atol=1e-3)
+    assert probe.merged_tokens(vision, video.frames, knn_k=(1, 1, 1)).shape == own.shape
