@@ -24,6 +24,7 @@ video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -56,21 +57,21 @@ def oracle_tokens(video, frames: slice, centre_scale: float) -> torch.Tensor:
     return tokens
 
 
-def merged_tokens(vision, frames: np.ndarray, *, knn_k: tuple[int, ...] | None = None,
-                  position_scale: float | None = None) -> torch.Tensor:
-    """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input; ``knn_k`` and
-    ``position_scale`` (None: the model's own) merge them as ``TokenMergeConfig.knn_k`` /
-    ``centroid_position_scale`` would."""
-    from vrshq.model.token_merging import dpc_knn_merge, grid_position_embedding
-
-    merge = vision.cfg.merge
-    knn_k = merge.knn_k if knn_k is None else knn_k
-    scale = merge.centroid_position_scale if position_scale is None else position_scale
+def merged_tokens(vision, frames: np.ndarray) -> torch.Tensor:
+    """(T, tokens_per_frame, hidden): the tower's DPC-KNN tokens, the projector's input."""
     with torch.no_grad():
-        patches = vision.encode_patches(vision.preprocess(torch.from_numpy(frames)))  # on the tower's device
-        grid = vision.cfg.image_size // vision.cfg.patch_size
-        positions = scale * grid_position_embedding(grid, patches.shape[-1]) if scale else None
-        return dpc_knn_merge(patches, cluster_counts=merge.cluster_counts, knn_k=knn_k, positions=positions).float().cpu()
+        pixels = vision.preprocess(torch.from_numpy(frames))  # on the tower's device
+        return vision.merge(vision.encode_patches(pixels)).float().cpu()
+
+
+def remerge(vision, *, knn_k: tuple[int, ...] | None = None, position_scale: float | None = None):
+    """``vision`` (changed in place and returned) merging with ``knn_k`` / ``centroid_position_scale``
+    ``position_scale`` instead of its own (None keeps one): another preset's tokens from the same tower, since
+    the merge has no weights."""
+    changes = {k: v for k, v in (("knn_k", knn_k), ("centroid_position_scale", position_scale)) if v is not None}
+    if changes:
+        vision.cfg = dataclasses.replace(vision.cfg, merge=dataclasses.replace(vision.cfg.merge, **changes))
+    return vision
 
 
 def questions(stream: int, videos: int, tokens_of) -> dict[str, torch.Tensor]:
@@ -208,10 +209,10 @@ def main() -> None:
             vision = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model,
                                                  device="cpu")).float().eval().vision.to(args.device)
 
-        knn_k = tuple(args.knn_k) if args.knn_k else None
+        remerge(vision, knn_k=tuple(args.knn_k) if args.knn_k else None, position_scale=args.position_scale)
 
         def tokens_of(video):
-            return merged_tokens(vision, video.frames[every_second], knn_k=knn_k, position_scale=args.position_scale)
+            return merged_tokens(vision, video.frames[every_second])
     started = time.perf_counter()
     data, heldout = questions(7, args.train_videos, tokens_of), questions(8, args.heldout_videos, tokens_of)
     print(json.dumps({"input": args.input, "train_questions": len(data["kind"]), "heldout_questions":

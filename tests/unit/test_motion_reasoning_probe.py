@@ -69,18 +69,20 @@ def test_the_dense_speed_target_trains_and_needs_oracle_tokens():
                     lr=1e-3, eval_every=1, aux_weight=1.0)
 
 
-def test_merged_tokens_follow_the_models_merge_unless_told_otherwise():
+def test_remerge_gives_the_tokens_of_a_tower_built_with_that_merge():
     from vrshq.model.vision import VisualTokenizer
     from vrshq.model.vision_config import tiny_vision_tower
 
     probe = _load()
     torch.manual_seed(0)
     vision = VisualTokenizer(tiny_vision_tower(centroid_position_scale=1.0)).eval()
+    other = VisualTokenizer(tiny_vision_tower(centroid_position_scale=10.0, knn_k=(2, 2, 2))).eval()
+    other.load_state_dict(vision.state_dict())
     video = probe.generate_synthetic_video(np.random.default_rng(3), num_frames=4, height=64, width=64)
-    with torch.no_grad():
-        own = vision.merge(vision.encode_patches(vision.preprocess(torch.from_numpy(video.frames)))).float()
-    assert torch.allclose(probe.merged_tokens(vision, video.frames), own, atol=1e-5)
-    no_positions = probe.merged_tokens(vision, video.frames, position_scale=0.0)
-    scaled = probe.merged_tokens(vision, video.frames, position_scale=10.0)
-    assert torch.allclose(scaled - no_positions, 10 * (own - no_positions), atol=1e-3)
-    assert probe.merged_tokens(vision, video.frames, knn_k=(1, 1, 1)).shape == own.shape
+    own = probe.merged_tokens(vision, video.frames)
+    assert probe.remerge(vision) is vision and torch.equal(probe.merged_tokens(vision, video.frames), own)
+    probe.remerge(vision, knn_k=(2, 2, 2), position_scale=10.0)
+    assert vision.cfg.merge == other.cfg.merge
+    remerged = probe.merged_tokens(vision, video.frames)
+    assert torch.allclose(remerged, probe.merged_tokens(other, video.frames), atol=1e-5)
+    assert not torch.allclose(remerged, own, atol=1e-2)
