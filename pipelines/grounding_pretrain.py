@@ -18,7 +18,9 @@ This stage trains the LLM, the visual projector and the seg head, without SAM2, 
 the [SEG] tokens into [TAK], exactly as training computes it: :meth:`VrshqModel.text_path`) names the target:
 a linear head on TAK', thrown away afterwards, scores each of the 24 (size, colour, shape) triples of the
 synthetic grammar, and a sigmoid BCE over the triples of the objects present in the clip's video asks it to
-say which are the expression's targets (several for "the two red shapes" or "the moving shapes"). The
+say which are the expression's targets (several for "the two red shapes" or "the moving shapes"); with
+``target_loss="softmax"`` a cross-entropy over those triples asks which of them are (README, "What holds motion
+back": in a probe of the LLM's size it learns the motion kinds sooner). The
 method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
 stage 1 can.
 
@@ -161,25 +163,52 @@ def heldout_grounding_samples(
     return samples
 
 
-def _loss_and_hits(model, head: torch.nn.Module, samples: Sequence[GroundingSample]):
-    """BCE over the present objects' triples (+ the method's CE); per expression, whether the predicted target set
-    is exact, and whether its best-scored present triple is its target (-1 for expressions of several targets)."""
+def _target_loss(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor, kind: str) -> torch.Tensor:
+    """``bce``: a sigmoid BCE per present triple. ``softmax``: a cross-entropy over each expression's present
+    triples against its targets, shared equally (expressions without a target are left out)."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
+    positive = (targets > 0.5) & scored
+    rows = positive.any(dim=1)
+    if not rows.any():
+        return logits.sum() * 0.0
+    log_p = logits[rows].masked_fill(~scored[rows], float("-inf")).log_softmax(dim=1)
+    wanted = positive[rows].float() / positive[rows].sum(dim=1, keepdim=True)
+    return -(wanted * log_p.masked_fill(~scored[rows], 0.0)).sum(dim=1).mean()
+
+
+def _predicted_sets(logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per expression, whether its predicted target set is exact. ``bce``: the present triples of positive score.
+    ``softmax`` (scores say which, not whether): the k best-scored present triples, k = its number of targets."""
+    if kind == "bce":
+        return ((logits > 0) == (targets > 0.5)).logical_or(~scored).all(dim=1)
+    count = (targets > 0.5).sum(dim=1)
+    order = logits.masked_fill(~scored, float("-inf")).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return ((rank < count[:, None]) == (targets > 0.5)).logical_or(~scored).all(dim=1)
+
+
+def _loss_and_hits(model, head: torch.nn.Module, samples: Sequence[GroundingSample], target_loss: str = "bce"):
+    """The target loss over the present objects' triples (:func:`_target_loss`; + the method's CE); per
+    expression, whether the predicted target set is exact, and whether its best-scored present triple is its
+    target (-1 for expressions of several targets)."""
     fused, ce = model.text_path(samples_to_batch([s.clip for s in samples]))
     logits = head(fused.float())
     targets = torch.from_numpy(np.concatenate([s.targets for s in samples])).to(logits.device)
     scored = targets >= 0
-    bce = F.binary_cross_entropy_with_logits(logits[scored], targets[scored])
-    hits = ((logits > 0) == (targets > 0.5)).logical_or(~scored).all(dim=1)
+    loss = _target_loss(logits, targets, scored, target_loss)
+    hits = _predicted_sets(logits, targets, scored, target_loss)
     best = logits.masked_fill(~scored, float("-inf")).argmax(dim=1)
     single = (targets == 1).sum(dim=1) == 1
     picks = torch.where(single, (targets.gather(1, best[:, None]).squeeze(1) == 1).long(), -1)
-    return bce, ce, hits, picks
+    return loss, ce, hits, picks
 
 
 def grounding_scores(model, head: torch.nn.Module, samples: Sequence[GroundingSample], *,
-                     batch_size: int = 16) -> tuple[dict[str, float], dict[str, float]]:
-    """Held-out scores, in ``all`` and per kind: the share of expressions whose predicted target set is exact,
-    and, over the expressions of one target, the share whose best-scored present object is it (the "pick").
+                     batch_size: int = 16, target_loss: str = "bce") -> tuple[dict[str, float], dict[str, float]]:
+    """Held-out scores, in ``all`` and per kind: the share of expressions whose predicted target set is exact
+    (as ``target_loss`` reads a set from the scores: :func:`_predicted_sets`), and, over the expressions of one
+    target, the share whose best-scored present object is it (the "pick").
 
     Why both: "which shape never moves?" among three objects is exact only when one score is positive and the
     others negative; a text path that ranks the target first but is unsure scores 0 exact and shows in the pick.
@@ -192,7 +221,7 @@ def grounding_scores(model, head: torch.nn.Module, samples: Sequence[GroundingSa
         for first in range(0, len(samples), batch_size):
             chunk = samples[first : first + batch_size]
             kinds = [k for s in chunk for k in s.kinds]
-            _, _, hits, picks = _loss_and_hits(model, head, chunk)
+            _, _, hits, picks = _loss_and_hits(model, head, chunk, target_loss)
             for kind, hit, picked in zip(kinds, hits.tolist(), picks.tolist()):
                 for key in (kind, "all"):
                     exact[key].append(hit)
@@ -273,20 +302,20 @@ def pretrain_grounding(
     for step in range(done + 1, cfg.steps + 1):
         samples = next(batches)
         next_sample = max(next_sample, max(s.clip.sample_id for s in samples) + 1)
-        bce, ce, _, _ = _loss_and_hits(model, head, samples)
-        loss = bce + (cfg.ce_weight * ce if ce is not None else 0.0)
+        target, ce, _, _ = _loss_and_hits(model, head, samples, cfg.target_loss)
+        loss = target + (cfg.ce_weight * ce if ce is not None else 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
         optimizer.step()
         scheduler.step()
-        losses.append(bce.item())
+        losses.append(target.item())
         if step % log_every == 0 or step == done + 1:
             _LOG.info("grounding step %d/%d: target loss %.4f, %.2fs/step", step, cfg.steps,
                       float(np.mean(losses[-log_every:])), (time.perf_counter() - started) / (step - done))
         stop = deadline is not None and time.perf_counter() > deadline
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            accuracy, pick = grounding_scores(model, head, heldout)
+            accuracy, pick = grounding_scores(model, head, heldout, target_loss=cfg.target_loss)
             evaluations.append({"step": step, "seconds": seconds_before + time.perf_counter() - started,
                                 "loss": float(np.mean(losses[-log_every:])), "accuracy": accuracy, "pick": pick})
             _LOG.info("grounding step %d: held-out target sets exact %.3f (%s); one-target picks right %.3f (%s)",

@@ -59,6 +59,8 @@ MODEL_PRESETS: dict[str, str] = {
     "vrshq-7b": "vrshq.builders:vrshq_7b_config",
 }
 _TRAINABLE = ("all", "lora")
+TARGET_LOSSES = ("bce", "softmax")
+"""Stage G's losses on the target head (``GroundingPretrainConfig.target_loss``)."""
 _FORMATS = ("revos", "mevis")
 
 
@@ -315,11 +317,20 @@ class GroundingPretrainConfig:
         metadata={"help": "share of training clips that keep only the focus kinds' expressions (0: every clip is "
                           "sampled from all of its video's expressions)"},
     )
+    target_loss: str = field(
+        default="bce",
+        metadata={"help": "bce: a sigmoid BCE per present object (is it a target?) | softmax: a cross-entropy over "
+                          "the present objects against the targets (shared equally), which asks which object rather "
+                          "than whether each is one. Measured in a probe of the LLM's size (README, \"What holds "
+                          "motion back\"): the BCE learns \"never moves\" / \"fastest\" later"},
+    )
 
     def __post_init__(self) -> None:
         problems = _range_problems(
             self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("eval_every", 1),
                         ("heldout_videos", 1)))
+        if self.target_loss not in TARGET_LOSSES:
+            problems.append(f"target_loss={self.target_loss!r}: must be one of {list(TARGET_LOSSES)}")
         if not _is_int(self.head_seed):
             problems.append(f"head_seed={self.head_seed!r}: must be an int")
         problems += _range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))

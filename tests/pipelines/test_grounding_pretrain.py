@@ -203,3 +203,57 @@ def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
     exact, pick = grounding_scores(_TextPath(), torch.nn.Identity(), [sample])
     assert exact == {"all": 1 / 3, "fastest": 0.0, "group": 1.0, "static": 0.0}
     assert pick == {"all": 0.5, "fastest": 0.0, "static": 1.0}
+
+
+def test_softmax_target_is_a_cross_entropy_over_the_present_objects_and_reads_sets_by_rank():
+    from pipelines.grounding_pretrain import _predicted_sets, _target_loss
+
+    targets = torch.full((3, 24), -1.0)
+    targets[:, :3] = 0.0
+    targets[0, 0] = 1.0  # one target
+    targets[1, 1:3] = 1.0  # two targets: the wanted distribution is half on each
+    # row 2: no target (a no-target expression): left out of the softmax loss
+    scored = targets >= 0
+    logits = torch.randn(3, 24)
+    loss = _target_loss(logits, targets, scored, "softmax")
+    log_p0 = logits[0, :3].log_softmax(0)
+    log_p1 = logits[1, :3].log_softmax(0)
+    expected = (-log_p0[0] - 0.5 * (log_p1[1] + log_p1[2])) / 2
+    assert torch.allclose(loss, expected, atol=1e-6)
+    changed = logits.clone()
+    changed[:, 3:] += 100.0  # absent objects' scores do not count
+    changed[2] += 7.0  # nor does a row without a target
+    assert torch.allclose(_target_loss(changed, targets, scored, "softmax"), expected, atol=1e-6)
+    bce = _target_loss(logits, targets, scored, "bce")
+    assert torch.allclose(bce, torch.nn.functional.binary_cross_entropy_with_logits(logits[scored], targets[scored]))
+
+    ranked = torch.full((3, 24), 50.0)  # absent objects ranked first: never part of a predicted set
+    ranked[:, :3] = torch.tensor([[-1.0, -2.0, -3.0], [-3.0, -1.0, -2.0], [-1.0, -2.0, -3.0]])
+    assert _predicted_sets(ranked, targets, scored, "softmax").tolist() == [True, True, True]
+    assert _predicted_sets(ranked, targets, scored, "bce").tolist() == [False, False, True]  # all scores negative
+    ranked[1, :3] = torch.tensor([-1.0, -2.0, -3.0])  # a non-target among the two best
+    assert _predicted_sets(ranked, targets, scored, "softmax").tolist() == [True, False, True]
+
+
+def test_stage_g_with_the_softmax_target_learns_to_name_the_targets(tmp_path):
+    torch.set_num_threads(1)
+    train = [s for _, s in _samples(4)]
+    model = _model()
+    cfg = GroundingPretrainConfig(steps=80, videos_per_step=4, lr=3e-3, warmup_steps=5, eval_every=80,
+                                  target_loss="softmax")
+    from pipelines.grounding_pretrain import grounding_scores
+
+    before = grounding_scores(model, torch.nn.Linear(model.cfg.method.seg_embed_dim, 24), train,
+                              target_loss="softmax")[0]["all"]
+    summary = pretrain_grounding(model, cfg, lambda first: itertools.repeat(train), heldout=train,
+                                 folder=str(tmp_path))
+    last = summary["evaluations"][-1]
+    # ranks read at chance are often right with 2-4 objects, hence the loss: ln(2..4) >= 0.69 when untrained
+    assert before < 0.7 and last["accuracy"]["all"] >= 0.9 and last["pick"]["all"] >= 0.9, (before, last)
+    assert last["loss"] < 0.3, last
+    assert read_summary(str(tmp_path))["config"]["target_loss"] == "softmax"
+
+
+def test_target_loss_must_be_known():
+    with pytest.raises(ValueError, match="target_loss='hinge'"):
+        GroundingPretrainConfig(target_loss="hinge")
