@@ -183,8 +183,7 @@ def _predicted_sets(logits: torch.Tensor, targets: torch.Tensor, scored: torch.T
     if kind == "bce":
         return ((logits > 0) == (targets > 0.5)).logical_or(~scored).all(dim=1)
     count = (targets > 0.5).sum(dim=1)
-    order = logits.masked_fill(~scored, float("-inf")).argsort(dim=1, descending=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    rank = logits.masked_fill(~scored, float("-inf")).argsort(dim=1, descending=True).argsort(dim=1)
     return ((rank < count[:, None]) == (targets > 0.5)).logical_or(~scored).all(dim=1)
 
 
