@@ -220,3 +220,20 @@ def test_expression_word_loss_is_zero_for_bag_of_words_embeddings_and_positive_o
     assert math.isclose(float(expression_word_loss(same, batch)), expected, rel_tol=1e-6)
     with pytest.raises(ValueError, match="expression texts"):
         expression_word_loss(torch.ones(4, 6), TrainBatch(videos=(_video(np.zeros((4, 2, 4, 4), dtype=bool)),)))
+
+
+def test_p4_preset_reads_64_px_frames_in_256_patches_and_keeps_sam2_and_the_token_count():
+    p4 = model_config_from_spec(ModelSpec(preset="learn-256-pos-p4"))
+    k2 = model_config_from_spec(ModelSpec(preset="learn-256-pos-k2"))
+    assert (p4.vision.image_size, p4.vision.patch_size, p4.vision.num_patches) == (64, 4, 256)
+    assert p4.vision.tokens_per_frame == k2.vision.tokens_per_frame == 28
+    assert p4.vision.merge.knn_k == (2, 2, 2) and p4.vision.merge.centroid_position_scale == 1.0
+    assert (p4.llm, p4.sam2, p4.method) == (k2.llm, k2.sam2, k2.method)  # the committed SAM2 loads into it
+    from vrshq.builders import build_vrshq
+    from vrshq.model.vision import VisualTokenizer
+
+    n_params = sum(p.numel() for p in build_vrshq(p4).parameters())
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB
+    tokens = VisualTokenizer(p4.vision).eval()
+    frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    assert tokens(tokens.preprocess(frames)).shape == (3, 28, p4.llm.hidden_size)
