@@ -20,6 +20,8 @@ video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 
     python scripts/motion_reasoning_probe.py --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
     python scripts/motion_reasoning_probe.py --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
+    python scripts/motion_reasoning_probe.py --input merged --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain \
+        --train-videos 20000 --steps 2000 --batch 256
 """
 from __future__ import annotations
 
@@ -71,6 +73,21 @@ def remerge(vision, *, knn_k: tuple[int, ...] | None = None, position_scale: flo
     changes = {k: v for k, v in (("knn_k", knn_k), ("centroid_position_scale", position_scale)) if v is not None}
     if changes:
         vision.cfg = dataclasses.replace(vision.cfg, merge=dataclasses.replace(vision.cfg.merge, **changes))
+    return vision
+
+
+def preset_tower(preset: str, vision_folder: str | None = None):
+    """The vision tokenizer of a random-init ``preset`` (float32, eval, on the CPU), with a stage-V tower from
+    ``vision_folder`` (``jobs.learnability``'s ``vision_pretrain/``) loaded into it when given: the tokens a stage
+    G on that preset would read, without a trained model folder."""
+    from pipelines.train_config import ModelSpec
+    from pipelines.train_loop import build_training_model
+
+    vision = build_training_model(ModelSpec(preset=preset), device="cpu").float().eval().vision
+    if vision_folder:
+        from pipelines.vision_pretrain import load_pretrained_tower
+
+        load_pretrained_tower(vision, vision_folder)
     return vision
 
 
@@ -177,6 +194,9 @@ def main() -> None:
     parser.add_argument("--input", choices=("oracle", "merged"), default="oracle")
     parser.add_argument("--model", default="checkpoints/tiny-synthetic", help="model folder whose tower makes the "
                                                                               "merged tokens")
+    parser.add_argument("--preset", help="merged input: a random-init tower of this preset instead of --model's")
+    parser.add_argument("--vision-folder", help="with --preset: a stage-V folder (jobs.learnability's "
+                                                "vision_pretrain/) whose tower is loaded")
     parser.add_argument("--train-videos", type=int, default=3000)
     parser.add_argument("--heldout-videos", type=int, default=400)
     parser.add_argument("--steps", type=int, default=3000)
@@ -195,12 +215,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.vision_folder and not args.preset:
+        parser.error("--vision-folder needs --preset (the tower of --model is already trained)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     every_second = slice(None, None, 2)
     if args.input == "oracle":
         def tokens_of(video):
             return oracle_tokens(video, every_second, args.centre_scale)
+    elif args.preset:
+        vision = preset_tower(args.preset, args.vision_folder).to(args.device)
     else:
         from pipelines.config import InferenceConfig
         from pipelines.model_loader import build_model
@@ -208,7 +232,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
             vision = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model,
                                                  device="cpu")).float().eval().vision.to(args.device)
-
+    if args.input == "merged":
         remerge(vision, knn_k=tuple(args.knn_k) if args.knn_k else None, position_scale=args.position_scale)
 
         def tokens_of(video):
@@ -219,6 +243,7 @@ def main() -> None:
                       len(heldout["kind"]), "seconds": round(time.perf_counter() - started)}), flush=True)
     data = {k: v.to(args.device) for k, v in data.items()}
     heldout = {k: v.to(args.device) for k, v in heldout.items()}
+    torch.manual_seed(0)  # the reasoner's init does not depend on what built the tokens
     model = MotionReasoner(data["tokens"].shape[-1], data["tokens"].shape[1], width=args.width,
                            layers=args.layers).to(args.device)
     train(model, data, heldout, steps=args.steps, batch=args.batch, lr=args.lr, eval_every=args.eval_every,

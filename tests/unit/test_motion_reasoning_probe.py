@@ -86,3 +86,20 @@ def test_remerge_gives_the_tokens_of_a_tower_built_with_that_merge():
     remerged = probe.merged_tokens(vision, video.frames)
     assert torch.allclose(remerged, probe.merged_tokens(other, video.frames), atol=1e-5)
     assert not torch.allclose(remerged, own, atol=1e-2)
+
+
+def test_preset_tower_is_the_presets_random_tower_or_a_stage_v_one(tmp_path):
+    from safetensors.torch import save_file
+
+    probe = _load()
+    torch.manual_seed(0)
+    random_tower = probe.preset_tower("learn-256-pos-p4")
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert probe.merged_tokens(random_tower, frames).shape == (2, 28, 32)  # 256 patches of 4 px -> 28 tokens
+    pretrained = {k: torch.randn_like(v) for k, v in random_tower.vision_tower.state_dict().items()
+                  if not k.endswith("position_ids")}
+    save_file(pretrained, str(tmp_path / "tower.safetensors"))
+    loaded = probe.preset_tower("learn-256-pos-p4", str(tmp_path))
+    weight = "embeddings.patch_embedding.weight"
+    assert torch.equal(loaded.vision_tower.state_dict()[weight], pretrained[weight])
+    assert not torch.equal(probe.merged_tokens(loaded, frames), probe.merged_tokens(random_tower, frames))
