@@ -19,8 +19,9 @@ the [SEG] tokens into [TAK], exactly as training computes it: :meth:`VrshqModel.
 a linear head on TAK', thrown away afterwards, scores each of the 24 (size, colour, shape) triples of the
 synthetic grammar, and a sigmoid BCE over the triples of the objects present in the clip's video asks it to
 say which are the expression's targets (several for "the two red shapes" or "the moving shapes"); with
-``target_loss="softmax"`` a cross-entropy over those triples asks which of them are (README, "What holds motion
-back": in a probe of the LLM's size it learns the motion kinds sooner). The
+``target_loss="softmax"`` a cross-entropy over those triples asks which of them are. In a probe of the LLM's size
+the softmax learnt the motion kinds sooner (README, "What holds motion back"); in this stage it learnt referring
+expressions ~2x later than the BCE and the motion kinds no better (README, "Finer patches"), so the BCE stays. The
 method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
 stage 1 can.
 
