@@ -32,8 +32,9 @@ Folder (``folder``): :data:`WEIGHTS_FILE` (the text path's weights, float32: ``m
 ``vision.projector.*``), :data:`STATE_FILE` (optimiser, schedule, the throw-away head, step and data position) and
 :data:`SUMMARY_FILE` (config, steps, seconds, the evaluations, ``complete``), all written at every evaluation and
 when a deadline stops the stage. A complete folder is loaded, not trained again. An incomplete one of the same
-settings is resumed: teaching the motion kinds takes ~10^6 questions (README, "What motion needs"), a stage G of
-hours that must survive a stopped machine, as stages 0 and 1 do.
+settings is resumed (with ``lr_schedule="constant"``, also one of fewer steps, complete or not): teaching the motion
+kinds takes ~10^6 questions (README, "What motion needs"), a stage G of hours that must survive a stopped machine,
+as stages 0 and 1 do, and may need more steps than first planned.
 """
 from __future__ import annotations
 
@@ -251,7 +252,7 @@ def pretrain_grounding(
     the global RNG is untouched. Returns the summary (:data:`SUMMARY_FILE`; ``complete`` False when stopped).
     """
     summary = read_summary(folder)
-    if summary and summary.get("complete"):
+    if summary and summary.get("complete") and not _extends(summary, cfg):
         load_text_path(model, folder)
         _LOG.info("grounding stage already complete in %s (%d steps): loaded its text path", folder, summary["steps"])
         return summary
@@ -261,10 +262,11 @@ def pretrain_grounding(
     params = [p for n, p in model.named_parameters() if n.startswith(TEXT_PATH_PREFIXES) and p.requires_grad]
     params += list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=cfg.steps)
+    decay_steps = cfg.steps if cfg.lr_schedule == "linear" else None
+    scheduler = build_scheduler(optimizer, warmup_steps=cfg.warmup_steps, decay_steps=decay_steps)
     evaluations: list[dict] = []
     done, next_sample, seconds_before = 0, 0, 0.0
-    if same_settings(summary, cfg) and os.path.exists(os.path.join(folder, STATE_FILE)):
+    if _resumes(summary, cfg) and os.path.exists(os.path.join(folder, STATE_FILE)):
         load_text_path(model, folder)
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=False)
         head.load_state_dict(state["head"])
@@ -329,6 +331,19 @@ def pretrain_grounding(
                          step, cfg.steps)
             return out
     return out if out is not None else save(done)
+
+
+def _resumes(summary: dict | None, cfg: GroundingPretrainConfig) -> bool:
+    """Whether ``cfg`` continues the stage of ``summary``: the same settings, where a constant schedule's
+    ``steps`` may differ (its rate does not depend on them, so a longer run goes on where a shorter one ended)."""
+    if summary is not None and cfg.lr_schedule == "constant":
+        summary = {**summary, "config": {**summary.get("config", {}), "steps": cfg.steps}}
+    return same_settings(summary, cfg)
+
+
+def _extends(summary: dict, cfg: GroundingPretrainConfig) -> bool:
+    """Whether ``cfg`` asks a complete constant-schedule stage of ``summary`` for more steps than it ran."""
+    return cfg.lr_schedule == "constant" and int(summary.get("steps", 0)) < cfg.steps and _resumes(summary, cfg)
 
 
 def load_text_path(model, folder: str) -> None:

@@ -62,6 +62,7 @@ MODEL_PRESETS: dict[str, str] = {
 }
 _TRAINABLE = ("all", "lora")
 TARGET_LOSSES = ("bce", "softmax")
+LR_SCHEDULES = ("linear", "constant")
 """Stage G's losses on the target head (``GroundingPretrainConfig.target_loss``)."""
 _FORMATS = ("revos", "mevis")
 
@@ -319,7 +320,7 @@ class GroundingPretrainConfig:
 
     steps: int = field(default=0, metadata={"help": "optimiser steps (0: no grounding stage)"})
     videos_per_step: int = field(default=64, metadata={"help": "synthetic video clips per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (warm-up, then linear decay to 0)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (warm-up, then lr_schedule)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     ce_weight: float = field(default=1.0, metadata={"help": "weight of the method's CE on the answer text"})
     clip_grad_norm: float = field(default=1.0, metadata={"help": "max gradient norm"})
@@ -345,10 +346,20 @@ class GroundingPretrainConfig:
                           "referring expressions ~2x later (README, \"Finer patches\")"},
     )
 
+    lr_schedule: str = field(
+        default="linear",
+        metadata={"help": "linear: warm-up, then linear decay to 0 at the last step (the method's) | constant: "
+                          "warm-up, then lr to the end, as the motion probe trains; a constant run's schedule does "
+                          "not depend on steps, so raising steps continues it (README, \"Stage G at a constant "
+                          "rate\")"},
+    )
+
     def __post_init__(self) -> None:
         problems = _range_problems(
             self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("eval_every", 1),
                         ("heldout_videos", 1)))
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule={self.lr_schedule!r}: must be one of {list(LR_SCHEDULES)}")
         if self.target_loss not in TARGET_LOSSES:
             problems.append(f"target_loss={self.target_loss!r}: must be one of {list(TARGET_LOSSES)}")
         if not _is_int(self.head_seed):

@@ -138,22 +138,27 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
     return torch.optim.AdamW(param_groups, betas=optim.betas, weight_decay=optim.weight_decay)
 
 
-def lr_factor(step: int, *, warmup_steps: int, decay_steps: int) -> float:
+def lr_factor(step: int, *, warmup_steps: int, decay_steps: int | None) -> float:
     """Learning-rate multiplier of optimiser step ``step`` (0-based): linear warm-up reaching 1 at
     step ``warmup_steps - 1``, then linear decay to 0 at ``decay_steps`` (DeepSpeed WarmupDecayLR
-    with linear warm-up, method §6).
+    with linear warm-up, method §6); ``decay_steps=None`` holds 1 after the warm-up (a schedule that
+    does not depend on the run's length, so a longer run continues a shorter one unchanged).
 
     >>> [round(lr_factor(s, warmup_steps=4, decay_steps=10), 3) for s in (0, 3, 4, 7, 10, 12)]
     [0.25, 1.0, 1.0, 0.5, 0.0, 0.0]
+    >>> [lr_factor(s, warmup_steps=4, decay_steps=None) for s in (0, 3, 4, 1000)]
+    [0.25, 1.0, 1.0, 1.0]
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if decay_steps is None:
+        return 1.0
     if decay_steps <= warmup_steps:
         return 1.0 if step < decay_steps else 0.0
     return max(0.0, (decay_steps - step) / (decay_steps - warmup_steps))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, decay_steps: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, decay_steps: int | None):
     """``LambdaLR`` of :func:`lr_factor` (stepped once per optimiser step)."""
     import torch
 

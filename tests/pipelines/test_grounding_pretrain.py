@@ -1,6 +1,7 @@
 """Stage G of the learnability run: grounding pretraining of the text path (pipelines.grounding_pretrain)."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -116,6 +117,49 @@ def test_a_stage_stopped_by_its_deadline_resumes_to_the_uninterrupted_weights(tm
     for name, value in resumed.named_parameters():
         if name.startswith(TEXT_PATH_PREFIXES):
             torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_constant_schedule_stage_continues_to_more_steps_as_one_longer_run(tmp_path):
+    torch.set_num_threads(1)
+    train = [s for _, s in _samples(4)]
+    long = GroundingPretrainConfig(steps=6, videos_per_step=2, lr=3e-3, warmup_steps=2, eval_every=3,
+                                   lr_schedule="constant")
+    straight = _model()
+    pretrain_grounding(straight, long, _numbered_batches(train, per_step=2, log=[]), heldout=train,
+                       folder=str(tmp_path / "straight"))
+
+    starts: list[int] = []
+    short = dataclasses.replace(long, steps=3)
+    first = pretrain_grounding(_model(), short, _numbered_batches(train, per_step=2, log=starts), heldout=train,
+                               folder=str(tmp_path / "extended"))
+    assert first["complete"] and first["steps"] == 3
+    extended = _model()
+    second = pretrain_grounding(extended, long, _numbered_batches(train, per_step=2, log=starts), heldout=train,
+                                folder=str(tmp_path / "extended"))
+    assert starts == [0, 6]  # continued after the 3 steps of 2 samples, not started again
+    assert second["complete"] and second["steps"] == 6 and [e["step"] for e in second["evaluations"]] == [3, 6]
+    expected = dict(straight.named_parameters())
+    for name, value in extended.named_parameters():
+        if name.startswith(TEXT_PATH_PREFIXES):
+            torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_linear_schedule_stage_of_other_steps_is_not_continued(tmp_path, caplog):
+    train = [s for _, s in _samples(2)]
+    cfg = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2)
+    pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=[]), heldout=train,
+                       folder=str(tmp_path), deadline=0.0)
+    starts: list[int] = []
+    with caplog.at_level("WARNING"):  # its rate at step 2 depends on the length: continuing would be another run
+        summary = pretrain_grounding(_model(), dataclasses.replace(cfg, steps=6),
+                                     _numbered_batches(train, per_step=2, log=starts), heldout=train,
+                                     folder=str(tmp_path))
+    assert starts == [0] and summary["steps"] == 6 and "other settings" in caplog.text
+
+
+def test_lr_schedule_must_be_known():
+    with pytest.raises(ValueError, match="lr_schedule='cosine'"):
+        GroundingPretrainConfig(lr_schedule="cosine")
 
 
 def test_an_incomplete_stage_of_other_settings_starts_again(tmp_path, caplog):
