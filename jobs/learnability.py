@@ -253,9 +253,10 @@ class LearnabilityConfig:
         if self.track.attribute_weight and not self.track.steps:
             problems.append(f"track.attribute_weight={self.track.attribute_weight} has no effect with track.steps=0 "
                             "(the aid is part of stage 0)")
-        if self.grounding.focus_share and not self.grounding.steps:
-            problems.append(f"grounding.focus_share={self.grounding.focus_share} has no effect with grounding.steps=0 "
-                            "(it shapes stage G's clips)")
+        if (self.grounding.focus_share or self.grounding.focus_steps) and not self.grounding.steps:
+            problems.append(f"grounding.focus_share={self.grounding.focus_share} / grounding.focus_steps="
+                            f"{self.grounding.focus_steps} have no effect with grounding.steps=0 "
+                            "(they shape stage G's clips)")
         if problems:
             raise ConfigError(problems)
 
@@ -338,10 +339,10 @@ def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) 
     heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
                                         num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
 
-    def batches_from(first_sample: int):
+    def batches_from(first_sample: int, focus_share: float):
         stream = functools.partial(grounding_sample_stream, seed=cfg.seed, start_sample=first_sample,
                                    num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling,
-                                   focus_kinds=cfg.grounding.focus_kinds, focus_share=cfg.grounding.focus_share)
+                                   focus_kinds=cfg.grounding.focus_kinds, focus_share=focus_share)
         return iter(_loader(cfg, stream, cfg.grounding.videos_per_step))
 
     summary = pretrain_grounding(model, cfg.grounding, batches_from, heldout=heldout,

@@ -67,6 +67,7 @@ __all__ = [
     "GroundingSample",
     "TEXT_PATH_PREFIXES",
     "grounding_sample",
+    "focus_share_at",
     "grounding_scores",
     "grounding_sample_stream",
     "heldout_grounding_samples",
@@ -246,7 +247,9 @@ def pretrain_grounding(
     """Train ``model``'s text path (stage G) into ``folder``; load it when ``folder`` holds a complete run, resume
     it when ``folder`` holds an incomplete one of the same settings.
 
-    ``batches_from(first_sample)`` yields lists of ``cfg.videos_per_step`` samples from sample ``first_sample`` on;
+    ``batches_from(first_sample, focus_share)`` yields lists of ``cfg.videos_per_step`` samples from sample
+    ``first_sample`` on, a ``focus_share`` of them focused (:func:`grounding_sample_stream`); it is called again
+    from the data position when ``cfg.focus_steps`` ends the focus phase (:func:`focus_share_at`);
     ``heldout`` is scored every ``cfg.eval_every`` steps and at the end, and the stage is saved after each. A
     ``deadline`` (a ``time.perf_counter()`` value) stops it early, saved. The head's init uses its own generator, so
     the global RNG is untouched. Returns the summary (:data:`SUMMARY_FILE`; ``complete`` False when stopped).
@@ -298,10 +301,15 @@ def pretrain_grounding(
         write_json_atomic(os.path.join(folder, SUMMARY_FILE), out)
         return out
 
-    batches = batches_from(next_sample)
+    share = focus_share_at(cfg, done + 1)
+    batches = batches_from(next_sample, share)
     model.train()
     out = None
     for step in range(done + 1, cfg.steps + 1):
+        if focus_share_at(cfg, step) != share:
+            share = focus_share_at(cfg, step)
+            _LOG.info("grounding step %d: the focus phase ends; clips are focused at share %s from here", step, share)
+            batches = batches_from(next_sample, share)
         samples = next(batches)
         next_sample = max(next_sample, max(s.clip.sample_id for s in samples) + 1)
         target, ce, _, _ = _loss_and_hits(model, head, samples, cfg.target_loss)
@@ -331,6 +339,12 @@ def pretrain_grounding(
                          step, cfg.steps)
             return out
     return out if out is not None else save(done)
+
+
+def focus_share_at(cfg: GroundingPretrainConfig, step: int) -> float:
+    """The focus share of step ``step`` (1-based): ``focus_share`` within the first ``focus_steps`` (all steps when
+    0), ``focus_share_after`` later."""
+    return cfg.focus_share if not cfg.focus_steps or step <= cfg.focus_steps else cfg.focus_share_after
 
 
 def _resumes(summary: dict | None, cfg: GroundingPretrainConfig) -> bool:

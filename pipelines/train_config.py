@@ -337,6 +337,15 @@ class GroundingPretrainConfig:
         metadata={"help": "share of training clips that keep only the focus kinds' expressions (0: every clip is "
                           "sampled from all of its video's expressions)"},
     )
+    focus_steps: int = field(
+        default=0,
+        metadata={"help": "the steps whose clips draw focus_share (0: every step); later steps draw "
+                          "focus_share_after. A curriculum: stage G learnt the motion kinds only from clips of "
+                          "them alone, then the whole task at share 0.5 (README, \"Stage G learns motion\")"},
+    )
+    focus_share_after: float = field(
+        default=0.0, metadata={"help": "focus share of the steps after focus_steps (needs focus_steps)"},
+    )
     target_loss: str = field(
         default="bce",
         metadata={"help": "bce: a sigmoid BCE per present object (is it a target?) | softmax: a cross-entropy over "
@@ -350,8 +359,7 @@ class GroundingPretrainConfig:
         default="linear",
         metadata={"help": "linear: warm-up, then linear decay to 0 at the last step (the method's) | constant: "
                           "warm-up, then lr to the end, as the motion probe trains; a constant run's schedule does "
-                          "not depend on steps, so raising steps continues it (README, \"Stage G at a constant "
-                          "rate\")"},
+                          "not depend on steps, so raising steps continues it (README, \"Stage G learns motion\")"},
     )
 
     def __post_init__(self) -> None:
@@ -375,6 +383,15 @@ class GroundingPretrainConfig:
             problems.append(f"focus_share={self.focus_share!r}: must be a number in [0, 1]")
         elif self.focus_share and not self.focus_kinds:
             problems.append(f"focus_share={self.focus_share}: needs focus_kinds")
+        if not _is_int(self.focus_steps) or self.focus_steps < 0:
+            problems.append(f"focus_steps={self.focus_steps!r}: must be an int >= 0")
+        if not _is_number(self.focus_share_after) or not 0 <= self.focus_share_after <= 1:
+            problems.append(f"focus_share_after={self.focus_share_after!r}: must be a number in [0, 1]")
+        elif self.focus_share_after and not self.focus_steps:
+            problems.append(f"focus_share_after={self.focus_share_after} has no effect without focus_steps "
+                            "(focus_share holds for every step)")
+        elif self.focus_share_after and not self.focus_kinds:
+            problems.append(f"focus_share_after={self.focus_share_after}: needs focus_kinds")
         _problems_to_error("GroundingPretrainConfig", problems)
 
 

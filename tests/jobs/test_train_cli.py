@@ -439,10 +439,14 @@ def test_settings_without_effect_are_refused_before_any_work():
         parse("--track.steps", "0", "--track.attribute-weight", "1")
     assert parse("--track.attribute-weight", "0.3").track.attribute_weight == 0.3
     focus = ("--grounding.focus-kinds", "static", "--grounding.focus-kinds", "fastest", "--grounding.focus-share", "0.5")
-    with pytest.raises(ConfigError, match="focus_share=0.5 has no effect with grounding.steps=0"):
+    with pytest.raises(ConfigError, match="focus_share=0.5 / grounding.focus_steps=0 have no effect with "
+                                          "grounding.steps=0"):
         parse(*focus)
     grounding = parse(*focus, "--grounding.steps", "10").grounding
     assert grounding.focus_kinds == ("static", "fastest") and grounding.focus_share == 0.5
+    phased = parse(*focus, "--grounding.steps", "10", "--grounding.focus-steps", "4",
+                   "--grounding.focus-share-after", "0.25", "--grounding.lr-schedule", "constant").grounding
+    assert (phased.focus_steps, phased.focus_share_after, phased.lr_schedule) == (4, 0.25, "constant")
 
 
 def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from pipelines.grounding_pretrain import (
     SUMMARY_FILE,
     TARGET_TRIPLES,
     TEXT_PATH_PREFIXES,
+    focus_share_at,
     grounding_sample,
     load_text_path,
     pretrain_grounding,
@@ -65,7 +66,7 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     head = torch.nn.Linear(model.cfg.method.seg_embed_dim, 24)
     before = grounding_scores(model, head, train)[0]["all"]
     rng_state = torch.get_rng_state()
-    summary = pretrain_grounding(model, cfg, lambda first: itertools.repeat(train), heldout=train,
+    summary = pretrain_grounding(model, cfg, lambda first, share: itertools.repeat(train), heldout=train,
                                  folder=str(tmp_path))
     assert torch.equal(torch.get_rng_state(), rng_state)  # later stages draw the same numbers with or without it
     after = summary["evaluations"][-1]["accuracy"]["all"]
@@ -75,19 +76,21 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     assert read_summary(str(tmp_path))["complete"] and (tmp_path / SUMMARY_FILE).exists()
 
     fresh = _model()
-    again = pretrain_grounding(fresh, cfg, lambda first: iter(()), heldout=train, folder=str(tmp_path))  # loads only
+    again = pretrain_grounding(fresh, cfg, lambda first, share: iter(()), heldout=train, folder=str(tmp_path))  # loads only
     assert again["steps"] == 80
     trained = dict(model.named_parameters())
     for name, value in fresh.named_parameters():
         assert torch.equal(value, trained[name]), name
 
 
-def _numbered_batches(samples, *, per_step: int, log: list[int]):
-    """batches_from for pretrain_grounding: sample ids from first_sample on (the clips repeat), logging the first."""
-    import dataclasses
+def _numbered_batches(samples, *, per_step: int, log: list[int], shares: list[float] | None = None):
+    """batches_from for pretrain_grounding: sample ids from first_sample on (the clips repeat), logging the first
+    (and in ``shares`` the focus share asked for)."""
 
-    def batches_from(first: int):
+    def batches_from(first: int, focus_share: float):
         log.append(first)
+        if shares is not None:
+            shares.append(focus_share)
         for start in itertools.count(first, per_step):
             yield [dataclasses.replace(samples[i % len(samples)], clip=dataclasses.replace(
                 samples[i % len(samples)].clip, sample_id=i)) for i in range(start, start + per_step)]
@@ -178,7 +181,7 @@ def test_an_incomplete_stage_of_other_settings_starts_again(tmp_path, caplog):
 def test_loading_a_text_path_of_another_size_is_refused(tmp_path):
     cfg = GroundingPretrainConfig(steps=1, videos_per_step=1, warmup_steps=0, eval_every=1)
     train = [s for _, s in _samples(1)]
-    pretrain_grounding(_model(), cfg, lambda first: itertools.repeat(train), heldout=train, folder=str(tmp_path))
+    pretrain_grounding(_model(), cfg, lambda first, share: itertools.repeat(train), heldout=train, folder=str(tmp_path))
     with pytest.raises(ValueError, match="do not fit|other sizes"):
         load_text_path(_model("learn"), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no pretrained text path"):
@@ -219,6 +222,37 @@ def test_focus_config_problems_are_named():
     with pytest.raises(ValueError, match="needs focus_kinds"):
         GroundingPretrainConfig(focus_share=0.5)
     assert GroundingPretrainConfig(focus_kinds=("static",), focus_share=0.5).focus_share == 0.5
+
+
+def test_focus_share_after_needs_a_focus_phase_and_kinds():
+    with pytest.raises(ValueError) as info:
+        GroundingPretrainConfig(focus_kinds=("static",), focus_share_after=0.5, focus_steps=-2)
+    assert "focus_steps=-2" in str(info.value)
+    with pytest.raises(ValueError, match="no effect without focus_steps"):
+        GroundingPretrainConfig(focus_kinds=("static",), focus_share_after=0.5)
+    with pytest.raises(ValueError, match="focus_share_after=2"):
+        GroundingPretrainConfig(focus_kinds=("static",), focus_steps=3, focus_share_after=2)
+    with pytest.raises(ValueError, match="focus_share_after=0.5: needs focus_kinds"):
+        GroundingPretrainConfig(focus_steps=3, focus_share_after=0.5)
+
+
+def test_the_focus_phase_ends_after_focus_steps_and_a_resume_keeps_the_phase(tmp_path):
+    cfg = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=4, lr_schedule="constant",
+                                  focus_kinds=("static",), focus_share=1.0, focus_steps=2, focus_share_after=0.25)
+    assert [focus_share_at(cfg, step) for step in (1, 2, 3, 4)] == [1.0, 1.0, 0.25, 0.25]
+    assert focus_share_at(dataclasses.replace(cfg, focus_steps=0, focus_share_after=0.0), 4) == 1.0
+    train = [s for _, s in _samples(2)]
+    starts, shares = [], []
+    summary = pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=starts, shares=shares),
+                                 heldout=train, folder=str(tmp_path / "straight"))
+    assert summary["steps"] == 4 and starts == [0, 4] and shares == [1.0, 0.25]  # after step 2, from sample 4 on
+
+    starts, shares = [], []
+    pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=starts, shares=shares),
+                       heldout=train, folder=str(tmp_path / "cut"), deadline=0.0)  # stops after step 1
+    pretrain_grounding(_model(), dataclasses.replace(cfg, steps=3), _numbered_batches(
+        train, per_step=2, log=starts, shares=shares), heldout=train, folder=str(tmp_path / "cut"))
+    assert starts == [0, 2, 4] and shares == [1.0, 1.0, 0.25]  # resumed in the phase, then past it
 
 
 def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
@@ -289,7 +323,7 @@ def test_stage_g_with_the_softmax_target_learns_to_name_the_targets(tmp_path):
 
     before = grounding_scores(model, torch.nn.Linear(model.cfg.method.seg_embed_dim, 24), train,
                               target_loss="softmax")[0]["all"]
-    summary = pretrain_grounding(model, cfg, lambda first: itertools.repeat(train), heldout=train,
+    summary = pretrain_grounding(model, cfg, lambda first, share: itertools.repeat(train), heldout=train,
                                  folder=str(tmp_path))
     last = summary["evaluations"][-1]
     # ranks read at chance are often right with 2-4 objects, hence the loss: ln(2..4) >= 0.69 when untrained
