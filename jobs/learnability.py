@@ -169,8 +169,9 @@ class LearnabilityConfig:
     sam2_init: str | None = field(
         default=None,
         metadata={"help": "SAM2 weights to start from instead of stage 0 (e.g. an earlier run's "
-                          "track_pretrain/sam2.safetensors); give it again with --resume: the parts of SAM2 "
-                          "that do not train are not in the training checkpoint"},
+                          "track_pretrain/sam2.safetensors, or a model folder such as checkpoints/tiny-synthetic: "
+                          "its SAM2); give it again with --resume: the parts of SAM2 that do not train are not in "
+                          "the training checkpoint"},
     )
     sam2_trainable: str | None = field(
         default=None,

@@ -107,3 +107,28 @@ def test_mismatched_checkpoint_lists_keys(tmp_path):
     torch.save(state, path)
     with pytest.raises(Sam2CheckpointError, match=r"missing keys \['no_mem_embed'\].*unexpected keys \['extra.weight'\]"):
         build_sam2_model(sam2_tiny(image_size=64, checkpoint_uri=str(path)))
+
+
+def test_a_model_folder_gives_its_sam2_and_a_folder_without_one_is_named(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from vrshq.model.sam2_model import load_sam2_checkpoint
+
+    import pathlib
+
+    committed = str(pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic")  # SAM2 under sam2.sam2.*
+    expected = {k.removeprefix("sam2.sam2."): v for k, v in load_file(f"{committed}/model.safetensors").items()
+                if k.startswith("sam2.sam2.")}
+    from pipelines.train_config import ModelSpec, model_config_from_spec
+
+    torch.manual_seed(0)
+    sam2 = build_sam2_model(model_config_from_spec(ModelSpec(preset="learn-256-pos-p4")).sam2)
+    load_sam2_checkpoint(sam2, committed)
+    state = sam2.state_dict()
+    assert expected and set(expected) == set(state)
+    for key, value in expected.items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+
+    save_file({"llm.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(Sam2CheckpointError, match=r"model folder without SAM2 weights"):
+        load_sam2_checkpoint(sam2, str(tmp_path))

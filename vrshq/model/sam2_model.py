@@ -330,10 +330,13 @@ class VrshqSam2(SAM2VideoPredictor):
 def load_sam2_checkpoint(
     model: torch.nn.Module, uri: str, *, storage_options: dict[str, Any] | None = None
 ) -> None:
-    """Load SAM2 weights strictly from an fsspec URI (``.pt``/``.pth`` or ``.safetensors``).
+    """Load SAM2 weights strictly from an fsspec URI (``.pt``/``.pth`` or ``.safetensors``), or from
+    a VRS-HQ model folder (its ``sam2.sam2.*`` weights).
 
     A ``.pt`` may hold ``{"model": state_dict}`` (the official SAM2 release) or a bare state
-    dict; it is read with ``torch.load(weights_only=True)``.
+    dict; it is read with ``torch.load(weights_only=True)``. Why model folders: a run that starts
+    from a trained model's SAM2 (``jobs.learnability --sam2-init checkpoints/tiny-synthetic``) should
+    not need a separate export of it.
 
     Raises:
         Sam2CheckpointError: missing file, unreadable content, or missing/unexpected keys
@@ -350,6 +353,42 @@ def load_sam2_checkpoint(
             "file does not exist; set Sam2Config.checkpoint_uri to an existing SAM2 checkpoint "
             "or to None for random init",
         )
+    if fs.isdir(path):
+        state = _model_folder_sam2_state(uri, storage_options)
+    else:
+        state = _read_sam2_file(uri, fs, path)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise Sam2CheckpointError(
+            uri,
+            f"does not match the model built from Sam2Config: missing keys "
+            f"{result.missing_keys[:20]} ({len(result.missing_keys)} total), unexpected keys "
+            f"{result.unexpected_keys[:20]} ({len(result.unexpected_keys)} total)",
+        )
+    logger.info("loaded SAM2 checkpoint %s", uri)
+
+
+MODEL_FOLDER_SAM2_PREFIX = "sam2.sam2."
+"""Where a VRS-HQ model's weights keep SAM2's (``VrshqModel.sam2`` is the segmenter, its ``.sam2`` sam2's model)."""
+
+
+def _model_folder_sam2_state(uri: str, storage_options: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The SAM2 weights of a VRS-HQ model folder, named as sam2's model names them."""
+    from vrshq.model.weight_files import read_state_dict
+
+    try:
+        whole = read_state_dict(uri, storage_options=storage_options)
+    except Exception as exc:  # noqa: BLE001 - a folder without a model's weights is reported with the uri
+        raise Sam2CheckpointError(uri, f"is a folder but not a readable model folder ({exc})") from exc
+    state = {k[len(MODEL_FOLDER_SAM2_PREFIX):]: v for k, v in whole.items() if k.startswith(MODEL_FOLDER_SAM2_PREFIX)}
+    if not state:
+        raise Sam2CheckpointError(uri, f"is a model folder without SAM2 weights (no {MODEL_FOLDER_SAM2_PREFIX}* "
+                                       "keys; a trainable-only checkpoint may leave SAM2 out)")
+    return state
+
+
+def _read_sam2_file(uri: str, fs: Any, path: str) -> dict:
+    """The state dict of one SAM2 weight file (``.safetensors``, or a ``.pt`` holding it or ``{"model": it}``)."""
     try:
         with fs.open(path, "rb") as f:
             if path.endswith(".safetensors"):
@@ -364,15 +403,7 @@ def load_sam2_checkpoint(
         state = state["model"]
     if not isinstance(state, dict):
         raise Sam2CheckpointError(uri, f"expected a state dict, found {type(state).__name__}")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise Sam2CheckpointError(
-            uri,
-            f"does not match the model built from Sam2Config: missing keys "
-            f"{result.missing_keys[:20]} ({len(result.missing_keys)} total), unexpected keys "
-            f"{result.unexpected_keys[:20]} ({len(result.unexpected_keys)} total)",
-        )
-    logger.info("loaded SAM2 checkpoint %s", uri)
+    return state
 
 
 def _compose_sam2_config(config_name: str, overrides: list[str]) -> Any:
