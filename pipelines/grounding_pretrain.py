@@ -22,7 +22,9 @@ say which are the expression's targets (several for "the two red shapes" or "the
 ``target_loss="softmax"`` a cross-entropy over those triples asks which of them are. In a probe of the LLM's size
 the softmax learnt the motion kinds sooner (README, "What holds motion back"); in this stage it learnt referring
 expressions ~2x later than the BCE and the motion kinds no better (README, "Finer patches"), so the BCE stays. The
-method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
+motion kinds were learnt at a constant rate (``lr_schedule="constant"``) from clips of them alone, after ~1,450
+steps of 256 clips; a focus phase (``focus_steps``, then ``focus_share_after``) brings the other kinds back (README,
+"Stage G learns motion"). The method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
 stage 1 can.
 
 Held-out accuracy: an expression counts as grounded when the set of present objects with a positive score
