@@ -341,7 +341,8 @@ class GroundingPretrainConfig:
         default=0,
         metadata={"help": "the steps whose clips draw focus_share (0: every step); later steps draw "
                           "focus_share_after. A curriculum: stage G learnt the motion kinds only from clips of "
-                          "them alone, then the whole task at share 0.5 (README, \"Stage G learns motion\")"},
+                          "them alone (share 1), and kept them while the other kinds came back at share 0.5 "
+                          "(README, \"Stage G learns motion\")"},
     )
     focus_share_after: float = field(
         default=0.0, metadata={"help": "focus share of the steps after focus_steps (needs focus_steps)"},
