@@ -24,8 +24,8 @@ the softmax learnt the motion kinds sooner (README, "What holds motion back"); i
 expressions ~2x later than the BCE and the motion kinds no better (README, "Finer patches"), so the BCE stays. The
 motion kinds were learnt at a constant rate (``lr_schedule="constant"``) from clips of them alone, after ~1,450
 steps of 256 clips; a focus phase (``focus_steps``, then ``focus_share_after``) brings the other kinds back (README,
-"Stage G learns motion"). The method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs many more videos than
-stage 1 can.
+"Stage G learns motion"). The method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs
+many more videos than stage 1 can.
 
 Held-out accuracy: an expression counts as grounded when the set of present objects with a positive score
 is exactly its target set; reported in all and per kind (``referring``, ``group``, ``fastest`` ...).
@@ -68,8 +68,8 @@ __all__ = [
     "WEIGHTS_FILE",
     "GroundingSample",
     "TEXT_PATH_PREFIXES",
-    "grounding_sample",
     "focus_share_at",
+    "grounding_sample",
     "grounding_scores",
     "grounding_sample_stream",
     "heldout_grounding_samples",

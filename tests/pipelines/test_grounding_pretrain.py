@@ -76,7 +76,8 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     assert read_summary(str(tmp_path))["complete"] and (tmp_path / SUMMARY_FILE).exists()
 
     fresh = _model()
-    again = pretrain_grounding(fresh, cfg, lambda first, share: iter(()), heldout=train, folder=str(tmp_path))  # loads only
+    again = pretrain_grounding(fresh, cfg, lambda first, share: iter(()), heldout=train,
+                               folder=str(tmp_path))  # loads only
     assert again["steps"] == 80
     trained = dict(model.named_parameters())
     for name, value in fresh.named_parameters():

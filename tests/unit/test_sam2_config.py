@@ -116,7 +116,8 @@ def test_a_model_folder_gives_its_sam2_and_a_folder_without_one_is_named(tmp_pat
 
     import pathlib
 
-    committed = str(pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic")  # SAM2 under sam2.sam2.*
+    # a VRS-HQ model folder: SAM2 under sam2.sam2.*
+    committed = str(pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic")
     expected = {k.removeprefix("sam2.sam2."): v for k, v in load_file(f"{committed}/model.safetensors").items()
                 if k.startswith("sam2.sam2.")}
     from pipelines.train_config import ModelSpec, model_config_from_spec
