@@ -148,35 +148,25 @@ def test_a_constant_schedule_stage_continues_to_more_steps_as_one_longer_run(tmp
             torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_linear_schedule_stage_of_other_steps_is_not_continued(tmp_path, caplog):
-    train = [s for _, s in _samples(2)]
-    cfg = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2)
-    pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=[]), heldout=train,
-                       folder=str(tmp_path), deadline=0.0)
-    starts: list[int] = []
-    with caplog.at_level("WARNING"):  # its rate at step 2 depends on the length: continuing would be another run
-        summary = pretrain_grounding(_model(), dataclasses.replace(cfg, steps=6),
-                                     _numbered_batches(train, per_step=2, log=starts), heldout=train,
-                                     folder=str(tmp_path))
-    assert starts == [0] and summary["steps"] == 6 and "other settings" in caplog.text
-
-
 def test_lr_schedule_must_be_known():
     with pytest.raises(ValueError, match="lr_schedule='cosine'"):
         GroundingPretrainConfig(lr_schedule="cosine")
 
 
-def test_an_incomplete_stage_of_other_settings_starts_again(tmp_path, caplog):
+@pytest.mark.parametrize("change", [{"lr": 5e-4}, {"steps": 6}], ids=["other-lr", "linear-schedule-other-steps"])
+def test_an_incomplete_stage_of_other_settings_starts_again(tmp_path, caplog, change):
+    # other steps count as other settings under the linear schedule: its rate at a step depends on the length
     train = [s for _, s in _samples(2)]
     cfg = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2)
     pretrain_grounding(_model(), cfg, _numbered_batches(train, per_step=2, log=[]), heldout=train,
                        folder=str(tmp_path), deadline=0.0)
     starts: list[int] = []
-    other = GroundingPretrainConfig(steps=4, videos_per_step=2, warmup_steps=0, eval_every=2, lr=5e-4)
+    other = dataclasses.replace(cfg, **change)
     with caplog.at_level("WARNING"):
         summary = pretrain_grounding(_model(), other, _numbered_batches(train, per_step=2, log=starts),
                                      heldout=train, folder=str(tmp_path))
-    assert starts == [0] and summary["complete"] and "other settings" in caplog.text
+    assert starts == [0] and summary["complete"] and summary["steps"] == other.steps
+    assert "other settings" in caplog.text
 
 
 def test_loading_a_text_path_of_another_size_is_refused(tmp_path):
