@@ -373,14 +373,18 @@ MODEL_FOLDER_SAM2_PREFIX = "sam2.sam2."
 
 
 def _model_folder_sam2_state(uri: str, storage_options: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-    """The SAM2 weights of a VRS-HQ model folder, named as sam2's model names them."""
-    from vrshq.model.weight_files import read_state_dict
+    """The SAM2 weights of a VRS-HQ model folder, named as sam2's model names them. Only the weight files that
+    hold SAM2 tensors are read (a 7B model's LLM shards are not)."""
+    from vrshq.model.weight_files import open_weight_files
 
+    prefix = MODEL_FOLDER_SAM2_PREFIX
+    state: dict[str, torch.Tensor] = {}
     try:
-        whole = read_state_dict(uri, storage_options=storage_options)
+        for weights in open_weight_files(uri, storage_options):
+            if any(k.startswith(prefix) for k in weights.shapes):
+                state.update({k[len(prefix):]: v for k, v in weights.read().items() if k.startswith(prefix)})
     except Exception as exc:  # noqa: BLE001 - a folder without a model's weights is reported with the uri
         raise Sam2CheckpointError(uri, f"is a folder but not a readable model folder ({exc})") from exc
-    state = {k[len(MODEL_FOLDER_SAM2_PREFIX):]: v for k, v in whole.items() if k.startswith(MODEL_FOLDER_SAM2_PREFIX)}
     if not state:
         raise Sam2CheckpointError(uri, f"is a model folder without SAM2 weights (no {MODEL_FOLDER_SAM2_PREFIX}* "
                                        "keys; a trainable-only checkpoint may leave SAM2 out)")
