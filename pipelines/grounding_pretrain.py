@@ -308,8 +308,8 @@ def pretrain_grounding(
     model.train()
     out = None
     for step in range(done + 1, cfg.steps + 1):
-        if focus_share_at(cfg, step) != share:
-            share = focus_share_at(cfg, step)
+        if (wanted := focus_share_at(cfg, step)) != share:
+            share = wanted
             _LOG.info("grounding step %d: the focus phase ends; clips are focused at share %s from here", step, share)
             batches = batches_from(next_sample, share)
         samples = next(batches)

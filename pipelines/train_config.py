@@ -62,8 +62,9 @@ MODEL_PRESETS: dict[str, str] = {
 }
 _TRAINABLE = ("all", "lora")
 TARGET_LOSSES = ("bce", "softmax")
-LR_SCHEDULES = ("linear", "constant")
 """Stage G's losses on the target head (``GroundingPretrainConfig.target_loss``)."""
+LR_SCHEDULES = ("linear", "constant")
+"""Stage G's learning-rate schedules after the warm-up (``GroundingPretrainConfig.lr_schedule``)."""
 _FORMATS = ("revos", "mevis")
 
 
@@ -355,7 +356,6 @@ class GroundingPretrainConfig:
                           "\"fastest\" later; in stage G itself (H200, 256 clips a step) the softmax learnt even "
                           "referring expressions ~2x later (README, \"Finer patches\")"},
     )
-
     lr_schedule: str = field(
         default="linear",
         metadata={"help": "linear: warm-up, then linear decay to 0 at the last step (the method's) | constant: "
