@@ -59,7 +59,8 @@ Outputs under ``--out``: ``model/`` (full bf16 checkpoint that ``jobs.infer --ch
 position; ``--resume`` continues from it), ``log.csv`` (per-step losses and throughput),
 ``heldout.json`` (J, F, J&F per evaluation), ``curve.png``. ``--max-minutes`` stops training in
 time to evaluate and save (the step reached is recorded; ``--resume`` continues the schedule); in stage 0 or
-stage G it saves the stage, and the same command again continues it.
+stage G it saves the stage, and the same command again continues it. A run stopped early exits with status 75
+(``EXIT_UNFINISHED``), a complete one with 0.
 """
 from __future__ import annotations
 
@@ -78,13 +79,18 @@ from dataclasses import dataclass, field
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
 from pipelines.train_config import GroundingPretrainConfig, TrackPretrainConfig, VisionPretrainConfig
 
-__all__ = ["TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
+__all__ = ["EXIT_UNFINISHED", "TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
 
 _LOG = logging.getLogger("jobs.learnability")
 _TRAIN_STREAM, _HELDOUT_STREAM = 1, 2  # separate seed streams: held-out videos are never trained on
 
 TASK_FILE = "learnability.json"
 """Written into every exported ``model/``: the task the model learnt and its held-out scores (jobs.demo reads it)."""
+
+EXIT_UNFINISHED = 75
+"""Exit status of a run that ``--max-minutes`` (or ``--stop-at-step``) ended early, saved: the same command again
+continues it. sysexits' EX_TEMPFAIL, so a script or scheduler can tell "run me again" from done (0) and from a
+failure; an exported ``model/`` may already exist then (stage 1 exports at the stop), so its presence is no sign."""
 
 
 @dataclass(frozen=True)
@@ -462,7 +468,8 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
 
 
 def run(cfg: LearnabilityConfig) -> dict:
-    """Train, evaluate, save; returns the last held-out scores (with ``step`` and ``train_seconds``)."""
+    """Train, evaluate, save; returns the last held-out scores (with ``step``, ``train_seconds`` and ``complete``:
+    False when ``--max-minutes`` or ``--stop-at-step`` ended the run before its last stage-1 step)."""
     import torch
 
     from pipelines.clip_sampling import samples_to_batch
@@ -519,7 +526,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         load_sam2_checkpoint(model.sam2.sam2, stage0_weights)
     elif not cfg.resume and not cfg.init_model and cfg.track.steps > 0:
         if not _track_stage(cfg, model, heldout, deadline=deadline):
-            return {"step": 0, "track_stage": "incomplete"}
+            return {"step": 0, "track_stage": "incomplete", "complete": False}
     else:
         pretrained_sam2 = False
     vision_dir = os.path.join(cfg.out, VISION_DIR)
@@ -533,7 +540,7 @@ def run(cfg: LearnabilityConfig) -> dict:
             os.path.join(cfg.out, GROUNDING_DIR)))):
         # trains it, or loads the complete one (a resumed run: weights that stage 1 froze are not in its checkpoint)
         if not _grounding_stage(cfg, model, deadline=deadline):
-            return {"step": 0, "grounding_stage": "incomplete"}
+            return {"step": 0, "grounding_stage": "incomplete", "complete": False}
     if cfg.freeze_llm:
         model.mllm.requires_grad_(False)
         model.vision.projector.requires_grad_(False)
@@ -655,7 +662,7 @@ def run(cfg: LearnabilityConfig) -> dict:
             break
     final = evaluate(step) if not evals or evals[-1]["step"] != step else evals[-1]
     state = save(step, sample_pos, final)
-    return {**final, "train_seconds": state.wall_seconds}
+    return {**final, "train_seconds": state.wall_seconds, "complete": step >= cfg.steps}
 
 
 def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, scores: dict, train_seconds: float) -> None:
@@ -704,7 +711,9 @@ def _replace_folder(tmp: str, final: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, run, print the final held-out scores; exit status 0, or 2 on a bad configuration."""
+    """Parse, run, print the final held-out scores. Exit status 0 when the run is complete,
+    :data:`EXIT_UNFINISHED` when it stopped early (saved: the same command again continues it), 2 on a bad
+    configuration."""
     setup_logging()
     try:
         cfg = parse_config(LearnabilityConfig, argv, prog="python -m jobs.learnability",
@@ -714,8 +723,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log_config(cfg, logger=_LOG)
     final = run(cfg)
-    print(json.dumps({k: final[k] for k in ("step", "j", "f", "jf", "jf_revos", "train_seconds") if k in final}))
-    return 0
+    print(json.dumps({k: final[k] for k in ("step", "j", "f", "jf", "jf_revos", "train_seconds", "complete")
+                      if k in final}))
+    return 0 if final["complete"] else EXIT_UNFINISHED
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def _stop_at_2_then_continue(args: list[str]) -> None:
 
     threads = torch.get_num_threads()
     try:
-        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        assert learnability.main([*args, "--stop-at-step", "2"]) == learnability.EXIT_UNFINISHED
         assert learnability.main(args) == 0
     finally:
         torch.set_num_threads(threads)
@@ -265,7 +265,8 @@ def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_
     args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "2",
             "--track.window", "4", "--track.clips-per-step", "2", "--track.warmup-steps", "1"]
     try:
-        assert learnability.main([*args, "--stop-at-step", "2"]) == 0  # the 3-step schedule, stopped at step 2
+        # the 3-step schedule, stopped at step 2
+        assert learnability.main([*args, "--stop-at-step", "2"]) == learnability.EXIT_UNFINISHED
         assert json.loads((out / "checkpoint" / "train_state.json").read_text())["step"] == 2
         assert learnability.main(args) == 0  # the same command again continues the run (no --resume needed)
     finally:
@@ -321,7 +322,7 @@ def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights
     args = [*_tiny_run(out, steps=3, videos_per_step=2), "--image-ratio", "0", "--track.steps", "0",
             "--vision-trainable"]
     try:
-        assert learnability.main([*args, "--stop-at-step", "2"]) == 0
+        assert learnability.main([*args, "--stop-at-step", "2"]) == learnability.EXIT_UNFINISHED
         stopped = {k: v.clone() for k, v in load_file(str(out / "model" / "model.safetensors")).items()
                    if k.startswith("vision.vision_tower.")}
         assert learnability.main(args) == 0
@@ -400,7 +401,7 @@ def test_max_minutes_stops_stage_g_saved_and_the_same_command_continues_it(tmp_p
         with monkeypatch.context() as patched:
             patched.setattr(learnability.time, "perf_counter", lambda: next(clock))
             patched.setattr("pipelines.grounding_pretrain.time.perf_counter", lambda: next(clock))
-            assert learnability.main([*args, "--max-minutes", "1"]) == 0
+            assert learnability.main([*args, "--max-minutes", "1"]) == learnability.EXIT_UNFINISHED
         stopped = read_summary(str(out / learnability.GROUNDING_DIR))
         assert not stopped["complete"] and stopped["steps"] == 1 and not (out / "model").exists()
         with caplog.at_level("INFO"):
@@ -470,3 +471,37 @@ def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):
     assert len(titles[0]) == 2 and not any("stage G" in t for t in titles[0]), titles
     (stage_g,) = [ax for ax in saved[1].axes if ax.get_title().startswith("stage G")]
     assert sorted(line.get_label() for line in stage_g.get_lines()) == ["all", "fastest", "referring"]
+
+
+@pytest.mark.slow
+def test_the_learnability_script_trains_final_on_base_sam2_and_reports_an_unfinished_run(tmp_path):
+    """``scripts/learnability.sh`` (the committed checkpoint's one command), its schedules cut to a few steps of
+    the tiny preset: a ``--max-minutes`` stop exits 75 before the second run starts; the command again
+    finishes both runs, and the final model starts from the base model's SAM2."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = tmp_path / "learn"
+    small = ["--preset", "tiny", "--video-frames", "6", "--video-size", "40", "--steps", "2", "--videos-per-step", "2",
+             "--image-ratio", "0", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0", "--threads", "1",
+             "--warmup-steps", "1", "--track.steps", "2", "--track.window", "4", "--track.clips-per-step", "2",
+             "--track.warmup-steps", "1", "--vision.steps", "1", "--vision.videos-per-step", "1",
+             "--vision.probe-videos", "2", "--grounding.steps", "2", "--grounding.videos-per-step", "2",
+             "--grounding.heldout-videos", "2", "--grounding.eval-every", "2", "--grounding.focus-steps", "1",
+             "--grounding.warmup-steps", "1"]
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"}
+
+    def script(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(root / "scripts" / "learnability.sh"), str(out), *small, *extra], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+
+    stopped = script("--max-minutes", "0.0001")
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    assert (out / "base").is_dir() and not (out / "final").exists()
+    finished = script()
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    task = json.loads((out / "final" / "model" / "learnability.json").read_text())
+    assert task["training"]["config"]["sam2_init"] == str(out / "base" / "model")
+    assert task["training"]["config"]["grounding"]["focus_share_after"] == 0.5 and task["heldout"]["step"] == 2
