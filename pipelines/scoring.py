@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 from pipelines.png_masks import MissingPredictionError, read_png_masks
-from pipelines.table_io import open_dataset
+from pipelines.table_io import open_dataset, partition_filter
 from schemas import EXPRESSION_TYPES
 from vrshq import metrics
 from vrshq.data import (
@@ -261,31 +261,24 @@ def iter_video_masks(
 ) -> Iterator[tuple[tuple[str, str, str], pa.Table]]:
     """Stream the masks dataset one video at a time: yields ``((dataset, split, video_id), rows)``.
 
-    DuckDB sorts the Arrow dataset by (dataset, split, video_id, exp_id, frame_index) with
-    partition pruning and filter pushdown, spilling to disk when needed, so memory holds one video's
-    rows however large the table is.
+    pyarrow prunes the partitions and streams the rows; DuckDB sorts them by (dataset, split, video_id, exp_id,
+    frame_index), spilling to disk when needed, so memory holds one video's rows however large the table is.
+    DuckDB gets a stream of batches, not the dataset: given a dataset, DuckDB 2.x starts its scan with
+    ``Scanner.to_reader``, which holds the GIL while the scan's fsspec-backed reads wait for it (a deadlock,
+    seen in CI); ``Dataset.to_batches`` releases the GIL while it scans.
     """
     import tempfile
 
     import duckdb
 
     arrow_dataset = open_dataset(masks_uri, storage_options=storage_options)
+    batches = arrow_dataset.to_batches(filter=partition_filter(dataset, split), batch_size=rows_per_batch)
     spill = tempfile.TemporaryDirectory(prefix="vrshq-duckdb-")
     con = duckdb.connect()
     try:
         con.execute(f"SET temp_directory = '{spill.name}'")
-        conditions = []
-        params: list[Any] = []
-        if dataset is not None:
-            conditions.append("dataset = ?")
-            params.append(dataset)
-        if split is not None:
-            conditions.append("split = ?")
-            params.append(split)
-        con.register("masks", arrow_dataset)
-        query = "SELECT * FROM masks" + (" WHERE " + " AND ".join(conditions) if conditions else "")
-        query += " ORDER BY dataset, split, video_id, exp_id, frame_index"
-        relation = con.sql(query, params=params)
+        con.register("masks", pa.RecordBatchReader.from_batches(arrow_dataset.schema, batches))
+        relation = con.sql("SELECT * FROM masks ORDER BY dataset, split, video_id, exp_id, frame_index")
         # duckdb 2.x names it to_arrow_reader; 1.x fetch_record_batch. Both stream.
         reader = (relation.to_arrow_reader(rows_per_batch) if hasattr(relation, "to_arrow_reader")
                   else relation.fetch_record_batch(rows_per_batch))

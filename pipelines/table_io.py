@@ -27,6 +27,7 @@ __all__ = [
     "dataset_files",
     "join_uri",
     "open_dataset",
+    "partition_filter",
     "partition_uri",
     "ray_filesystem",
     "read_table",
@@ -100,6 +101,17 @@ def open_dataset(base_uri: str, *, storage_options: dict[str, Any] | None = None
                         partition_base_dir=path, schema=schema)
 
 
+def partition_filter(dataset: str | None, split: str | None) -> pc.Expression | None:
+    """The filter that keeps the ``dataset``/``split`` partition (None: every one); pyarrow prunes files by it."""
+    conditions = [pc.field(name) == value for name, value in (("dataset", dataset), ("split", split)) if value is not None]
+    if not conditions:
+        return None
+    flt = conditions[0]
+    for cond in conditions[1:]:
+        flt = flt & cond
+    return flt
+
+
 def read_table(
     base_uri: str,
     schema: pa.Schema,
@@ -115,13 +127,7 @@ def read_table(
     :func:`pipelines.scoring.iter_video_masks`.
     """
     arrow_dataset = open_dataset(base_uri, storage_options=storage_options)
-    flt = None
-    if dataset is not None:
-        flt = pc.field("dataset") == dataset
-    if split is not None:
-        cond = pc.field("split") == split
-        flt = cond if flt is None else flt & cond
-    table = arrow_dataset.to_table(filter=flt)
+    table = arrow_dataset.to_table(filter=partition_filter(dataset, split))
     table = validate_table(table, schema, what=base_uri)
     return table.select(list(columns)) if columns is not None else table
 

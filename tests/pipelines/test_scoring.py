@@ -158,6 +158,35 @@ def test_iter_video_masks_groups_across_files_and_batches(data, tmp_path):
     assert sum(rows.num_rows for _, rows in iter_video_masks(str(tmp_path / "masks"))) == 2 * table.num_rows
 
 
+def test_iter_video_masks_does_not_deadlock_on_fsspec_backed_reads(data, tmp_path):
+    """The masks dataset reads through fsspec (Python file objects, which need the GIL). Handed the dataset,
+    DuckDB 2.x started its scan with ``Scanner.to_reader``, which holds the GIL while the reads wait for it:
+    such a process hung within 20-100 streams of 12 files. 150 streams run in a child process with a deadline."""
+    import pathlib
+    import subprocess
+    import sys
+    import textwrap
+
+    _, records, predictions = data
+    table = masks_table(records, predictions)
+    for i in range(12):
+        write_batch(str(tmp_path), {"masks": table.slice(i * table.num_rows // 12, table.num_rows // 12)},
+                    batch_id=f"p{i}")
+    script = textwrap.dedent(f"""
+        from pipelines.scoring import iter_video_masks
+        counts = {{sum(rows.num_rows for _, rows in iter_video_masks({str(tmp_path / "masks")!r}, rows_per_batch=64))
+                  for _ in range(150)}}
+        print(counts)
+    """)
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                                cwd=pathlib.Path(__file__).resolve().parents[2])
+    except subprocess.TimeoutExpired:
+        pytest.fail("iter_video_masks hung: 150 streams did not finish in 120 s")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str({12 * (table.num_rows // 12)})
+
+
 def test_written_masks_are_validated_and_read_back(data, tmp_path):
     _, records, predictions = data
     table = masks_table(records[:1], predictions)
