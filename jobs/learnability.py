@@ -79,7 +79,8 @@ from dataclasses import dataclass, field
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
 from pipelines.train_config import GroundingPretrainConfig, TrackPretrainConfig, VisionPretrainConfig
 
-__all__ = ["EXIT_UNFINISHED", "TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream", "write_task_file"]
+__all__ = ["EXIT_UNFINISHED", "TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream",
+           "write_task_file"]
 
 _LOG = logging.getLogger("jobs.learnability")
 _TRAIN_STREAM, _HELDOUT_STREAM = 1, 2  # separate seed streams: held-out videos are never trained on

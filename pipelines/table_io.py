@@ -8,7 +8,9 @@ Every table is validated against its schema after it is read. The one writer of 
 """
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import posixpath
 from collections.abc import Iterable
 from typing import Any
@@ -103,13 +105,9 @@ def open_dataset(base_uri: str, *, storage_options: dict[str, Any] | None = None
 
 def partition_filter(dataset: str | None, split: str | None) -> pc.Expression | None:
     """The filter that keeps the ``dataset``/``split`` partition (None: every one); pyarrow prunes files by it."""
-    conditions = [pc.field(name) == value for name, value in (("dataset", dataset), ("split", split)) if value is not None]
-    if not conditions:
-        return None
-    flt = conditions[0]
-    for cond in conditions[1:]:
-        flt = flt & cond
-    return flt
+    conditions = [pc.field(name) == value for name, value in (("dataset", dataset), ("split", split))
+                  if value is not None]
+    return functools.reduce(operator.and_, conditions) if conditions else None
 
 
 def read_table(

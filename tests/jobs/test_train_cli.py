@@ -484,13 +484,13 @@ def test_the_learnability_script_trains_final_on_base_sam2_and_reports_an_unfini
 
     root = pathlib.Path(__file__).resolve().parents[2]
     out = tmp_path / "learn"
-    small = ["--preset", "tiny", "--video-frames", "6", "--video-size", "40", "--steps", "2", "--videos-per-step", "2",
-             "--image-ratio", "0", "--heldout-videos", "1", "--eval-every", "2", "--data-workers", "0", "--threads", "1",
-             "--warmup-steps", "1", "--track.steps", "2", "--track.window", "4", "--track.clips-per-step", "2",
-             "--track.warmup-steps", "1", "--vision.steps", "1", "--vision.videos-per-step", "1",
-             "--vision.probe-videos", "2", "--grounding.steps", "2", "--grounding.videos-per-step", "2",
-             "--grounding.heldout-videos", "2", "--grounding.eval-every", "2", "--grounding.focus-steps", "1",
-             "--grounding.warmup-steps", "1"]
+    tiny = _tiny_run(out, steps=2, videos_per_step=2)
+    assert tiny[:2] == ["--out", str(out)]  # dropped: the script gives each run its own --out
+    small = [*tiny[2:], "--image-ratio", "0",
+             "--track.steps", "2", "--track.window", "4", "--track.clips-per-step", "2", "--track.warmup-steps", "1",
+             "--vision.steps", "1", "--vision.videos-per-step", "1", "--vision.probe-videos", "2",
+             "--grounding.steps", "2", "--grounding.videos-per-step", "2", "--grounding.heldout-videos", "2",
+             "--grounding.eval-every", "2", "--grounding.focus-steps", "1", "--grounding.warmup-steps", "1"]
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu"}
 
     def script(*extra: str) -> subprocess.CompletedProcess:
