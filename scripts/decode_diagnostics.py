@@ -1,6 +1,6 @@
 """Where a learnability model loses the target: the text path, SAM2's image features, or the decoder between them.
 
-Three measurements on a model folder (CPU, float32; a diagnostic, not the method), each answering one question:
+Five measurements on a model folder (CPU, float32; a diagnostic, not the method), each answering one question:
 
 1. ``tak``: does TAK' say which object is meant? A linear head fitted on TAK' of training-stream clips names
    the target set among the video's objects (the stage-G target, ``pipelines.grounding_pretrain``); held-out
@@ -15,6 +15,8 @@ Three measurements on a model folder (CPU, float32; a diagnostic, not the method
    the unmerged patches with their positions) and regresses the object's centre. Held out: the centre's R^2, and
    "never moves" / "fastest" answered by the speed rule (mean |step| of the centre) on the probe's centres
    against the true ones (the rule's ceiling). ``--vision-folder`` first loads a stage-V tower.
+5. ``landing``: does the mask decoder find the object TAK' names? Per kind, over one-target expressions, the object
+   the keyframe mask lands on against the one that measurement 1's head reads from the TAK' of that inference.
 
 Measured on the session-7 model (README, "What limits reasoning"): TAK' names 93% of referring targets, SAM2's
 image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of colour-only
@@ -108,22 +110,22 @@ def image_feature_cells(model, videos: int, *, seed: int = 9) -> tuple[torch.Ten
     return torch.cat(features), torch.cat(labels)
 
 
-def tak_grounding(model, *, train_clips: int, heldout_videos: int) -> dict[str, float]:
-    """Held-out accuracy (exact target set) of a linear head on TAK', per kind; fitted on training-stream clips."""
+def _taks(model, samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """TAK' of grounding samples (their clips through the text path) and their target rows."""
+    out = []
+    with torch.no_grad():
+        for first in range(0, len(samples), 8):
+            out.append(model.text_path(samples_to_batch([s.clip for s in samples[first : first + 8]]))[0].float())
+    return torch.cat(out), torch.from_numpy(np.concatenate([s.targets for s in samples]))
+
+
+def fit_tak_head(model, *, train_clips: int) -> torch.nn.Linear:
+    """A linear head on TAK' scoring the 24 (size, colour, shape) triples as targets (BCE over the present ones),
+    fitted on training-stream clips; the standardisation is folded into it, so it reads raw TAK'."""
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
     train = list(itertools.islice(grounding_sample_stream(seed=0, start_sample=10**6, num_frames=16, size=64,
                                                           sampling=sampling), train_clips))
-    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
-                                        sampling=sampling)
-
-    def taks(samples):
-        out = []
-        with torch.no_grad():
-            for first in range(0, len(samples), 8):
-                out.append(model.text_path(samples_to_batch([s.clip for s in samples[first : first + 8]]))[0].float())
-        return torch.cat(out), torch.from_numpy(np.concatenate([s.targets for s in samples]))
-
-    x, y = taks(train)
+    x, y = _taks(model, train)
     mean, std = x.mean(0), x.std(0) + 1e-6
     head = torch.nn.Linear(x.shape[1], y.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
@@ -134,9 +136,20 @@ def tak_grounding(model, *, train_clips: int, heldout_videos: int) -> dict[str, 
             optimizer.zero_grad()
             (loss + 1e-3 * head.weight.pow(2).sum()).backward()
             optimizer.step()
-    xh, yh = taks(heldout)
     with torch.no_grad():
-        logits = head((xh - mean) / std)
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
+    return head
+
+
+def tak_grounding(model, head: torch.nn.Linear, *, heldout_videos: int) -> dict[str, float]:
+    """Held-out accuracy (exact target set) of ``head`` (:func:`fit_tak_head`) on TAK', per kind."""
+    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
+    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
+                                        sampling=sampling)
+    xh, yh = _taks(model, heldout)
+    with torch.no_grad():
+        logits = head(xh)
     hits = ((logits > 0) == (yh > 0.5)).logical_or(yh < 0).all(1).tolist()
     by_kind = collections.defaultdict(list)
     for kind, hit in zip((k for s in heldout for k in s.kinds), hits):
@@ -164,6 +177,67 @@ def referring_by_attributes(model, videos: int) -> dict[str, dict[str, float]]:
             union = (pred | truth).sum()
             right[named].append(bool(union == 0 or (pred & truth).sum() / union >= 0.3))
     return {k: {"right": float(np.mean(v)), "expressions": len(v)} for k, v in sorted(right.items())}
+
+
+def landed_object(mask: np.ndarray, object_masks: np.ndarray, *, min_iou: float = 0.3) -> int:
+    """The object whose visible mask (``object_masks``, (N, H, W) bool) the predicted ``mask`` (H, W) overlaps best
+    by IoU, or -1 when none reaches ``min_iou`` (an empty mask, or one spread over several objects)."""
+    mask = np.asarray(mask, dtype=bool)
+    union = (mask[None] | object_masks).reshape(len(object_masks), -1).sum(1)
+    inter = (mask[None] & object_masks).reshape(len(object_masks), -1).sum(1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return int(iou.argmax()) if len(iou) and iou.max() >= min_iou else -1
+
+
+def keyframe_landing(model, head: torch.nn.Linear, videos: int) -> dict[str, dict[str, float]]:
+    """Per kind, over the one-target expressions of the held-out videos: which object the keyframe mask lands on
+    (:func:`landed_object`) against the object TAK' names (``head``'s best-scored present triple on the TAK' that
+    inference itself computed).
+
+    Why: a wrong keyframe mask is either a TAK' that names another object (grounding: stage G, the LLM) or a
+    decoder that does not find the object TAK' names (SAM2's mask decoder, the seg head). Shares: ``named`` (TAK'
+    names the target), ``on_target``, ``on_named`` (the decoder follows TAK'), ``on_none`` (no object at IoU 0.3),
+    ``named_but_missed`` (TAK' names the target, the mask is elsewhere).
+    """
+    from pipelines.grounding_pretrain import TARGET_TRIPLES
+
+    captured: list[torch.Tensor] = []
+    select = model._select_keyframes
+
+    def spy(features, frame_sets, tda):  # the TAK' that this very inference decodes
+        captured.append(tda.fused_tak.detach().float())
+        return select(features, frame_sets, tda)
+
+    rows = collections.defaultdict(lambda: collections.defaultdict(list))
+    model._select_keyframes = spy
+    try:
+        for i in range(videos):
+            video = generate_synthetic_video(np.random.default_rng([0, _HELDOUT_STREAM, i]), num_frames=16, height=64,
+                                             width=64)
+            expressions = [e for e in video.expressions if e.type_id in (0, 1) and len(e.obj_ids) == 1]
+            if not expressions:
+                continue
+            captured.clear()
+            with torch.no_grad():
+                results = model.segment_video(video.frames, [e.text for e in expressions])
+                scores = head(captured[-1]).cpu().numpy()
+            columns = [TARGET_TRIPLES.index((o.size, o.colour, o.shape)) for o in video.objects]
+            for expression, result, score in zip(expressions, results, scores):
+                target = expression.obj_ids[0]
+                named = video.objects[int(np.argmax(score[columns]))].obj_id
+                key = int(result.keyframe_idx)
+                landed = landed_object(np.asarray(result.masks[key], bool), video.object_masks[:, key])
+                for kind in (expression.kind, "all"):
+                    row = rows[kind]
+                    row["named"].append(named == target)
+                    row["on_target"].append(landed == target)
+                    row["on_named"].append(landed == named)
+                    row["on_none"].append(landed < 0)
+                    row["named_but_missed"].append(named == target and landed != target)
+    finally:
+        del model._select_keyframes  # the instance attribute: the class's method again
+    return {kind: {**{k: float(np.mean(v)) for k, v in row.items()}, "expressions": len(row["named"])}
+            for kind, row in sorted(rows.items())}
 
 
 def visual_tokens(model, frames: np.ndarray, *, patches: bool) -> torch.Tensor:
@@ -276,7 +350,8 @@ def motion_from_tokens(model, *, train_videos: int, heldout_videos: int, steps: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="model folder (jobs.learnability's model/, or checkpoints/tiny-synthetic)")
-    parser.add_argument("--videos", type=int, default=64, help="held-out videos of the referring split")
+    parser.add_argument("--videos", type=int, default=64, help="held-out videos of the referring and landing "
+                                                               "measurements")
     parser.add_argument("--image-videos", type=int, default=40, help="videos (4 frames each) of the image probe")
     parser.add_argument("--tak-train-clips", type=int, default=384)
     parser.add_argument("--tak-heldout-videos", type=int, default=96)
@@ -287,7 +362,7 @@ def main() -> None:
                         help="what the centre probe reads: the LLM's merged tokens, or the unmerged patches")
     parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load "
                                                 "into the tower first")
-    parser.add_argument("--only", choices=("tak", "image", "referring", "motion"), help="one measurement only")
+    parser.add_argument("--only", choices=("tak", "image", "referring", "landing", "motion"), help="one measurement only")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -299,9 +374,9 @@ def main() -> None:
 
         load_pretrained_tower(model.vision, args.vision_folder)
     report = {}
+    head = fit_tak_head(model, train_clips=args.tak_train_clips) if args.only in (None, "tak", "landing") else None
     if args.only in (None, "tak"):
-        report["tak_grounding"] = tak_grounding(model, train_clips=args.tak_train_clips,
-                                                heldout_videos=args.tak_heldout_videos)
+        report["tak_grounding"] = tak_grounding(model, head, heldout_videos=args.tak_heldout_videos)
         print(json.dumps({"tak_grounding": report["tak_grounding"]}), flush=True)
     if args.only in (None, "image"):
         report["image_cells"] = cell_probe_accuracy(*image_feature_cells(model, args.image_videos))
@@ -309,6 +384,9 @@ def main() -> None:
     if args.only in (None, "referring"):
         report["referring"] = referring_by_attributes(model, args.videos)
         print(json.dumps({"referring": report["referring"]}), flush=True)
+    if args.only in (None, "landing"):
+        report["landing"] = keyframe_landing(model, head, args.videos)
+        print(json.dumps({"landing": report["landing"]}), flush=True)
     if args.only in (None, "motion"):
         report["motion"] = motion_from_tokens(model, train_videos=args.motion_train_videos,
                                               heldout_videos=args.motion_heldout_videos, steps=args.motion_steps,

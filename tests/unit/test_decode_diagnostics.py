@@ -84,3 +84,39 @@ def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp
     assert report["speed_rule_true_centres"] == {"static": 1.0, "fastest": 1.0}
     assert report["spread_rule_true_centres"]["static"] == 1.0 and set(report["spread_rule_probe"]) == {"static", "fastest"}
     assert -1.0 < report["centre_r2"] <= 1.0 and report["centre_rmse_px"] > 0
+
+
+def test_landed_object_is_the_best_overlap_or_none():
+    import numpy as np
+
+    diagnostics = _load()
+    objects = np.zeros((3, 8, 8), dtype=bool)
+    objects[0, :4, :4] = True
+    objects[1, 4:, 4:] = True
+    objects[2, :2, 6:] = True
+    assert diagnostics.landed_object(objects[1], objects) == 1
+    almost = objects[0].copy()
+    almost[0, :] = True  # object 0 and a strip over object 2: still object 0 best
+    assert diagnostics.landed_object(almost, objects) == 0
+    assert diagnostics.landed_object(np.zeros((8, 8), bool), objects) == -1  # empty mask
+    assert diagnostics.landed_object(np.ones((8, 8), bool), objects) == -1  # spread over all: IoU <= 0.25 each
+    # two objects of 16 cells each: IoU 0.5 with each
+    assert diagnostics.landed_object(objects[0] | objects[1], objects, min_iou=0.6) == -1
+    assert diagnostics.landed_object(objects[0] | objects[1], objects, min_iou=0.5) == 0  # ...reached at 0.5
+
+
+def test_landing_follows_the_committed_model_on_referring_expressions(tmp_path):
+    from pipelines.config import InferenceConfig
+    from pipelines.model_loader import build_model
+
+    diagnostics = _load()
+    checkpoint = pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic"
+    model = build_model(InferenceConfig(out=str(tmp_path), manifest="m.parquet", checkpoint=str(checkpoint),
+                                        device="cpu")).float().eval()
+    head = diagnostics.fit_tak_head(model, train_clips=48)
+    report = diagnostics.keyframe_landing(model, head, 4)
+    assert "_select_keyframes" not in vars(model)  # the spy is gone
+    referring = report["referring"]
+    assert referring["expressions"] >= 5 and referring["on_target"] >= 0.8, report
+    for row in report.values():
+        assert row["named_but_missed"] <= row["named"] and row["on_none"] <= 1 - row["on_target"] + 1e-9
