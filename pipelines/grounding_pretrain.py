@@ -73,6 +73,7 @@ __all__ = [
     "grounding_scores",
     "grounding_sample_stream",
     "heldout_grounding_samples",
+    "load_grounding_head",
     "load_text_path",
     "pretrain_grounding",
     "read_summary",
@@ -379,6 +380,25 @@ def load_text_path(model, folder: str) -> None:
     if wrong:
         raise ValueError(f"{path}: text-path weights of other sizes than this model's: {wrong[:5]}")
     model.load_state_dict(state, strict=False)
+
+
+def load_grounding_head(model, folder: str) -> torch.nn.Linear:
+    """The throw-away target head of the stage G in ``folder`` (its :data:`STATE_FILE`), on ``model``'s device.
+
+    Why keep using a head that training throws away: scoring a later model's TAK' with it (:func:`grounding_scores`)
+    tells how much of stage G's grounding survives stage 1 (``scripts/decode_diagnostics.py --grounding-folder``).
+    """
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no stage G state there (the head is saved with the optimiser state)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    head = throwaway_linear_head(model.cfg.method.seg_embed_dim, len(TARGET_TRIPLES), seed=0, device="cpu")
+    try:
+        head.load_state_dict(state["head"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: its head does not fit this model's TAK' "
+                         f"({model.cfg.method.seg_embed_dim} wide): {exc}") from exc
+    return head.to(model.device)
 
 
 def read_summary(folder: str) -> dict | None:

@@ -1,6 +1,6 @@
 """Where a learnability model loses the target: the text path, SAM2's image features, or the decoder between them.
 
-Five measurements on a model folder (CPU, float32; a diagnostic, not the method), each answering one question:
+Six measurements on a model folder (CPU, float32; a diagnostic, not the method), each answering one question:
 
 1. ``tak``: does TAK' say which object is meant? A linear head fitted on TAK' of training-stream clips names
    the target set among the video's objects (the stage-G target, ``pipelines.grounding_pretrain``); held-out
@@ -17,6 +17,9 @@ Five measurements on a model folder (CPU, float32; a diagnostic, not the method)
    against the true ones (the rule's ceiling). ``--vision-folder`` first loads a stage-V tower.
 5. ``landing``: does the mask decoder find the object TAK' names? Per kind, over one-target expressions, the object
    the keyframe mask lands on against the one that measurement 1's head reads from the TAK' of that inference.
+6. ``retention`` (with ``--grounding-folder``, the run's ``grounding_pretrain/``): how much of stage G's grounding the
+   model keeps after stage 1. Stage G's own throw-away head scores this model's TAK' on stage G's held-out clips
+   (exact target sets and one-target picks per kind), against the same head on stage G's text path.
 
 Measured on the session-7 model (README, "What limits reasoning"): TAK' names 93% of referring targets, SAM2's
 image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of colour-only
@@ -240,6 +243,30 @@ def keyframe_landing(model, head: torch.nn.Linear, videos: int) -> dict[str, dic
             for kind, row in sorted(rows.items())}
 
 
+def grounding_retention(model, grounding_folder: str, *, heldout_videos: int) -> dict[str, dict]:
+    """Stage G's head (``pipelines.grounding_pretrain.load_grounding_head``) on ``model``'s TAK' and, for reference,
+    on stage G's own text path (loaded into a copy), over ``heldout_videos`` held-out videos' clips."""
+    import copy
+
+    from pipelines.grounding_pretrain import grounding_scores, load_grounding_head, load_text_path, read_summary
+
+    summary = read_summary(grounding_folder)
+    if summary is None:
+        raise SystemExit(f"--grounding-folder {grounding_folder}: no stage G summary there")
+    head = load_grounding_head(model, grounding_folder)
+    target_loss = summary["config"].get("target_loss", "bce")
+    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
+    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
+                                        sampling=sampling)
+    stage_g = copy.deepcopy(model)
+    load_text_path(stage_g, grounding_folder)
+    out = {}
+    for name, scored in (("model", model), ("stage_g", stage_g)):
+        exact, pick = grounding_scores(scored, head, heldout, target_loss=target_loss)
+        out[name] = {"exact": exact, "pick": pick}
+    return out
+
+
 def visual_tokens(model, frames: np.ndarray, *, patches: bool) -> torch.Tensor:
     """What the LLM's projector receives for ``frames`` (T, H, W, 3) uint8: ``(T, tokens, C)``; with ``patches``
     the unmerged patches, each with its own position embedding at the preset's centroid scale."""
@@ -362,9 +389,15 @@ def main() -> None:
                         help="what the centre probe reads: the LLM's merged tokens, or the unmerged patches")
     parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load "
                                                 "into the tower first")
-    parser.add_argument("--only", choices=("tak", "image", "referring", "landing", "motion"), help="one measurement only")
+    parser.add_argument("--grounding-folder",
+                        help="the run's stage G folder (jobs.learnability's grounding_pretrain/): adds the retention "
+                             "measurement")
+    parser.add_argument("--only", choices=("tak", "image", "referring", "landing", "motion", "retention"),
+                        help="one measurement only")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.only == "retention" and not args.grounding_folder:
+        parser.error("--only retention needs --grounding-folder")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
         model = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model, device="cpu"))
@@ -387,6 +420,9 @@ def main() -> None:
     if args.only in (None, "landing"):
         report["landing"] = keyframe_landing(model, head, args.videos)
         print(json.dumps({"landing": report["landing"]}), flush=True)
+    if args.grounding_folder and args.only in (None, "retention"):
+        report["retention"] = grounding_retention(model, args.grounding_folder, heldout_videos=args.tak_heldout_videos)
+        print(json.dumps({"retention": report["retention"]}), flush=True)
     if args.only in (None, "motion"):
         report["motion"] = motion_from_tokens(model, train_videos=args.motion_train_videos,
                                               heldout_videos=args.motion_heldout_videos, steps=args.motion_steps,

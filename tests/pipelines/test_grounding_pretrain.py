@@ -326,3 +326,21 @@ def test_stage_g_with_the_softmax_target_learns_to_name_the_targets(tmp_path):
 def test_target_loss_must_be_known():
     with pytest.raises(ValueError, match="target_loss='hinge'"):
         GroundingPretrainConfig(target_loss="hinge")
+
+
+def test_the_saved_head_scores_a_model_as_stage_g_scored_it(tmp_path):
+    from pipelines.grounding_pretrain import grounding_scores, load_grounding_head
+
+    torch.set_num_threads(1)
+    train = [s for _, s in _samples(4)]
+    model = _model()
+    cfg = GroundingPretrainConfig(steps=30, videos_per_step=4, lr=3e-3, warmup_steps=5, eval_every=30)
+    summary = pretrain_grounding(model, cfg, lambda first, share: itertools.repeat(train), heldout=train,
+                                 folder=str(tmp_path))
+    head = load_grounding_head(model, str(tmp_path))
+    exact, pick = grounding_scores(model, head, train)
+    assert exact == summary["evaluations"][-1]["accuracy"] and pick == summary["evaluations"][-1]["pick"]
+    untrained = grounding_scores(_model(), head, train)[0]["all"]
+    assert untrained < exact["all"], (untrained, exact)  # the head reads what stage G taught, not any TAK'
+    with pytest.raises(FileNotFoundError, match="no stage G state"):
+        load_grounding_head(model, str(tmp_path / "missing"))

@@ -120,3 +120,37 @@ def test_landing_follows_the_committed_model_on_referring_expressions(tmp_path):
     assert referring["expressions"] >= 5 and referring["on_target"] >= 0.8, report
     for row in report.values():
         assert row["named_but_missed"] <= row["named"] and row["on_none"] <= 1 - row["on_target"] + 1e-9
+
+
+def test_retention_scores_the_model_and_stage_g_with_stage_gs_head(tmp_path):
+    import itertools
+
+    import numpy as np
+    import torch
+
+    from pipelines.grounding_pretrain import grounding_sample, pretrain_grounding
+    from pipelines.train_config import GroundingPretrainConfig, ModelSpec, SamplingConfig
+    from pipelines.train_loop import build_training_model
+    from vrshq.data import generate_synthetic_video
+
+    diagnostics = _load()
+    torch.set_num_threads(1)
+    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
+    videos = (generate_synthetic_video(np.random.default_rng([12, i]), num_frames=16, height=64, width=64)
+              for i in itertools.count())
+    train = list(itertools.islice(filter(None, (grounding_sample(v, sample_id=i, seed=0, sampling=sampling)
+                                                for i, v in enumerate(videos))), 4))
+    torch.manual_seed(0)
+    model = build_training_model(ModelSpec(preset="tiny", seed=0), device="cpu")
+    folder = str(tmp_path / "grounding_pretrain")
+    pretrain_grounding(model, GroundingPretrainConfig(steps=20, videos_per_step=4, lr=3e-3, warmup_steps=2,
+                                                      eval_every=20),
+                       lambda first, share: itertools.repeat(train), heldout=train, folder=folder)
+    kept = diagnostics.grounding_retention(model.eval(), folder, heldout_videos=3)
+    assert kept["model"] == kept["stage_g"]  # the model is stage G's text path: it keeps all of it
+    with torch.no_grad():  # stage 1 moving the LLM: the model's scores are no longer stage G's
+        for name, parameter in model.named_parameters():
+            if name.startswith("mllm."):
+                parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.5)
+    moved = diagnostics.grounding_retention(model, folder, heldout_videos=3)
+    assert moved["stage_g"] == kept["stage_g"] and moved["model"] != kept["model"], moved
