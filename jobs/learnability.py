@@ -122,6 +122,17 @@ class LearnabilityConfig:
                           "object score to say 'absent'; while the text path is weak the model hedges and SAM2's "
                           "gate empties whole expressions that the held-out set scores"},
     )
+    focus_kinds: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "stage 1: expression kinds that focused clips keep (e.g. hides_behind covers static); the "
+                          "held-out videos stay the whole task"},
+    )
+    focus_share: float = field(
+        default=0.0,
+        metadata={"help": "stage 1: share of training clips that keep only the focus kinds' expressions "
+                          "(pipelines.clip_sampling.focused_video; 0: every clip samples all of its video's "
+                          "expressions). Why: the mask decoder sees the kinds it fails on more often"},
+    )
     video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
     video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
@@ -238,6 +249,16 @@ class LearnabilityConfig:
             problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
         if not isinstance(self.image_ratio, (int, float)) or not 0 <= self.image_ratio <= 1:
             problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
+        from vrshq.data.synthetic import EXPRESSION_KINDS
+
+        if unknown := [k for k in self.focus_kinds if k not in EXPRESSION_KINDS]:
+            problems.append(f"focus_kinds={list(self.focus_kinds)!r}: unknown kinds {unknown}, "
+                            f"must be among {list(EXPRESSION_KINDS)}")
+        if isinstance(self.focus_share, bool) or not isinstance(self.focus_share, (int, float)) \
+                or not 0 <= self.focus_share <= 1:
+            problems.append(f"focus_share={self.focus_share!r}: must be a number in [0, 1]")
+        elif self.focus_share and not self.focus_kinds:
+            problems.append(f"focus_share={self.focus_share}: needs focus_kinds")
         if not isinstance(self.expression_word_weight, (int, float)) or not 0 <= self.expression_word_weight < 1e6:
             problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
         if not isinstance(self.ema_decay, (int, float)) or not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
@@ -270,14 +291,16 @@ class LearnabilityConfig:
 
 
 def synthetic_clip_stream(
-    *, seed: int, start_sample: int, num_frames: int, size: int, sampling, stride: int = 1, offset: int = 0
+    *, seed: int, start_sample: int, num_frames: int, size: int, sampling, stride: int = 1, offset: int = 0,
+    focus_kinds: Sequence[str] = (), focus_share: float = 0.0,
 ) -> Iterator:
     """Clip samples ``start_sample + offset, + stride, ...`` of the training stream: sample ``s`` is
     drawn from synthetic video ``s`` (``default_rng([seed, 1, s])``), so the stream never repeats
-    and a resumed run continues where it stopped."""
+    and a resumed run continues where it stopped. A ``focus_share`` of the samples keep only the
+    expressions of ``focus_kinds`` (``pipelines.clip_sampling.focused_video``)."""
     import numpy as np
 
-    from pipelines.clip_sampling import sample_synthetic_clip
+    from pipelines.clip_sampling import focused_video, sample_synthetic_clip
     from vrshq.data import generate_synthetic_video
 
     sample_id = start_sample + offset
@@ -285,6 +308,8 @@ def synthetic_clip_stream(
         video = generate_synthetic_video(
             np.random.default_rng([seed, _TRAIN_STREAM, sample_id]), num_frames=num_frames, height=size, width=size
         )
+        video = focused_video(video, kinds=focus_kinds, share=focus_share, seed=seed, stream=_TRAIN_STREAM,
+                              sample_id=sample_id)
         clip = sample_synthetic_clip(video, sample_id=sample_id, seed=seed, sampling=sampling)
         if clip is not None:
             yield clip
@@ -630,7 +655,8 @@ def run(cfg: LearnabilityConfig) -> dict:
 
     step, sample_pos = state.step, state.next_sample_id
     stream = functools.partial(synthetic_clip_stream, seed=cfg.seed, start_sample=sample_pos,
-                               num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling)
+                               num_frames=cfg.video_frames, size=cfg.video_size, sampling=sampling,
+                               focus_kinds=cfg.focus_kinds, focus_share=cfg.focus_share)
     loader = iter(_loader(cfg, stream, cfg.videos_per_step))
     last_step = cfg.stop_at_step or cfg.steps
     while step < last_step:

@@ -35,6 +35,7 @@ __all__ = [
     "ClipSample",
     "choose_expressions",
     "draw_clip_length",
+    "focused_video",
     "rows_to_batch",
     "sample_clip_from_record",
     "sample_clip_rows",
@@ -230,6 +231,20 @@ def sample_clip_from_record(
         video_id=record.video_id,
         sample_id=int(sample_id),
     )
+
+
+def focused_video(video, *, kinds: Sequence[str], share: float, seed: int, stream: int, sample_id: int):
+    """``video`` (a ``SyntheticVideo``) keeping only the expressions of ``kinds`` for a ``share`` of the samples, the
+    draw made per sample id (``default_rng([seed, stream, sample_id, 1])``); else ``video`` itself. A video without
+    an expression of ``kinds`` then gives no clip.
+
+    Why: a kind that the whole task's mix rarely asks is learnt from clips of it alone (a curriculum: stage G's
+    motion kinds, README "Stage G learns motion"). The draw does not depend on ``kinds`` or on the other samples,
+    so a resumed stream focuses the same samples.
+    """
+    if share and np.random.default_rng([seed, stream, sample_id, 1]).random() < share:
+        return dataclasses.replace(video, expressions=tuple(e for e in video.expressions if e.kind in kinds))
+    return video
 
 
 def sample_synthetic_clip(video, *, sample_id: int, seed: int, sampling: SamplingConfig) -> ClipSample | None:

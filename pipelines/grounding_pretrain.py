@@ -41,7 +41,6 @@ as stages 0 and 1 do, and may need more steps than first planned.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import itertools
 import logging
 import os
@@ -53,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.clip_sampling import ClipSample, sample_synthetic_clip, samples_to_batch
+from pipelines.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
 from pipelines.aux_heads import throwaway_linear_head
 from pipelines.stage_files import read_json_if_exists, same_settings, write_json_atomic
 from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
@@ -146,8 +145,8 @@ def grounding_sample_stream(
     while True:
         video = generate_synthetic_video(np.random.default_rng([seed, stream, sample_id]), num_frames=num_frames,
                                          height=size, width=size)
-        if focus_share and np.random.default_rng([seed, stream, sample_id, 1]).random() < focus_share:
-            video = dataclasses.replace(video, expressions=tuple(e for e in video.expressions if e.kind in focus_kinds))
+        video = focused_video(video, kinds=focus_kinds, share=focus_share, seed=seed, stream=stream,
+                              sample_id=sample_id)
         sample = grounding_sample(video, sample_id=sample_id, seed=seed, sampling=sampling)
         if sample is not None:
             yield sample

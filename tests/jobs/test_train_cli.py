@@ -448,6 +448,13 @@ def test_settings_without_effect_are_refused_before_any_work():
     phased = parse(*focus, "--grounding.steps", "10", "--grounding.focus-steps", "4",
                    "--grounding.focus-share-after", "0.25", "--grounding.lr-schedule", "constant").grounding
     assert (phased.focus_steps, phased.focus_share_after, phased.lr_schedule) == (4, 0.25, "constant")
+    stage1 = parse("--focus-kinds", "hides_behind", "--focus-kinds", "covers", "--focus-share", "0.3")
+    assert stage1.focus_kinds == ("hides_behind", "covers") and stage1.focus_share == 0.3
+    with pytest.raises(ConfigError) as info:
+        parse("--focus-kinds", "behind", "--focus-share", "1.5")
+    assert "unknown kinds ['behind']" in str(info.value) and "focus_share=1.5" in str(info.value)
+    with pytest.raises(ConfigError, match="focus_share=0.5: needs focus_kinds"):
+        parse("--focus-share", "0.5")
 
 
 def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):

@@ -237,3 +237,31 @@ def test_p4_preset_reads_64_px_frames_in_256_patches_and_keeps_sam2_and_the_toke
     tokens = VisualTokenizer(p4.vision).eval()
     frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     assert tokens(tokens.preprocess(frames)).shape == (3, 28, p4.llm.hidden_size)
+
+
+def test_stage_one_focus_keeps_the_focus_kinds_and_share_zero_is_the_plain_stream():
+    import itertools
+
+    from jobs.learnability import synthetic_clip_stream
+    from vrshq.data import generate_synthetic_video
+
+    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
+
+    def clips(count: int, **focus):
+        return list(itertools.islice(synthetic_clip_stream(seed=0, start_sample=0, num_frames=8, size=48,
+                                                           sampling=sampling, **focus), count))
+
+    def kinds(clip):  # the kinds of the clip's expressions, read back from its video
+        video = generate_synthetic_video(np.random.default_rng([0, 1, clip.sample_id]), num_frames=8, height=48,
+                                         width=48)
+        by_text = {e.text.strip(): e.kind for e in video.expressions}
+        return {by_text[t] for t in clip.expressions}
+
+    occlusion = {"hides_behind", "covers"}
+    focused = clips(8, focus_kinds=tuple(occlusion), focus_share=1.0)
+    assert focused and all(kinds(c) <= occlusion for c in focused)
+    plain = clips(8)
+    assert any(kinds(c) - occlusion for c in plain)  # the whole task is wider: the check above can fail
+    assert [c.expressions for c in clips(8, focus_kinds=("covers",), focus_share=0.0)] == [c.expressions for c in plain]
+    half = clips(24, focus_kinds=tuple(occlusion), focus_share=0.5)
+    assert any(kinds(c) <= occlusion for c in half) and any(kinds(c) - occlusion for c in half)
