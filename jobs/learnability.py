@@ -162,6 +162,13 @@ class LearnabilityConfig:
                           "a longer window trains the memory path over the distances that inference propagates "
                           "(held-out videos of 16 frames); costs one batched track_step per extra frame"},
     )
+    train_keyframe: str = field(
+        default="tda",
+        metadata={"help": "stage 1's training keyframe: tda (the method: argmax of the TDA weights) | largest_target "
+                          "(from-scratch aid, not the method: the frame of the largest ground-truth target; for "
+                          "\"hides behind\" the TDA weights peak where the target is half hidden, "
+                          "vrshq.model.tks.largest_target_keyframe)"},
+    )
     ema_decay: float = field(
         default=0.0,
         metadata={"help": "evaluate and export an exponential moving average of the weights with this decay (e.g. "
@@ -234,6 +241,8 @@ class LearnabilityConfig:
                 problems.append(f"{name}={value!r}: must be a positive int")
         if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
             problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
+        if self.train_keyframe not in ("tda", "largest_target"):
+            problems.append(f"train_keyframe={self.train_keyframe!r}: must be tda or largest_target")
         if (not isinstance(self.expression_types, tuple) or not self.expression_types
                 or not set(self.expression_types) <= {0, 1, 2}):
             problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")
@@ -528,7 +537,8 @@ def run(cfg: LearnabilityConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     os.makedirs(cfg.out, exist_ok=True)
     spec = ModelSpec(preset=cfg.preset, trainable="all", object_weight=cfg.object_weight, seed=cfg.seed,
-                     init_checkpoint=cfg.init_model, train_window=cfg.train_window)
+                     init_checkpoint=cfg.init_model, train_window=cfg.train_window,
+                     train_keyframe=cfg.train_keyframe)
     optim = OptimConfig(lr=cfg.lr, sam2_lr=cfg.sam2_lr, text_lr=cfg.text_lr, warmup_steps=cfg.warmup_steps)
     model = build_training_model(spec, device=device)
     if cfg.seg_head_init_gain != 1.0 and not cfg.resume and not cfg.init_model:

@@ -233,11 +233,18 @@ class ModelSpec:
         metadata={"help": "SAM2 frames per expression in training (null: the preset's, 3 as in the method; longer "
                           "windows are a from-scratch aid that trains the memory path over longer distances)"},
     )
+    train_keyframe: str | None = field(
+        default=None,
+        metadata={"help": "training keyframe rule (null: the preset's, tda as in the method | largest_target: the "
+                          "frame of the largest ground-truth target, a from-scratch aid: vrshq.model.tks)"},
+    )
 
     def __post_init__(self) -> None:
         problems = []
         if self.train_window is not None and (not _is_int(self.train_window) or self.train_window < 1):
             problems.append(f"train_window={self.train_window!r}: must be a positive int or null")
+        if self.train_keyframe not in (None, "tda", "largest_target"):
+            problems.append(f"train_keyframe={self.train_keyframe!r}: must be tda, largest_target or null")
         if self.preset not in MODEL_PRESETS:
             problems.append(f"preset={self.preset!r}: must be one of {list(MODEL_PRESETS)}")
         if self.trainable not in _TRAINABLE:
@@ -260,6 +267,8 @@ def model_config_from_spec(spec: ModelSpec):
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, object_weight=float(spec.object_weight)))
     if spec.train_window is not None:
         cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_window=spec.train_window))
+    if spec.train_keyframe is not None:
+        cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_keyframe=spec.train_keyframe))
     return cfg
 
 

@@ -455,6 +455,9 @@ def test_settings_without_effect_are_refused_before_any_work():
     assert "unknown kinds ['behind']" in str(info.value) and "focus_share=1.5" in str(info.value)
     with pytest.raises(ConfigError, match="focus_share=0.5: needs focus_kinds"):
         parse("--focus-share", "0.5")
+    assert parse("--train-keyframe", "largest_target").train_keyframe == "largest_target"
+    with pytest.raises(ConfigError, match="train_keyframe='middle': must be tda or largest_target"):
+        parse("--train-keyframe", "middle")
 
 
 def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrshq.model.tda import temporal_dynamic_aggregation
-from vrshq.model.tks import inference_keyframe, tks_scores, train_keyframe, train_window
+from vrshq.model.tks import inference_keyframe, largest_target_keyframe, tks_scores, train_keyframe, train_window
 
 
 def test_tda_orthogonal_frames():
@@ -62,6 +62,15 @@ def test_train_keyframe_is_argmax_without_grad():
     w = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]], requires_grad=True)
     k = train_keyframe(w)
     assert k.tolist() == [1, 0] and not k.requires_grad
+
+
+def test_largest_target_keyframe_follows_the_target_and_falls_back_to_tda_without_one():
+    w = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3], [0.1, 0.2, 0.7]], requires_grad=True)
+    areas = torch.tensor([[40.0, 10.0, 0.0], [0.0, 0.0, 0.0], [5.0, 30.0, 0.0]])  # row 2: padded 3rd frame
+    k = largest_target_keyframe(w, areas)
+    assert k.tolist() == [0, 0, 1] and not k.requires_grad  # row 1 has no target: the TDA argmax
+    with pytest.raises(ValueError, match="must match"):
+        largest_target_keyframe(w, areas[:, :2])
 
 
 def test_tks_scores_hand_computed():

@@ -204,3 +204,27 @@ def test_encode_prompt_caches_per_tokenizer_and_matches_the_function():
     model.tokenizer = copy.deepcopy(model.tokenizer)  # another tokenizer: its own encodings
     again = model.encode_prompt(prompt)
     assert again is not first and again == first
+
+
+def test_largest_target_keyframe_rule_trains_on_the_frame_of_the_largest_target():
+    torch.manual_seed(0)
+    cfg = tiny_config(trainable="none")
+    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_keyframe="largest_target"))
+    model = build_vrshq(cfg).train()
+    batch = _batch()
+    grow = batch.videos[0].masks  # the first expression's target grows to its largest at frame 5, then shrinks
+    grow[0] = False
+    for t, rows in enumerate((2, 3, 4, 6, 8, 10, 5, 1)):
+        grow[0, t, 4 : 4 + rows, 5:20] = True
+    with torch.no_grad():
+        out = model(batch)
+    areas = [batch.videos[0].masks[0], batch.videos[0].masks[1], batch.videos[1].masks[0]]
+    expected = [int(a.flatten(1).sum(1).argmax()) for a in areas]
+    assert expected[0] == 5 and out.keyframe_idx.tolist() == expected
+    assert out.keyframe_idx.tolist() != out.keyframe_scores.argmax(1).tolist()  # not the method's rule here
+    for k, pos in zip(out.keyframe_idx.tolist(), out.window_positions.tolist()):
+        assert k in pos
+    with torch.no_grad():
+        method = build_vrshq(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_keyframe="tda")))
+        method.load_state_dict(model.state_dict())
+        assert method.train()(batch).keyframe_idx.tolist() == out.keyframe_scores.argmax(1).tolist()

@@ -36,7 +36,7 @@ from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
 from vrshq.model.prompts import EncodedPrompt, VideoPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
-from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_window
+from vrshq.model.tks import TrainWindow, largest_target_keyframe, tks_scores, train_keyframe, train_window
 
 __all__ = ["CPU_VISUAL_CHUNK_FRAMES", "PROMPT_CACHE_SIZE", "VISUAL_CHUNK_VALUES", "VrshqModel", "eval_mode"]
 
@@ -446,7 +446,7 @@ class VrshqModel(nn.Module):
         with self._autocast():
             text = self._text_forward(batch)
             boxes = [letterbox(video.frames, image_size=size, device=device) for video in batch.videos]
-            keyframes = train_keyframe(text.tda.weights)
+            keyframes = self._train_keyframes(batch, text)
             windows = [
                 TrainWindow(positions=(0,), cond_pos=0) if image
                 else train_window(int(k), text.seg[b].shape[0], window=self.cfg.method.train_window)
@@ -523,6 +523,17 @@ class VrshqModel(nn.Module):
         image_rows = torch.tensor(is_image, device=tak.device)
         fused_tak = torch.where(image_rows[:, None], tak.float(), tda.fused_tak)
         return _TextForward(owners, seg, tak, ce, seg_pad, frame_mask, tda, is_image, fused_tak)
+
+    def _train_keyframes(self, batch: TrainBatch, text: _TextForward) -> torch.Tensor:
+        """Each expression's training keyframe by ``cfg.method.train_keyframe`` (``vrshq.model.tks``)."""
+        weights = text.tda.weights
+        if self.cfg.method.train_keyframe == "tda":
+            return train_keyframe(weights)
+        areas = torch.zeros(weights.shape, dtype=torch.float32)
+        for b, (v, e) in enumerate(text.owners):
+            per_frame = batch.videos[v].masks[e].flatten(1).sum(1).float()
+            areas[b, : per_frame.shape[0]] = per_frame[: weights.shape[1]]
+        return largest_target_keyframe(weights, areas.to(weights.device))
 
     def _sam2_train_forward(
         self,
