@@ -432,7 +432,8 @@ class VrshqModel(nn.Module):
         """Training forward (method §4 training, §5.4, §6).
 
         Every expression of every clip runs through the MLLM in one batch with its labels (CE);
-        TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights; SAM2
+        TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights (or, with the
+        from-scratch aid ``cfg.method.train_keyframe="largest_target"``, the frame of the largest target); SAM2
         decodes TAK' on the keyframe of a 3-frame window and tracks the two other frames with memory;
         BCE and DICE compare the window logits with the GT masks at the original resolution.
         A 1-frame clip is an image sample (method §3, §5.4): its TAK is used without fusion and SAM2
