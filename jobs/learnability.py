@@ -77,7 +77,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
-from pipelines.train_config import GroundingPretrainConfig, TrackPretrainConfig, VisionPretrainConfig
+from pipelines.train_config import (
+    GroundingPretrainConfig,
+    TrackPretrainConfig,
+    VisionPretrainConfig,
+    focus_problems,
+)
 
 __all__ = ["EXIT_UNFINISHED", "TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream",
            "write_task_file"]
@@ -258,16 +263,7 @@ class LearnabilityConfig:
             problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
         if not isinstance(self.image_ratio, (int, float)) or not 0 <= self.image_ratio <= 1:
             problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
-        from vrshq.data.synthetic import EXPRESSION_KINDS
-
-        if unknown := [k for k in self.focus_kinds if k not in EXPRESSION_KINDS]:
-            problems.append(f"focus_kinds={list(self.focus_kinds)!r}: unknown kinds {unknown}, "
-                            f"must be among {list(EXPRESSION_KINDS)}")
-        if isinstance(self.focus_share, bool) or not isinstance(self.focus_share, (int, float)) \
-                or not 0 <= self.focus_share <= 1:
-            problems.append(f"focus_share={self.focus_share!r}: must be a number in [0, 1]")
-        elif self.focus_share and not self.focus_kinds:
-            problems.append(f"focus_share={self.focus_share}: needs focus_kinds")
+        problems += focus_problems(self.focus_kinds, self.focus_share)
         if not isinstance(self.expression_word_weight, (int, float)) or not 0 <= self.expression_word_weight < 1e6:
             problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
         if not isinstance(self.ema_decay, (int, float)) or not (self.ema_decay == 0 or 0 < self.ema_decay < 1):

@@ -32,6 +32,7 @@ __all__ = [
     "TrainDataConfig",
     "ValidationConfig",
     "VisionPretrainConfig",
+    "focus_problems",
     "learnability_model_config",
     "learnability_model_config_256",
     "learnability_model_config_256_pos",
@@ -94,6 +95,21 @@ def _range_problems(config: Any, *, ints: tuple[tuple[str, int], ...] = (),
         value = getattr(config, name)
         if not _is_number(value) or value < 0:
             problems.append(f"{name}={value!r}: must be a finite number >= 0")
+    return problems
+
+
+def focus_problems(kinds: Any, share: Any) -> list[str]:
+    """What is wrong with a focus setting (``pipelines.clip_sampling.focused_video``): kinds the synthetic grammar
+    does not have, a share outside [0, 1], a share without kinds. Stage G's and stage 1's settings share it."""
+    from vrshq.data.synthetic import EXPRESSION_KINDS
+
+    problems = []
+    if unknown := [k for k in kinds if k not in EXPRESSION_KINDS]:
+        problems.append(f"focus_kinds={list(kinds)!r}: unknown kinds {unknown}, must be among {list(EXPRESSION_KINDS)}")
+    if not _is_number(share) or not 0 <= share <= 1:
+        problems.append(f"focus_share={share!r}: must be a number in [0, 1]")
+    elif share and not kinds:
+        problems.append(f"focus_share={share}: needs focus_kinds")
     return problems
 
 
@@ -383,16 +399,7 @@ class GroundingPretrainConfig:
         if not _is_int(self.head_seed):
             problems.append(f"head_seed={self.head_seed!r}: must be an int")
         problems += _range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))
-        from vrshq.data.synthetic import EXPRESSION_KINDS
-
-        unknown = [k for k in self.focus_kinds if k not in EXPRESSION_KINDS]
-        if unknown:
-            problems.append(f"focus_kinds={list(self.focus_kinds)!r}: unknown kinds {unknown}, "
-                            f"must be among {list(EXPRESSION_KINDS)}")
-        if not _is_number(self.focus_share) or not 0 <= self.focus_share <= 1:
-            problems.append(f"focus_share={self.focus_share!r}: must be a number in [0, 1]")
-        elif self.focus_share and not self.focus_kinds:
-            problems.append(f"focus_share={self.focus_share}: needs focus_kinds")
+        problems += focus_problems(self.focus_kinds, self.focus_share)
         if not _is_int(self.focus_steps) or self.focus_steps < 0:
             problems.append(f"focus_steps={self.focus_steps!r}: must be an int >= 0")
         if not _is_number(self.focus_share_after) or not 0 <= self.focus_share_after <= 1:
