@@ -246,8 +246,10 @@ class LearnabilityConfig:
                 problems.append(f"{name}={value!r}: must be a positive int")
         if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
             problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
-        if self.train_keyframe not in ("tda", "largest_target"):
-            problems.append(f"train_keyframe={self.train_keyframe!r}: must be tda or largest_target")
+        from vrshq.model.tks import TRAIN_KEYFRAME_RULES
+
+        if self.train_keyframe not in TRAIN_KEYFRAME_RULES:
+            problems.append(f"train_keyframe={self.train_keyframe!r}: must be one of {list(TRAIN_KEYFRAME_RULES)}")
         if (not isinstance(self.expression_types, tuple) or not self.expression_types
                 or not set(self.expression_types) <= {0, 1, 2}):
             problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")

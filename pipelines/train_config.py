@@ -259,8 +259,11 @@ class ModelSpec:
         problems = []
         if self.train_window is not None and (not _is_int(self.train_window) or self.train_window < 1):
             problems.append(f"train_window={self.train_window!r}: must be a positive int or null")
-        if self.train_keyframe not in (None, "tda", "largest_target"):
-            problems.append(f"train_keyframe={self.train_keyframe!r}: must be tda, largest_target or null")
+        from vrshq.model.tks import TRAIN_KEYFRAME_RULES
+
+        if self.train_keyframe is not None and self.train_keyframe not in TRAIN_KEYFRAME_RULES:
+            problems.append(f"train_keyframe={self.train_keyframe!r}: must be one of {list(TRAIN_KEYFRAME_RULES)} "
+                            "or null")
         if self.preset not in MODEL_PRESETS:
             problems.append(f"preset={self.preset!r}: must be one of {list(MODEL_PRESETS)}")
         if self.trainable not in _TRAINABLE:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vrshq.model.sam2_config import Sam2Config
+from vrshq.model.tks import TRAIN_KEYFRAME_RULES
 from vrshq.model.vision_config import AnchorConfig, VisionTowerConfig
 
 __all__ = [
@@ -145,8 +146,9 @@ class MethodConfig:
         if self.max_frames < 2:
             raise ValueError(f"{owner}.max_frames must be >= 2 (stride ceil(T/(max_frames-1))), got {self.max_frames}")
         _positive_int(owner, "train_window", self.train_window)
-        if self.train_keyframe not in ("tda", "largest_target"):
-            raise ValueError(f"{owner}.train_keyframe must be 'tda' or 'largest_target', got {self.train_keyframe!r}")
+        if self.train_keyframe not in TRAIN_KEYFRAME_RULES:
+            raise ValueError(f"{owner}.train_keyframe must be one of {list(TRAIN_KEYFRAME_RULES)}, "
+                             f"got {self.train_keyframe!r}")
         _finite_nonneg(owner, "tks_sam_weight", self.tks_sam_weight)
         _finite_nonneg(owner, "tks_token_weight", self.tks_token_weight)
         if self.tks_sam_weight == 0 and self.tks_token_weight == 0:

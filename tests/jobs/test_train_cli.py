@@ -456,7 +456,7 @@ def test_settings_without_effect_are_refused_before_any_work():
     with pytest.raises(ConfigError, match="focus_share=0.5: needs focus_kinds"):
         parse("--focus-share", "0.5")
     assert parse("--train-keyframe", "largest_target").train_keyframe == "largest_target"
-    with pytest.raises(ConfigError, match="train_keyframe='middle': must be tda or largest_target"):
+    with pytest.raises(ConfigError, match="train_keyframe='middle': must be one of \\['tda', 'largest_target'\\]"):
         parse("--train-keyframe", "middle")
 
 

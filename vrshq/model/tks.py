@@ -45,9 +45,9 @@ def largest_target_keyframe(weights: torch.Tensor, target_areas: torch.Tensor) -
 
     Why: the method's rule follows the TDA weights, and for "the object that hides behind the square" those peak
     where the target is half hidden (measured: 66% of its largest area on average, under half in a third of the
-    clips; >= 90% for the other kinds). SAM2's decoder then learns to answer such a TAK' with the sliver where the
-    target meets its occluder, and at inference lands on neither object (README, "Keeping stage G's grounding
-    through stage 1").
+    clips; >= 90% for the other kinds), so SAM2's decoder is taught to answer such a TAK' with the part of the
+    target beside its occluder. At inference its masks for the kind lie on no object 45% of the time, small and
+    where target and occluder meet (README, "Keeping stage G's grounding through stage 1").
 
     Args:
         weights: (B, n) TDA weights (padded frames carry weight 0).
