@@ -115,22 +115,16 @@ def image_feature_cells(model, videos: int, *, seed: int = 9) -> tuple[torch.Ten
     return torch.cat(features), torch.cat(labels)
 
 
-def _taks(model, samples) -> tuple[torch.Tensor, torch.Tensor]:
-    """TAK' of grounding samples (their clips through the text path) and their target rows."""
-    out = []
-    with torch.no_grad():
-        for first in range(0, len(samples), 8):
-            out.append(model.text_path(samples_to_batch([s.clip for s in samples[first : first + 8]]))[0].float())
-    return torch.cat(out), torch.from_numpy(np.concatenate([s.targets for s in samples]))
-
-
 def fit_tak_head(model, *, train_clips: int) -> torch.nn.Linear:
     """A linear head on TAK' scoring the 24 (size, colour, shape) triples as targets (BCE over the present ones),
     fitted on training-stream clips; the standardisation is folded into it, so it reads raw TAK'."""
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
     train = list(itertools.islice(grounding_sample_stream(seed=0, start_sample=10**6, num_frames=16, size=64,
                                                           sampling=sampling), train_clips))
-    x, y = _taks(model, train)
+    with torch.no_grad():
+        x = torch.cat([model.text_path(samples_to_batch([s.clip for s in train[first : first + 8]]))[0].float()
+                       for first in range(0, len(train), 8)])
+    y = torch.from_numpy(np.concatenate([s.targets for s in train]))
     mean, std = x.mean(0), x.std(0) + 1e-6
     head = torch.nn.Linear(x.shape[1], y.shape[1])
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
@@ -147,20 +141,18 @@ def fit_tak_head(model, *, train_clips: int) -> torch.nn.Linear:
     return head
 
 
+def _heldout_clips(videos: int):
+    """Stage G's clips of the first ``videos`` held-out videos (the stream that training never sees)."""
+    return heldout_grounding_samples(videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
+                                     sampling=SamplingConfig(image_ratio=0.0, expression_types=(0, 1)))
+
+
 def tak_grounding(model, head: torch.nn.Linear, *, heldout_videos: int) -> dict[str, float]:
-    """Held-out accuracy (exact target set) of ``head`` (:func:`fit_tak_head`) on TAK', per kind."""
-    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
-    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
-                                        sampling=sampling)
-    xh, yh = _taks(model, heldout)
-    with torch.no_grad():
-        logits = head(xh)
-    hits = ((logits > 0) == (yh > 0.5)).logical_or(yh < 0).all(1).tolist()
-    by_kind = collections.defaultdict(list)
-    for kind, hit in zip((k for s in heldout for k in s.kinds), hits):
-        by_kind[kind].append(hit)
-        by_kind["all"].append(hit)
-    return {k: float(np.mean(v)) for k, v in sorted(by_kind.items())}
+    """Held-out accuracy (exact target set) of ``head`` (:func:`fit_tak_head`) on TAK', per kind: stage G's own
+    score (``pipelines.grounding_pretrain.grounding_scores``)."""
+    from pipelines.grounding_pretrain import grounding_scores
+
+    return grounding_scores(model, head, _heldout_clips(heldout_videos))[0]
 
 
 def referring_by_attributes(model, videos: int) -> dict[str, dict[str, float]]:
@@ -257,9 +249,7 @@ def grounding_retention(model, grounding_folder: str, *, heldout_videos: int) ->
         raise SystemExit(f"--grounding-folder {grounding_folder}: no stage G summary there")
     head = load_grounding_head(model, grounding_folder)
     target_loss = summary["config"].get("target_loss", "bce")
-    sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
-    heldout = heldout_grounding_samples(heldout_videos, seed=0, stream=_HELDOUT_STREAM, num_frames=16, size=64,
-                                        sampling=sampling)
+    heldout = _heldout_clips(heldout_videos)
     stage_g = copy.deepcopy(model)
     load_text_path(stage_g, grounding_folder)
     out = {}
