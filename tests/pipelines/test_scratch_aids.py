@@ -2,6 +2,7 @@
 use in ``train_step``, and the shorter-prompt presets of ``learnability_model_config``."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -265,3 +266,28 @@ def test_stage_one_focus_keeps_the_focus_kinds_and_share_zero_is_the_plain_strea
     assert [c.expressions for c in clips(8, focus_kinds=("covers",), focus_share=0.0)] == [c.expressions for c in plain]
     half = clips(24, focus_kinds=tuple(occlusion), focus_share=0.5)
     assert any(kinds(c) <= occlusion for c in half) and any(kinds(c) - occlusion for c in half)
+
+
+def test_wide_p4_preset_widens_only_the_llm_so_p4_towers_and_sam2_load(tmp_path):
+    """The wide text path runs after the committed run's stage V and base SAM2: both must load unchanged."""
+    from safetensors.torch import save_file
+
+    from pipelines.vision_pretrain import WEIGHTS_FILE, load_pretrained_tower
+    from vrshq.builders import build_vrshq
+    from vrshq.model.vision import VisualTokenizer
+
+    wide = model_config_from_spec(ModelSpec(preset="learn-256-wide-pos-p4"))
+    p4 = model_config_from_spec(ModelSpec(preset="learn-256-pos-p4"))
+    assert (wide.llm.hidden_size, wide.llm.num_hidden_layers) == (256, 4)
+    assert (wide.sam2, wide.method) == (p4.sam2, p4.method)
+    # the tower's settings are p4's; only the projector's output follows the LLM width
+    assert wide.vision.projector_out_dim == 256
+    assert dataclasses.replace(wide.vision, projector_out_dim=p4.vision.projector_out_dim) == p4.vision
+    p4_tower = VisualTokenizer(p4.vision).vision_tower
+    save_file({k: v.contiguous() for k, v in p4_tower.state_dict().items()}, str(tmp_path / WEIGHTS_FILE))
+    wide_tokens = VisualTokenizer(wide.vision)
+    load_pretrained_tower(wide_tokens, str(tmp_path))  # strict on the tower: raises on any shape change
+    for name, value in p4_tower.state_dict().items():
+        assert torch.equal(wide_tokens.vision_tower.state_dict()[name], value)
+    n_params = sum(p.numel() for p in build_vrshq(wide).parameters())
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the issue's 20 MB
