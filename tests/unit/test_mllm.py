@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.per_prompt_reference import per_token_splice
 from vrshq.model.losses import token_ce_loss
 from vrshq.model.mllm import VrshqMLLM, build_llama
 from vrshq.model.prompts import encode_prompt, inference_prompt
@@ -54,6 +55,28 @@ def test_build_inputs_splices_visual_tokens_and_positions(setup):
     assert (labels[0, 38 : 38 + K] == IGNORE_INDEX).all()
     assert (labels[1, len1:] == IGNORE_INDEX).all()
     assert labels[0, inputs.seg_positions[0] + 1].tolist() == [seg_id, seg_id]
+
+
+
+def test_build_inputs_matches_a_per_token_splice(setup):
+    """Prompts of 1-3 frames, two of them sharing one visual-token tensor (as the expressions of a clip do):
+    embeddings, mask, labels and positions equal the plain splice (``benchmarks.per_prompt_reference``), and the shared tensor's gradient is the sum
+    over the prompts that use it."""
+    tok, mllm = setup
+    torch.manual_seed(1)
+    frames = [3, 1, 3, 2]
+    encoded = [_encoded(tok, n) for n in frames]
+    shared = torch.randn(3, K, H, requires_grad=True)
+    visual = [shared, torch.randn(1, K, H), shared, torch.randn(2, K, H)]
+    inputs = mllm.build_inputs([e.input_ids for e in encoded], visual, [e.labels for e in encoded])
+    reference = per_token_splice(mllm, [e.input_ids for e in encoded], visual, [e.labels for e in encoded])
+    assert inputs.inputs_embeds.shape == reference.inputs_embeds.shape
+    torch.testing.assert_close(inputs.inputs_embeds, reference.inputs_embeds, rtol=0, atol=0)
+    for name in ("attention_mask", "labels", "seg_rows", "seg_cols", "tak_positions"):
+        assert getattr(inputs, name).tolist() == getattr(reference, name).tolist(), name
+    assert inputs.seg_counts == reference.seg_counts == tuple(frames)
+    inputs.inputs_embeds.sum().backward()
+    torch.testing.assert_close(shared.grad, torch.full_like(shared, 2.0))
 
 
 def test_hidden_states_are_post_norm_last_layer_and_padding_invariant(setup):

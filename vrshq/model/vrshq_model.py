@@ -248,19 +248,30 @@ class VrshqModel(nn.Module):
         *,
         with_labels: bool,
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """MLLM + seg head: per prompt (n_i, D) SEG embeddings, (B, D) TAK embeddings, CE or None."""
+        """MLLM + seg head: per prompt (n_i, D) SEG embeddings, (B, D) TAK embeddings, CE or None.
+
+        The seg head runs once over every SEG state of the batch: per prompt it was ~20 kernels forward and
+        backward each, 768 prompts in a stage-G step."""
         inputs = self.mllm.build_inputs(
             [e.input_ids for e in encoded], visual, [e.labels for e in encoded] if with_labels else None
         )
         out = self.mllm(inputs)
-        seg = [self.seg_head(h) for h in out.seg_hidden]
+        seg = list(self.seg_head(out.seg_hidden_flat).split(out.seg_counts))
         tak = self.seg_head(out.tak_hidden)
         return seg, tak, out.ce_loss
 
     def _tda(self, seg: Sequence[torch.Tensor], tak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, TdaResult]:
-        """Pad the per-prompt SEG embeddings to (B, n, D) and run TDA with a frame mask."""
-        lengths = torch.tensor([s.shape[0] for s in seg], device=tak.device)
-        seg_pad = torch.nn.utils.rnn.pad_sequence([s.to(tak.dtype) for s in seg], batch_first=True)  # zero padding
+        """Pad the per-prompt SEG embeddings to (B, n, D) and run TDA with a frame mask.
+
+        The padding is one scatter of the concatenated rows (``pad_sequence`` copies prompt by prompt, and its
+        backward slices prompt by prompt)."""
+        counts = np.array([s.shape[0] for s in seg], dtype=np.int64)
+        rows = np.repeat(np.arange(counts.size), counts)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        flat = torch.cat(list(seg)).to(tak.dtype)
+        seg_pad = flat.new_zeros(counts.size, int(counts.max()), flat.shape[-1]).index_put(  # zero padding
+            (torch.from_numpy(rows).to(tak.device), torch.from_numpy(cols).to(tak.device)), flat)
+        lengths = torch.from_numpy(counts).to(tak.device)
         mask = torch.arange(seg_pad.shape[1], device=tak.device)[None, :] < lengths[:, None]
         result = temporal_dynamic_aggregation(seg_pad, tak, alpha=self.cfg.method.tda_alpha, frame_mask=mask)
         return seg_pad, mask, result
