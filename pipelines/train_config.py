@@ -218,8 +218,10 @@ def learnability_model_config_256_wide_pos_p4(*, object_weight: float = 0.5, tra
     """:func:`learnability_model_config_256_pos_p4` with the text path of ``learn-256-wide`` (LLaMA 4 layers, hidden
     256). Why: with the 2-layer, 128-wide LLM stage G's picks of the occlusion kinds stall at ~0.7 from step 2,200
     on while its loss still falls. Measured (session 16, README): with this LLM stage G's motion kinds set in at
-    step ~900 instead of ~1,450. The tower stays ``learn-256-pos-p4``'s (width 32), so that run's stage-V tower and
-    any ``learn-256`` SAM2 load unchanged. 8.4M parameters, 16.7 MB in bf16."""
+    step ~900 instead of ~1,450; but its picks end where the narrow run's do (0.89 at step 2,800 against 0.90
+    at 3,600) and stage 1 after it scores the same (J&F 0.765 on 32 videos, LLM frozen; session 17). The tower
+    stays ``learn-256-pos-p4``'s (width 32), so that run's stage-V tower and any ``learn-256`` SAM2 load unchanged.
+    8.4M parameters, 16.7 MB in bf16."""
     return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
                                      llm_hidden_size=256, llm_layers=4, centroid_position_scale=1.0,
                                      knn_k=(2, 2, 2), tower_image_size=64, tower_patch_size=4)
