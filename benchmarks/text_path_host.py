@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{args.preset} on {device}: {args.clips} clips, {len(prompts)} prompts, {frames.shape[0]} frames "
           f"({model.visual_chunk_frames()} frames a tower call)")
-    print(f"{'part':<10} {'naive s':>9} {'ours s':>9} {'ratio':>7} {'naive ops':>10} {'our ops':>8} {'max rel diff':>13}")
+    print(f"{'part':<10} {'naive s':>9} {'ours s':>9} {'ratio':>7} {'naive ops':>10} {'our ops':>8} "
+          f"{'max rel diff':>13}")
     rows = [("tokenise", naive_tok, ours_tok, None, None), ("visual", naive_vis, ours_vis, naive_ops, our_ops),
             ("splice", naive_splice, ours_splice, None, None),
             ("step", naive_step, ours_step, naive_step_ops, our_step_ops)]

@@ -57,11 +57,10 @@ def test_build_inputs_splices_visual_tokens_and_positions(setup):
     assert labels[0, inputs.seg_positions[0] + 1].tolist() == [seg_id, seg_id]
 
 
-
 def test_build_inputs_matches_a_per_token_splice(setup):
     """Prompts of 1-3 frames, two of them sharing one visual-token tensor (as the expressions of a clip do):
-    embeddings, mask, labels and positions equal the plain splice (``benchmarks.per_prompt_reference``), and the shared tensor's gradient is the sum
-    over the prompts that use it."""
+    embeddings, mask, labels and positions equal the plain splice (``benchmarks.per_prompt_reference``), and the
+    shared tensor's gradient is the sum over the prompts that use it."""
     tok, mllm = setup
     torch.manual_seed(1)
     frames = [3, 1, 3, 2]

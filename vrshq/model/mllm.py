@@ -161,7 +161,9 @@ class ExpandedLayout:
         bad = np.flatnonzero(self.tak_counts != 1)
         if bad.size:
             b = int(bad[0])
-            raise ValueError(f"prompt {b} has {self.tak_counts[b]} [TAK] tokens; exactly one is required (method §1.3)")
+            raise ValueError(
+                f"prompt {b} has {self.tak_counts[b]} [TAK] tokens; exactly one is required (method §1.3)"
+            )
 
 
 def expanded_layout(
