@@ -23,7 +23,9 @@ from torch import nn
 
 from vrshq.model.tokens import IGNORE_INDEX, IMAGE_TOKEN_INDEX, VrshqTokenIds
 
-__all__ = ["ExpandedLayout", "MllmInputs", "MllmOutput", "VrshqMLLM", "build_llama", "expanded_layout"]
+__all__ = [
+    "ExpandedLayout", "MllmInputs", "MllmOutput", "VrshqMLLM", "build_llama", "expanded_layout", "ragged_positions",
+]
 
 
 def build_llama(
@@ -166,6 +168,17 @@ class ExpandedLayout:
             )
 
 
+def ragged_positions(counts: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For groups of ``counts`` elements laid end to end: each element's group and its index in the group.
+
+    >>> ragged_positions([2, 0, 3])
+    (array([0, 0, 2, 2, 2]), array([0, 1, 0, 1, 2]))
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    groups = np.repeat(np.arange(counts.size), counts)
+    return groups, np.arange(groups.size) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def expanded_layout(
     id_rows: Sequence[Sequence[int]], *, tokens_per_frame: int, seg_id: int, tak_id: int
 ) -> ExpandedLayout:
@@ -173,12 +186,12 @@ def expanded_layout(
     batch = len(id_rows)
     counts = np.fromiter((len(r) for r in id_rows), dtype=np.int64, count=batch)
     ids = np.fromiter(itertools.chain.from_iterable(id_rows), dtype=np.int64, count=int(counts.sum()))
-    rows = np.repeat(np.arange(batch), counts)
+    rows, index_in_row = ragged_positions(counts)
     is_image = ids == IMAGE_TOKEN_INDEX
     width = np.where(is_image, tokens_per_frame, 1)
     before = np.cumsum(width) - width  # expanded slots before each id, across the whole batch
-    row_start = np.repeat(np.cumsum(counts) - counts, counts)  # index of each id's prompt's first id
-    cols = before - before[row_start] if ids.size else before
+    row_start = np.arange(ids.size) - index_in_row  # index of each id's prompt's first id
+    cols = before - before[row_start]
 
     def per_row(mask: np.ndarray) -> np.ndarray:
         return np.bincount(rows[mask], minlength=batch).astype(np.int64)
@@ -294,9 +307,7 @@ class VrshqMLLM(nn.Module):
                                                 text_embeds)
         if layout.is_image.any():
             visual, first_row = _distinct_visual_rows(visual_tokens, k)
-            image_rows = layout.rows[layout.is_image]
-            frame = np.arange(image_rows.size) - np.repeat(np.cumsum(layout.image_counts) - layout.image_counts,
-                                                           layout.image_counts)
+            image_rows, frame = ragged_positions(layout.image_counts)  # placeholders come prompt by prompt
             source = ((first_row[image_rows] + frame * k)[:, None] + np.arange(k)).ravel()
             slots = (layout.cols[layout.is_image][:, None] + np.arange(k)).ravel()
             inputs_embeds = inputs_embeds.index_put(

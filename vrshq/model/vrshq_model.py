@@ -31,7 +31,7 @@ from vrshq.config import VrshqConfig
 from vrshq.model.lazy_masks import LazyMasks
 from vrshq.model.letterbox import letterbox, letterbox_shape, unletterbox_logits
 from vrshq.model.losses import combine_losses, mask_losses, object_presence_loss
-from vrshq.model.mllm import VrshqMLLM
+from vrshq.model.mllm import VrshqMLLM, ragged_positions
 from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
 from vrshq.model.prompts import EncodedPrompt, VideoPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
@@ -266,8 +266,7 @@ class VrshqModel(nn.Module):
         The padding is one scatter of the concatenated rows (``pad_sequence`` copies prompt by prompt, and its
         backward slices prompt by prompt)."""
         counts = np.array([s.shape[0] for s in seg], dtype=np.int64)
-        rows = np.repeat(np.arange(counts.size), counts)
-        cols = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows, cols = ragged_positions(counts)
         flat = torch.cat(list(seg)).to(tak.dtype)
         seg_pad = flat.new_zeros(counts.size, int(counts.max()), flat.shape[-1]).index_put(  # zero padding
             (torch.from_numpy(rows).to(tak.device), torch.from_numpy(cols).to(tak.device)), flat)
