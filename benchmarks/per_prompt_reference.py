@@ -74,15 +74,22 @@ def per_token_splice(
     )
 
 
-def per_prompt_text_path(model, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``model.text_path(batch)`` of a video batch, prompt by prompt: the splice above, then per prompt its
-    `[SEG]` states' gather and the seg head, ``pad_sequence`` and TDA. Returns ``(fused_tak, ce)``."""
+def prompt_inputs(model, batch) -> tuple[list, list[torch.Tensor]]:
+    """Per prompt of a video batch, its encoding and its clip's visual tokens (one tensor object per clip, shared
+    by the clip's prompts), as ``VrshqModel.text_path`` assembles them."""
     visual_of = model._encode_visual_clips([video.frames for video in batch.videos])
     encoded, visual = [], []
     for video, vis in zip(batch.videos, visual_of):
         for prompt in video.prompts:
             encoded.append(model.encode_prompt(prompt))
             visual.append(vis)
+    return encoded, visual
+
+
+def per_prompt_text_path(model, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``model.text_path(batch)`` of a video batch, prompt by prompt: the splice above, then per prompt its
+    `[SEG]` states' gather and the seg head, ``pad_sequence`` and TDA. Returns ``(fused_tak, ce)``."""
+    encoded, visual = prompt_inputs(model, batch)
     with model._autocast():
         inputs = per_token_splice(model.mllm, [e.input_ids for e in encoded], visual, [e.labels for e in encoded])
         per_prompt_positions = inputs.seg_positions

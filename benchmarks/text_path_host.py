@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from benchmarks.op_count import count_aten_ops
-from benchmarks.per_prompt_reference import per_prompt_text_path, per_token_splice
+from benchmarks.per_prompt_reference import per_prompt_text_path, per_token_splice, prompt_inputs
 
 
 def _best(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, object]:
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         our_ops = count_aten_ops(lambda: model.encode_visual(frames))
     differ = {"tokenise": 0.0 if naive_ids == our_ids else float("inf"), "visual": _rel_diff(naive_tokens, our_tokens)}
 
-    encoded = [model.encode_prompt(p) for video in batch.videos for p in video.prompts]
-    visual = [v for video, v in zip(batch.videos, model._encode_visual_clips([v.frames for v in batch.videos]))
-              for _ in video.prompts]
+    encoded, visual = prompt_inputs(model, batch)
     splice_args = ([e.input_ids for e in encoded], visual, [e.labels for e in encoded])
     with torch.no_grad():
         naive_splice, naive_inputs = _best(lambda: per_token_splice(model.mllm, *splice_args), args.repeats, device)

@@ -135,7 +135,7 @@ class ExpandedLayout:
         ids: (N,) the ids of all prompts, concatenated.
         rows, cols: (N,) each id's prompt and its position in the expanded prompt (an image placeholder's
             first visual slot).
-        is_image: (N,) whether the id is an image placeholder.
+        is_image, is_seg, is_tak: (N,) whether the id is an image placeholder, `[SEG]`, `[TAK]`.
         lengths: (B,) expanded length of each prompt.
         image_counts, seg_counts, tak_counts: (B,) placeholders, `[SEG]` and `[TAK]` ids of each prompt.
     """
@@ -144,6 +144,8 @@ class ExpandedLayout:
     rows: np.ndarray
     cols: np.ndarray
     is_image: np.ndarray
+    is_seg: np.ndarray
+    is_tak: np.ndarray
     lengths: np.ndarray
     image_counts: np.ndarray
     seg_counts: np.ndarray
@@ -193,13 +195,15 @@ def expanded_layout(
     row_start = np.arange(ids.size) - index_in_row  # index of each id's prompt's first id
     cols = before - before[row_start]
 
+    is_seg, is_tak = ids == seg_id, ids == tak_id
+
     def per_row(mask: np.ndarray) -> np.ndarray:
         return np.bincount(rows[mask], minlength=batch).astype(np.int64)
 
     return ExpandedLayout(
-        ids=ids, rows=rows, cols=cols, is_image=is_image,
+        ids=ids, rows=rows, cols=cols, is_image=is_image, is_seg=is_seg, is_tak=is_tak,
         lengths=np.bincount(rows, weights=width, minlength=batch).astype(np.int64),
-        image_counts=per_row(is_image), seg_counts=per_row(ids == seg_id), tak_counts=per_row(ids == tak_id),
+        image_counts=per_row(is_image), seg_counts=per_row(is_seg), tak_counts=per_row(is_tak),
     )
 
 
@@ -322,15 +326,14 @@ class VrshqMLLM(nn.Module):
             padded = np.full((batch, max_len), IGNORE_INDEX, dtype=np.int64)
             padded[layout.rows[text], layout.cols[text]] = flat_labels[text]
             label_tensor = to_device(padded)
-        is_seg, is_tak = layout.ids == self.token_ids.seg_token_id, layout.ids == self.token_ids.tak_token_id
         return MllmInputs(
             inputs_embeds=inputs_embeds,
             attention_mask=to_device(attention_mask),
             labels=label_tensor,
-            seg_rows=to_device(layout.rows[is_seg]),
-            seg_cols=to_device(layout.cols[is_seg] - 1),
+            seg_rows=to_device(layout.rows[layout.is_seg]),
+            seg_cols=to_device(layout.cols[layout.is_seg] - 1),
             seg_counts=tuple(int(n) for n in layout.seg_counts),
-            tak_positions=to_device(layout.cols[is_tak] - 1),
+            tak_positions=to_device(layout.cols[layout.is_tak] - 1),
         )
 
     # ------------------------------------------------------------------------------------------ forward
