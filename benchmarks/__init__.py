@@ -1,1 +1,1 @@
-"""Benchmarks and reference implementations; never imported by the library (style guide §15)."""
+"""Benchmarks and reference implementations; never imported by the library (docs/development.md)."""

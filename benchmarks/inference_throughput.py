@@ -1,4 +1,4 @@
-"""Inference throughput: our Ray Data pipeline against the official serial loop (issue 7).
+"""Inference throughput: our Ray Data pipeline against the official serial loop (docs/performance.md).
 
 One run measures, on one synthetic ReVOS-shaped workload (:mod:`benchmarks.workload`):
 

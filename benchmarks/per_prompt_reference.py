@@ -1,6 +1,6 @@
 """The text path of a training batch written prompt by prompt: the baseline of the batched one.
 
-Until session 17 ``VrshqMLLM.build_inputs`` walked every id of every prompt in Python and made per-prompt
+Before the batched text path ``VrshqMLLM.build_inputs`` walked every id of every prompt in Python and made per-prompt
 tensors, and ``VrshqModel`` gathered each prompt's `[SEG]` states, ran the seg head and padded them one prompt
 at a time. A stage-G batch has 768 prompts, so a step dispatched ~120k operators (a kernel launch each on a
 GPU) and the H200 ran it at ~1.4 s, far above its work. :func:`per_token_splice` and

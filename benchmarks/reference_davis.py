@@ -17,7 +17,7 @@ implementation (``L = arange(-r, r + 1)``; ``X**2 + Y**2 <= r**2``). Void pixels
 supported: neither ReVOS nor MeViS has them, and the official ReVOS script passes none.
 
 It also holds a port of the official ReVOS accuracy/robustness with their bugs
-(:func:`official_revos_accuracy`, :func:`official_revos_robustness`, method spec §9 item 13),
+(:func:`official_revos_accuracy`, :func:`official_revos_robustness`, method §9 item 13),
 used by the tests to show how :mod:`vrshq.metrics.accuracy_robustness` differs, and the synthetic
 random-blob masks used by the tests and the benchmark.
 """

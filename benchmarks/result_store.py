@@ -1,6 +1,6 @@
 """What one benchmark invocation leaves for the next: its rows and the serial path's masks.
 
-A device session may cap a command at ~10 minutes, less than serial + model-only + pipeline on the
+A remote GPU machine may cap a command at ~10 minutes, less than serial + model-only + pipeline on the
 7B model. The paths can then run in separate invocations (``--paths bound,serial,model``, then
 ``--paths pipeline``) on the same ``--output-dir``: rows of earlier invocations with the same
 workload, preset and device are merged into the table (re-measured paths replace them), and the

@@ -12,7 +12,7 @@ each for a tower whose 1,280 frames fit one call. Rows, each measured here in on
   one warm-up pass over the same prompts, as every step after the first sees them);
 * ``visual``: *naive* passes ``chunk_size=32`` (the old fixed frame count); *ours* the default chunk
   (``VrshqModel.visual_chunk_frames``). Operators dispatched are counted too: on a GPU each is a kernel launch.
-* ``splice`` (session 17): *naive* is ``benchmarks.per_prompt_reference.per_token_splice`` (a Python step per
+* ``splice``: *naive* is ``benchmarks.per_prompt_reference.per_token_splice`` (a Python step per
   id, tensors per prompt); *ours* ``VrshqMLLM.build_inputs`` (the layout of the whole batch in numpy);
 * ``step``: the text path's forward and backward (stage G's loss: a mean over TAK' plus the CE), *naive*
   ``per_prompt_reference.per_prompt_text_path`` (per prompt: the splice above, the `[SEG]` gather, the seg head,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--preset", default="learn-256-pos")
-    parser.add_argument("--clips", type=int, default=128, help="clips of the batch (stage G's step in session 10)")
+    parser.add_argument("--clips", type=int, default=128, help="clips of the batch (a stage-G step of 128 clips)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 

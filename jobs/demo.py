@@ -33,7 +33,7 @@ from jobs.learnability import TASK_FILE
 
 __all__ = ["DEFAULT_CHECKPOINT", "DemoData", "demo_data", "main", "read_task_file"]
 
-#: The tiny model trained on synthetic videos (issue 6), committed with the code.
+#: The tiny model trained on synthetic videos (docs/research/learnability.md), committed with the code.
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic"
 
 _LOG = logging.getLogger("jobs.demo")

@@ -248,8 +248,8 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     convention = ("overall = mean of the referring and reasoning numbers (ReVOS), not a pooled mean"
                   if summary["convention"] == "revos" else "overall = mean over all expressions (MeViS/DAVIS)")
     notes = [f"J&F excludes no-target (type 2) expressions; {convention}. A and R are computed on bool "
-             "masks (see vrshq/metrics/accuracy_robustness.py), not with the official uint8 arithmetic, whose A and R "
-             "are wrong (method spec §9 item 13)."]
+             "masks (see vrshq/metrics/accuracy_robustness.py), not with the official uint8 arithmetic, which counts "
+             "every correctly predicted target pixel as an error in A and wraps around on overlapping targets in R."]
     if summary.get("robustness") is None:
         notes.append("R is missing: the dataset has no mask_dict_foreground.json (or no foreground pixels).")
     sections: dict[str, Any] = {

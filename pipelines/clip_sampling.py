@@ -239,7 +239,7 @@ def focused_video(video, *, kinds: Sequence[str], share: float, seed: int, strea
     an expression of ``kinds`` then gives no clip.
 
     Why: a kind that the whole task's mix rarely asks is learnt from clips of it alone (a curriculum: stage G's
-    motion kinds, README "Stage G learns motion"). The draw does not depend on ``kinds`` or on the other samples,
+    motion kinds, docs/research/learnability.md). The draw does not depend on ``kinds`` or on the other samples,
     so a resumed stream focuses the same samples.
     """
     if share and np.random.default_rng([seed, stream, sample_id, 1]).random() < share:

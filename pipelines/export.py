@@ -1,6 +1,6 @@
 """Benchmark-server submission zips written straight from the masks table, one video at a time.
 
-Layouts (method spec §7, ``tools/zip_mp_mevis.py`` and ``tools/zip_mp_refytvos.py``):
+Layouts (method §7, ``tools/zip_mp_mevis.py`` and ``tools/zip_mp_refytvos.py``):
 
 * ``mevis`` (MeViS ``valid`` on CodaLab): ``<video>/<exp_id>/<frame>.png`` at the zip root;
 * ``refytvos`` (Ref-YouTube-VOS ``valid``): ``Annotations/<video>/<exp_id>/<frame>.png``.

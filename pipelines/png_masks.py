@@ -1,6 +1,6 @@
 """Per-frame PNG masks in the official layout ``<root>/<video>/<exp_id>/<frame>.png``.
 
-This is the layout the official VRS-HQ evaluation writes (method spec §7:
+This is the layout the official VRS-HQ evaluation writes (method §7:
 ``.../Annotations/{video}/{exp_id}/{frame}.png``, 8-bit grayscale, 0/255, original size) and the
 layout the MeViS and Ref-YouTube-VOS servers read. Reading it lets ``jobs.evaluate`` score other
 methods' outputs on equal terms with ours; writing it backs ``jobs.export``.

@@ -4,7 +4,7 @@ All aggregation runs in DuckDB over the Arrow table (zero-copy), so the same SQL
 scores came from a 10-video test or a 100k-expression run. The ReVOS headline numbers come from
 ``vrshq.metrics`` (one definition of "overall" in the project); this module only slices.
 
-Conventions (ReVOS, method spec §7): J&F aggregates exclude ``type_id == 2`` (no-target)
+Conventions (ReVOS, method §7): J&F aggregates exclude ``type_id == 2`` (no-target)
 expressions; "overall" is the plain mean of the referring and reasoning numbers, not a pooled mean
 (with only one of the two present, e.g. MeViS, it is that one). Robustness R is reported from the
 rows that have it (null when the dataset has no ``mask_dict_foreground.json``).

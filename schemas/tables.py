@@ -25,7 +25,7 @@ __all__ = [
 #: Columns the output datasets are partitioned by (hive style).
 PARTITION_COLUMNS: tuple[str, ...] = ("dataset", "split")
 
-#: ReVOS ``type_id`` -> expression type name (type 2: the target is absent, method spec §7).
+#: ReVOS ``type_id`` -> expression type name (type 2: the target is absent, method §7).
 EXPRESSION_TYPES: dict[int, str] = {0: "referring", 1: "reasoning", 2: "no_target"}
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command behind checkpoints/tiny-synthetic: trains it from random initialisation with seed 0, in two
-# runs of jobs.learnability (README, "Learnability"):
+# runs of jobs.learnability (docs/research/learnability.md):
 #   OUT/base   learn-256-pos: stage 0 (SAM2 learns to track), stage G, stage 1. Only its SAM2 is used below;
 #              this run alone is the previous committed checkpoint (git 37ece17).
 #   OUT/final  learn-256-pos-p4: stage V, stage G with the motion curriculum, stage 1 on base's SAM2

@@ -3,7 +3,7 @@
 `VrshqConfig` groups the sub-configs of the vision path (`vrshq.model.vision_config`), the SAM2 path
 (`vrshq.model.sam2_config`) and the ones defined here: the LLaMA LLM, the method constants, the loss
 weights and the trainable set. Every VRS-HQ constant is a named field whose comment cites its section
-of `design/vrshq-method.md`. Presets live in `vrshq.builders`.
+of the method reference in `docs/model.md`. Presets live in `vrshq.builders`.
 """
 
 from __future__ import annotations

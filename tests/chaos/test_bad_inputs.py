@@ -180,6 +180,6 @@ def test_duplicate_manifest_rows_become_errors_not_duplicates(tmp_path):
 
 
 def test_corpus_size():
-    """The issue asks for >= 200 generated cases per run."""
+    """At least 200 generated cases per run (tests/chaos/FIGURES.md)."""
     total = len(JPEG_CASES) + len(MP4_CASES) + len(MODE_CASES) + len(META_CASES) + len(RLE_CASES)
     assert total >= 200, total

@@ -1,4 +1,4 @@
-"""The README's demo and the committed checkpoint it runs (issue 6): the checkpoint loads through the
+"""The README's demo and the committed checkpoint it runs: the checkpoint loads through the
 inference loader, has learnt the synthetic task (well above the same architecture at random init),
 and the demo builds its data from the task the checkpoint records."""
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _model(checkpoint: str | None):
 def test_committed_checkpoint_is_small_and_records_its_task():
     assert CHECKPOINT.is_dir(), "checkpoints/tiny-synthetic is the demo's default model"
     weights = CHECKPOINT / "model.safetensors"
-    assert weights.stat().st_size < 20 * 2**20  # the issue's limit for a checkpoint kept in git
+    assert weights.stat().st_size < 20 * 2**20  # the limit for a checkpoint kept in git
     payload = demo.read_task_file(str(CHECKPOINT))
     assert payload["task"] == {"frames": 16, "size": (64, 64), "expression_types": (0, 1)}
     assert 0 < payload["heldout"]["jf"] <= 1 and payload["heldout"]["videos"] >= 32

@@ -1,4 +1,4 @@
-"""The layering rules of the style guide: vrshq imports no Ray, schemas imports only pyarrow.
+"""The layering rules of docs/development.md: vrshq imports no Ray, schemas imports only pyarrow.
 
 Checked on the source (the import statements), so a violation fails even if it sits in a
 function body that no other test reaches.

@@ -1,4 +1,4 @@
-"""Long videos with bounded memory (issue 4 point 3, issue 8 point 4), on the tiny preset.
+"""Long videos with bounded memory (docs/reliability.md), on the tiny preset.
 
 * SAM2 features from uint8 frames letterboxed chunk by chunk equal those of the whole letterboxed video.
 * Masks streamed chunk by chunk (`SegmentationResult.iter_mask_chunks`), `.masks` and the actor's RLE

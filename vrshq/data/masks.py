@@ -2,7 +2,7 @@
 
 ``mask_dict.json`` maps ``str(anno_id)`` to one RLE (or null) per frame, indexed by the frame's
 position in the sorted frame list. An expression's target is the union over its ``anno_id``s;
-null counts as empty and multi-channel decodes are reduced over channels (method spec §8).
+null counts as empty and multi-channel decodes are reduced over channels (method §8).
 
 Every RLE is checked before pycocotools sees it: its ``size`` must be the frame's, and its counts
 must add up to ``height * width`` (pycocotools writes past its buffer otherwise).

@@ -1,6 +1,6 @@
 """Readers of the ReVOS and MeViS layouts into :class:`~vrshq.data.VideoRecord` lists.
 
-Layouts (method spec §8):
+Layouts (method §8):
 
 * ReVOS: ``<root>/JPEGImages/<video>/<frame>.jpg`` (video ids contain '/'),
   ``<root>/meta_expressions_<split>_.json`` (official names ``meta_expressions_train_.json`` and
@@ -109,7 +109,7 @@ def parse_meta_expressions(
     """Validate a parsed meta json and return ``(video_id, sorted frames, height, width, expressions)``.
 
     Frames are sorted because ``mask_dict`` lists are indexed by the position in the sorted frame
-    list (method spec §8). ``obj_id``/``anno_id`` may be ints or decimal strings.
+    list (method §8). ``obj_id``/``anno_id`` may be ints or decimal strings.
 
     Raises:
         DataError: naming ``uri`` and listing every problem (which key of which video/expression).

@@ -20,7 +20,7 @@ _WHITESPACE = re.compile(r"\s+")
 def normalize_eval_text(text: str) -> str:
     """Expression text as the official evaluation feeds it: lower-cased, whitespace collapsed.
 
-    Method spec §1.3 (``RVE: load_target_frame``): inference lower-cases the expression and
+    Method §1.3 (``RVE: load_target_frame``): inference lower-cases the expression and
     collapses its whitespace; training only strips it. Records keep the raw text so both are
     possible.
 

@@ -17,7 +17,7 @@ Expressions, all unambiguous given the scene (checked on the rendered masks):
   ``fastest_ratio`` times the next), "which shape never moves?" (exactly one static object),
   "which shapes are moving?", "the object that hides behind the large blue square" (the only
   object at least ``hidden_fraction`` covered by it in some frame), "what covers the small red
-  circle?". Some end in '?', as the question templates depend on it (method spec §1.3).
+  circle?". Some end in '?', as the question templates depend on it (method §1.3).
 * type 2, no-target: a colour and shape that no object has ("the green triangle"), or a shape
   that never occurs ("the red star"); no obj_ids.
 

@@ -1,6 +1,6 @@
 """Write synthetic videos (:mod:`vrshq.data.synthetic`) in the ReVOS layout at any fsspec URI.
 
-Layout written (the same as the real ReVOS, method spec §8)::
+Layout written (the same as the real ReVOS, method §8)::
 
     <root>/JPEGImages/<video_id>/<frame>.jpg          video ids look like "synthetic/valid/vid0003"
     <root>/meta_expressions_<split>_.json             official name (trailing '_')
@@ -92,7 +92,7 @@ def write_synthetic_revos(
         jpeg_quality: JPEG quality of the frames.
         jpeg_chroma: ``"444"`` (full-resolution colour, the default) or ``"420"`` (colour at half resolution,
             what most cameras and datasets store). Why 4:4:4: in small synthetic videos a shape spans a few
-            pixels, and 4:2:0 blurs its colour into its neighbours; the tiny checkpoint of session 8 scored
+            pixels, and 4:2:0 blurs its colour into its neighbours; the 0.685 tiny checkpoint scored
             J&F 0.65 on 16 demo videos written at 4:4:4 (the same as the raw frames) but 0.57 at 4:2:0.
         fps: frame rate of the mp4 files.
 

@@ -10,7 +10,7 @@ def check_masks(**masks: np.ndarray) -> tuple[int, int, int]:
     """Check that every keyword argument is a bool numpy array (T, H, W) and that all shapes agree.
 
     Masks must be ``bool`` on purpose: the official ReVOS script mixes 0/255 predictions with 0/1
-    ground truth and gets accuracy and robustness wrong (method spec §9 item 13). Requiring bool
+    ground truth and gets accuracy and robustness wrong (method §9 item 13). Requiring bool
     makes the caller binarise once, explicitly.
 
     Args:

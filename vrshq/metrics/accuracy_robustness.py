@@ -15,7 +15,7 @@ What the official code does (``SitongGong/VRS-HQ`` ``tools/metrics.py`` ``get_r2
   0 as soon as a frame has more than ``|fg_t| / 255`` false positives. A frame without foreground
   scores 1 without false positives and 0 with any.
 
-What this module computes (method spec §9 item 13; the definition of R asked for in issue 9):
+What this module computes (method §9 item 13 in docs/model.md; R as defined in docs/jobs/evaluate.md):
 
 * Masks are bool, so a pixel is either target or not, whatever the encoding on disk.
 * ``A = #(pred == gt) / (T * H * W)``: pixel accuracy over all frames (equal to the mean of

@@ -239,7 +239,7 @@ def load_official_checkpoint(
     """Load the released VRS-HQ weights (HF folder ``SitongGong/VRS-HQ`` downloaded by the user, local
     or fsspec) into a ``VrshqModel`` built with the ``vrshq-7b`` preset.
 
-    The release has no ``clip_model.*`` (the CLIP-336 anchor is downloaded separately, README):
+    The release has no ``clip_model.*`` (the CLIP-336 anchor is downloaded separately):
     when the files hold none, the anchor's keys may stay missing, since it is loaded from
     ``AnchorConfig.weights_path`` at build time. Everything else is strict. All tensors are held in
     memory while converting (pickle files are read whole anyway).

@@ -47,7 +47,7 @@ def largest_target_keyframe(weights: torch.Tensor, target_areas: torch.Tensor) -
     where the target is half hidden (measured: 66% of its largest area on average, under half in a third of the
     clips; >= 90% for the other kinds), so SAM2's decoder is taught to answer such a TAK' with the part of the
     target beside its occluder. At inference its masks for the kind lie on no object 45% of the time, small and
-    where target and occluder meet (README, "Keeping stage G's grounding through stage 1").
+    where target and occluder meet (docs/research/learnability.md).
 
     Args:
         weights: (B, n) TDA weights (padded frames carry weight 0).

@@ -12,7 +12,7 @@ Three frozen dataclasses, each validated in ``__post_init__``:
 Presets are thin functions of literal hyperparameters (torchtune style): :func:`clip_vit_l14_224_tower`,
 :func:`clip_vit_l14_336_anchor`, :func:`tiny_vision_tower`, :func:`tiny_anchor`.
 
-Section numbers refer to ``design/vrshq-method.md``.
+Section numbers ("method §N") refer to the method reference in ``docs/model.md``.
 """
 
 from __future__ import annotations
