@@ -101,7 +101,7 @@ failure; an exported ``model/`` may already exist then (stage 1 exports at the s
 
 @dataclass(frozen=True)
 class LearnabilityConfig:
-    """Settings of the learnability run. The command of its docs page sets the preset, the schedule and the from-scratch
+    """Settings of the learnability run. The committed recipe's command sets the preset, the schedule and the from-scratch
     aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --track.steps 3200
     --grounding.steps 1500 --expression-word-weight 1 --ema-decay 0.999``)."""
 
