@@ -9,7 +9,7 @@ The model is ``pipelines.train_config.learnability_model_config`` (the tiny clas
 bf16 checkpoint is < 20 MB), trained with the same code as ``jobs.train``: clip sampling of
 ``pipelines.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
 ``VrshqModel.forward`` (CE + BCE + DICE + object presence on the 3-frame window), AdamW with
-per-group learning rates (SAM2 1e-4, text path 1e-3, learnability.md), 100 warm-up steps, linear
+per-group learning rates (SAM2 1e-4, text path 1e-3, docs/research/learnability.md), 100 warm-up steps, linear
 decay, clipping 1.0, bf16 autocast on CUDA; half of the samples are image samples (one frame, referring
 expressions, ``--image-ratio``; the method mixes image datasets in). From-scratch aids that are not
 the method (never in ``jobs.train``), off by default:
@@ -141,8 +141,9 @@ class LearnabilityConfig:
     video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
     video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
-    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (learnability.md)"})
-    text_lr: float = field(default=1e-3, metadata={"help": "learning rate of the text path (learnability.md)"})
+    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (docs/research/learnability.md)"})
+    text_lr: float = field(default=1e-3,
+                           metadata={"help": "learning rate of the text path (docs/research/learnability.md)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     seg_head_init_gain: float = field(
         default=1.0,

@@ -121,10 +121,10 @@ def learnability_model_config(
     tower_patch_size: int = 7,
 ):
     """The model of the learnability run: the tiny classes at a middle size that fits a < 20 MB
-    checkpoint in bf16 (learnability.md "Size": d_model 128, Hiera embed_dim 48).
+    checkpoint in bf16 (docs/research/learnability.md: d_model 128, Hiera embed_dim 48).
 
     LLaMA 2 layers hidden 128; SAM2 at 128 px with neck/memory-attention width 128, memory width 64;
-    ~5.9M parameters (11.8 MB in bf16). The object-presence loss is on (learnability.md: from random
+    ~5.9M parameters (11.8 MB in bf16). The object-presence loss is on (docs/research/learnability.md: from random
     init SAM2 needs it). Videos of 64x64 are letterboxed up to 128 px, so the 32x32 low-res masks are
     at half the video resolution.
 
@@ -435,7 +435,7 @@ class OptimConfig:
     """AdamW and the warm-up/linear-decay schedule (method §6: lr 3e-4, betas 0.9/0.95, wd 0,
     100 warm-up steps, clipping 1.0).
 
-    Per-group learning rates (learnability.md): ``sam2_lr`` for every ``sam2.*`` parameter and
+    Per-group learning rates (docs/research/learnability.md): ``sam2_lr`` for every ``sam2.*`` parameter and
     ``text_lr`` for the text path (LLM, seg head, visual projector); null uses ``lr``. From scratch,
     one shared 3e-4 learns to segment every shape and ignores the text; 1e-4 / 1e-3 learns the text.
     """

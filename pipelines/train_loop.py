@@ -114,7 +114,7 @@ def build_training_model(spec: ModelSpec, *, device: torch.device | str | None =
 
 def param_group_name(name: str) -> str:
     """``"sam2"`` for SAM2 parameters, ``"text"`` for the text path (LLM, seg head, projector),
-    ``"other"`` for the rest (learnability.md: they need different learning rates from scratch)."""
+    ``"other"`` for the rest (docs/research/learnability.md: they need different learning rates from scratch)."""
     if name.startswith("sam2."):
         return "sam2"
     if name.startswith(_TEXT_PREFIXES):

@@ -177,7 +177,7 @@ class LossConfig:
     Attributes:
         ce_weight, bce_weight, dice_weight: 1.0, 2.0, 0.5 (argparse defaults of the official train.py).
         object_weight: object-presence BCE on SAM2 object scores; 0 in the method, > 0 for from-scratch
-            training (learnability.md).
+            training (docs/research/learnability.md).
         dice_scale, dice_eps: the /1000 scaling and 1e-6 of the DICE loss.
     """
 

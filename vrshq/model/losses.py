@@ -7,7 +7,7 @@ resolution, so every sample may have its own size: pass one tensor per sample.
 
 The object-presence term (weight 0 by default, not in the method) is a BCE on SAM2's object-score
 logits against "the GT mask is non-empty"; from-scratch training needs it because SAM2 gates masks by
-that score (learnability.md).
+that score (docs/research/learnability.md).
 """
 
 from __future__ import annotations

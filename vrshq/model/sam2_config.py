@@ -87,7 +87,7 @@ class Sam2Config:
             compute dtype). ``"bfloat16"`` reproduces the stock predictor, which stores memory
             in bf16, and halves memory.
         gate_masks_in_training: Apply SAM2's object-score gate (mask → -1024) in training too.
-            The official VRS-HQ code gates only in eval (learnability.md), hence False.
+            The official VRS-HQ code gates only in eval (docs/research/learnability.md), hence False.
         max_objects_per_track: Objects tracked together in one lockstep pass; more are tracked in
             successive passes (same result). Bounds tracking memory, which grows with the objects:
             ~0.3 GiB per object and direction at SAM2-L, 1024 px, bf16 (memory bank plus the
@@ -192,7 +192,7 @@ def sam2_tiny(
     mem_dim: int = 32,
     **options: Any,
 ) -> Sam2Config:
-    """A ~2M-parameter SAM2 built from the same Hiera-L YAML by overrides (learnability.md "Size").
+    """A ~2M-parameter SAM2 built from the same Hiera-L YAML by overrides (docs/research/learnability.md).
 
     Hiera embed_dim 32 with stages [1,1,2,1] and one global block; hidden width ``d_model``
     through the FPN neck, memory attention (2 layers, ffn 4·d_model) and memory encoder

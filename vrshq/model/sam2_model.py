@@ -11,7 +11,7 @@
    carries it unchanged.
 2. The object-score gate (mask → -1024 where the score is ≤ 0) runs in eval mode only, as in
    the official VRS-HQ code; stock sam2 1.1.0 gates in training too, which cuts the mask
-   gradient of every "absent" frame (learnability.md). ``track_step`` keeps
+   gradient of every "absent" frame (docs/research/learnability.md). ``track_step`` keeps
    ``object_score_logits`` in training as well, so a presence loss can use them.
 
 One speed path, no change of result: when the memory bank asks for it

@@ -107,7 +107,7 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
 def trainable_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters split into the SAM2 part and the text path (LLM, seg head, projector).
 
-    From-scratch training needs a separate learning rate for each (learnability.md: one shared rate
+    From-scratch training needs a separate learning rate for each (docs/research/learnability.md: one shared rate
     makes the model segment every object and ignore the text). Use as
     `AdamW([{"params": g["sam2"], "lr": 1e-4}, {"params": g["text"], "lr": 1e-3}])`.
     """
