@@ -75,7 +75,7 @@ def test_lora_step_changes_exactly_the_trainable_parameters():
     assert with_grad <= changed  # every trainable parameter that received a gradient moved
     frozen_changed = changed - trainable
     assert not frozen_changed
-    # the spec's set (method §6): LoRA on q/v, lm_head, embed_tokens, SAM2 mask decoder, seg head
+    # the method's set (method §6): LoRA on q/v, lm_head, embed_tokens, SAM2 mask decoder, seg head
     lora = {n for n in trainable if "lora_" in n}
     assert lora and all(("q_proj" in n or "v_proj" in n) and n.startswith("mllm.llm.model.layers.") for n in lora)
     expected_trainable = lora | {
