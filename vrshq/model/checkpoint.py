@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -84,6 +85,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "inspect_checkpoint",
+    "load_files_into",
     "load_state_dict_into",
     "load_vrshq_checkpoint",
     "load_vrshq_config",
@@ -134,6 +136,9 @@ class LoadReport:
         mismatched: ``(key, checkpoint_shape, model_shape)``, not loaded.
         still_meta: parameters/buffers of a meta-device model that are still on the meta device after
             loading (missing keys, or non-persistent buffers that no checkpoint holds).
+        read_seconds: time spent reading the files (for memory-mapped pickles, mapping them; their
+            pages are read during the copy).
+        copy_seconds: time spent copying tensors into the model (materialising them on their device).
     """
 
     loaded: tuple[str, ...]
@@ -141,6 +146,8 @@ class LoadReport:
     unexpected: tuple[str, ...]
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
     still_meta: tuple[str, ...] = ()
+    read_seconds: float = 0.0
+    copy_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -465,8 +472,31 @@ def load_state_dict_into(
     return _load_files(model, [wf], strict=strict, ignore_missing=ignore_missing, source=source)
 
 
+def load_files_into(
+    model: nn.Module,
+    files: Sequence[WeightFile],
+    *,
+    strict: bool = True,
+    ignore_missing: Sequence[str] = (),
+    source: str = "<weight files>",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """:func:`load_vrshq_checkpoint` for weight files already opened (e.g. renamed official shards):
+    strictness is checked on the union of their shapes first, then the files are read one at a time,
+    so only one file's tensors are held at once.
+
+    Args:
+        device, dtype: where and in which (floating) dtype the tensors of a meta-device model are
+            materialised; default: the CPU and the model's dtype. Tensors of a built model keep theirs.
+    """
+    return _load_files(model, list(files), strict=strict, ignore_missing=ignore_missing, source=source,
+                       device=device, dtype=dtype)
+
+
 def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, ignore_missing: Sequence[str],
-                source: str) -> LoadReport:
+                source: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                ) -> LoadReport:
     target = model.state_dict(keep_vars=True)
     alias = _peft_aliases(target)
     provided: dict[str, tuple[int, ...]] = {}
@@ -495,21 +525,30 @@ def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, igno
                                       mismatched=mismatched, hint=hint)
     skip = {k for k, _, _ in mismatched}
     loaded: set[str] = set()
+    read_s = copy_s = 0.0
     with torch.no_grad():
         for wf in files:
-            for key, tensor in wf.read().items():
+            start = time.perf_counter()
+            tensors = wf.read()
+            read_s += time.perf_counter() - start
+            start = time.perf_counter()
+            for key in list(tensors):
+                tensor = tensors.pop(key) if wf.tensors is None else tensors[key]
                 name = resolved.get(key)
                 if name is None or key in skip:
                     continue
-                _copy_into(target[name], tensor, model, name)
+                _copy_into(target[name], tensor, model, name, device=device, dtype=dtype)
                 loaded.add(name)
+                del tensor
+            del tensors
+            copy_s += time.perf_counter() - start
     still_meta = tuple(name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta)
     if strict and still_meta and loaded:
         raise CheckpointError(source, f"after loading, {len(still_meta)} tensor(s) are still on the meta device: "
                               f"{list_keys(still_meta)}. Non-persistent buffers (RoPE inv_freq, CLIP position_ids) "
                               "are never in a checkpoint: build the model on a real device before loading")
     return LoadReport(loaded=tuple(sorted(loaded)), missing=tuple(missing), unexpected=tuple(unexpected),
-                      mismatched=tuple(mismatched), still_meta=still_meta)
+                      mismatched=tuple(mismatched), still_meta=still_meta, read_seconds=read_s, copy_seconds=copy_s)
 
 
 def _peft_aliases(target: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -522,12 +561,14 @@ def _peft_aliases(target: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
-def _copy_into(dest: torch.Tensor, src: torch.Tensor, model: nn.Module, name: str) -> None:
+def _copy_into(dest: torch.Tensor, src: torch.Tensor, model: nn.Module, name: str, *,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
     if dest.is_meta:
         # A model built on the meta device has no storage to copy into: materialise this tensor.
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
-        value = src.to(dest.dtype)
+        target_dtype = dtype if dtype is not None and dest.is_floating_point() else dest.dtype
+        value = src.to(device=device or "cpu", dtype=target_dtype, copy=True)
         if isinstance(dest, nn.Parameter):
             setattr(module, attr, nn.Parameter(value, requires_grad=dest.requires_grad))
         else:
