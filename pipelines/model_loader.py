@@ -77,32 +77,6 @@ def _preset_config(cfg: InferenceConfig) -> "VrshqConfig":
     return getattr(builders, MODEL_PRESETS[cfg.preset])()
 
 
-def _release_config(cfg: InferenceConfig, release: dict[str, Any]) -> "VrshqConfig":
-    """The preset's config with the release's LLM sizes, a local copy of its tokenizer files and the
-    anchor folder's tokenizer; weights come later from the release (every part built empty)."""
-    import dataclasses
-
-    import fsspec
-
-    from vrshq.model.release import RANDOM_ANCHOR, anchor_files, local_copy, release_llm_config
-    from vrshq.model.tokenizer import LLAMA_TOKENIZER_FILES
-
-    base = _preset_config(cfg)
-    fs, path = fsspec.core.url_to_fs(cfg.checkpoint, **dict(cfg.storage_options))
-    names = [n for n in LLAMA_TOKENIZER_FILES if fs.isfile(f"{path.rstrip('/')}/{n}")]
-    tokenizer_dir = local_copy(cfg.checkpoint, names, cfg.storage_options)
-    llm = release_llm_config(base.llm, release, tokenizer_path=tokenizer_dir)
-    select_layer = release.get("mm_vision_select_layer", base.vision.select_layer)
-    vision = dataclasses.replace(base.vision, weights_path=None, select_layer=int(select_layer))
-    if cfg.anchor is None or cfg.anchor == RANDOM_ANCHOR:
-        anchor = dataclasses.replace(base.anchor, weights_path=None, tokenizer_path=None)
-    else:
-        anchor_dir = local_copy(cfg.anchor, anchor_files(cfg.anchor, cfg.storage_options), cfg.storage_options)
-        anchor = dataclasses.replace(base.anchor, weights_path=None, tokenizer_path=anchor_dir)
-    sam2 = dataclasses.replace(base.sam2, checkpoint_uri=None)
-    return dataclasses.replace(base, llm=llm, vision=vision, anchor=anchor, sam2=sam2)
-
-
 def model_config(cfg: InferenceConfig) -> "VrshqConfig":
     """The model's ``VrshqConfig``: the checkpoint's ``config.json`` if it has one, the preset adapted
     to a released checkpoint, else the preset's."""
@@ -112,64 +86,15 @@ def model_config(cfg: InferenceConfig) -> "VrshqConfig":
 
         release = read_release_config(cfg.checkpoint, cfg.storage_options)
         if release is not None:
-            return _release_config(cfg, release)
+            from vrshq.model.release import release_vrshq_config
+
+            return release_vrshq_config(cfg.checkpoint, _preset_config(cfg), anchor=cfg.anchor,
+                                        release_config=release, storage_options=cfg.storage_options)
         try:
             return load_vrshq_config(cfg.checkpoint, storage_options=cfg.storage_options)
         except CheckpointNotFoundError:
             pass  # a bare weights file: the preset gives the architecture
     return _preset_config(cfg)
-
-
-def _index_keys(uri: str, storage_options: Any) -> list[str] | None:
-    """Tensor names of a folder's index file (no weights read), or None without an index."""
-    import json
-
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options))
-    for name in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
-        index = f"{path.rstrip('/')}/{name}"
-        if fs.isfile(index):
-            with fs.open(index, "r") as handle:
-                weight_map = json.load(handle).get("weight_map")
-            return list(weight_map) if isinstance(weight_map, dict) else None
-    return None
-
-
-def _check_release(cfg: InferenceConfig) -> None:
-    """Every file a released checkpoint needs, named when missing (listings and small files only)."""
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    from vrshq.model.release import (
-        ANCHOR_SOURCE,
-        RANDOM_ANCHOR,
-        SAM2_SOURCE,
-        check_anchor_folder,
-        check_release_tokenizer,
-        check_sam2_file,
-    )
-    from vrshq.model.weight_files import list_weight_files, open_weight_files
-
-    fs, _ = fsspec.core.url_to_fs(cfg.checkpoint, **dict(cfg.storage_options))
-    if isinstance(fs, LocalFileSystem):  # memory-mapped: the weights-only check costs no tensor read
-        open_weight_files(cfg.checkpoint, cfg.storage_options)
-    else:  # a remote release is not copied to the driver: its files are checked to exist
-        list_weight_files(cfg.checkpoint, cfg.storage_options)
-    check_release_tokenizer(cfg.checkpoint, cfg.storage_options)
-    keys = _index_keys(cfg.checkpoint, cfg.storage_options) or []
-    if cfg.anchor is None and not any(k.startswith("clip_model.") for k in keys):
-        raise ModelLoadError(
-            f"checkpoint {cfg.checkpoint!r} is a released VRS-HQ folder, which does not hold the CLIP ViT-L/14-336 "
-            f"anchor model: pass --anchor <folder> with the files of {ANCHOR_SOURCE}, or --anchor {RANDOM_ANCHOR} "
-            "to pick frames with a random anchor model")
-    if cfg.anchor is not None and cfg.anchor != RANDOM_ANCHOR:
-        check_anchor_folder(cfg.anchor, _preset_config(cfg).anchor.vision_image_size, cfg.storage_options)
-    if cfg.sam2 is not None:
-        check_sam2_file(cfg.sam2, cfg.storage_options)
-    elif keys and not any(k.startswith("model.visual_model.") for k in keys):
-        raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} holds no SAM2 weights (model.visual_model.*): pass "
-                             f"--sam2 <file> with {SAM2_SOURCE}")
 
 
 def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
@@ -194,8 +119,11 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is not readable: {exc}") from exc
     if release is not None:
+        from vrshq.model.release import check_release
+
         try:
-            _check_release(cfg)
+            check_release(cfg.checkpoint, anchor=cfg.anchor, sam2=cfg.sam2, storage_options=cfg.storage_options,
+                          anchor_image_size=_preset_config(cfg).anchor.vision_image_size)
         except (ReleaseFileError, CheckpointError) as exc:
             raise ModelLoadError(str(exc)) from exc
     elif cfg.anchor is not None or cfg.sam2 is not None:
@@ -290,44 +218,13 @@ def build_release_model(
     device: "torch.device | str",
     dtype: "torch.dtype",
 ) -> Any:
-    """Build the model of a released checkpoint: every parameter on the meta device (buffers real),
-    then filled shard by shard straight on ``device`` in ``dtype`` with the release's weights, the
-    anchor folder's and ``cfg.sam2``'s (strict: every missing or extra key is an error).
-
-    Raises:
-        ModelLoadError: wrapping any file, key or shape problem.
-    """
-    import torch
-    from accelerate import init_empty_weights
-
-    from vrshq.builders import build_vrshq
+    """:func:`vrshq.model.release.load_release` for an inference config (errors as :class:`ModelLoadError`)."""
     from vrshq.model.checkpoint import CheckpointError
-    from vrshq.model.frame_sampling import build_clip_model
-    from vrshq.model.official_names import load_official_checkpoint
-    from vrshq.model.release import RANDOM_ANCHOR
+    from vrshq.model.release import ReleaseFileError, load_release
 
-    device = torch.device(device)
-    config = model_config(cfg) if config is None else config
-    random_anchor = cfg.anchor in (None, RANDOM_ANCHOR)
-    torch.manual_seed(cfg.seed)
-    with init_empty_weights(include_buffers=False):
-        model = build_vrshq(config)
     try:
-        load_official_checkpoint(
-            model, cfg.checkpoint, storage_options=cfg.storage_options,
-            anchor_uri=None if random_anchor else cfg.anchor, sam2_uri=cfg.sam2,
-            allow_missing_anchor=random_anchor, device=device, dtype=dtype)
-    except (CheckpointError, ValueError, OSError) as exc:
+        return load_release(cfg.checkpoint, config if config is not None else model_config(cfg), anchor=cfg.anchor,
+                            sam2=cfg.sam2, device=device, dtype=dtype, seed=cfg.seed,
+                            storage_options=cfg.storage_options)
+    except (CheckpointError, ReleaseFileError, ValueError, OSError) as exc:
         raise ModelLoadError(f"cannot load checkpoint {cfg.checkpoint!r}: {exc}") from exc
-    if random_anchor and any(p.is_meta for p in model.anchor.clip_model.parameters()):
-        import logging
-
-        logging.getLogger(__name__).warning("anchor=%s: frames are picked by a randomly initialised CLIP model",
-                                            RANDOM_ANCHOR)
-        model.anchor.clip_model = build_clip_model(config.anchor).requires_grad_(False).eval()
-    still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
-    if still_meta:
-        raise ModelLoadError(f"cannot load checkpoint {cfg.checkpoint!r}: {len(still_meta)} tensor(s) got no "
-                             f"weights: {still_meta[:20]}")
-    model.to(device=device, dtype=dtype)
-    return model.eval()

@@ -24,11 +24,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ANCHOR_SOURCE",
@@ -38,12 +42,15 @@ __all__ = [
     "ReleaseFileError",
     "anchor_files",
     "check_anchor_folder",
+    "check_release",
     "check_release_tokenizer",
     "check_sam2_file",
     "is_release_checkpoint",
+    "load_release",
     "local_copy",
     "read_release_config",
     "release_llm_config",
+    "release_vrshq_config",
 ]
 
 RELEASE_SOURCE = "the VRS-HQ release (the VRS-HQ-7B weights linked from https://github.com/SitongGong/VRS-HQ)"
@@ -244,3 +251,149 @@ def local_copy(uri: str, names: list[str] | tuple[str, ...], storage_options: Ma
         fs.get_file(remote, partial)
         os.replace(partial, local)
     return target
+
+
+def _index_keys(uri: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Tensor names of a folder's index file (no weights read); empty without an index."""
+    fs, path = _fs(uri, storage_options)
+    for name in ("pytorch_model.bin.index.json", "model.safetensors.index.json"):
+        if _isfile(fs, f"{path}/{name}"):
+            with fs.open(f"{path}/{name}", "r") as handle:
+                weight_map = json.load(handle).get("weight_map")
+            return list(weight_map) if isinstance(weight_map, dict) else []
+    return []
+
+
+def check_release(
+    uri: str,
+    *,
+    anchor: str | None,
+    sam2: str | None = None,
+    anchor_image_size: int = 336,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Every file that loading the release folder ``uri`` needs, before any work: its weight files (a
+    local folder's pickles pass the weights-only check, memory-mapped; a remote one's are checked to
+    exist), ``tokenizer.model``, the anchor folder (unless ``anchor`` is ``"random"``), and SAM2.
+
+    Raises:
+        ReleaseFileError: naming the missing file and where to get it.
+        CheckpointError: an unreadable or unsafe weight file, or a broken index.
+    """
+    from vrshq.model.weight_files import list_weight_files, open_weight_files
+
+    fs, _ = _fs(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        open_weight_files(uri, storage_options)
+    else:  # a remote release is not copied to check it
+        list_weight_files(uri, storage_options)
+    check_release_tokenizer(uri, storage_options)
+    keys = _index_keys(uri, storage_options)
+    if anchor is None and not any(k.startswith("clip_model.") for k in keys):
+        raise ReleaseFileError(
+            uri, f"the released VRS-HQ weights do not hold the CLIP ViT-L/14-336 anchor model: pass --anchor <folder> "
+                 f"with the files of {ANCHOR_SOURCE}, or --anchor {RANDOM_ANCHOR} to pick frames with a random anchor")
+    if anchor is not None and anchor != RANDOM_ANCHOR:
+        check_anchor_folder(anchor, anchor_image_size, storage_options)
+    if sam2 is not None:
+        check_sam2_file(sam2, storage_options)
+    elif keys and not any(k.startswith("model.visual_model.") for k in keys):
+        raise ReleaseFileError(uri, f"holds no SAM2 weights (model.visual_model.*): pass --sam2 <file> with {SAM2_SOURCE}")
+
+
+def release_vrshq_config(
+    uri: str,
+    base: Any,
+    *,
+    anchor: str | None,
+    release_config: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """``base`` (a preset's ``VrshqConfig``) adapted to the release folder ``uri``: the LLM sizes of its
+    ``config.json``, a local copy of its tokenizer files, the anchor folder's tokenizer (its weights
+    load with the release's), no weight paths (every weight comes from the files).
+
+    Raises:
+        ReleaseFileError: ``uri`` is not a release folder, or a file is missing.
+    """
+    from vrshq.model.tokenizer import LLAMA_TOKENIZER_FILES
+
+    release = release_config if release_config is not None else read_release_config(uri, storage_options)
+    if release is None:
+        raise ReleaseFileError(_join(uri, "config.json"), "missing, or written by vrshq: not a released folder")
+    fs, path = _fs(uri, storage_options)
+    tokenizer_dir = local_copy(uri, [n for n in LLAMA_TOKENIZER_FILES if _isfile(fs, f"{path}/{n}")], storage_options)
+    llm = release_llm_config(base.llm, release, tokenizer_path=tokenizer_dir)
+    select_layer = int(release.get("mm_vision_select_layer", base.vision.select_layer))
+    vision = dataclasses.replace(base.vision, weights_path=None, select_layer=select_layer)
+    anchor_tokenizer = None
+    if anchor is not None and anchor != RANDOM_ANCHOR:
+        anchor_tokenizer = local_copy(anchor, anchor_files(anchor, storage_options), storage_options)
+    anchor_cfg = dataclasses.replace(base.anchor, weights_path=None, tokenizer_path=anchor_tokenizer)
+    sam2 = dataclasses.replace(base.sam2, checkpoint_uri=None)
+    return dataclasses.replace(base, llm=llm, vision=vision, anchor=anchor_cfg, sam2=sam2)
+
+
+def load_release(
+    uri: str,
+    config: Any = None,
+    *,
+    anchor: str | None,
+    sam2: str | None = None,
+    device: Any = "cpu",
+    dtype: Any = None,
+    seed: int = 0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """Build a ``VrshqModel`` from the release folder ``uri`` as published, in eval mode.
+
+    Every parameter is created on the meta device (buffers real), then the release's shards, the
+    anchor folder's weights and ``sam2``'s are read one file at a time and each tensor materialised
+    on ``device`` in ``dtype`` (strict: a missing, extra or mis-shaped key is an error), so host
+    memory holds one shard, not a second copy of the model.
+
+    Args:
+        uri: the release folder (local, ``s3://``, ``hf://<repo>``).
+        config: the ``VrshqConfig`` (default: the ``vrshq-7b`` preset adapted with
+            :func:`release_vrshq_config`).
+        anchor: the ``openai/clip-vit-large-patch14-336`` folder, or ``"random"`` for a random anchor
+            (logged as a warning); None only if the checkpoint holds ``clip_model.*``.
+        sam2: a SAM2 checkpoint, loaded after the release (replacing its SAM2), or None.
+        device, dtype: where the model lives and its floating dtype (default float32).
+        seed: seeds the random anchor.
+
+    Example::
+
+        model = load_release("hf://<release repo>", anchor="hf://openai/clip-vit-large-patch14-336",
+                             device="cuda", dtype=torch.bfloat16)
+        results = model.segment_video(frames, ["the dog that jumps first"])
+    """
+    import torch
+    from accelerate import init_empty_weights
+
+    from vrshq.builders import build_vrshq, vrshq_7b_config
+    from vrshq.model.frame_sampling import build_clip_model
+    from vrshq.model.official_names import load_official_checkpoint
+
+    if config is None:
+        config = release_vrshq_config(uri, vrshq_7b_config(), anchor=anchor, storage_options=storage_options)
+    device = torch.device(device)
+    dtype = torch.float32 if dtype is None else dtype
+    random_anchor = anchor in (None, RANDOM_ANCHOR)
+    torch.manual_seed(seed)
+    with init_empty_weights(include_buffers=False):
+        model = build_vrshq(config)
+    load_official_checkpoint(model, uri, storage_options=storage_options,
+                             anchor_uri=None if random_anchor else anchor, sam2_uri=sam2,
+                             allow_missing_anchor=random_anchor, device=device, dtype=dtype)
+    if random_anchor and any(p.is_meta for p in model.anchor.clip_model.parameters()):
+        if anchor is None:
+            raise ReleaseFileError(uri, f"holds no CLIP-336 anchor (clip_model.*): pass anchor=<folder> ({ANCHOR_SOURCE}) "
+                                        f"or anchor={RANDOM_ANCHOR!r}")
+        logger.warning("anchor=%s: frames are picked by a randomly initialised CLIP model", RANDOM_ANCHOR)
+        model.anchor.clip_model = build_clip_model(config.anchor).requires_grad_(False).eval()
+    still_meta = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if still_meta:
+        raise ReleaseFileError(uri, f"{len(still_meta)} tensor(s) got no weights: {still_meta[:20]}")
+    model.to(device=device, dtype=dtype)
+    return model.eval()
