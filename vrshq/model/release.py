@@ -344,6 +344,7 @@ def load_release(
     dtype: Any = None,
     seed: int = 0,
     storage_options: Mapping[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Any:
     """Build a ``VrshqModel`` from the release folder ``uri`` as published, in eval mode.
 
@@ -361,6 +362,9 @@ def load_release(
         sam2: a SAM2 checkpoint, loaded after the release (replacing its SAM2), or None.
         device, dtype: where the model lives and its floating dtype (default float32).
         seed: seeds the random anchor.
+        timings: filled with seconds spent on ``build`` (config, tokenizer, empty model), ``read``
+            (opening and unpickling the files), ``copy`` (materialising each tensor on ``device``,
+            which for memory-mapped files includes reading their pages) and ``finish`` (the rest).
 
     Example::
 
@@ -375,6 +379,9 @@ def load_release(
     from vrshq.model.frame_sampling import build_clip_model
     from vrshq.model.official_names import load_official_checkpoint
 
+    import time
+
+    start = time.perf_counter()
     if config is None:
         config = release_vrshq_config(uri, vrshq_7b_config(), anchor=anchor, storage_options=storage_options)
     device = torch.device(device)
@@ -383,9 +390,11 @@ def load_release(
     torch.manual_seed(seed)
     with init_empty_weights(include_buffers=False):
         model = build_vrshq(config)
-    load_official_checkpoint(model, uri, storage_options=storage_options,
-                             anchor_uri=None if random_anchor else anchor, sam2_uri=sam2,
-                             allow_missing_anchor=random_anchor, device=device, dtype=dtype)
+    built = time.perf_counter()
+    report = load_official_checkpoint(model, uri, storage_options=storage_options,
+                                      anchor_uri=None if random_anchor else anchor, sam2_uri=sam2,
+                                      allow_missing_anchor=random_anchor, device=device, dtype=dtype)
+    loaded = time.perf_counter()
     if random_anchor and any(p.is_meta for p in model.anchor.clip_model.parameters()):
         if anchor is None:
             raise ReleaseFileError(uri, f"holds no CLIP-336 anchor (clip_model.*): pass anchor=<folder> ({ANCHOR_SOURCE}) "
@@ -396,4 +405,10 @@ def load_release(
     if still_meta:
         raise ReleaseFileError(uri, f"{len(still_meta)} tensor(s) got no weights: {still_meta[:20]}")
     model.to(device=device, dtype=dtype)
-    return model.eval()
+    model.eval()
+    if timings is not None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.update(build=built - start, read=report.read_seconds, copy=report.copy_seconds,
+                       finish=time.perf_counter() - loaded + (loaded - built - report.read_seconds - report.copy_seconds))
+    return model
