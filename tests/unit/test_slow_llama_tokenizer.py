@@ -63,3 +63,18 @@ def test_bad_legacy_value_is_named(tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps({"legacy": "no"}))
     with pytest.raises(ValueError, match="tokenizer_config.json: 'legacy' must be"):
         load_llama_tokenizer(folder)
+
+
+def test_vrshq_checkpoint_keeps_the_slow_tokenizer(tmp_path):
+    """A checkpoint saved from a model with the release's tokenizer restores the same prompt ids."""
+    import torch
+
+    from vrshq.model.checkpoint import load_vrshq_tokenizer, save_vrshq_checkpoint
+
+    tok = load_llama_tokenizer(_tokenizer_folder(tmp_path, False))
+    add_vrshq_tokens(tok)
+    save_vrshq_checkpoint(torch.nn.Linear(2, 2), str(tmp_path / "ck"), tokenizer=tok)
+    loaded = load_vrshq_tokenizer(str(tmp_path / "ck"))
+    assert getattr(loaded, PIECE_ENCODER_ATTR).legacy is False
+    for text, want in zip(_EXPECTED["texts"], _EXPECTED["ids"]["legacy_false"], strict=True):
+        assert tokenize_prompt(loaded, text) == want, text

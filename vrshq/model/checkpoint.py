@@ -313,6 +313,9 @@ def save_vrshq_checkpoint(
         if tokenizer is not None and tokenizer is not False:
             tok_dir = os.path.join(staging, "tokenizer")
             tokenizer.save_pretrained(tok_dir)
+            encoder = getattr(tokenizer, "vrshq_piece_encoder", None)
+            if encoder is not None:  # the slow LLaMA tokenizer: keep its SentencePiece model and legacy flag
+                encoder.save(tok_dir)
             tokenizer_files = tuple(sorted(os.listdir(tok_dir)))
             for name in tokenizer_files:
                 fs.put_file(os.path.join(tok_dir, name), f"{root}/{name}")
@@ -660,14 +663,15 @@ def load_vrshq_config(uri: str, *, storage_options: Mapping[str, Any] | None = N
 
 def load_vrshq_tokenizer(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The tokenizer saved beside the weights (with ``[SEG]``/``[TAK]``), via
-    :func:`vrshq.model.tokenizer.load_tokenizer` on a local copy of its files.
+    :func:`vrshq.model.tokenizer.load_tokenizer` on a local copy of its files, or
+    :func:`vrshq.model.tokenizer.load_llama_tokenizer` when they hold a slow LLaMA ``tokenizer.model``.
 
     Raises:
         CheckpointNotFoundError: the checkpoint was saved without a tokenizer.
     """
-    from vrshq.model.tokenizer import load_tokenizer
+    from vrshq.model.tokenizer import load_llama_tokenizer, load_tokenizer
 
-    names: Iterable[str] = _read_config_json(uri, storage_options).get("tokenizer_files") or []
+    names: Iterable[str] = list(_read_config_json(uri, storage_options).get("tokenizer_files") or [])
     if not names:
         raise CheckpointNotFoundError(uri, "the checkpoint holds no tokenizer files; save it with "
                                            "save_vrshq_checkpoint(model, uri, tokenizer=tokenizer)")
@@ -675,4 +679,5 @@ def load_vrshq_tokenizer(uri: str, *, storage_options: Mapping[str, Any] | None 
     with tempfile.TemporaryDirectory(prefix="vrshq-tok-") as tmp:
         for name in names:
             fs.get_file(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name))
-        return load_tokenizer(tmp)
+        # A slow LLaMA tokenizer (saved with its tokenizer.model) keeps the 4.31 prompt ids.
+        return load_llama_tokenizer(tmp) if "tokenizer.model" in names else load_tokenizer(tmp)

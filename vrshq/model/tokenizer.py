@@ -102,6 +102,25 @@ class SlowLlamaPieceEncoder:
             self._sp = processor
         return self._sp
 
+    def save(self, folder: str | os.PathLike) -> tuple[str, ...]:
+        """Write `tokenizer.model` and this `legacy` flag (into `tokenizer_config.json`) to `folder`,
+        beside a `save_pretrained` of the tokenizer, so :func:`load_llama_tokenizer` restores this
+        encoder. Returns the names written."""
+        import json
+
+        folder = os.fspath(folder)
+        with open(os.path.join(folder, "tokenizer.model"), "wb") as handle:
+            handle.write(self._proto)
+        config_path = os.path.join(folder, "tokenizer_config.json")
+        config = {}
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        config["legacy"] = self.legacy
+        with open(config_path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2)
+        return ("tokenizer.model", "tokenizer_config.json")
+
     def encode(self, text: str, *, first: bool) -> list[int]:
         """Ids of `text`, a piece of one `tokenizer(...)` call after the split on added tokens.
 
