@@ -92,3 +92,11 @@ def test_release_folder_runs_end_to_end(release, ray_on_head, tmp_path):  # noqa
         got = decode_masks([r["rle_counts"] for r in rows], height=64, width=96)
         np.testing.assert_array_equal(got, result.masks, err_msg=expression.exp_id)
         assert [r["is_keyframe"] for r in rows].index(True) == result.keyframe_idx
+
+
+def test_anchor_and_sam2_need_a_checkpoint(no_ray, tmp_path, capsys):
+    code = infer.main(["--manifest", str(tmp_path), "--out", str(tmp_path / "o"), "--anchor", "random",
+                       "--sam2", "/models/sam2_hiera_large.pt"])
+    err = capsys.readouterr().err
+    assert code == infer.EXIT_USAGE
+    assert "anchor='random' applies to a released checkpoint" in err and "sam2=" in err

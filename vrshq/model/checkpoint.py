@@ -22,7 +22,8 @@ Loading is strict (sam2's ``_load_checkpoint`` trait, but the keys are in the me
 unexpected keys and shape mismatches (with both shapes) are collected first, from the safetensors
 headers alone, and reported in one :class:`CheckpointMismatchError` before any weight is copied.
 Pickle files (``.bin``/``.pt``/``.pth``/``.ckpt``, e.g. an official release) are read only with
-``torch.load(weights_only=True)``; a file holding anything but tensors is refused with
+``torch.load(weights_only=True)`` (memory-mapped where the file is local, so its pages are read as
+tensors are copied); a file holding anything but tensors is refused with
 :class:`UnsafeCheckpointError` and nothing in it is executed.
 
 The released VRS-HQ weights use the official module names; load them with
