@@ -4,6 +4,7 @@ the CLIP-336 anchor from its own folder; missing files are named before any work
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -143,3 +144,25 @@ def test_release_on_s3_loads_through_fsspec(folders, source, s3_server, tmp_path
     assert (tmp_path / "cache" / "files").is_dir()  # the tokenizer and anchor files, copied once
     model = load_release(release, config, anchor=anchor, storage_options=options)
     _assert_weights_equal_release(model, source)
+
+
+def test_sam2_checkpoint_fills_a_release_without_sam2(folders, source, tmp_path):
+    release = tmp_path / "release"
+    shutil.copytree(folders["bin"], release)
+    shard = release / "pytorch_model-00002-of-00002.bin"
+    tensors = torch.load(shard, weights_only=True)
+    torch.save({k: v for k, v in tensors.items() if not k.startswith("model.visual_model.")}, shard)
+    index = json.loads((release / "pytorch_model.bin.index.json").read_text())
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if not k.startswith("model.visual_model.")}
+    (release / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(ReleaseFileError, match="no SAM2 weights.*--sam2.*sam2-hiera-large"):
+        check_release(str(release), anchor="random")
+    other = {k: v + 1 if v.is_floating_point() else v  # another SAM2, as its release: {"model": state dict}
+             for k, v in source.sam2.sam2.state_dict().items()}
+    torch.save({"model": other}, tmp_path / "sam2_hiera_tiny.pt")
+    check_release(str(release), anchor="random", sam2=str(tmp_path / "sam2_hiera_tiny.pt"))
+    model = _load(release, str(folders["anchor"]), sam2=str(tmp_path / "sam2_hiera_tiny.pt"))
+    for key, tensor in other.items():
+        assert torch.equal(model.sam2.sam2.state_dict()[key], tensor), key
+    with pytest.raises(CheckpointMismatchError, match="sam2.sam2."):
+        _load(release, str(folders["anchor"]))
