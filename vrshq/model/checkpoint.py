@@ -534,10 +534,11 @@ def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, igno
         for wf in files:
             start = time.perf_counter()
             tensors = wf.read()
+            owned = tensors is not wf.tensors  # a dict made by read(): each tensor is dropped once copied
             read_s += time.perf_counter() - start
             start = time.perf_counter()
             for key in list(tensors):
-                tensor = tensors.pop(key) if wf.tensors is None else tensors[key]
+                tensor = tensors.pop(key) if owned else tensors[key]
                 name = resolved.get(key)
                 if name is None or key in skip:
                     continue
@@ -545,6 +546,8 @@ def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, igno
                 loaded.add(name)
                 del tensor
             del tensors
+            if wf.fs is not None:  # a file this module read (e.g. a remote pickle held whole): release it
+                wf.tensors = None
             copy_s += time.perf_counter() - start
     still_meta = tuple(name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta)
     unexplained = [n for n in still_meta if not any(p.match(n) for p in allowed)]  # allowed: filled by the caller
