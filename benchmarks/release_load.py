@@ -18,6 +18,12 @@ Run (GPU, full size; writes ~16 GB under --dir once, reused by later runs)::
 Prints the load time (build on empty weights; file read; tensor copy to the device; the rest), the
 time to the first mask and to all masks, and the peak host memory (max RSS) and peak GPU memory, one
 ``name: value`` line each, then the same as one JSON line.
+
+``--compare`` first loads the same folders twice more, each in a fresh child process: this path, and
+the plain one (the model built with random weights on the CPU in float32, every shard read whole,
+converted, copied in, cast and moved to the device), and prints their load times and peak host
+memory with the ratio plain / streamed. At 7B the plain load needs ~45 GB of host memory (a float32
+model plus the bf16 tensors) and its random init takes minutes on the CPU.
 """
 
 from __future__ import annotations
@@ -147,6 +153,61 @@ def _synthetic_video(frames: int, height: int, width: int) -> np.ndarray:
     return video
 
 
+def _load_streamed(release: str, anchor: str, config, device: torch.device, dtype: torch.dtype):
+    from vrshq.model.release import load_release
+
+    return load_release(release, config, anchor=anchor, device=device, dtype=dtype)
+
+
+def _load_plain(release: str, anchor: str, config, device: torch.device, dtype: torch.dtype):
+    """The load without streaming: a random-init float32 model on the CPU, all tensors in memory at once."""
+    from vrshq.builders import build_vrshq
+    from vrshq.model.checkpoint import load_state_dict_into, read_state_dict
+    from vrshq.model.official_names import OFFICIAL_ANCHOR_PREFIX, convert_official_state_dict
+
+    model = build_vrshq(config)
+    tensors = read_state_dict(release)
+    tensors = {k: v.clone() for k, v in tensors.items()}  # read whole, as torch.load without mmap does
+    tensors.update({OFFICIAL_ANCHOR_PREFIX + k: v.clone() for k, v in read_state_dict(anchor).items()})
+    load_state_dict_into(model, convert_official_state_dict(tensors), source=release)
+    del tensors
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_only(mode: str, folder: pathlib.Path, preset: str, device: torch.device) -> dict:
+    """Load the folders with ``mode`` in this (fresh) process: seconds and peak memory."""
+    from vrshq.model.release import release_vrshq_config
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    release, anchor = str(folder / "release"), str(folder / "anchor")
+    start = time.perf_counter()
+    config = release_vrshq_config(release, release_preset_config(preset), anchor=anchor)
+    model = (_load_streamed if mode == "streamed" else _load_plain)(release, anchor, config, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"mode": mode, "load_s": round(time.perf_counter() - start, 2), "peak_host_rss_gb": round(_max_rss_gb(), 3),
+            "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else 0.0,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def _child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _compare(folder: pathlib.Path, preset: str, device_name: str) -> dict:
+    """Both loads, each in a fresh child process (so each peak RSS is its own); the ratios plain / streamed."""
+    rows = {}
+    for mode in ("streamed", "plain"):
+        out = subprocess.run([sys.executable, "-m", "benchmarks.release_load", "--preset", preset, "--dir", str(folder),
+                              "--device", device_name, "--load-only", mode], check=True, cwd=_REPO, env=_child_env(),
+                             capture_output=True, text=True).stdout
+        rows[mode] = json.loads(out.strip().splitlines()[-1])
+    streamed, plain = rows["streamed"], rows["plain"]
+    return {"streamed": streamed, "plain": plain,
+            "peak_host_rss_ratio_plain_over_streamed": round(plain["peak_host_rss_gb"] / streamed["peak_host_rss_gb"], 2),
+            "load_time_ratio_plain_over_streamed": round(plain["load_s"] / streamed["load_s"], 2)}
+
+
 def _max_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -161,24 +222,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--expressions", type=int, default=2, choices=(1, 2))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--rewrite", action="store_true", help="write the folders again even if present")
+    parser.add_argument("--compare", action="store_true",
+                        help="also load with the plain (non-streamed) path, each load in a fresh process")
     parser.add_argument("--write-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--load-only", choices=("streamed", "plain"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = pathlib.Path(args.dir)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.write_only:
         write_release(folder, args.preset)
+        return 0
+    if args.load_only:
+        print(json.dumps(_load_only(args.load_only, folder, args.preset, device)))
         return 0
     done = folder / _DONE
     if args.rewrite or not done.is_file() or done.read_text().strip() != args.preset:
         start = time.perf_counter()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, "-m", "benchmarks.release_load", "--preset", args.preset, "--dir", str(folder),
-                        "--write-only"], check=True, cwd=_REPO, env=env)
+                        "--write-only"], check=True, cwd=_REPO, env=_child_env())
         print(f"wrote the release-format folders in {time.perf_counter() - start:.1f} s (child process)")
+    comparison = None
+    if args.compare:
+        comparison = _compare(folder, args.preset, str(device))
+        for mode in ("streamed", "plain"):
+            print(f"{mode} load (fresh process): {comparison[mode]['load_s']} s, peak host RSS "
+                  f"{comparison[mode]['peak_host_rss_gb']} GB, peak GPU {comparison[mode]['peak_gpu_gb']} GB")
+        print(f"peak host RSS plain / streamed: {comparison['peak_host_rss_ratio_plain_over_streamed']}x; "
+              f"load time plain / streamed: {comparison['load_time_ratio_plain_over_streamed']}x")
 
     from pipelines.video_io import resize_frames
     from vrshq.model.release import load_release, release_vrshq_config
 
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     release, anchor = str(folder / "release"), str(folder / "anchor")
     timings: dict[str, float] = {}
@@ -216,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peak_gpu_gb_after_load": round(gpu_after_load, 2),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else 0.0,
     }
+    if comparison is not None:
+        row["compare"] = comparison
     for key, value in row.items():
         print(f"{key}: {value}")
     print(json.dumps(row))

@@ -31,7 +31,7 @@ def test_7b_layout_is_the_published_one():
 @pytest.mark.slow
 def test_tiny_run_loads_and_segments(tmp_path, capsys):
     assert release_load.main(["--preset", "tiny", "--dir", str(tmp_path), "--frames", "3", "--height", "90",
-                              "--width", "160", "--expressions", "1", "--device", "cpu"]) == 0
+                              "--width", "160", "--expressions", "1", "--device", "cpu", "--compare"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sorted(p.name for p in (tmp_path / "release").iterdir()) == [
         "added_tokens.json", "config.json", "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin",
@@ -39,3 +39,6 @@ def test_tiny_run_loads_and_segments(tmp_path, capsys):
     assert row["preset"] == "tiny" and row["frames"] == 3 and row["first_chunk_frames"] >= 1
     for key in ("load_s", "build_s", "read_s", "copy_to_device_s", "first_mask_s", "all_masks_s", "peak_host_rss_gb"):
         assert row[key] > 0, key
+    compare = row["compare"]
+    assert compare["streamed"]["parameters"] == compare["plain"]["parameters"] == row["parameters"]
+    assert compare["peak_host_rss_ratio_plain_over_streamed"] > 0
