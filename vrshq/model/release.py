@@ -247,7 +247,7 @@ def local_copy(uri: str, names: list[str] | tuple[str, ...], storage_options: Ma
         local = os.path.join(target, name)
         if os.path.isfile(local) and os.path.getsize(local) == size:
             continue
-        partial = local + ".partial"
+        partial = f"{local}.{os.getpid()}.partial"  # actors of one node may copy at once: each its own file
         fs.get_file(remote, partial)
         os.replace(partial, local)
     return target
