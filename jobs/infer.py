@@ -16,6 +16,13 @@ Run locally or on a Ray cluster::
         compute.num_actors=8
     python -m jobs.infer --manifest m.parquet --out /tmp/out --preset tiny --seed 0   # random-init demo
 
+The released VRS-HQ-7B folder loads as published (sharded .bin/.safetensors, config.json, slow
+tokenizer files); the CLIP ViT-L/14-336 anchor model, which it does not hold, is its own option
+(``--anchor random`` for a random one); see docs/released-weights.md::
+
+    python -m jobs.infer --manifest m.parquet --out /tmp/out --preset vrshq-7b --checkpoint /models/VRS-HQ-7B \
+        --anchor hf://openai/clip-vit-large-patch14-336
+
 On a schedule (bulk annotation): run the same command from cron or a CI timer; each run only does
 what is missing and appends, so overlapping schedules are safe (the second run is refused while the
 first holds ``<out>/_lock.json``, exit status 3)::

@@ -203,7 +203,21 @@ class InferenceConfig:
     dataset: DatasetConfig | None = field(default=None, metadata={"help": "dataset input; or give --manifest"})
     preset: str = field(default="tiny", metadata={"help": f"model preset: {sorted(MODEL_PRESETS)}"})
     checkpoint: str | None = field(
-        default=None, metadata={"help": "checkpoint URI; null: random init from seed (demos, tests)"}
+        default=None,
+        metadata={"help": "checkpoint URI (local, s3://, hf://<repo>): a vrshq checkpoint, or the released VRS-HQ "
+                  "folder as published (sharded .bin/.safetensors + index, config.json, slow tokenizer files); "
+                  "null: random init from seed (demos, tests)"},
+    )
+    anchor: str | None = field(
+        default=None,
+        metadata={"help": "the CLIP ViT-L/14-336 anchor model for a released checkpoint, which does not hold it: a "
+                  "folder in the openai/clip-vit-large-patch14-336 layout (local, s3://, "
+                  "hf://openai/clip-vit-large-patch14-336), or 'random' for a random anchor (tests, benchmarks)"},
+    )
+    sam2: str | None = field(
+        default=None,
+        metadata={"help": "a SAM2 checkpoint (e.g. sam2_hiera_large.pt; local, s3://, hf://) for a released "
+                  "checkpoint without SAM2 weights; it replaces the checkpoint's SAM2 where both exist"},
     )
     seed: int = field(default=0, metadata={"help": "torch seed of the random init (no checkpoint)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: where the model actors run"})
@@ -253,6 +267,13 @@ class InferenceConfig:
                 if not _PARTITION_VALUE.match(str(value)):
                     problems.append(f"dataset.{key}={value!r} must match {_PARTITION_VALUE.pattern} "
                                     f"(it becomes a folder name)")
+        for name in ("anchor", "sam2"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                problems.append(f"{name} must be null or a non-empty URI, got {value!r}")
+            elif value is not None and self.checkpoint is None:
+                problems.append(f"{name}={value!r} applies to a released checkpoint (--checkpoint <release folder>); "
+                                "without a checkpoint every weight is random")
         if self.preset not in MODEL_PRESETS:
             problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

@@ -4,6 +4,13 @@ The same function runs in every model actor and in tests that compare the pipeli
 in-process model, so "the same config gives the same weights" holds by construction: random init
 is seeded with ``cfg.seed`` right before the build, and a checkpoint overwrites every weight
 (strict loading, ``vrshq.model.checkpoint``).
+
+Two kinds of checkpoint load: a vrshq checkpoint (its ``config.json`` holds the model config), and
+the released VRS-HQ folder as published (``vrshq.model.release``). For the release, the preset gives
+the architecture, the release's ``config.json`` the LLM sizes, its slow-tokenizer files the tokenizer;
+the CLIP-336 anchor comes from ``cfg.anchor`` (a folder, or ``random`` on request) and SAM2 from the
+release or ``cfg.sam2``. The model is built on empty weights and filled shard by shard on its device
+(``vrshq.model.official_names.load_official_checkpoint``), so a 7B load does not hold the weights twice.
 """
 from __future__ import annotations
 
@@ -16,7 +23,15 @@ if TYPE_CHECKING:
 
     from vrshq.config import VrshqConfig
 
-__all__ = ["ModelLoadError", "build_model", "check_model_source", "model_config", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "ModelLoadError",
+    "build_model",
+    "build_release_model",
+    "check_model_source",
+    "model_config",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -56,34 +71,71 @@ def resolve_dtype(name: "str | torch.dtype", device: "torch.device") -> "torch.d
     return dtypes[name]
 
 
-def model_config(cfg: InferenceConfig) -> "VrshqConfig":
-    """The model's ``VrshqConfig``: the checkpoint's ``config.json`` if it has one, else the preset's."""
-    if cfg.checkpoint is not None:
-        from vrshq.model.checkpoint import CheckpointNotFoundError, load_vrshq_config
-
-        try:
-            return load_vrshq_config(cfg.checkpoint, storage_options=cfg.storage_options)
-        except CheckpointNotFoundError:
-            pass  # a bare weights file: the preset gives the architecture
+def _preset_config(cfg: InferenceConfig) -> "VrshqConfig":
     import vrshq.builders as builders
 
     return getattr(builders, MODEL_PRESETS[cfg.preset])()
 
 
+def model_config(cfg: InferenceConfig) -> "VrshqConfig":
+    """The model's ``VrshqConfig``: the checkpoint's ``config.json`` if it has one, the preset adapted
+    to a released checkpoint, else the preset's."""
+    if cfg.checkpoint is not None:
+        from vrshq.model.checkpoint import CheckpointNotFoundError, load_vrshq_config
+        from vrshq.model.release import read_release_config
+
+        release = read_release_config(cfg.checkpoint, cfg.storage_options)
+        if release is not None:
+            from vrshq.model.release import release_vrshq_config
+
+            return release_vrshq_config(cfg.checkpoint, _preset_config(cfg), anchor=cfg.anchor,
+                                        release_config=release, storage_options=cfg.storage_options)
+        try:
+            return load_vrshq_config(cfg.checkpoint, storage_options=cfg.storage_options)
+        except CheckpointNotFoundError:
+            pass  # a bare weights file: the preset gives the architecture
+    return _preset_config(cfg)
+
+
 def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
     """Fail fast (on the driver, before any Ray work) when the preset or checkpoint is unusable.
 
-    Reads only small files: the checkpoint's ``config.json`` and the existence of its weights.
-    The strict key/shape check happens when each actor loads the weights, before its first video.
+    Reads only small files: the checkpoint's ``config.json``, its index and the existence of its
+    weights; for a released checkpoint also its tokenizer files and the anchor folder's. The strict
+    key/shape check happens when each actor loads the weights, before its first video.
 
     Raises:
-        ModelLoadError: naming the checkpoint URI and the problem.
+        ModelLoadError: naming the checkpoint URI (or the missing file) and the problem.
     """
+    from vrshq.model.checkpoint import CheckpointError
+    from vrshq.model.release import ReleaseFileError, read_release_config
+
+    release = None
+    if cfg.checkpoint is not None:
+        try:
+            release = read_release_config(cfg.checkpoint, cfg.storage_options)
+        except ReleaseFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is not readable: {exc}") from exc
+    if release is not None:
+        from vrshq.model.release import check_release
+
+        try:
+            check_release(cfg.checkpoint, anchor=cfg.anchor, sam2=cfg.sam2, storage_options=cfg.storage_options,
+                          anchor_image_size=_preset_config(cfg).anchor.vision_image_size)
+        except (ReleaseFileError, CheckpointError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+    elif cfg.anchor is not None or cfg.sam2 is not None:
+        raise ModelLoadError(f"--anchor/--sam2 apply to a released VRS-HQ checkpoint; {cfg.checkpoint!r} is a vrshq "
+                             "checkpoint, which holds its anchor and SAM2 weights")
     try:
         config = model_config(cfg)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure here is a config problem to report
         raise ModelLoadError(f"cannot get the model config (preset={cfg.preset!r}, checkpoint={cfg.checkpoint!r}): {exc}") from exc
-    if cfg.checkpoint is not None:
+    if cfg.checkpoint is not None and release is None:
         import fsspec
 
         try:
@@ -94,15 +146,13 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
         if not exists:
             raise ModelLoadError(
                 f"checkpoint {cfg.checkpoint!r} does not exist; give a folder written by "
-                "vrshq.model.checkpoint.save_vrshq_checkpoint, or preset=<name> seed=<n> for a random init"
+                "vrshq.model.checkpoint.save_vrshq_checkpoint, the released VRS-HQ folder, or preset=<name> "
+                "seed=<n> for a random init"
             )
-        from vrshq.model.checkpoint import CheckpointError
+        from vrshq.model.weight_files import open_weight_files
 
         try:
-            from vrshq.model import checkpoint as ckpt
-
-            # Headers only for safetensors (a public check would be nicer: asked of the checkpoint owner).
-            ckpt._open_weight_files(cfg.checkpoint, cfg.storage_options)
+            open_weight_files(cfg.checkpoint, cfg.storage_options)  # safetensors headers; pickles weights-only
         except CheckpointError as exc:
             raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is unusable: {exc.reason}") from exc
         except Exception as exc:  # noqa: BLE001
@@ -139,6 +189,8 @@ def build_model(
         config = model_config(cfg)
     except Exception as exc:  # noqa: BLE001 - unreadable config.json etc.: one error type for callers
         raise ModelLoadError(f"cannot get the model config (preset={cfg.preset!r}, checkpoint={cfg.checkpoint!r}): {exc}") from exc
+    if cfg.checkpoint is not None and _is_release(cfg):
+        return build_release_model(cfg, config, device=device, dtype=dtype)
     torch.manual_seed(cfg.seed)
     model = build_vrshq(config, device=device)
     if cfg.checkpoint is not None:
@@ -151,3 +203,28 @@ def build_model(
     if dtype != torch.float32:
         model.to(dtype=dtype)
     return model.eval()
+
+
+def _is_release(cfg: InferenceConfig) -> bool:
+    from vrshq.model.release import is_release_checkpoint
+
+    return is_release_checkpoint(cfg.checkpoint, cfg.storage_options)
+
+
+def build_release_model(
+    cfg: InferenceConfig,
+    config: "VrshqConfig | None" = None,
+    *,
+    device: "torch.device | str",
+    dtype: "torch.dtype",
+) -> Any:
+    """:func:`vrshq.model.release.load_release` for an inference config (errors as :class:`ModelLoadError`)."""
+    from vrshq.model.checkpoint import CheckpointError
+    from vrshq.model.release import ReleaseFileError, load_release
+
+    try:
+        return load_release(cfg.checkpoint, config if config is not None else model_config(cfg), anchor=cfg.anchor,
+                            sam2=cfg.sam2, device=device, dtype=dtype, seed=cfg.seed,
+                            storage_options=cfg.storage_options)
+    except (CheckpointError, ReleaseFileError, ValueError, OSError) as exc:
+        raise ModelLoadError(f"cannot load checkpoint {cfg.checkpoint!r}: {exc}") from exc

@@ -84,13 +84,16 @@ def test_load_llama_tokenizer_missing_path_is_clear(tmp_path):
         load_tokenizer(tmp_path)
 
 
-def test_load_llama_tokenizer_warns_on_non_legacy_config(tmp_path):
+def test_load_llama_tokenizer_honours_legacy_flag(tmp_path):
+    """tokenizer_config.json's legacy=false is honoured (as transformers 4.31 does), not overridden."""
     import json
+
+    from vrshq.model.tokenizer import read_legacy_flag
 
     _toy_llama_tokenizer().save_pretrained(tmp_path)
     config_path = tmp_path / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["legacy"] = False
     config_path.write_text(json.dumps(config))
-    with pytest.warns(UserWarning, match="legacy=false"):
-        load_llama_tokenizer(tmp_path)
+    assert read_legacy_flag(tmp_path) is False
+    assert load_llama_tokenizer(tmp_path).legacy is False

@@ -22,7 +22,8 @@ Loading is strict (sam2's ``_load_checkpoint`` trait, but the keys are in the me
 unexpected keys and shape mismatches (with both shapes) are collected first, from the safetensors
 headers alone, and reported in one :class:`CheckpointMismatchError` before any weight is copied.
 Pickle files (``.bin``/``.pt``/``.pth``/``.ckpt``, e.g. an official release) are read only with
-``torch.load(weights_only=True)``; a file holding anything but tensors is refused with
+``torch.load(weights_only=True)`` (memory-mapped where the file is local, so its pages are read as
+tensors are copied); a file holding anything but tensors is refused with
 :class:`UnsafeCheckpointError` and nothing in it is executed.
 
 The released VRS-HQ weights use the official module names; load them with
@@ -43,6 +44,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -84,6 +86,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "inspect_checkpoint",
+    "load_files_into",
     "load_state_dict_into",
     "load_vrshq_checkpoint",
     "load_vrshq_config",
@@ -134,6 +137,9 @@ class LoadReport:
         mismatched: ``(key, checkpoint_shape, model_shape)``, not loaded.
         still_meta: parameters/buffers of a meta-device model that are still on the meta device after
             loading (missing keys, or non-persistent buffers that no checkpoint holds).
+        read_seconds: time spent reading the files (for memory-mapped pickles, mapping them; their
+            pages are read during the copy).
+        copy_seconds: time spent copying tensors into the model (materialising them on their device).
     """
 
     loaded: tuple[str, ...]
@@ -141,6 +147,8 @@ class LoadReport:
     unexpected: tuple[str, ...]
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]
     still_meta: tuple[str, ...] = ()
+    read_seconds: float = 0.0
+    copy_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,6 +314,9 @@ def save_vrshq_checkpoint(
         if tokenizer is not None and tokenizer is not False:
             tok_dir = os.path.join(staging, "tokenizer")
             tokenizer.save_pretrained(tok_dir)
+            encoder = getattr(tokenizer, "vrshq_piece_encoder", None)
+            if encoder is not None:  # the slow LLaMA tokenizer: keep its SentencePiece model and legacy flag
+                encoder.save(tok_dir)
             tokenizer_files = tuple(sorted(os.listdir(tok_dir)))
             for name in tokenizer_files:
                 fs.put_file(os.path.join(tok_dir, name), f"{root}/{name}")
@@ -465,8 +476,31 @@ def load_state_dict_into(
     return _load_files(model, [wf], strict=strict, ignore_missing=ignore_missing, source=source)
 
 
+def load_files_into(
+    model: nn.Module,
+    files: Sequence[WeightFile],
+    *,
+    strict: bool = True,
+    ignore_missing: Sequence[str] = (),
+    source: str = "<weight files>",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> LoadReport:
+    """:func:`load_vrshq_checkpoint` for weight files already opened (e.g. renamed official shards):
+    strictness is checked on the union of their shapes first, then the files are read one at a time,
+    so only one file's tensors are held at once.
+
+    Args:
+        device, dtype: where and in which (floating) dtype the tensors of a meta-device model are
+            materialised; default: the CPU and the model's dtype. Tensors of a built model keep theirs.
+    """
+    return _load_files(model, list(files), strict=strict, ignore_missing=ignore_missing, source=source,
+                       device=device, dtype=dtype)
+
+
 def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, ignore_missing: Sequence[str],
-                source: str) -> LoadReport:
+                source: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                ) -> LoadReport:
     target = model.state_dict(keep_vars=True)
     alias = _peft_aliases(target)
     provided: dict[str, tuple[int, ...]] = {}
@@ -495,21 +529,34 @@ def _load_files(model: nn.Module, files: list[WeightFile], *, strict: bool, igno
                                       mismatched=mismatched, hint=hint)
     skip = {k for k, _, _ in mismatched}
     loaded: set[str] = set()
+    read_s = copy_s = 0.0
     with torch.no_grad():
         for wf in files:
-            for key, tensor in wf.read().items():
+            start = time.perf_counter()
+            tensors = wf.read()
+            owned = tensors is not wf.tensors  # a dict made by read(): each tensor is dropped once copied
+            read_s += time.perf_counter() - start
+            start = time.perf_counter()
+            for key in list(tensors):
+                tensor = tensors.pop(key) if owned else tensors[key]
                 name = resolved.get(key)
                 if name is None or key in skip:
                     continue
-                _copy_into(target[name], tensor, model, name)
+                _copy_into(target[name], tensor, model, name, device=device, dtype=dtype)
                 loaded.add(name)
+                del tensor
+            del tensors
+            if wf.fs is not None:  # a file this module read (e.g. a remote pickle held whole): release it
+                wf.tensors = None
+            copy_s += time.perf_counter() - start
     still_meta = tuple(name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta)
-    if strict and still_meta and loaded:
-        raise CheckpointError(source, f"after loading, {len(still_meta)} tensor(s) are still on the meta device: "
-                              f"{list_keys(still_meta)}. Non-persistent buffers (RoPE inv_freq, CLIP position_ids) "
+    unexplained = [n for n in still_meta if not any(p.match(n) for p in allowed)]  # allowed: filled by the caller
+    if strict and unexplained and loaded:
+        raise CheckpointError(source, f"after loading, {len(unexplained)} tensor(s) are still on the meta device: "
+                              f"{list_keys(unexplained)}. Non-persistent buffers (RoPE inv_freq, CLIP position_ids) "
                               "are never in a checkpoint: build the model on a real device before loading")
     return LoadReport(loaded=tuple(sorted(loaded)), missing=tuple(missing), unexpected=tuple(unexpected),
-                      mismatched=tuple(mismatched), still_meta=still_meta)
+                      mismatched=tuple(mismatched), still_meta=still_meta, read_seconds=read_s, copy_seconds=copy_s)
 
 
 def _peft_aliases(target: Mapping[str, torch.Tensor]) -> dict[str, str]:
@@ -522,12 +569,14 @@ def _peft_aliases(target: Mapping[str, torch.Tensor]) -> dict[str, str]:
     return out
 
 
-def _copy_into(dest: torch.Tensor, src: torch.Tensor, model: nn.Module, name: str) -> None:
+def _copy_into(dest: torch.Tensor, src: torch.Tensor, model: nn.Module, name: str, *,
+               device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
     if dest.is_meta:
         # A model built on the meta device has no storage to copy into: materialise this tensor.
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
-        value = src.to(dest.dtype)
+        target_dtype = dtype if dtype is not None and dest.is_floating_point() else dest.dtype
+        value = src.to(device=device or "cpu", dtype=target_dtype, copy=True)
         if isinstance(dest, nn.Parameter):
             setattr(module, attr, nn.Parameter(value, requires_grad=dest.requires_grad))
         else:
@@ -618,14 +667,15 @@ def load_vrshq_config(uri: str, *, storage_options: Mapping[str, Any] | None = N
 
 def load_vrshq_tokenizer(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The tokenizer saved beside the weights (with ``[SEG]``/``[TAK]``), via
-    :func:`vrshq.model.tokenizer.load_tokenizer` on a local copy of its files.
+    :func:`vrshq.model.tokenizer.load_tokenizer` on a local copy of its files, or
+    :func:`vrshq.model.tokenizer.load_llama_tokenizer` when they hold a slow LLaMA ``tokenizer.model``.
 
     Raises:
         CheckpointNotFoundError: the checkpoint was saved without a tokenizer.
     """
-    from vrshq.model.tokenizer import load_tokenizer
+    from vrshq.model.tokenizer import load_llama_tokenizer, load_tokenizer
 
-    names: Iterable[str] = _read_config_json(uri, storage_options).get("tokenizer_files") or []
+    names: Iterable[str] = list(_read_config_json(uri, storage_options).get("tokenizer_files") or [])
     if not names:
         raise CheckpointNotFoundError(uri, "the checkpoint holds no tokenizer files; save it with "
                                            "save_vrshq_checkpoint(model, uri, tokenizer=tokenizer)")
@@ -633,4 +683,5 @@ def load_vrshq_tokenizer(uri: str, *, storage_options: Mapping[str, Any] | None 
     with tempfile.TemporaryDirectory(prefix="vrshq-tok-") as tmp:
         for name in names:
             fs.get_file(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name))
-        return load_tokenizer(tmp)
+        # A slow LLaMA tokenizer (saved with its tokenizer.model) keeps the 4.31 prompt ids.
+        return load_llama_tokenizer(tmp) if "tokenizer.model" in names else load_tokenizer(tmp)

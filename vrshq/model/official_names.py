@@ -36,11 +36,18 @@ other key that no rule maps is reported: :func:`convert_official_state_dict` rai
 :class:`UnknownOfficialKeysError` naming them unless ``unknown="keep"``.
 
 The released HF folder (``pytorch_model-0000i-of-0000n.bin`` + ``pytorch_model.bin.index.json``, or
-safetensors) is read by :func:`load_official_checkpoint` with ``torch.load(weights_only=True)`` only.
+safetensors) is read by :func:`load_official_checkpoint` with ``torch.load(weights_only=True)`` only,
+one shard at a time (local pickles are memory-mapped), so a model built on empty weights fills shard
+by shard without a second copy of the weights in host memory. The CLIP-336 anchor folder and a SAM2
+checkpoint, which the release does not hold or which replace its part, load in the same strict pass.
+
+:func:`to_official_state_dict` is the inverse mapping: it writes a vrshq state dict under the
+official names (release-format fixtures and benchmarks).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -49,18 +56,22 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vrshq.model.checkpoint import LoadReport, load_state_dict_into, read_state_dict
+from vrshq.model.checkpoint import LoadReport, load_files_into
+from vrshq.model.weight_files import WeightFile, as_uris, open_weight_files
 
 __all__ = [
     "OFFICIAL_IGNORED_KEYS",
     "OFFICIAL_KEY_MAP",
     "OFFICIAL_LORA_ALPHA",
     "OFFICIAL_WRAPPER_PREFIXES",
+    "OFFICIAL_ANCHOR_PREFIX",
+    "OFFICIAL_SAM2_PREFIX",
     "UnknownOfficialKeysError",
     "VRSHQ_ANCHOR_PREFIX",
     "convert_official_state_dict",
     "load_official_checkpoint",
     "merge_lora_weights",
+    "to_official_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +88,12 @@ VRSHQ_SAM2_PREFIX = "sam2.sam2."
 """``Sam2Segmenter.sam2``, a ``VrshqSam2`` (``SAM2Base`` parameter names)."""
 VRSHQ_ANCHOR_PREFIX = "anchor.clip_model."
 """``AnchorFrameSampler.clip_model``, a ``transformers.CLIPModel``."""
+
+OFFICIAL_ANCHOR_PREFIX = "clip_model."
+"""Official root of the CLIP-336 anchor; the tensors of an ``openai/clip-vit-large-patch14-336``
+folder get it to load as the anchor."""
+OFFICIAL_SAM2_PREFIX = "model.visual_model."
+"""Official root of SAM2; the tensors of a SAM2 checkpoint get it to load as the segmenter."""
 
 OFFICIAL_WRAPPER_PREFIXES: tuple[str, ...] = (r"^module\.", r"^base_model\.model\.")
 """Removed from every key, in this order, before the rules (DeepSpeed/DDP, then peft)."""
@@ -228,6 +245,61 @@ def convert_official_state_dict(
     return out
 
 
+# vrshq prefix -> official prefix, the inverse of OFFICIAL_KEY_MAP (longest vrshq prefix first).
+_INVERSE_PREFIXES: tuple[tuple[str, str], ...] = (
+    (VRSHQ_LLM_PREFIX + "model.", "model."),
+    (VRSHQ_LLM_PREFIX + "lm_head.", "lm_head."),
+    (VRSHQ_VISION_PREFIX + "vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+    (VRSHQ_VISION_PREFIX + "projector.", "model.mm_projector."),
+    (VRSHQ_SEG_HEAD_PREFIX + "mlp.0.", "model.text_hidden_fcs.0.0."),
+    (VRSHQ_SEG_HEAD_PREFIX + "mlp.2.", "model.text_hidden_fcs.0.2."),
+    (VRSHQ_SAM2_PREFIX, OFFICIAL_SAM2_PREFIX),
+    (VRSHQ_ANCHOR_PREFIX, OFFICIAL_ANCHOR_PREFIX),
+)
+
+
+def to_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename a vrshq state dict (or a name -> anything mapping) to the official names, the inverse of
+    :func:`convert_official_state_dict` on a merged checkpoint: ``convert(to_official(sd)) == sd``.
+
+    Raises:
+        ValueError: a key under no part of the official model (listed).
+
+    Example:
+        >>> sorted(to_official_state_dict({"vision.projector.bias": 0, "mllm.llm.lm_head.weight": 1}))
+        ['lm_head.weight', 'model.mm_projector.bias']
+    """
+    out: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, value in state_dict.items():
+        new = next((official + key[len(ours):] for ours, official in _INVERSE_PREFIXES if key.startswith(ours)), None)
+        if new is None:
+            unknown.append(key)
+            continue
+        out[new] = value
+    if unknown:
+        raise ValueError(f"{len(unknown)} key(s) belong to no part of the official model: {sorted(unknown)[:50]}")
+    return out
+
+
+@dataclasses.dataclass
+class _ConvertedFile(WeightFile):
+    """A weight file whose tensors get an official prefix, then the official -> vrshq names."""
+
+    prefix: str = ""
+    lora_alpha: float = OFFICIAL_LORA_ALPHA
+
+    def read(self) -> dict[str, Any]:
+        tensors = super().read()
+        return convert_official_state_dict({self.prefix + k: v for k, v in tensors.items()}, lora_alpha=self.lora_alpha)
+
+
+def _converted(wf: WeightFile, *, prefix: str, lora_alpha: float) -> _ConvertedFile:
+    shapes = convert_official_state_dict({prefix + k: v for k, v in wf.shapes.items()}, lora_alpha=lora_alpha)
+    fields = {f.name: getattr(wf, f.name) for f in dataclasses.fields(WeightFile)}
+    return _ConvertedFile(**{**fields, "shapes": shapes}, prefix=prefix, lora_alpha=lora_alpha)
+
+
 def load_official_checkpoint(
     model: nn.Module,
     uri: str | Sequence[str],
@@ -235,24 +307,67 @@ def load_official_checkpoint(
     storage_options: Mapping[str, Any] | None = None,
     strict: bool = True,
     lora_alpha: float = OFFICIAL_LORA_ALPHA,
+    anchor_uri: str | None = None,
+    sam2_uri: str | None = None,
+    allow_missing_anchor: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LoadReport:
-    """Load the released VRS-HQ weights (HF folder ``SitongGong/VRS-HQ`` downloaded by the user, local
-    or fsspec) into a ``VrshqModel`` built with the ``vrshq-7b`` preset.
+    """Load the released VRS-HQ weights (the published folder, local or fsspec: ``s3://``, ``hf://``)
+    into a ``VrshqModel`` built with the ``vrshq-7b`` preset (or a smaller one of the same layout).
 
-    The release has no ``clip_model.*`` (the CLIP-336 anchor is downloaded separately):
-    when the files hold none, the anchor's keys may stay missing, since it is loaded from
-    ``AnchorConfig.weights_path`` at build time. Everything else is strict. All tensors are held in
-    memory while converting (pickle files are read whole anyway).
+    Keys and shapes of every file are checked before any tensor is copied; then the files are read
+    one at a time (pickles with ``weights_only=True``, local ones memory-mapped) and each tensor is
+    copied into the model, or, for a model built on empty (meta) weights, materialised on ``device``
+    in ``dtype``: a 7B load holds one shard and the model, never two copies of the weights.
+
+    The release has no ``clip_model.*``: the CLIP-336 anchor comes from ``anchor_uri`` (a folder in
+    the ``openai/clip-vit-large-patch14-336`` layout, whose tensors load as ``clip_model.*``), or was
+    built from ``AnchorConfig.weights_path``, or stays random with ``allow_missing_anchor=True``.
+    ``sam2_uri`` (a SAM2 ``.pt``/``.safetensors`` file, e.g. ``sam2_hiera_large.pt``) loads as
+    ``model.visual_model.*``, after the checkpoint, so it replaces the release's SAM2 where both exist.
+
+    Args:
+        model: the model to fill (built normally, or with parameters on the meta device).
+        uri: the release folder, its index or a weight file (or a sequence, later ones overriding).
+        storage_options: fsspec options for every URI.
+        strict: raise on any missing, unexpected or mismatched key.
+        lora_alpha: LoRA alpha to fold unmerged adapters (training checkpoints).
+        anchor_uri: the CLIP-336 anchor folder, or None.
+        sam2_uri: a SAM2 checkpoint, or None.
+        allow_missing_anchor: the anchor's keys may stay missing although the model's anchor was not
+            built from weights (an explicitly random anchor).
+        device, dtype: where and in which dtype tensors of a meta-device model are materialised
+            (default: the CPU, the checkpoint's dtype); tensors of a built model keep theirs.
 
     Raises:
         CheckpointNotFoundError, UnsafeCheckpointError, UnknownOfficialKeysError, CheckpointMismatchError.
     """
-    tensors = read_state_dict(uri, storage_options=storage_options)
-    converted = convert_official_state_dict(tensors, lora_alpha=lora_alpha)
-    del tensors
-    has_anchor = any(k.startswith(VRSHQ_ANCHOR_PREFIX) for k in converted)
+    files = [wf for one in as_uris(uri) for wf in open_weight_files(one, storage_options)]
+    if any(_LORA_RE.match(k) for wf in files for k in wf.shapes):
+        # LoRA pairs may sit in different shards: fold them over the whole state dict at once.
+        tensors: dict[str, torch.Tensor] = {}
+        for wf in files:
+            tensors.update(wf.read())
+        merged = WeightFile(uri=", ".join(as_uris(uri)), shapes={k: tuple(v.shape) for k, v in tensors.items()},
+                            content=None, fs=None, path="", tensors=tensors)
+        files = [merged]
+    converted = [_converted(wf, prefix="", lora_alpha=lora_alpha) for wf in files]
+    has_anchor = any(k.startswith(VRSHQ_ANCHOR_PREFIX) for wf in converted for k in wf.shapes)
+    if anchor_uri is not None:
+        converted += [_converted(wf, prefix=OFFICIAL_ANCHOR_PREFIX, lora_alpha=lora_alpha)
+                      for wf in open_weight_files(anchor_uri, storage_options)]
+        has_anchor = True
+    if sam2_uri is not None:
+        converted += [_converted(wf, prefix=OFFICIAL_SAM2_PREFIX, lora_alpha=lora_alpha)
+                      for wf in open_weight_files(sam2_uri, storage_options)]
+    ignore_missing: tuple[str, ...] = ()
     if not has_anchor:
-        logger.info("the official checkpoint has no clip_model.*: the CLIP-336 anchor keeps the weights it was "
-                    "built with (AnchorConfig.weights_path)")
-    return load_state_dict_into(model, converted, strict=strict, source=str(uri),
-                                ignore_missing=() if has_anchor else (re.escape(VRSHQ_ANCHOR_PREFIX),))
+        anchor_cfg = getattr(getattr(model, "cfg", None), "anchor", None)
+        if getattr(anchor_cfg, "weights_path", None) is None and not allow_missing_anchor:
+            logger.warning("the checkpoint has no clip_model.* and no anchor folder was given: the CLIP-336 "
+                           "anchor keeps its random weights (pass anchor_uri=<openai/clip-vit-large-patch14-336 "
+                           "folder>)")
+        ignore_missing = (re.escape(VRSHQ_ANCHOR_PREFIX),)
+    return load_files_into(model, converted, strict=strict, ignore_missing=ignore_missing,
+                           source=", ".join(as_uris(uri)), device=device, dtype=dtype)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from vrshq.model.tokenizer import PIECE_ENCODER_ATTR
 from vrshq.model.tokens import (
     IGNORE_INDEX,
     IMAGE_PLACEHOLDER,
@@ -200,6 +201,8 @@ def _encode_text(tokenizer, text: str, *, strip_tokens: Sequence[str], keep_toke
     specials = [*strip_tokens, *keep_tokens]
     pattern = "(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")"
     parts = re.split(pattern, text)
+    # A tokenizer read from a SentencePiece file encodes pieces as the slow tokenizer (legacy flag included).
+    piece_encoder = getattr(tokenizer, PIECE_ENCODER_ATTR, None)
     ids: list[int] = []
     for i, part in enumerate(parts):
         if part in specials:
@@ -209,7 +212,9 @@ def _encode_text(tokenizer, text: str, *, strip_tokens: Sequence[str], keep_toke
             part = part.rstrip()
         if i > 0 and parts[i - 1] in strip_tokens:
             part = part.lstrip()
-        if part:
+        if part and piece_encoder is not None:
+            ids.extend(piece_encoder.encode(part, first=i == 0))
+        elif part:
             ids.extend(int(t) for t in tokenizer.encode(part, add_special_tokens=False))
     return ids
 
@@ -230,7 +235,7 @@ def tokenize_prompt(tokenizer, text: str) -> list[int]:
     for token in (SEG_TOKEN, TAK_TOKEN):
         if token not in vocab:
             raise ValueError(f"tokenizer lacks {token!r}; call vrshq.model.tokens.add_vrshq_tokens(tokenizer) first")
-    keep = [t for t in (tokenizer.eos_token, tokenizer.bos_token) if t]
+    keep = [t for t in (tokenizer.eos_token, tokenizer.bos_token, getattr(tokenizer, "unk_token", None)) if t]
     ids = [int(tokenizer.bos_token_id)]
     for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if i > 0:

@@ -37,6 +37,7 @@ __all__ = [
     "as_uris",
     "join_uri",
     "list_keys",
+    "list_weight_files",
     "open_weight_files",
     "read_state_dict",
 ]
@@ -133,11 +134,16 @@ class WeightFile:
     fs: Any  # fsspec filesystem of the file (None for tensors already in memory)
     path: str
     tensors: dict[str, torch.Tensor] | None = None  # in memory already (pickle files are read whole)
+    pickle_path: str | None = None  # a local pickle, memory-mapped again by each read
 
     def read(self) -> dict[str, torch.Tensor]:
-        """All tensors of the file on the CPU (a remote safetensors file goes through a temporary copy)."""
+        """All tensors of the file on the CPU (a remote safetensors file goes through a temporary copy;
+        a local pickle is memory-mapped, so its pages are read when a tensor is used and released
+        when the caller drops the tensors)."""
         if self.tensors is not None:
             return self.tensors
+        if self.pickle_path is not None:
+            return _load_pickle_weights_only(self.fs, self.pickle_path, self.uri)
         from safetensors.torch import load_file
 
         if isinstance(self.fs, LocalFileSystem):
@@ -200,6 +206,31 @@ def _names_from_index(fs: Any, path: str, uri: str) -> list[str]:
     return names
 
 
+def list_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """URIs of the weight files of a checkpoint folder, index or file, each checked to exist; no
+    tensor is read (a preflight check that costs a listing and the index, also for a 15 GB release).
+
+    Raises:
+        CheckpointNotFoundError, CheckpointError: as :func:`open_weight_files`.
+    """
+    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    path = path.rstrip("/") or path
+    fs.invalidate_cache(path)
+    if not fs.exists(path):
+        raise CheckpointNotFoundError(uri, f"nothing at this path; {LAYOUT_HELP}")
+    if fs.isdir(path):
+        pairs = [(f"{path}/{n}", join_uri(uri, n)) for n in _weight_names_in_folder(fs, path, uri)]
+    elif path.endswith(".json"):
+        folder = path.rsplit("/", 1)[0]
+        pairs = [(f"{folder}/{n}", join_uri(uri.rsplit("/", 1)[0], n)) for n in _names_from_index(fs, path, uri)]
+    else:
+        pairs = [(path, uri)]
+    for file_path, file_uri in pairs:
+        if not fs.isfile(file_path):
+            raise CheckpointNotFoundError(file_uri, f"weight file listed by the index is missing; {LAYOUT_HELP}")
+    return [file_uri for _, file_uri in pairs]
+
+
 def _open_file(fs: Any, path: str, uri: str) -> WeightFile:
     if not fs.isfile(path):
         raise CheckpointNotFoundError(uri, f"weight file listed by the index is missing; {LAYOUT_HELP}")
@@ -208,8 +239,11 @@ def _open_file(fs: Any, path: str, uri: str) -> WeightFile:
         return WeightFile(uri=uri, shapes=shapes, content=content, fs=fs, path=path)
     if path.endswith(_PICKLE_SUFFIXES):
         tensors = _load_pickle_weights_only(fs, path, uri)
-        return WeightFile(uri=uri, shapes={k: tuple(v.shape) for k, v in tensors.items()}, content=None,
-                           fs=fs, path=path, tensors=tensors)
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if isinstance(fs, LocalFileSystem):  # memory-mapped: map it again when read, hold nothing now
+            del tensors
+            return WeightFile(uri=uri, shapes=shapes, content=None, fs=fs, path=path, pickle_path=path)
+        return WeightFile(uri=uri, shapes=shapes, content=None, fs=fs, path=path, tensors=tensors)
     raise CheckpointError(uri, f"unknown weight file type; expected .safetensors or {'/'.join(_PICKLE_SUFFIXES)}")
 
 
@@ -234,12 +268,29 @@ def _read_safetensors_header(fs: Any, path: str, uri: str) -> tuple[dict[str, tu
 _UNSUPPORTED_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
+def _torch_load(fs: Any, path: str) -> Any:
+    """``torch.load(weights_only=True)``, memory-mapped where it can be: a local file in the zip format
+    (every ``torch.save`` since torch 1.6) maps its storages instead of reading them; a remote one is
+    copied to a temporary file first, mapped, and the file removed (the mapping stays valid)."""
+    if not isinstance(fs, LocalFileSystem):
+        with tempfile.TemporaryDirectory(prefix="vrshq-ckpt-") as tmp:
+            local = os.path.join(tmp, "weights.bin")
+            fs.get_file(path, local)
+            return _torch_load(LocalFileSystem(), local)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc) and "zipfile" not in str(exc) and "zip" not in str(exc):
+            raise
+    with open(path, "rb") as f:  # the legacy (pre-zip) format cannot be mapped
+        return torch.load(f, map_location="cpu", weights_only=True, mmap=False)
+
+
 def _load_pickle_weights_only(fs: Any, path: str, uri: str) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)``: only tensors and plain containers are rebuilt, so a
     malicious ``__reduce__`` is never called; anything else is refused with a clear error."""
     try:
-        with fs.open(path, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True, mmap=False)
+        obj = _torch_load(fs, path)
     except pickle.UnpicklingError as exc:
         found = _UNSUPPORTED_GLOBAL_RE.search(str(exc))
         if found is None:  # not a pickle of Python objects at all
