@@ -448,8 +448,8 @@ def _linear_like(module: Any, tokens: int) -> int:
 
 def format_roofline(stage_flops: Mapping[str, int], stage_seconds: Mapping[str, float], *, peak_tflops: float | None
                     ) -> str:
-    """One line per stage: TFLOP, seconds, achieved TFLOP/s and percentage of the dense bf16 peak."""
-    lines = [f"{'stage':<14} | {'TFLOP':>9} | {'seconds':>8} | {'TFLOP/s':>8} | {'% peak':>6}"]
+    """One line per stage: TFLOP, seconds, share of the time, achieved TFLOP/s and % of the dense bf16 peak."""
+    lines = [f"{'stage':<14} | {'TFLOP':>9} | {'seconds':>8} | {'% time':>6} | {'TFLOP/s':>8} | {'% peak':>6}"]
     names = list(dict.fromkeys([*stage_flops, *stage_seconds]))
     total_flops = sum(stage_flops.values())
     total_seconds = sum(stage_seconds.values())
@@ -459,5 +459,6 @@ def format_roofline(stage_flops: Mapping[str, int], stage_seconds: Mapping[str, 
         rate = flops / seconds / 1e12 if known else float("nan")
         rate_text = f"{rate:8.1f}" if known else f"{'-':>8}"
         share = f"{100 * rate / peak_tflops:6.1f}" if known and peak_tflops else f"{'-':>6}"
-        lines.append(f"{name:<14} | {flops / 1e12:9.3f} | {seconds:8.2f} | {rate_text} | {share}")
+        time_share = 100 * seconds / total_seconds if total_seconds > 0 else float("nan")
+        lines.append(f"{name:<14} | {flops / 1e12:9.3f} | {seconds:8.2f} | {time_share:6.1f} | {rate_text} | {share}")
     return "\n".join(lines)
