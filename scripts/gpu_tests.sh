@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
     sys.exit(f"torch {torch.__version__} sees no CUDA device: the GPU suite needs a GPU host and a CUDA build of torch")
 print(f"GPU suite on {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
 PY
-if ! "$PY" -c 'import sam2, ray, transformers, pyarrow, cv2, hydra, pytest, pytest_timeout' 2>/dev/null; then
+if ! "$PY" -c 'import sam2, ray, transformers, pyarrow, cv2, hydra, pytest' 2>/dev/null; then
   if [ "${VRSHQ_GPU_NO_INSTALL:-0}" = 1 ]; then
     echo "missing dependencies and VRSHQ_GPU_NO_INSTALL=1: install requirements.txt and sam2==1.1.0" >&2
     exit 2
