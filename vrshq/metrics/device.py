@@ -6,10 +6,12 @@ tensor operations over a chunk of frames, on any torch device, and give the same
 as :mod:`vrshq.metrics` and the per-frame DAVIS code (``tests/unit/test_metrics_device.py``):
 
 * boundary maps (``_seg2bmap``): XORs of shifted views, with the reference's last-row/column rules;
-* the dilation by ``disk(bound_pix)`` (``cv2.dilate``): one 2-D convolution of the 0/1 map with the
-  footprint, padded with zeros on the footprint's anchor (``size // 2``) as cv2 anchors it; a pixel is
-  set when the count of boundary pixels under the footprint is > 0.5 (counts are small integers, exact
-  in float32 whatever algorithm the convolution uses);
+* the dilation by ``disk(bound_pix)`` (``cv2.dilate``): every row of the footprint is one run of ones,
+  so the dilation is the maximum, over the footprint's rows, of a horizontal sliding maximum of the
+  run's length (one ``max_pool`` per distinct run, exact on 0/1 values in any float type) shifted by
+  the row's offset, with zeros beyond the frame and the footprint anchored at ``size // 2`` as cv2
+  anchors it. At 720p and radius 12 this is ~13 pooling passes instead of a 25x25 convolution, which
+  cuDNN ran at 1.6 ms per frame pair on an H100;
 * precision, recall, F and J in float64 in the reference's operation order, with its empty-mask rules.
 """
 from __future__ import annotations
@@ -47,20 +49,44 @@ def boundary_map_tensor(masks: torch.Tensor) -> torch.Tensor:
     return bmap
 
 
+def _runs(footprint: torch.Tensor) -> list[tuple[int, int, int]]:
+    """``(row, first column, length)`` of the run of ones in each non-empty footprint row."""
+    runs = []
+    for row in range(footprint.shape[0]):
+        cols = torch.nonzero(footprint[row]).flatten().tolist()
+        if cols:
+            if cols != list(range(cols[0], cols[-1] + 1)):
+                raise ValueError("the footprint's rows must each hold one run of ones (a disk's do)")
+            runs.append((row, cols[0], len(cols)))
+    return runs
+
+
 def _dilate(bound: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
-    """``cv2.dilate`` of bool (T, H, W) maps by a 0/1 float32 (k, k) footprint anchored at ``k // 2``."""
+    """``cv2.dilate`` of bool (T, H, W) maps by a 0/1 (k, k) footprint anchored at ``k // 2``."""
     size = footprint.shape[0]
     anchor = size // 2
-    x = F.pad(bound[:, None].float(), (anchor, size - 1 - anchor, anchor, size - 1 - anchor))
-    return F.conv2d(x, footprint[None, None])[:, 0] > 0.5
-
-
+    num, height, width = bound.shape
+    dtype = torch.float16 if bound.device.type == "cuda" else torch.float32
+    # zeros beyond the frame: ``anchor`` before, ``size - 1 - anchor`` after, in both directions
+    padded = F.pad(bound.to(dtype), (anchor, size - 1 - anchor, anchor, size - 1 - anchor))
+    flat = padded.view(num * (height + size - 1), 1, width + size - 1)
+    pooled: dict[tuple[int, int], torch.Tensor] = {}
+    out = None
+    for row, first, length in _runs(footprint):
+        key = (first, length)
+        if key not in pooled:  # out(y, x) |= src(y + row - a, x + j - a) for j in the run
+            part = F.max_pool1d(flat, length, stride=1) if length > 1 else flat
+            pooled[key] = part.view(num, height + size - 1, -1)[:, :, first : first + width]
+        rows = pooled[key][:, row : row + height]
+        out = rows.clone() if out is None else torch.maximum(out, rows, out=out)
+    if out is None:
+        return torch.zeros_like(bound)
+    return out > 0.5
 def boundary_f_tensor(gt: torch.Tensor, pred: torch.Tensor, *, bound_th: float = DEFAULT_BOUND_TH) -> torch.Tensor:
     """Per-frame DAVIS boundary F (float64 (T,), on the masks' device), as ``vrshq.metrics.boundary_f``."""
     _check(gt, pred)
     _, height, width = gt.shape
-    footprint = torch.from_numpy(disk_footprint(bound_pixels(height, width, bound_th=bound_th))).to(
-        gt.device, torch.float32)
+    footprint = torch.from_numpy(disk_footprint(bound_pixels(height, width, bound_th=bound_th)))
     gt_bound, pred_bound = boundary_map_tensor(gt), boundary_map_tensor(pred)
     n_gt = gt_bound.flatten(1).sum(1, dtype=torch.int64)
     n_pred = pred_bound.flatten(1).sum(1, dtype=torch.int64)
