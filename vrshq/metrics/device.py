@@ -70,15 +70,18 @@ def _dilate(bound: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
     # zeros beyond the frame: ``anchor`` before, ``size - 1 - anchor`` after, in both directions
     padded = F.pad(bound.to(dtype), (anchor, size - 1 - anchor, anchor, size - 1 - anchor))
     flat = padded.view(num * (height + size - 1), 1, width + size - 1)
-    pooled: dict[tuple[int, int], torch.Tensor] = {}
-    out = None
+    by_run: dict[tuple[int, int], list[int]] = {}
     for row, first, length in _runs(footprint):
-        key = (first, length)
-        if key not in pooled:  # out(y, x) |= src(y + row - a, x + j - a) for j in the run
-            part = F.max_pool1d(flat, length, stride=1) if length > 1 else flat
-            pooled[key] = part.view(num, height + size - 1, -1)[:, :, first : first + width]
-        rows = pooled[key][:, row : row + height]
-        out = rows.clone() if out is None else torch.maximum(out, rows, out=out)
+        by_run.setdefault((first, length), []).append(row)
+    out = None
+    for (first, length), rows in by_run.items():  # one pooled map alive at a time
+        # out(y, x) |= src(y + row - a, x + j - a) for the run's columns j
+        part = F.max_pool1d(flat, length, stride=1) if length > 1 else flat
+        part = part.view(num, height + size - 1, -1)[:, :, first : first + width]
+        for row in rows:
+            shifted = part[:, row : row + height]
+            out = shifted.clone() if out is None else torch.maximum(out, shifted, out=out)
+        del part
     if out is None:
         return torch.zeros_like(bound)
     return out > 0.5
