@@ -92,3 +92,17 @@ def test_peak_table():
     line = text.splitlines()[1].split("|")
     assert float(line[4]) == pytest.approx(0.5) and float(line[5]) == pytest.approx(5.0)  # TFLOP/s, % of peak
     assert float(line[3]) == pytest.approx(80.0)  # 4 of the 5 seconds
+
+
+def test_stage_timer_times_every_stage_of_segment_video(model):
+    from vrshq.model.stage_timer import StageTimer
+
+    timer = StageTimer(torch.device("cpu"))
+    model.stage_timer = timer
+    try:
+        model.segment_video(torch.randint(0, 255, (4, 40, 56, 3), dtype=torch.uint8), _TEXTS[:2])
+    finally:
+        model.stage_timer = None
+    seconds = timer.seconds()
+    assert list(seconds) == ["clip_anchor", "clip_tokens", "mllm", "sam2_encode", "tks", "track"]
+    assert all(v > 0 for v in seconds.values())
