@@ -283,6 +283,58 @@ def _agreement(reference: dict, candidate: dict[tuple[str, str], np.ndarray]) ->
     return mask_agreement((decode_rle(*reference[k]), candidate[k]) for k in sorted(reference))
 
 
+# ---------------------------------------------------------------------------------------- the roofline
+
+
+def roofline_lines(rows: dict[str, ResultRow], device_name: str) -> list[str]:
+    """Achieved TFLOP/s and % of the card's dense bf16 peak per row, and the model-only stage split.
+
+    The workload's FLOPs come from :mod:`benchmarks.flops` (counted by the model-only path from the
+    model's shapes and its decisions); the pipeline rows do the same work, so they share the count.
+    The serial path does more (it re-encodes per expression) and gets none.
+    """
+    from benchmarks.flops import dense_bf16_peak_tflops, format_roofline
+
+    peak = dense_bf16_peak_tflops(device_name)
+    model_row = rows.get(MODEL_ONLY)
+    workload_flops = (model_row.extra.get("workload_flops") if model_row else None)
+    lines = [""]
+    peak_text = f"{peak:.1f} TFLOP/s dense bf16 (datasheet)" if peak else "no dense bf16 peak known for this device"
+    lines.append(f"roofline on {device_name}: {peak_text}; workload "
+                 + (f"{workload_flops / 1e12:.1f} TFLOP (benchmarks.flops)" if workload_flops else "FLOPs not counted "
+                    "(run the model path)"))
+    lines.append(f"{'path':<24}| {'masks/s':>8} | {'TFLOP/s':>8} | {'% peak':>6}")
+    for key in (PIPELINE, PIPELINE_STEADY, MODEL_ONLY, BOUND):
+        row = rows.get(key)
+        if row is None:
+            continue
+        flops = row.extra.get("workload_flops") if key == BOUND else workload_flops
+        if flops and key != BOUND and row.masks != (model_row.masks if model_row else row.masks):
+            flops = flops * row.masks / model_row.masks  # a steady row of part of the masks
+        rate = flops / row.seconds / 1e12 if flops and row.seconds > 0 else None
+        rate_text = f"{rate:8.1f}" if rate else f"{'-':>8}"
+        share = f"{100 * rate / peak:6.1f}" if rate and peak else f"{'-':>6}"
+        if rate:
+            row.extra["tflops_per_s"] = rate
+            if peak:
+                row.extra["percent_of_peak"] = 100 * rate / peak
+        lines.append(f"{key:<24}| {row.masks_per_s:8.1f} | {rate_text} | {share}")
+    if model_row and model_row.extra.get("stage_seconds"):
+        lines.append("")
+        lines.append("model-only stage split (decode, scoring and writers are host-timed around the model calls; "
+                     "the model's stages are CUDA-event times):")
+        lines.append(format_roofline(model_row.extra.get("stage_flops", {}), model_row.extra["stage_seconds"],
+                                     peak_tflops=peak))
+        stage_seconds = model_row.extra["stage_seconds"]
+        total = sum(stage_seconds.values())
+        writers = stage_seconds.get("score", 0.0) + stage_seconds.get("writers", 0.0)
+        if total > 0:
+            lines.append(f"writers' share (scoring + Parquet): {100 * writers / total:.1f}% of the time; scoring alone "
+                         f"{1e3 * stage_seconds.get('score', 0.0) / max(model_row.masks, 1):.3f} ms per mask vs "
+                         f"{1e3 * stage_seconds.get('track', 0.0) / max(model_row.masks, 1):.3f} ms of tracking")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------- the run
 
 
@@ -399,6 +451,8 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
         f"at {cfg.workload.height}x{cfg.workload.width}, {cfg.workload.min_expressions}-{cfg.workload.max_expressions} "
         f"expressions: {workload.num_frames} frames, {workload.num_expressions} expressions, {workload.num_masks} masks")
     say(format_table(ordered, serial_name=SERIAL))
+    for line in roofline_lines(rows, name):
+        say(line)
     if breakdown is not None:
         say("model only vs serial, by where the expressions part (same weights and inputs):")
         say(format_breakdown(breakdown))

@@ -149,21 +149,51 @@ class LocalPaths:
         sync(self.device)
 
     def model_only(self, sampler: GpuBusySampler, keep: set[tuple[str, str]]) -> tuple[ResultRow, dict]:
-        """``segment_video`` over every video (decode not timed); keeps RLE masks of the ``keep`` pairs."""
+        """``segment_video`` over every video (decode not timed); keeps RLE masks of the ``keep`` pairs.
+
+        Around the timed calls it also does, per video, what the pipeline does around them, each
+        timed as its own stage (in ``extra["stage_seconds"]``, with the model's own stages from
+        :class:`vrshq.model.stage_timer.StageTimer`): ``decode`` (JPEG decode and resize),
+        ``masks_rle`` (logits to full-size masks, RLE on the device), ``score`` (J and F of every
+        mask against a stand-in ground truth, the mask shifted by 3 pixels: the same work as real
+        ground truth; on the device with ``vrshq.metrics.device`` on CUDA, else ``vrshq.metrics``)
+        and ``writers`` (the masks rows as Parquet). ``extra["stage_flops"]`` holds the FLOPs of
+        the model's stages (:mod:`benchmarks.flops`).
+        """
         import torch
+
+        from benchmarks.flops import StageFlops, segment_video_flops
+        from vrshq.model.stage_timer import StageTimer
 
         kept: dict[tuple[str, str], tuple[list[bytes], tuple[int, int]]] = {}
         seconds, spans = 0.0, []
+        timer = StageTimer(self.device)
+        flops = StageFlops()
+        projected = not self.model.sam2.cfg.offload_memory_to_cpu
         for video in self.workload.videos:
+            began = time.perf_counter()
             frames, hw = self.frames(video)
+            timer.add("decode", time.perf_counter() - began)
             tensor = torch.from_numpy(frames.copy())
-            with phase(self.device) as span, torch.inference_mode():
-                results = self.model.segment_video(tensor, [e.text for e in video.expressions], output_hw=hw,
-                                                   masks_on_device=True)
+            self.model.stage_timer = timer
+            try:
+                with phase(self.device) as span, torch.inference_mode():
+                    results = self.model.segment_video(tensor, [e.text for e in video.expressions], output_hw=hw,
+                                                       masks_on_device=True)
+            finally:
+                self.model.stage_timer = None
             seconds += span.end - span.start
             spans.append((span.start, span.end))
-            kept.update({(video.video_id, e.exp_id): (_rle_masks(r.masks), hw)
-                         for e, r in zip(video.expressions, results) if (video.video_id, e.exp_id) in keep})
+            encoded = self._masks_rle_score(video, results, timer)
+            began = time.perf_counter()
+            self._write_rows(video, encoded, hw)
+            timer.add("writers", time.perf_counter() - began)
+            flops.add(segment_video_flops(
+                self.model, num_frames=video.num_frames, texts=[e.text for e in video.expressions],
+                frame_sets=[r.frame_indices for r in results], keyframes=[r.keyframe_idx for r in results],
+                projected=projected))
+            kept.update({(video.video_id, e.exp_id): (counts, hw) for e, counts in zip(video.expressions, encoded)
+                         if (video.video_id, e.exp_id) in keep})
             self.decisions[MODEL_ONLY].update({(video.video_id, e.exp_id): _decision(r)
                                                for e, r in zip(video.expressions, results)
                                                if (video.video_id, e.exp_id) in keep})
@@ -171,9 +201,52 @@ class LocalPaths:
             _LOG.info("model only: %s (%d frames, %d expressions) %.2f s", video.video_id, video.num_frames,
                       len(video.expressions), span.end - span.start)
         mean_busy = _spans_busy(sampler, spans)
+        stage_seconds = timer.seconds()
         row = ResultRow(MODEL_ONLY, seconds=seconds, masks=self.workload.num_masks, frames=self.workload.num_frames,
-                        gpu_busy_percent=mean_busy, note="segment_video only; frames pre-decoded")
+                        gpu_busy_percent=mean_busy, note="segment_video only; frames pre-decoded",
+                        extra={"stage_seconds": stage_seconds, "stage_flops": dict(flops.flops),
+                               "workload_flops": flops.total})
         return row, kept
+
+    def _masks_rle_score(self, video: Any, results: Sequence[Any], timer: Any) -> list[list[bytes]]:
+        """Full-size masks RLE-encoded chunk by chunk as the actor does, and J/F of each chunk."""
+        import torch
+
+        from pipelines.rle import encode_masks
+        from vrshq.metrics import boundary_f, jaccard
+        from vrshq.metrics.device import score_masks_tensor
+
+        encoded, score_s = [], 0.0
+        with phase(self.device) as span, torch.inference_mode():
+            for result in results:
+                counts: list[bytes] = []
+                for _, chunk in result.iter_mask_chunks(32):
+                    counts += encode_masks(chunk)
+                    began = time.perf_counter()
+                    gt = torch.roll(chunk, 3, dims=2)  # stand-in ground truth: the mask shifted by 3 px
+                    if self.device.type == "cuda":
+                        score_masks_tensor(gt, chunk)
+                        sync(self.device)
+                    else:
+                        host, gt_host = chunk.cpu().numpy(), gt.cpu().numpy()
+                        jaccard(gt_host, host), boundary_f(gt_host, host)
+                    score_s += time.perf_counter() - began
+                encoded.append(counts)
+        timer.add("masks_rle", span.end - span.start - score_s)
+        timer.add("score", score_s)
+        return encoded
+
+    def _write_rows(self, video: Any, encoded: Sequence[list[bytes]], hw: tuple[int, int]) -> None:
+        """The video's masks rows as one Parquet file (what the writers do per video)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [{"video_id": video.video_id, "exp_id": e.exp_id, "frame_index": i, "height": hw[0], "width": hw[1],
+                 "rle_counts": c} for e, counts in zip(video.expressions, encoded) for i, c in enumerate(counts)]
+        folder = os.path.join(self.cfg.workdir, "model_only_masks")
+        os.makedirs(folder, exist_ok=True)
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in video.video_id)  # ids are data, not paths
+        pq.write_table(pa.Table.from_pylist(rows), os.path.join(folder, f"{name}.parquet"))
 
     def serial_order(self) -> list[tuple[Any, Any]]:
         """(video, expression) pairs round-robin over videos, so a partial run covers every video length."""
@@ -271,12 +344,15 @@ class LocalPaths:
         else:
             seconds, start, end = self._time_encoder(encoder, images, contextlib.nullcontext())
         frames = batch * self.cfg.encoder_iters
+        from benchmarks.flops import sam2_image_flops
+
+        image_flops = frames * sam2_image_flops(self.model.sam2.sam2)
         per_frame = self.workload.num_masks / self.workload.num_frames
         # masks/s bound = frames/s x masks per frame: scale "masks" so that masks/s reads that way
         return ResultRow(BOUND, seconds=seconds, masks=int(round(frames * per_frame)), frames=frames,
                          gpu_busy_percent=busy_mean(sampler, start, end),
                          note=note + f"image encoder only, batch {batch}, {size}px; masks/s = frames/s x "
-                                     f"{per_frame:.1f} masks/frame")
+                                     f"{per_frame:.1f} masks/frame", extra={"workload_flops": image_flops})
 
     def profile(self, kind: str, output_dir: str) -> str:
         """Profile one ``segment_video`` of the first video; returns the printed summary."""

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         masks[i, y0 : y0 + size // 3, size // 5 : size // 5 + size // (3 + i % 3)] = True
     variants = [("stock", False, None), ("projected", True, None)]
     if device.type == "cuda":
-        variants.append((f"projected + cuDNN ({projected_memory.CUDNN_ROWS_PER_CALL} rows/call)", True,
-                         projected_memory.CUDNN_ROWS_PER_CALL))
+        for chunk in args.rows_per_call or [projected_memory.CUDNN_ROWS_PER_CALL]:
+            variants.append((f"projected + cuDNN ({chunk} rows/call)", True, chunk))
     default_chunk = projected_memory.CUDNN_ROWS_PER_CALL
     rows, results = [], {}
     try:
@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     times.append(time.perf_counter() - start)
                 results[name] = result.low_res_logits.float()
                 rows.append({"variant": name, "first_s": times[0], "best_s": min(times[1:])})
+            if args.profile:
+                projected_memory.CUDNN_ROWS_PER_CALL = variants[-1][2]
+                print(_profile(lambda: seg.track(features, keyframes, masks), device))
     finally:
         projected_memory.CUDNN_ROWS_PER_CALL = default_chunk
     stock = results["stock"]
@@ -92,6 +95,19 @@ def run(args: argparse.Namespace) -> list[dict]:
         row["share_iou_099"] = float((_iou(logits > 0, stock > 0) >= 0.99).float().mean())
         row["max_dlogit"] = float((logits - stock).abs().max())
     return rows
+
+
+def _profile(fn, device: torch.device) -> str:
+    """The kernels of one call by device time (torch profiler), to see where tracking spends it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--objects", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows-per-call", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                        help="CUDA: comma list of cuDNN rows per call to compare (default: the library's)")
+    parser.add_argument("--profile", action="store_true", help="print the kernels of one call of the last variant")
     args = parser.parse_args(argv)
     if args.objects < 1 or args.frames < 2 or args.repeats < 1:
         parser.error("--objects >= 1, --frames >= 2 and --repeats >= 1")

@@ -155,6 +155,18 @@ class VrshqModel(nn.Module):
     #: shapes repeat in every video (``vrshq.model.projected_memory``). Set on an instance to compare.
     inference_sdpa_backends: tuple[str, ...] | None = ("flash", "efficient", "math")
 
+    #: Optional :class:`vrshq.model.stage_timer.StageTimer` that times each stage of `segment_video`
+    #: (clip_anchor, clip_tokens, mllm, sam2_encode, tks, track); None: no timing (benchmarks set it).
+    stage_timer = None
+
+    def _stage(self, name: str) -> contextlib.AbstractContextManager:
+        """A named profiler range for stage ``name`` of `segment_video`, timed when `stage_timer` is set."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.profiler.record_function(f"vrshq.{name}"))
+        if self.stage_timer is not None:
+            stack.enter_context(self.stage_timer.stage(name))
+        return stack
+
     def inference_attention(self) -> contextlib.AbstractContextManager:
         """The attention-kernel context of inference (see `inference_sdpa_backends`)."""
         names = self.inference_sdpa_backends
@@ -326,19 +338,18 @@ class VrshqModel(nn.Module):
         texts = [normalize_expression(e) for e in expressions]
         if any(not t for t in texts):
             raise ValueError(f"expressions must not be empty or blank, got {list(expressions)!r}")
-        stage = torch.profiler.record_function  # named ranges in profiles; no cost without a profiler
+        stage = self._stage  # named ranges in profiles (no cost without a profiler), timed with a stage_timer
         with eval_mode(self), self._autocast(), self.inference_attention():
             # 1-3. per-expression MLLM frames, shared visual tokens, one MLLM batch, TDA (§1.4-§3)
-            with stage("vrshq.tokens_mllm"):
-                frame_sets, tda = self._video_tokens(frames, texts, llm_batch_size=llm_batch_size)
+            frame_sets, tda = self._video_tokens(frames, texts, llm_batch_size=llm_batch_size)
             # 4. SAM2 features once; every TKS candidate of every expression in one decode (§4, §5.3)
             # letterboxed and encoded chunk by chunk: the (T, 3, S, S) float video never exists
-            with stage("vrshq.sam2_encode"):
+            with stage("sam2_encode"):
                 features = self.sam2.encode_frames(frames)
-            with stage("vrshq.tks"):
+            with stage("tks"):
                 keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
             # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
-            with stage("vrshq.track"):
+            with stage("track"):
                 track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
             del features
             # 6. crop the letterbox, resize to output_hw, threshold (§5.3 step 6)
@@ -382,20 +393,24 @@ class VrshqModel(nn.Module):
         union of the frames the expressions sample; all prompts run as one MLLM batch (or in batches of
         `llm_batch_size`).
         """
-        frame_sets = [list(map(int, fs)) for fs in self.anchor.select_frames(frames, texts)]
+        with self._stage("clip_anchor"):
+            frame_sets = [list(map(int, fs)) for fs in self.anchor.select_frames(frames, texts)]
         union = sorted(set().union(*frame_sets))
         union_pos = {f: i for i, f in enumerate(union)}
-        visual_union = self.encode_visual(frames[union])
+        with self._stage("clip_tokens"):
+            visual_union = self.encode_visual(frames[union])
         visual = [visual_union[[union_pos[f] for f in fs]] for fs in frame_sets]
-        encoded = [self.encode_prompt(inference_prompt(t, len(fs))) for t, fs in zip(texts, frame_sets)]
-        step = llm_batch_size or len(encoded)
-        seg: list[torch.Tensor] = []
-        taks = []
-        for start in range(0, len(encoded), step):
-            s, t, _ = self._embed_tokens(encoded[start : start + step], visual[start : start + step], with_labels=False)
-            seg += s
-            taks.append(t)
-        _, _, tda = self._tda(seg, torch.cat(taks))
+        with self._stage("mllm"):
+            encoded = [self.encode_prompt(inference_prompt(t, len(fs))) for t, fs in zip(texts, frame_sets)]
+            step = llm_batch_size or len(encoded)
+            seg: list[torch.Tensor] = []
+            taks = []
+            for start in range(0, len(encoded), step):
+                s, t, _ = self._embed_tokens(encoded[start : start + step], visual[start : start + step],
+                                             with_labels=False)
+                seg += s
+                taks.append(t)
+            _, _, tda = self._tda(seg, torch.cat(taks))
         return frame_sets, tda
 
     def _select_keyframes(

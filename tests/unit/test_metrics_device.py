@@ -1,0 +1,35 @@
+"""vrshq.metrics.device (J and F as tensor ops) equals the per-frame DAVIS reference bit for bit.
+
+On the CPU here; ``tests/gpu/test_gpu_metrics.py`` runs the same comparison on a CUDA device."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.reference_davis import db_eval_boundary, db_eval_iou, random_blob_masks
+from vrshq.metrics import boundary_map
+from vrshq.metrics.device import boundary_f_tensor, boundary_map_tensor, jaccard_tensor, score_masks_tensor
+
+
+@pytest.mark.parametrize("shape,bound_th,lines", [((12, 48, 85), 0.008, 1), ((9, 61, 40), 3.5, 2),
+                                                  ((6, 33, 33), 2.0, 0), ((5, 120, 213), 0.02, 1)])
+def test_equal_to_reference(shape, bound_th, lines):
+    gt, pred = random_blob_masks(*shape, seed=sum(shape), num_lines=lines, empty_probability=0.25)
+    gt[0] = True  # a full frame: no boundary at all
+    pred[1] = pred[1] | gt[1]
+    gt_t, pred_t = torch.from_numpy(gt), torch.from_numpy(pred)
+    assert np.array_equal(boundary_map_tensor(gt_t).numpy(), boundary_map(gt))
+    j = jaccard_tensor(gt_t, pred_t).numpy()
+    f = boundary_f_tensor(gt_t, pred_t, bound_th=bound_th).numpy()
+    assert np.array_equal(j, db_eval_iou(gt, pred))
+    assert np.array_equal(f, db_eval_boundary(gt, pred, bound_th=bound_th))
+    j2, f2 = score_masks_tensor(gt_t, pred_t, bound_th=bound_th, chunk_frames=4)
+    assert np.array_equal(j2.numpy(), j) and np.array_equal(f2.numpy(), f)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="one shape"):
+        jaccard_tensor(torch.zeros(2, 3, 4, dtype=torch.bool), torch.zeros(2, 4, 3, dtype=torch.bool))
+    with pytest.raises(TypeError, match="bool"):
+        boundary_f_tensor(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
