@@ -179,12 +179,14 @@ def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
     (:mod:`pipelines.input_check`); the rest runs.
 
     Raises:
-        PreflightError: when the input cannot be read at all: a meta, manifest or annotation file
-            that is missing or cannot be parsed, or a manifest with the wrong schema.
+        PreflightError: when the input cannot be read at all: a meta or manifest file that is missing
+            or cannot be parsed, a manifest with the wrong schema, or a dataset's annotation file
+            that cannot be parsed (a manifest's annotation files cost only their videos' rows).
     """
     records, errors = _load_records(cfg)
-    try:
-        records, annotation_errors = check_annotations(records, storage_options=cfg.storage_options)
+    try:  # a split's annotation file serves every video: unreadable, nothing could be scored (exit 2)
+        records, annotation_errors = check_annotations(
+            records, storage_options=cfg.storage_options, unreadable_files="rows" if cfg.manifest else "fail")
     except AnnotationFileError as exc:
         raise PreflightError([str(exc)]) from exc
     return records, errors + annotation_errors

@@ -84,38 +84,54 @@ def _summarise_mask_dict(data: Mapping[str, Any]) -> dict[str, int | None]:
 
 
 def check_annotations(
-    records: Sequence[VideoRecord], *, storage_options: Mapping[str, Any] | None = None
+    records: Sequence[VideoRecord], *, storage_options: Mapping[str, Any] | None = None,
+    unreadable_files: str = "fail",
 ) -> tuple[list[VideoRecord], list[dict[str, Any]]]:
     """Parse each annotation file of ``records`` once; drop the expressions whose ground truth is missing.
+
+    Args:
+        records: the videos to check.
+        storage_options: fsspec options of the files.
+        unreadable_files: ``"fail"``: an annotation file that is missing, not JSON or not an object
+            raises (a dataset split has one for all of its videos: nothing could be scored);
+            ``"rows"``: the expressions that need it get error rows instead (a manifest names a
+            file per video: the other videos still run).
 
     Returns:
         ``(records, rows)``: the records without the expressions that cannot be scored, and one
         ERRORS row (stage ``annotation``) for each such expression.
 
     Raises:
-        AnnotationFileError: an annotation file that is missing, not JSON or not a JSON object
-            (every such file listed): no expression of it could be scored.
+        AnnotationFileError: with ``unreadable_files="fail"``, naming every unreadable file.
     """
     from vrshq.data import load_foreground_dict, load_mask_dict
 
+    if unreadable_files not in ("fail", "rows"):
+        raise ValueError(f"unreadable_files must be 'fail' or 'rows', got {unreadable_files!r}")
     summaries: dict[str, dict[str, int | None]] = {}
-    unreadable: list[str] = []
+    unreadable: dict[str, str] = {}
     for uri in sorted({r.mask_dict_uri for r in records if r.mask_dict_uri is not None}):
         try:
             summaries[uri] = _summarise_mask_dict(load_mask_dict(uri, storage_options=storage_options))
         except DataError as exc:
-            unreadable.append(str(exc))
+            unreadable[uri] = str(exc)
     for uri in sorted({r.foreground_uri for r in records if r.foreground_uri is not None}):
         try:
             load_foreground_dict(uri, storage_options=storage_options)
         except DataError as exc:
-            unreadable.append(str(exc))
-    if unreadable:
-        raise AnnotationFileError(unreadable[0].split(": ", 1)[0],
-                                  "annotation file(s) cannot be parsed: " + "; ".join(unreadable))
+            unreadable[uri] = str(exc)
+    if unreadable and unreadable_files == "fail":
+        first = next(iter(unreadable))
+        raise AnnotationFileError(first, "annotation file(s) cannot be parsed: " + "; ".join(unreadable.values()))
     kept: list[VideoRecord] = []
     rows: list[dict[str, Any]] = []
     for video in records:
+        broken = [unreadable[u] for u in (video.mask_dict_uri, video.foreground_uri) if u in unreadable]
+        if broken:  # its ground truth cannot be read: none of its expressions could be scored
+            rows += video_error_rows(video.dataset, video.split, video.video_id, [e.exp_id for e in video.expressions],
+                                     stage="annotation", error_type="DataError", message="; ".join(broken),
+                                     uri=video.mask_dict_uri if video.mask_dict_uri in unreadable else video.foreground_uri)
+            continue
         summary = summaries.get(video.mask_dict_uri) if video.mask_dict_uri is not None else None
         if summary is None:
             kept.append(video)
