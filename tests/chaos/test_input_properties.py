@@ -32,6 +32,7 @@ from pipelines.config import DatasetConfig, InferenceConfig
 from pipelines.inference import PreflightError, load_input
 from pipelines.manifest import records_to_manifest
 from pipelines.video_io import FrameReadError, read_video
+from pipelines.writers import read_output
 from tests.chaos.figures import FIGURES
 from tests.chaos.file_access import record_file_access
 from tests.chaos.mutations import (
@@ -41,6 +42,7 @@ from tests.chaos.mutations import (
     manifest_mutations,
     meta_mutations,
 )
+from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 from vrshq.data import read_revos, write_synthetic_revos
 
 DATA = dict(num_videos=3, num_frames=3, height=32, width=32, seed=5, split="valid")
@@ -244,3 +246,74 @@ def test_long_search_meta_and_manifests(sandbox, data, tmp_path):
     mutations = data.draw(manifest_mutations(sum(len(v.expressions) for v in sandbox.records.values())))
     _manifest_case(sandbox, tmp_path / f"m{sandbox.cases}", mutations)
     sandbox.cases += 1
+
+
+# --------------------------------------------------------------------------- the whole pipeline
+
+E2E_FLAGS = ["--preset", "tiny", "--seed", "0", "--code-version", "properties", "compute.read_num_cpus=0.25",
+             "compute.writer_num_cpus=0.25", "compute.videos_per_file=1"]
+
+
+def _infer(root: Path, out: Path) -> int:
+    import jobs.infer as infer
+
+    return infer.main(["--dataset.format", "revos", "--dataset.root", str(root), "--dataset.split", "valid",
+                       "--out", str(out), *E2E_FLAGS])
+
+
+def _scores(out: Path) -> dict[tuple[str, str], tuple]:
+    rows = read_output(str(out), "scores", columns=["video_id", "exp_id", "j", "f", "keyframe_index"]).to_pylist()
+    return {(r["video_id"], r["exp_id"]): (r["j"], r["f"], r["keyframe_index"]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_on_head, sandbox):  # noqa: F811
+    root, out = sandbox.case_root(sandbox.meta, sandbox.mask_dict)
+    assert _infer(root, out) == 0
+    scores = _scores(out)
+    assert len(scores) == sum(len(v.expressions) for v in sandbox.records.values())
+    FIGURES.add("jobs completed", "property test: clean reference")
+    return scores
+
+
+def _end_to_end_case(box: Sandbox, reference: dict, mutations: list[dict]) -> int:
+    meta, mask_dict, touched = apply_meta_mutations(box.meta, box.mask_dict, mutations)
+    root, out = box.case_root(meta, mask_dict)
+    case = root.parent.parent
+    before = {p for p in case.rglob("*")}
+    code = _infer(root, out)
+    FIGURES.add("jobs completed", "property test: mutated dataset through jobs.infer")
+    created = {p for p in case.rglob("*")} - before
+    assert all(p == out or out in p.parents for p in created), f"written outside out: {created}"
+    if touched.document:
+        assert code == 2 and not out.exists(), (code, mutations)
+        return code
+    scores = _scores(out)
+    errors = read_output(str(out), "errors", columns=["video_id", "exp_id", "stage", "message"]).to_pylist()
+    named = {(r["video_id"], r["exp_id"]) for r in errors}
+    listed, unlisted = _listed(meta)
+    assert code == (1 if errors else 0), (code, errors)
+    assert listed <= set(scores) | named, f"neither scored nor named: {listed - set(scores) - named}"
+    assert all((vid, None) in named for vid in unlisted)
+    for pair, want in reference.items():
+        clean = box.records[pair[0]].expression(pair[1])
+        if not touched.covers(pair[0], pair[1], clean.anno_ids):
+            assert pair in scores, f"untouched {pair} not scored: {errors}"
+            assert scores[pair][2] == want[2] and scores[pair][:2] == pytest.approx(want[:2], abs=1e-6), pair
+    return code
+
+
+@pytest.mark.slow
+def test_the_observed_cases_through_the_whole_pipeline(clean_run, sandbox):
+    """The issue's cases at once: an empty expression, a frameless video, an escaping id, an unknown anno_id."""
+    mutations = [m for name in ("empty expression", "video without frames", "'../../esc/v' video id",
+                                "unknown anno_id") for m in OBSERVED[name]]
+    assert _end_to_end_case(sandbox, clean_run, mutations) == 1
+    assert _end_to_end_case(sandbox, clean_run, OBSERVED["meta without videos"]) == 2
+
+
+@pytest.mark.slow
+@settings(FAST, max_examples=1)
+@given(data=st.data())
+def test_mutated_datasets_through_the_whole_pipeline(clean_run, sandbox, data):
+    _end_to_end_case(sandbox, clean_run, data.draw(_meta_strategy(sandbox)))
