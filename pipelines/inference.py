@@ -36,8 +36,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
-from pipelines.input_check import AnnotationFileError, check_annotations, manifest_video_problems, problem_rows
-from pipelines.input_check import video_error_rows
+from pipelines.input_check import (
+    AnnotationFileError,
+    check_annotations,
+    manifest_video_problems,
+    problem_rows,
+    video_error_rows,
+)
 from pipelines.output_lock import OutputLock
 from pipelines.resume import PairKey, done_pairs, remove_orphans
 from pipelines.run_records import mark_interrupted, run_record_uri

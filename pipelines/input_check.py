@@ -128,9 +128,9 @@ def check_annotations(
     for video in records:
         broken = [unreadable[u] for u in (video.mask_dict_uri, video.foreground_uri) if u in unreadable]
         if broken:  # its ground truth cannot be read: none of its expressions could be scored
+            uri = video.mask_dict_uri if video.mask_dict_uri in unreadable else video.foreground_uri
             rows += video_error_rows(video.dataset, video.split, video.video_id, [e.exp_id for e in video.expressions],
-                                     stage="annotation", error_type="DataError", message="; ".join(broken),
-                                     uri=video.mask_dict_uri if video.mask_dict_uri in unreadable else video.foreground_uri)
+                                     stage="annotation", error_type="DataError", message="; ".join(broken), uri=uri)
             continue
         summary = summaries.get(video.mask_dict_uri) if video.mask_dict_uri is not None else None
         if summary is None:

@@ -60,7 +60,8 @@ def meta_mutations(video_ids: list[str], exp_ids: dict[str, list[str]], anno_ids
         if kind == "video_key":
             return {"op": kind, "video": vid, "key": draw(st.sampled_from(VIDEO_KEYS)), "value": draw(_values)}
         if kind == "exp_key":
-            return {"op": kind, "video": vid, "exp": exp, "key": draw(st.sampled_from(EXP_KEYS)), "value": draw(_values)}
+            return {"op": kind, "video": vid, "exp": exp, "key": draw(st.sampled_from(EXP_KEYS)),
+                    "value": draw(_values)}
         if kind == "rename_video":
             new = draw(st.one_of(st.sampled_from(ESCAPES),
                                  st.sampled_from(HOSTILE_STRINGS + ["../" + vid, "/" + vid, vid + "/..", vid + "/",

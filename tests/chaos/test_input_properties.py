@@ -126,10 +126,9 @@ def check_contract(box: Sandbox, records, errors, listed_pairs, unlisted, touche
             assert (vid, expression.exp_id) in kept, f"untouched {vid}/{expression.exp_id} did not run: {errors}"
             video, got = kept[(vid, expression.exp_id)]
             assert got == expression
-            assert dataclasses.replace(video, expressions=()) == dataclasses.replace(clean, expressions=(),
-                                                                                       frames_uri=video.frames_uri,
-                                                                                       mask_dict_uri=video.mask_dict_uri,
-                                                                                       foreground_uri=video.foreground_uri)
+            same_place = {"frames_uri": video.frames_uri, "mask_dict_uri": video.mask_dict_uri,
+                          "foreground_uri": video.foreground_uri}  # each case has its own root
+            assert dataclasses.replace(video, expressions=()) == dataclasses.replace(clean, expressions=(), **same_place)
             assert video.frames_uri.endswith("/JPEGImages/" + vid)
 
 
@@ -255,6 +254,7 @@ E2E_FLAGS = ["--preset", "tiny", "--seed", "0", "--code-version", "properties", 
 
 
 def _infer(root: Path, out: Path) -> int:
+    """``jobs.infer``'s ``main`` in this process (the Ray driver already connected: ``init_ray`` keeps it)."""
     import jobs.infer as infer
 
     return infer.main(["--dataset.format", "revos", "--dataset.root", str(root), "--dataset.split", "valid",
@@ -310,6 +310,13 @@ def test_the_observed_cases_through_the_whole_pipeline(clean_run, sandbox):
                                 "unknown anno_id") for m in OBSERVED[name]]
     assert _end_to_end_case(sandbox, clean_run, mutations) == 1
     assert _end_to_end_case(sandbox, clean_run, OBSERVED["meta without videos"]) == 2
+    # refused after Ray started (a compute config the 2-CPU cluster cannot schedule): nothing left behind
+    import jobs.infer as infer
+
+    out = sandbox.base / "unschedulable" / "out"
+    code = infer.main(["--dataset.format", "revos", "--dataset.root", str(sandbox.clean), "--out", str(out),
+                       *E2E_FLAGS, "compute.num_actors=8"])
+    assert code == 2 and not out.parent.exists()
 
 
 @pytest.mark.long
