@@ -129,6 +129,24 @@ def test_bad_records_of_a_revos_meta_cost_only_their_own_rows(clean, tmp_path):
     assert "'height'" in by_pair[next(iter(_pairs(meta, bad_fields)))]
 
 
+def test_a_video_or_expression_listed_twice_in_the_meta_text_is_named_not_dropped(clean, tmp_path):
+    """JSON keeps the last of two equal keys without a word; the reader names both duplicates."""
+    root = _dataset(clean, tmp_path)
+    meta = _load_meta(root)
+    first, second, third = list(meta["videos"])
+    text = json.dumps(meta)
+    entry = json.dumps(meta["videos"][second])
+    # the second video listed twice, and expression "0" of the third listed twice
+    text = text.replace(f'"{second}": {entry}', f'"{second}": {entry}, "{second}": {entry}', 1)
+    exp0 = json.dumps(meta["videos"][third]["expressions"]["0"])
+    text = text.replace(f'"expressions": {{"0": {exp0}', f'"expressions": {{"0": {exp0}, "0": {exp0}', 1)
+    (root / META).write_text(text)
+    records, errors = load_input(_cfg(tmp_path / "out", root))
+    assert _named(errors) == _pairs(meta, second) | {(third, "0")}
+    assert all("listed more than once" in r["message"] for r in errors)
+    assert _kept(records) == {p for v in (first, third) for p in _pairs(meta, v)} - {(third, "0")}
+
+
 def test_bad_records_of_a_mevis_split_cost_only_their_own_rows(clean, tmp_path):
     root = tmp_path / "MeViS"
     shutil.copytree(clean / "JPEGImages", root / "valid" / "JPEGImages")

@@ -108,7 +108,7 @@ def read_revos(
     """
     root = canonical_uri(root_uri, storage_options)
     meta_uri = _find_meta(root, split, meta_file, storage_options)
-    meta = read_json(meta_uri, storage_options, what="meta expressions file")
+    meta = read_json(meta_uri, storage_options, what="meta expressions file", note_duplicates=True)
     videos = _parse(meta, meta_uri, True, problems)
     mask_dict_uri = _optional(join_uri(root, "mask_dict.json"), storage_options)
     foreground_uri = _optional(join_uri(root, "mask_dict_foreground.json"), storage_options)
@@ -135,7 +135,7 @@ def read_mevis(
     """
     split_root = join_uri(canonical_uri(root_uri, storage_options), split)
     meta_uri = _resolve_meta_file(split_root, meta_file) if meta_file else join_uri(split_root, "meta_expressions.json")
-    meta = read_json(meta_uri, storage_options, what="meta expressions file")
+    meta = read_json(meta_uri, storage_options, what="meta expressions file", note_duplicates=True)
     videos = _parse(meta, meta_uri, False, problems)
     mask_dict_uri = _optional(join_uri(split_root, "mask_dict.json"), storage_options)
     return _records(dataset, split, split_root, "JPEGImages", videos, frames_from, videos_subdir, mask_dict_uri,
@@ -205,10 +205,13 @@ def parse_meta_records(
         raise DataError(uri, "meta expressions file must be a JSON object with a 'videos' object at the top level")
     out = []
     problems: list[RecordProblem] = []
+    duplicated_videos = set(getattr(meta["videos"], "duplicate_keys", ()))
     for video_id, entry in meta["videos"].items():
         video_id = str(video_id)
         where = f"video {video_id!r}"
         video_problems: list[str] = []
+        if video_id in duplicated_videos:
+            video_problems.append(f"{where} is listed more than once in 'videos' (which entry is meant is unknown)")
         if not isinstance(entry, dict):
             problems.append(RecordProblem(video_id, (), uri, f"{where}: must be an object, got {type(entry).__name__}"))
             continue
@@ -249,11 +252,15 @@ def parse_meta_records(
                                           "PathEscapeError" if escapes else "InvalidRecord"))
             continue
         expressions = []
+        duplicated_exps = set(getattr(raw_expressions, "duplicate_keys", ()))
         for exp_id, raw in raw_expressions.items():
             exp_problems: list[str] = []
+            if exp_id in duplicated_exps:
+                exp_problems.append(f"{where}, expression {exp_id!r} is listed more than once (which entry is meant "
+                                    "is unknown)")
             record = _parse_expression(str(exp_id), raw, f"{where}, expression {exp_id!r}", require_type_id,
                                        exp_problems)
-            if record is not None:
+            if record is not None and not exp_problems:
                 expressions.append(record)
             else:
                 problems.append(RecordProblem(video_id, (str(exp_id),), uri, "; ".join(exp_problems)))
