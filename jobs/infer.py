@@ -34,10 +34,17 @@ Renamed options (no aliases; the old names fail with a message naming the new on
 is ``--out``; ``--dataset NAME --root URI --split S`` is ``--dataset.format NAME --dataset.root URI
 --dataset.split S``; the same holds for ``key=value`` overrides and ``--config`` YAML keys.
 
-Exit status: 0 when every pending expression was scored; 1 when error rows were written (the other
-videos are still done); 2 on a bad configuration, input or checkpoint (nothing is written then);
-3 when another run holds the output lock; 4 when the run failed midway (e.g. the model actors could
-not load the checkpoint); a rerun resumes after the last committed batch.
+Exit status: 0 when every pending expression was scored; 1 when error rows were written (bad
+records, unreadable frames, missing ground truth: the other videos are still done); 2, before Ray
+starts and leaving nothing behind, on a bad configuration or checkpoint, an output that cannot be
+written or lies inside the dataset root (unless ``allow_out_in_dataset=true``), input that cannot be
+parsed at all (a meta, manifest or annotation file), or a compute config the cluster cannot
+schedule; 3 when another run holds the output lock; 4 when the run failed midway (e.g. the model
+actors could not load the checkpoint); a rerun resumes after the last committed batch.
+
+Ids and names in the data (video ids, frame names, mp4 names) become paths only under their root:
+one with a ``..``, ``.`` or empty segment, an absolute form or a control character is an error row
+of its record, on S3 and local paths alike.
 """
 from __future__ import annotations
 
@@ -73,19 +80,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, code_version=code_version())
     log_config(cfg, logger=_LOG, secret_keys=("storage_options",))
 
-    from pipelines.inference import PreflightError, preflight, run_inference
+    from pipelines.inference import PreflightError, load_input, preflight, run_inference
     from pipelines.model_loader import ModelLoadError
     from pipelines.output_lock import OutputLockedError
+    from pipelines.output_probe import missing_folders, remove_new_folders
 
     try:
-        model_config = preflight(cfg)  # before ray.init: a bad checkpoint or input costs no cluster time
+        new_folders = missing_folders(cfg.out, cfg.storage_options)  # removed again if the run is refused
+    except Exception:  # noqa: BLE001 - preflight reports an unusable out
+        new_folders = []
+    try:
+        # Before ray.init: a bad checkpoint, output or input costs no cluster time. The meta, manifest
+        # and annotation files are parsed here, once; bad records become error rows, not a refusal.
+        model_config = preflight(cfg)
+        loaded_input = load_input(cfg)
     except PreflightError as exc:
+        remove_new_folders(new_folders)
         print(f"jobs.infer: {exc}", file=sys.stderr)
         return EXIT_USAGE
     init_ray()
     try:
-        summary = run_inference(cfg, log=_LOG.info, model_config=model_config)
-    except PreflightError as exc:
+        summary = run_inference(cfg, log=_LOG.info, model_config=model_config, loaded_input=loaded_input)
+    except PreflightError as exc:  # e.g. a compute config the cluster cannot schedule: nothing was written
+        remove_new_folders(new_folders)
         print(f"jobs.infer: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OutputLockedError as exc:

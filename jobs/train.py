@@ -14,7 +14,9 @@ Examples::
     ray job submit --working-dir . -- python -m jobs.train --config train.yaml use_gpu=true num_workers=8
 
 Exit status: 0 when the run reached ``max_steps`` and the final model was exported; 1 when training
-failed (after the allowed restarts) or stopped early; 2 on a bad configuration or unreadable data.
+failed (after the allowed restarts), stopped early, or made no progress for ``stall_timeout_s``
+seconds (the message names the stalled stage); 2 on a bad configuration, unreadable data, or
+workers plus a clip-sampling task that do not fit the cluster (refused right after Ray starts).
 """
 from __future__ import annotations
 
@@ -77,9 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         print(f"jobs.train: {ConfigError(problems)}", file=sys.stderr)
         return EXIT_USAGE
+    import ray
+
+    from pipelines.train_guard import check_train_fits
     from pipelines.training import TrainingError, run_training
 
     init_ray()
+    problems = check_train_fits(cfg, ray.cluster_resources())  # as jobs.infer: refuse what can never run
+    if problems:
+        print(f"jobs.train: {ConfigError(problems)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         result = run_training(cfg, log=_LOG.info)
     except TrainingError as exc:

@@ -118,13 +118,18 @@ class DatasetConfig:
         return self.name or self.format
 
 
-def read_dataset(cfg: DatasetConfig, *, storage_options: Mapping[str, Any] | None = None) -> list[Any]:
-    """The split's ``VideoRecord`` list, read with the ``vrshq.data`` reader of ``cfg.format``."""
+def read_dataset(cfg: DatasetConfig, *, storage_options: Mapping[str, Any] | None = None,
+                 problems: list[Any] | None = None) -> list[Any]:
+    """The split's ``VideoRecord`` list, read with the ``vrshq.data`` reader of ``cfg.format``.
+
+    ``problems``: None fails on any bad record; a list receives the bad records
+    (``vrshq.data.RecordProblem``) while the good ones are returned.
+    """
     import vrshq.data as data
 
     reader = getattr(data, DATASET_READERS[cfg.format])
     return list(reader(cfg.root, split=cfg.split, storage_options=dict(storage_options or {}) or None,
-                       dataset=cfg.table_name))
+                       dataset=cfg.table_name, problems=problems))
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,11 @@ class InferenceConfig:
     run_id: str | None = field(default=None, metadata={"help": "run id; null: a fresh one"})
     code_version: str | None = field(default=None, metadata={"help": "code version; null: git sha or package version"})
     progress_every: int = field(default=10, metadata={"help": "log a progress line every N videos"})
+    allow_out_in_dataset: bool = field(
+        default=False,
+        metadata={"help": "allow out inside dataset.root (refused by default: results would land among the "
+                          "dataset's files)"},
+    )
     break_lock: bool = field(
         default=False, metadata={"help": "take over the output lock even if another run seems alive"}
     )

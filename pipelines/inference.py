@@ -36,8 +36,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
+from pipelines.input_check import (
+    AnnotationFileError,
+    check_annotations,
+    manifest_video_problems,
+    problem_rows,
+    video_error_rows,
+)
 from pipelines.output_lock import OutputLock
 from pipelines.resume import PairKey, done_pairs, remove_orphans
+from pipelines.run_records import mark_interrupted, run_record_uri
 from pipelines.storage import filesystem_for, join_uri
 from pipelines.writers import batch_id_for, write_batch, write_bytes_atomic
 from schemas import ERRORS_SCHEMA, MANIFEST_SCHEMA, validate_table
@@ -133,6 +141,13 @@ def records_from_manifest(table: pa.Table) -> tuple[list[Any], list[dict[str, An
             _LOG.error("manifest rows with unsafe dataset/split %r/%r skipped", dataset, split)
             continue
         first = group[0]
+        exp_ids = [row["exp_id"] for row in group]
+        video_problems = manifest_video_problems(first)
+        if video_problems:  # the video cannot run: one row per expression it costs
+            for error_type, message in video_problems:
+                errors += video_error_rows(dataset, split, video_id, exp_ids, stage="read", error_type=error_type,
+                                           message=message, uri=first["frames_uri"] or first["video_uri"])
+            continue
         expressions, seen = [], set()
         for row in group:
             exp_id = row["exp_id"]
@@ -155,17 +170,34 @@ def records_from_manifest(table: pa.Table) -> tuple[list[Any], list[dict[str, An
                 width=first["width"], expressions=tuple(expressions), mask_dict_uri=first["annotation_uri"],
                 foreground_uri=first["foreground_uri"]))
         except (TypeError, ValueError) as exc:
-            errors.append(_error_row(dataset, split, video_id, None, "read", exc,
-                                     uri=first["frames_uri"] or first["video_uri"]))
+            errors += video_error_rows(dataset, split, video_id, exp_ids, stage="read", error_type=type(exc).__name__,
+                                       message=str(exc), uri=first["frames_uri"] or first["video_uri"])
     return records, errors
 
 
 def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
-    """The input videos: from the dataset reader, or from the manifest Parquet.
+    """The input videos that can run, and an errors row for every record that cannot.
+
+    Reads the dataset's meta (or the manifest) and its annotation files once. Bad records (empty
+    text, unknown type, malformed ids, no frames, bad sizes, ids or names that would leave their
+    root) and expressions without ground truth in the annotation become rows
+    (:mod:`pipelines.input_check`); the rest runs.
 
     Raises:
-        PreflightError: when the input cannot be read at all or the manifest has the wrong schema.
+        PreflightError: when the input cannot be read at all: a meta or manifest file that is missing
+            or cannot be parsed, a manifest with the wrong schema, or a dataset's annotation file
+            that cannot be parsed (a manifest's annotation files cost only their videos' rows).
     """
+    records, errors = _load_records(cfg)
+    try:  # a split's annotation file serves every video: unreadable, nothing could be scored (exit 2)
+        records, annotation_errors = check_annotations(
+            records, storage_options=cfg.storage_options, unreadable_files="rows" if cfg.manifest else "fail")
+    except AnnotationFileError as exc:
+        raise PreflightError([str(exc)]) from exc
+    return records, errors + annotation_errors
+
+
+def _load_records(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
     if cfg.manifest is not None:
         fs, path = filesystem_for(cfg.manifest, cfg.storage_options)
         try:
@@ -179,12 +211,13 @@ def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
         return records_from_manifest(table)
     spec = cfg.dataset
     assert spec is not None  # InferenceConfig: exactly one of manifest / dataset
+    problems: list[Any] = []
     try:
-        records = read_dataset(spec, storage_options=cfg.storage_options)
+        records = read_dataset(spec, storage_options=cfg.storage_options, problems=problems)
     except Exception as exc:  # noqa: BLE001 - whatever the reader raises, the run cannot start
         raise PreflightError([f"cannot read dataset {spec.format!r} at {spec.root!r} split {spec.split!r}: {exc}"]
                              ) from exc
-    return records, []
+    return records, problem_rows(problems, dataset=spec.table_name, split=spec.split)
 
 
 def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | None = None) -> WorkPlan:
@@ -207,8 +240,10 @@ def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | N
 
 
 def preflight(cfg: InferenceConfig) -> Any:
-    """Every check that can fail before Ray starts: model source, output writability, and that an
-    existing output holds results of this run's model only (a rerun resumes it).
+    """Every check of the config that can fail before Ray starts: model source, an output that is
+    written to (a probe file written and removed) and not inside the dataset root (unless
+    ``allow_out_in_dataset``), and that an existing output holds results of this run's model only
+    (a rerun resumes it). When it fails, the output folders it created are removed again.
 
     Returns:
         The model's ``VrshqConfig`` (for the working resolution).
@@ -217,6 +252,7 @@ def preflight(cfg: InferenceConfig) -> Any:
         PreflightError: listing every problem found.
     """
     from pipelines.model_loader import ModelLoadError, check_model_source
+    from pipelines.output_probe import missing_folders, out_inside_root, probe_output, remove_new_folders
 
     problems: list[str] = []
     model_cfg = None
@@ -224,11 +260,19 @@ def preflight(cfg: InferenceConfig) -> Any:
         model_cfg = check_model_source(cfg)
     except ModelLoadError as exc:
         problems.append(str(exc))
+    if cfg.dataset is not None and not cfg.allow_out_in_dataset:
+        try:
+            if out_inside_root(cfg.out, cfg.dataset.root, cfg.storage_options):
+                problems.append(f"out={cfg.out!r} is inside dataset.root={cfg.dataset.root!r}: the results would land "
+                                "among the dataset's files; write elsewhere, or pass allow_out_in_dataset=true")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"out={cfg.out!r}: cannot compare it with dataset.root: {exc}")
+    created: list[str] = []
     try:
-        fs, path = filesystem_for(cfg.out, cfg.storage_options)
-        fs.makedirs(path, exist_ok=True)
+        created = missing_folders(cfg.out, cfg.storage_options)
+        probe_output(cfg.out, cfg.storage_options)
     except Exception as exc:  # noqa: BLE001
-        problems.append(f"out={cfg.out!r} is not writable: {exc}")
+        problems.append(f"out={cfg.out!r} is not writable: {type(exc).__name__}: {exc}")
     for name, uri in (("manifest", cfg.manifest), ("dataset.root", cfg.dataset.root if cfg.dataset else None)):
         if uri is None:
             continue
@@ -253,6 +297,7 @@ def preflight(cfg: InferenceConfig) -> Any:
                     "as done and mix two models in one table; write to another out, or delete that output first"
                 )
     if problems:
+        remove_new_folders(created)
         raise PreflightError(problems)
     return model_cfg
 
@@ -320,7 +365,7 @@ def _now() -> str:
 
 def _write_run_json(cfg: InferenceConfig, record: dict[str, Any]) -> None:
     data = json.dumps(record, indent=2, sort_keys=False, default=str).encode()
-    for uri in (join_uri(cfg.out, "run.json"), join_uri(cfg.out, "runs", f"{record['run_id']}.json")):
+    for uri in (join_uri(cfg.out, "run.json"), run_record_uri(cfg.out, record["run_id"])):
         fs, path = filesystem_for(uri, cfg.storage_options)
         write_bytes_atomic(fs, path, data)
 
@@ -347,7 +392,8 @@ def _num_gpus(cfg: InferenceConfig) -> float:
 
 
 def run_inference(
-    cfg: InferenceConfig, *, log: Callable[[str], None] | None = None, model_config: Any = None
+    cfg: InferenceConfig, *, log: Callable[[str], None] | None = None, model_config: Any = None,
+    loaded_input: tuple[list[Any], list[dict[str, Any]]] | None = None,
 ) -> InferenceSummary:
     """Run the whole job on the current Ray cluster (``ray.init`` must have been called).
 
@@ -355,6 +401,8 @@ def run_inference(
         cfg: the run's config.
         log: where progress lines go (default: this module's logger at INFO).
         model_config: the result of :func:`preflight` when the caller already ran it (else it runs here).
+        loaded_input: the result of :func:`load_input` when the caller already read the input before
+            Ray started (else it is read here): the meta and annotation files are parsed once.
 
     Returns:
         The run's :class:`InferenceSummary` (also in ``<output>/run.json``).
@@ -379,12 +427,16 @@ def run_inference(
         "seed": cfg.seed if cfg.checkpoint is None else None, "working_max_side": max_side,
         "config": cfg.public_dict(), "counts": {},
     }
+    records, input_errors = loaded_input if loaded_input is not None else load_input(cfg)
     with OutputLock(cfg.out, run_id=run_id, storage_options=cfg.storage_options,
-                    stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock):
+                    stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock) as lock:
+        # before anything is written: a refused run leaves only the lock, which the exit removes
+        check_cluster_fits(cfg, num_gpus=_num_gpus(cfg), resources=_cluster_resources())
+        for holder in lock.taken_over:
+            mark_interrupted(cfg.out, holder, by=run_id, storage_options=cfg.storage_options)
         orphans = remove_orphans(cfg.out, storage_options=cfg.storage_options)
         if orphans:
             say(f"removed {len(orphans)} uncommitted masks file(s) of an interrupted run")
-        records, input_errors = load_input(cfg)
         done = done_pairs(cfg.out, storage_options=cfg.storage_options)
         plan = plan_work(records, done=done, max_videos=cfg.max_videos)
         del records
@@ -417,6 +469,12 @@ def run_inference(
         f"{summary.errors_rows} error row(s), {summary.pairs_skipped} pair(s) skipped as already done"
     )
     return summary
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return dict(ray.cluster_resources())
 
 
 def check_cluster_fits(cfg: InferenceConfig, *, num_gpus: float, resources: Mapping[str, float]) -> None:
@@ -467,8 +525,9 @@ def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *,
                 summary.videos_with_errors += 1
             if row["write_error"]:
                 summary.write_failures += 1
-                write_failures.append(_error_row(row["dataset"], row["split"], row["video_id"], None, "write",
-                                                 row["write_error"], error_type="WriteError"))
+                write_failures += video_error_rows(row["dataset"], row["split"], row["video_id"],
+                                                   row["pending_exp_ids"] or [], stage="write",
+                                                   error_type="WriteError", message=row["write_error"], uri=None)
             if summary.videos_processed % cfg.progress_every == 0 or summary.videos_processed == summary.videos_pending:
                 elapsed = time.perf_counter() - started
                 rate = summary.videos_processed / max(elapsed, 1e-9)

@@ -8,7 +8,9 @@ creates ``<output>/_lock.json`` with an exclusive create (``O_EXCL`` on local di
 A run killed with ``SIGKILL`` cannot remove its lock, so the lock carries a heartbeat that a
 background thread refreshes. A lock is stale, and is taken over, when its heartbeat is older than
 ``stale_after_s`` or when it was written on this host by a process that no longer exists.
-``break_lock=True`` takes over any lock (the operator says the holder is dead).
+``break_lock=True`` takes over any lock (the operator says the holder is dead). The lock records of
+the runs taken over are kept in :attr:`OutputLock.taken_over`, so the new run can mark their run
+records ``interrupted`` (:func:`pipelines.run_records.mark_interrupted`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.storage import filesystem_for, join_uri
+from pipelines.storage import filesystem_for
+from vrshq.data.paths import contained_uri
 
 __all__ = ["LOCK_NAME", "OutputLock", "OutputLockedError"]
 
@@ -70,7 +73,7 @@ class OutputLock:
     ):
         if stale_after_s <= 0:
             raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
-        self.uri = join_uri(output, LOCK_NAME)
+        self.uri = contained_uri(output, LOCK_NAME)
         self._fs, self._path = filesystem_for(self.uri, storage_options)
         self._run_id = run_id
         self._stale_after_s = float(stale_after_s)
@@ -79,6 +82,8 @@ class OutputLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created_at = 0.0
+        #: Lock records (run_id, host, pid, heartbeat) of the dead runs this lock was taken over from.
+        self.taken_over: list[dict[str, Any]] = []
 
     def _record(self) -> bytes:
         return json.dumps(
@@ -136,6 +141,7 @@ class OutputLock:
                 _LOG.warning("taking over the lock %s of run %r: %s", self.uri, holder.get("run_id"), reason)
                 if self._read() == holder:  # unchanged since judged: nobody else took it over meanwhile
                     self._fs.rm_file(self._path)
+                    self.taken_over.append(holder)
         else:
             raise OutputLockedError(f"could not create the lock {self.uri} after 3 attempts (lock contention)")
         self._stop.clear()

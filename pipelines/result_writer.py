@@ -43,6 +43,7 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("scores_rows", pa.int64()),
         pa.field("errors_rows", pa.int64()),
         pa.field("write_error", pa.string()),  # "" when the batch was written
+        pa.field("pending_exp_ids", pa.list_(pa.string())),  # the expressions a failed write costs
     ]
 )
 
@@ -54,6 +55,22 @@ class _AnnotationError(Exception):
         super().__init__(message)
         self.uri = uri
         self.error_type = error_type
+
+
+def name_expressions(rows: list[dict[str, Any]], video: Any, scored: set[str]) -> list[dict[str, Any]]:
+    """Rows of a whole-video failure (null ``exp_id``) made one per expression it cost, each naming it.
+
+    The expressions it cost are the video's pending ones without a scores row; when every one was
+    scored (e.g. only the robustness score is missing), the row names each of them.
+    """
+    pending = [e.exp_id for e in video.expressions if e.exp_id not in scored] or [e.exp_id for e in video.expressions]
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row.get("exp_id") is None and pending:
+            out += [{**row, "exp_id": exp_id} for exp_id in pending]
+        else:
+            out.append(row)
+    return out
 
 
 def _fragments(video: Any, errors_json: str) -> list[dict[str, Any]]:
@@ -211,11 +228,11 @@ class ResultWriter:
                       "message": str(exc) or repr(exc), "uri": getattr(exc, "uri", None), **self._run_fields}]
             masks += m
             scores += s
-            errors += e
+            errors += name_expressions(e, video, {row["exp_id"] for row in s})
             summary.append({"dataset": video.dataset, "split": video.split, "video_id": video.video_id,
                             "num_expressions": len(video.expressions), "masks_rows": len(masks) - counts[0],
                             "scores_rows": len(scores) - counts[1], "errors_rows": len(errors) - counts[2],
-                            "write_error": ""})
+                            "write_error": "", "pending_exp_ids": [x.exp_id for x in video.expressions]})
         write_error = self._write(masks, scores, errors, summary)
         if write_error:  # nothing of the batch is committed; the driver records one "write" error per video
             for row in summary:

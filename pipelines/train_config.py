@@ -620,6 +620,11 @@ class TrainConfig:
     use_gpu: bool = field(default=False, metadata={"help": "one GPU per worker (bf16 autocast, NCCL)"})
     cpus_per_worker: float = field(default=1.0, metadata={"help": "CPUs reserved per worker"})
     max_failures: int = field(default=2, metadata={"help": "worker-group restarts from the last checkpoint"})
+    stall_timeout_s: float = field(
+        default=900.0,
+        metadata={"help": "end the run when no worker changes stage or step for this long, naming the stalled "
+                          "stage (0: never)"},
+    )
     export_uri: str | None = field(default=None, metadata={"help": "final model folder (null: <run>/final)"})
     resume: bool = field(default=True, metadata={"help": "continue from the run's latest checkpoint if any"})
     fail_at_step: int | None = field(
@@ -649,6 +654,8 @@ class TrainConfig:
             problems.append(f"num_to_keep={self.num_to_keep!r}: must be a positive int or null")
         if not _is_number(self.cpus_per_worker) or self.cpus_per_worker <= 0:
             problems.append(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
+        if not _is_number(self.stall_timeout_s) or self.stall_timeout_s < 0:
+            problems.append(f"stall_timeout_s={self.stall_timeout_s!r}: must be a number >= 0 (0: no watchdog)")
         if not _is_int(self.max_failures) or self.max_failures < 0:
             problems.append(f"max_failures={self.max_failures!r}: must be an int >= 0")
         if (self.fail_at_step is None) != (self.fail_marker is None):

@@ -29,6 +29,7 @@ config again: the driver finds the run's latest checkpoint and the stream starts
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.train_config import TrainConfig
+from pipelines.train_guard import STAGE_CHECKPOINT, STAGE_DATA, STAGE_START, STAGE_STEP, report_stage
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -47,6 +49,7 @@ __all__ = [
     "ResumableTrainDataset",
     "TrainResult",
     "TrainingError",
+    "TrainingStalledError",
     "build_train_dataset",
     "latest_checkpoint",
     "read_split",
@@ -63,6 +66,10 @@ _METRIC_KEYS = ("loss", "ce_loss", "bce_loss", "dice_loss", "object_loss", "grad
 
 class TrainingError(RuntimeError):
     """Training could not start or did not finish (bad data, failed workers, ...)."""
+
+
+class TrainingStalledError(TrainingError):
+    """No worker made progress for ``stall_timeout_s`` seconds; the message names the stalled stage."""
 
 
 @dataclass(frozen=True)
@@ -214,8 +221,11 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
     Raises:
         TrainingError: empty training split, or the run failed after ``max_failures`` restarts.
     """
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.train_guard import ProgressBoard, StallWatchdog
 
     records = read_split(cfg.data.format, cfg.data.root, cfg.data.split, cfg.storage_options)
     usable = [r for r in records if r.num_frames >= cfg.data.sampling.min_video_frames
@@ -244,9 +254,10 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
         num_samples = 2 * remaining * per_step + per_step
         dataset = ResumableTrainDataset(cfg, usable, start_sample=start_sample, num_samples=num_samples)
         storage_path, storage_fs = _ray_storage(cfg)
+        board = ray.remote(num_cpus=0)(ProgressBoard).remote() if cfg.stall_timeout_s else None
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "dataset_start": start_sample},
+            train_loop_config={"cfg": cfg, "dataset_start": start_sample, "progress": board},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
             ),
@@ -260,9 +271,17 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
             datasets={"train": dataset},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         )
+        watchdog = StallWatchdog(board, cfg.stall_timeout_s) if board is not None else contextlib.nullcontext()
         try:
-            result = trainer.fit()
+            with watchdog:
+                result = trainer.fit()
+        except (KeyboardInterrupt, SystemExit):  # the watchdog interrupts; Ray Train's SIGINT handler aborts the run
+            if getattr(watchdog, "message", None) is None:
+                raise
+            raise TrainingStalledError(f"training run {cfg.run_uri}: {watchdog.message}") from None
         except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors in several types
+            if getattr(watchdog, "message", None) is not None:
+                raise TrainingStalledError(f"training run {cfg.run_uri}: {watchdog.message}") from exc
             raise TrainingError(f"training run {cfg.run_uri} failed: {exc}") from exc
         if getattr(result, "error", None) is not None:
             raise TrainingError(f"training run {cfg.run_uri} failed: {result.error}")
@@ -377,6 +396,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: TrainConfig = config["cfg"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    board = config.get("progress")  # pipelines.train_guard: the driver's stall watchdog reads it
+    report_stage(board, rank, STAGE_START, -1)
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
@@ -424,7 +445,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step, max_sample, wall = state.step, state.next_sample_id - 1, state.wall_seconds
     while step < cfg.max_steps:
         t0 = time.perf_counter()
+        report_stage(board, rank, STAGE_DATA, step)
         taken = _take(rows, per_step)
+        report_stage(board, rank, STAGE_STEP, step)
         # every rank must agree to step (a rank that runs out would leave the others in a collective;
         # videos without a usable expression leave no row, and a rank resumed from an older checkpoint
         # than the stream's start skips nothing, so the ranks' row counts may differ)
@@ -451,6 +474,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if not (do_ckpt or do_val or step % cfg.log_every == 0):
             continue
         report = {**row, "attempt_start_step": attempt_start}
+        report_stage(board, rank, STAGE_CHECKPOINT, step)
         scores = None
         if do_val and rank == 0:
             scores = validate(model, eval_videos)

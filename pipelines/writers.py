@@ -8,7 +8,8 @@ Layout (hive partitioning, readable by DuckDB, pandas, Spark and ``pyarrow.datas
 
 The partition columns live in the folder names only (as Spark and Ray write them); readers put
 them back. Video and expression ids are data: they never become paths, so ids with ``/`` or
-``..`` cannot write outside the output root.
+``..`` cannot write outside the output root; the partition values and file names that do become
+paths go through :func:`vrshq.data.paths.contained_uri`.
 
 Atomicity. One call of :func:`write_batch` writes the rows of one batch of videos:
 
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, PARTITION_COLUMNS, SCORES_SCHEMA, validate_table
 from pipelines.storage import arrow_filesystem, filesystem_for, is_local, join_uri
+from vrshq.data.paths import contained_uri
 
 __all__ = [
     "OUTPUT_SCHEMAS",
@@ -82,7 +84,9 @@ def batch_id_for(run_id: str, keys: Iterable[tuple[str, ...]]) -> str:
 
 def part_uri(output: str, table: str, *, dataset: str, split: str, batch_id: str) -> str:
     """``<output>/<table>/dataset=<d>/split=<s>/part-<batch_id>.parquet``."""
-    return join_uri(output, table, f"dataset={dataset}", f"split={split}", f"part-{batch_id}.parquet")
+    # dataset and split are data: contained_uri keeps them (and the batch id) under <output>/<table>/
+    return contained_uri(join_uri(output, table), f"dataset={dataset}", f"split={split}", f"part-{batch_id}.parquet",
+                         what="partition value or batch id")
 
 
 def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:

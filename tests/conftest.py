@@ -81,6 +81,19 @@ class S3Server:
         return f"s3://{name}"
 
 
+#: Markers of tests that only run when ``-m`` names them (too long for every CI run).
+_ON_DEMAND_MARKERS = ("fuzz", "long")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``fuzz``/``long`` tests unless the ``-m`` expression names their marker."""
+    selected = config.getoption("-m") or ""
+    for item in items:
+        for marker in _ON_DEMAND_MARKERS:
+            if marker in item.keywords and marker not in selected:
+                item.add_marker(pytest.mark.skip(reason=f"on demand: select with -m {marker}"))
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1 (random port) for the whole session, with AWS_* set to "testing"."""

@@ -145,8 +145,13 @@ def test_driver_killed_then_rerun(chaos_ray, dataset, reference, tmp_path):
     partial = len(list_parts(str(output), "scores"))
     FIGURES.add("faults", "infer driver SIGKILL", 1)
     assert (output / "_lock.json").exists(), "a killed driver leaves its lock (taken over by the rerun)"
+    killed_run = json.loads((output / "_lock.json").read_text())["run_id"]
+    assert json.loads((output / "runs" / f"{killed_run}.json").read_text())["status"] == "running"
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    killed_record = json.loads((output / "runs" / f"{killed_run}.json").read_text())
+    assert killed_record["status"] == "interrupted", killed_record  # the rerun took its lock over
+    assert json.loads((output / "run.json").read_text())["status"] == "completed"
     assert partial < DATA["num_videos"] or "0 video(s)" in rerun.stderr + rerun.stdout
     assert_same_rows(canonical(str(output)), reference, "driver kill + rerun")
     assert SECRET not in rerun.stdout + rerun.stderr

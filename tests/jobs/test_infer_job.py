@@ -87,10 +87,12 @@ def test_infer_job_submit_kill_rerun_and_check_rows(ray_head, s3_server):  # noq
     result = ray_head.submit_job(entrypoint, working_dir=REPO, runtime_env=runtime_env, timeout=300)
     logs = result.stdout + result.stderr
     assert result.returncode != 0, logs[-3000:]
-    assert "finished with 1 error row(s)" in logs, logs[-3000:]
+    assert f"finished with {len(corrupt.expressions)} error row(s)" in logs, logs[-3000:]  # one per expression
     assert "progress: " in logs and " completed in " in logs
     run = json.loads(fs.cat(f"{output}/run.json".removeprefix("s3://")))
     assert run["status"] == "completed" and run["run_id"] != killed["run_id"]
+    killed_record = json.loads(fs.cat(f"{output}/runs/{killed['run_id']}.json".removeprefix("s3://")))
+    assert killed_record["status"] == "interrupted" and killed_record["interrupted_by"] == run["run_id"]
     assert run["counts"]["pairs_skipped"] >= 1  # run 1's committed work was not redone
     assert run["code_version"] == "test-sha" and run["model"] == "tiny-seed5" and run["checkpoint"] is None
     assert "testing" not in json.dumps(run) and "testing" not in logs  # no credentials
@@ -104,7 +106,8 @@ def test_infer_job_submit_kill_rerun_and_check_rows(ray_head, s3_server):  # noq
     good = videos[:-1]
     assert set(scores) == {(v.video_id, e.exp_id) for v in good for e in v.expressions}
     errors = read_output(output, "errors", storage_options=opts).to_pylist()
-    assert {(e["video_id"], e["exp_id"], e["stage"]) for e in errors} == {(corrupt.video_id, None, "decode")}
+    assert {(e["video_id"], e["exp_id"], e["stage"]) for e in errors} == {
+        (corrupt.video_id, e.exp_id, "decode") for e in corrupt.expressions}  # each expression it cost, named
     assert errors[-1]["uri"].endswith(f"{corrupt.frame_names[0]}.jpg")
 
     rows: dict[tuple[str, str], list[dict]] = {}

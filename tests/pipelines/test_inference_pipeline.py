@@ -68,18 +68,19 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
 
     # -- errors: one row per failed video / expression, naming the cause
     errors = read_output(output, "errors").to_pylist()
-    got = sorted((e["video_id"], e["exp_id"] or "-", e["stage"]) for e in errors)
+    got = sorted((e["video_id"], e["exp_id"], e["stage"]) for e in errors)
     assert got == sorted([
-        (bad_decode.video_id, "-", "decode"),
-        (bad_read.video_id, "-", "read"),
-        (bad_annotation.video_id, broken.exp_id, "annotation"),
+        *((bad_decode.video_id, e.exp_id, "decode") for e in bad_decode.expressions),  # one row per expression
+        *((bad_read.video_id, e.exp_id, "read") for e in bad_read.expressions),
+        (bad_annotation.video_id, broken.exp_id, "annotation"),  # found before the model pass
         (good.video_id, good.expressions[-1].exp_id, "read"),  # the duplicate row
     ])
-    by_stage = {e["stage"]: e for e in errors if e["exp_id"] is None}
+    by_stage = {e["stage"]: e for e in errors if e["video_id"] in (bad_decode.video_id, bad_read.video_id)}
     assert by_stage["decode"]["uri"].endswith(f"{bad_decode.frame_names[3]}.jpg")
     assert by_stage["read"]["uri"].endswith(f"{bad_read.frame_names[1]}.jpg")
     assert all(e["run_id"] == summary.run_id and e["code_version"] == "test-sha" for e in errors)
-    assert summary.status == "completed" and not summary.ok and summary.errors_rows == 4
+    failed_rows = len(bad_decode.expressions) + len(bad_read.expressions) + 2
+    assert summary.status == "completed" and not summary.ok and summary.errors_rows == failed_rows
 
     # -- every good expression of every frame is present; masks equal the model's
     expected_pairs = {(v.video_id, e.exp_id) for v in (good, bad_annotation) for e in v.expressions} - {
@@ -112,7 +113,7 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
     # -- rerun: done pairs are skipped, failed ones are retried (and fail again), nothing is duplicated
     again = run_inference(cfg)
     assert again.pairs_skipped == len(expected_pairs) and again.scores_rows == 0 and again.masks_rows == 0
-    assert again.errors_rows == 4
+    assert again.errors_rows == failed_rows
     _assert_no_duplicates(output)
 
     # -- a manifest of new videos appends

@@ -22,7 +22,15 @@ from vrshq.data.masks import (
     load_mask_dict,
     union_anno_masks,
 )
-from vrshq.data.readers import parse_meta_expressions, read_mevis, read_revos, revos_meta_filenames
+from vrshq.data.paths import PathEscapeError, contained_uri
+from vrshq.data.readers import (
+    RecordProblem,
+    parse_meta_expressions,
+    parse_meta_records,
+    read_mevis,
+    read_revos,
+    revos_meta_filenames,
+)
 from vrshq.data.records import EXPRESSION_TYPE_IDS, ExpressionRecord, VideoRecord, normalize_eval_text
 from vrshq.data.synthetic import (
     COLOURS,
@@ -40,6 +48,8 @@ from vrshq.data.synthetic_writer import SyntheticRevosInfo, encode_mp4, write_sy
 __all__ = [
     "COLOURS",
     "DataError",
+    "PathEscapeError",
+    "RecordProblem",
     "EXPRESSION_TYPE_IDS",
     "ExpressionRecord",
     "FRAME_EXTENSION",
@@ -51,6 +61,7 @@ __all__ = [
     "SyntheticSceneConfig",
     "SyntheticVideo",
     "VideoRecord",
+    "contained_uri",
     "decode_image",
     "decode_rle",
     "encode_mp4",
@@ -65,6 +76,7 @@ __all__ = [
     "load_mask_dict",
     "normalize_eval_text",
     "parse_meta_expressions",
+    "parse_meta_records",
     "probe_frame_size",
     "read_mevis",
     "read_revos",

@@ -14,7 +14,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from vrshq.data.errors import DataError
 
-__all__ = ["resolve", "join_uri", "read_bytes", "read_json", "exists", "cat_many", "write_many"]
+__all__ = ["JsonObject", "resolve", "join_uri", "read_bytes", "read_json", "exists", "cat_many", "write_many"]
 
 
 def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -55,11 +55,35 @@ def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, *, wh
         raise DataError(uri, f"expected a {what}, found a folder") from None
 
 
-def read_json(uri: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "json file") -> Any:
-    """Read and parse a JSON file; bad JSON becomes a :class:`DataError` with the parser's position."""
+class JsonObject(dict):
+    """A parsed JSON object that remembers the keys its text listed more than once (the last value is kept).
+
+    JSON parsers keep the last of two equal keys silently; a meta file that lists a video or an
+    expression twice would lose the first without a word, so the readers ask for
+    :attr:`duplicate_keys` and report them.
+    """
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> JsonObject:
+    obj = JsonObject(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicate_keys = tuple(dict.fromkeys(k for k, _ in pairs if k in seen or seen.add(k)))
+    return obj
+
+
+def read_json(uri: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "json file",
+              note_duplicates: bool = False) -> Any:
+    """Read and parse a JSON file; bad JSON becomes a :class:`DataError` with the parser's position.
+
+    With ``note_duplicates`` objects come back as :class:`JsonObject` (a ``dict``) naming their
+    duplicated keys (slower: meant for meta files, not for large annotation files).
+    """
     data = read_bytes(uri, storage_options, what=what)
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_object_pairs if note_duplicates else None)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(uri, f"{what} is not valid JSON: {exc}") from None
 

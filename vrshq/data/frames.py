@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vrshq.data._fs import cat_many, join_uri, resolve
 from vrshq.data.errors import DataError
+from vrshq.data.paths import contained_uri
 from vrshq.data.records import VideoRecord
 
 __all__ = ["FRAME_EXTENSION", "decode_image", "iter_frame_chunks", "load_frames", "probe_frame_size", "frame_uri"]
@@ -31,7 +32,7 @@ def frame_uri(video: VideoRecord, index: int) -> str:
     """URI of frame ``index`` (position in ``video.frame_names``) of a JPEG-folder video."""
     if video.frames_uri is None:
         raise ValueError(f"video {video.video_id!r} has no frames_uri (it is an mp4: {video.video_uri})")
-    return join_uri(video.frames_uri, video.frame_names[index] + FRAME_EXTENSION)
+    return contained_uri(video.frames_uri, video.frame_names[index] + FRAME_EXTENSION, what="frame name")
 
 
 def decode_image(data: bytes, *, uri: str = "<bytes>") -> np.ndarray:
@@ -139,7 +140,8 @@ def _load_jpeg_frames(
 ) -> np.ndarray:
     fs, folder = resolve(video.frames_uri, storage_options)
     names = [video.frame_names[i] + FRAME_EXTENSION for i in indices]
-    paths = [f"{folder}/{name}" for name in names]
+    # Frame names are data: each is checked to stay under the video's folder before it is read.
+    paths = [contained_uri(folder, name, what="frame name") for name in names]
     unique = list(dict.fromkeys(paths))
     fetched = cat_many(fs, unique)  # one concurrent request batch on s3fs
     uris = {p: join_uri(video.frames_uri, n) for p, n in zip(paths, names)}
