@@ -7,7 +7,7 @@ pipeline, scores it, and prints the paper-style table (referring / reasoning / o
 The model is the committed tiny checkpoint (``checkpoints/tiny-synthetic``) when it exists, else a
 random initialisation, which the summary says plainly: random weights give random masks.
 
-A checkpoint trained by ``jobs.learnability`` carries ``learnability.json``, the task it learnt (frame
+A checkpoint trained by ``research.learnability`` carries ``learnability.json``, the task it learnt (frame
 size, frames per video, expression types) and its held-out scores. The demo's synthetic data follows
 that task unless ``--size``/``--frames``/``--expression-types`` say otherwise, so the printed J&F is
 comparable with the held-out J&F the checkpoint was published with (printed beside it).
@@ -29,9 +29,12 @@ import sys
 from collections.abc import Sequence
 
 from jobs._cli import setup_logging
-from jobs.learnability import TASK_FILE
 
-__all__ = ["DEFAULT_CHECKPOINT", "DemoData", "demo_data", "main", "read_task_file"]
+__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoData", "demo_data", "main", "read_task_file"]
+
+TASK_FILE = "learnability.json"
+"""In a checkpoint folder trained on synthetic videos: the task it learnt and its held-out scores (written by
+``research.learnability``)."""
 
 #: The tiny model trained on synthetic videos (issue 6), committed with the code.
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic"
@@ -67,7 +70,7 @@ DATA_MARKER = "demo_data.json"
 
 
 def read_task_file(checkpoint: str | None) -> dict:
-    """A checkpoint's :data:`~jobs.learnability.TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
+    """A checkpoint's :data:`TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
     if not checkpoint:
         return {}
     import fsspec

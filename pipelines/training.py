@@ -44,6 +44,7 @@ from pipelines.train_config import TrainConfig
 __all__ = [
     "CHECKPOINT_PREFIX",
     "METRICS_NAME",
+    "StepHook",
     "ResumableTrainDataset",
     "TrainResult",
     "TrainingError",
@@ -208,8 +209,15 @@ def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
     return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
 
 
-def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) -> TrainResult:
-    """Train with Ray Train as configured (``ray.init`` must have been called).
+StepHook = Callable[[int, int, int], None]
+"""``hook(step, rank, world_size)``, called on every worker after each optimiser step (it travels to the workers
+pickled, so it must be picklable): e.g. a test that kills a worker mid-run."""
+
+
+def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info,
+                 on_step: StepHook | None = None) -> TrainResult:
+    """Train with Ray Train as configured (``ray.init`` must have been called); ``on_step`` (optional) runs on
+    every worker after each step.
 
     Raises:
         TrainingError: empty training split, or the run failed after ``max_failures`` restarts.
@@ -246,7 +254,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
         storage_path, storage_fs = _ray_storage(cfg)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "dataset_start": start_sample},
+            train_loop_config={"cfg": cfg, "dataset_start": start_sample, "on_step": on_step},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
             ),
@@ -335,17 +343,6 @@ def _write_metrics_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int) -> None:
-    """Fault injection for tests: the chosen rank dies at ``fail_at_step`` while the marker is absent."""
-    if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != (1 if world > 1 else 0):
-        return
-    if os.path.exists(cfg.fail_marker):
-        return
-    with open(cfg.fail_marker, "w") as f:
-        f.write(f"worker rank {rank} killed itself at step {step}\n")
-    os._exit(1)
-
-
 def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None) -> None:
     fs, path = _fs(uri, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -354,7 +351,8 @@ def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None) -
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function (``train_loop_config`` = ``{"cfg": TrainConfig, "dataset_start": int}``)."""
+    """The Ray Train worker function (``train_loop_config`` = ``{"cfg": TrainConfig, "dataset_start": int,
+    "on_step": StepHook | None}``)."""
     import ray.train
     import torch
     from ray.train import Checkpoint
@@ -375,6 +373,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
     cfg: TrainConfig = config["cfg"]
+    on_step: StepHook | None = config.get("on_step")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
@@ -445,7 +444,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                "seconds": seconds, "data_seconds": t_data, "clips_per_s": world * per_step / seconds,
                "expressions_per_s": world * stats["num_expressions"] / seconds}
         history.append(row)
-        _maybe_fail(cfg, step, rank, world)
+        if on_step is not None:
+            on_step(step, rank, world)
         do_ckpt = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         do_val = bool(cfg.validation.every_steps) and (step % cfg.validation.every_steps == 0 or step == cfg.max_steps)
         if not (do_ckpt or do_val or step % cfg.log_every == 0):

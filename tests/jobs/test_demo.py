@@ -9,7 +9,7 @@ import re
 import pytest
 
 from jobs import demo
-from jobs.learnability import TASK_FILE, heldout_videos
+from research.learnability import TASK_FILE, heldout_videos
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 
 CHECKPOINT = demo.DEFAULT_CHECKPOINT

@@ -1,4 +1,4 @@
-"""scripts/motion_reasoning_probe.py: its oracle questions carry the answer, and its reasoner can fit them."""
+"""research/motion_reasoning_probe.py: its oracle questions carry the answer, and its reasoner can fit them."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""scripts/decode_diagnostics.py: the per-cell probe must tell encoded attributes from absent ones."""
+"""research/decode_diagnostics.py: the per-cell probe must tell encoded attributes from absent ones."""
 from __future__ import annotations
 
 import pathlib
@@ -128,8 +128,9 @@ def test_retention_scores_the_model_and_stage_g_with_stage_gs_head(tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.grounding_pretrain import grounding_sample, pretrain_grounding
-    from pipelines.train_config import GroundingPretrainConfig, ModelSpec, SamplingConfig
+    from research.grounding_pretrain import grounding_sample, pretrain_grounding
+    from pipelines.train_config import ModelSpec, SamplingConfig
+    from research.config import GroundingPretrainConfig
     from pipelines.train_loop import build_training_model
     from vrshq.data import generate_synthetic_video
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, write_json_atomic
-from pipelines.train_config import VisionPretrainConfig
+from research.aux_heads import throwaway_linear_head
+from research.stage_files import read_json_if_exists, write_json_atomic
+from research.config import VisionPretrainConfig
 from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters

@@ -53,9 +53,10 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
-from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, same_settings, write_json_atomic
-from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
+from research.aux_heads import throwaway_linear_head
+from research.stage_files import read_json_if_exists, same_settings, write_json_atomic
+from pipelines.train_config import SamplingConfig
+from research.config import GroundingPretrainConfig
 from pipelines.train_loop import build_scheduler
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 
@@ -78,7 +79,7 @@ __all__ = [
     "read_summary",
 ]
 
-_LOG = logging.getLogger("pipelines.grounding_pretrain")
+_LOG = logging.getLogger("research.grounding_pretrain")
 
 WEIGHTS_FILE = "text_path.safetensors"
 SUMMARY_FILE = "grounding.json"
@@ -385,7 +386,7 @@ def load_grounding_head(model, folder: str) -> torch.nn.Linear:
     """The throw-away target head of the stage G in ``folder`` (its :data:`STATE_FILE`), on ``model``'s device.
 
     Why keep using a head that training throws away: scoring a later model's TAK' with it (:func:`grounding_scores`)
-    tells how much of stage G's grounding survives stage 1 (``scripts/decode_diagnostics.py --grounding-folder``).
+    tells how much of stage G's grounding survives stage 1 (``research/decode_diagnostics.py --grounding-folder``).
     """
     path = os.path.join(folder, STATE_FILE)
     if not os.path.exists(path):

@@ -13,8 +13,8 @@ reports:
 The features clustered are the tower's (``--layer``, the preset's by default) or, with ``--pixels``, each patch's
 raw normalised pixels. The tower is a random-init one of ``--preset``, or the stage-V tower of ``--vision-folder``.
 
-    python scripts/merge_purity.py --preset learn-256-pos-k2
-    python scripts/merge_purity.py --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
+    python research/merge_purity.py --preset learn-256-pos-k2
+    python research/merge_purity.py --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def merge_purity(vision, *, videos: int, pixels: bool = False, seed: int = 0, st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="learn-256-pos-k2", help="model preset whose tower and merge are used")
-    parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load")
+    parser.add_argument("--vision-folder", help="a stage-V folder (research.learnability's vision_pretrain/) to load")
     parser.add_argument("--layer", type=int, help="tower hidden state to cluster (default: the preset's)")
     parser.add_argument("--pixels", action="store_true", help="cluster each patch's raw pixels instead")
     parser.add_argument("--videos", type=int, default=60)

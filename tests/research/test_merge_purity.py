@@ -1,4 +1,4 @@
-"""scripts/merge_purity.py: on raw pixels of 4 px patches the first merge level isolates the shapes, and the
+"""research/merge_purity.py: on raw pixels of 4 px patches the first merge level isolates the shapes, and the
 measure tells that apart from a merge that ignores the image."""
 from __future__ import annotations
 
