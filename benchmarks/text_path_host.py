@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.clip_sampling import samples_to_batch
-    from research.grounding_pretrain import grounding_sample_stream
     from pipelines.train_config import ModelSpec, SamplingConfig
-    from research.presets import model_preset
     from pipelines.train_loop import build_training_model
+    from research.grounding_pretrain import grounding_sample_stream
+    from research.presets import model_preset
     from vrshq.model.prompts import encode_prompt
 
     device = torch.device(args.device)

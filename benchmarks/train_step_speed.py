@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.train_config import ModelSpec
-    from research.presets import model_preset
     from pipelines.train_loop import build_training_model
+    from research.presets import model_preset
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)

@@ -502,8 +502,13 @@ def new_run_id(prefix: str) -> str:
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one."""
+    """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one, with a console
+    that shows what a user can act on (``jobs._ray_console``)."""
     import ray
 
+    from jobs._ray_console import choose_local_auth_mode, drop_unactionable_ray_errors
+
     if not ray.is_initialized():
+        choose_local_auth_mode(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        drop_unactionable_ray_errors()

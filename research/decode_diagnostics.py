@@ -30,7 +30,7 @@ at R^2 0.53, and the speed rule on them is near chance. Session 15 (README, "Kee
 stage 1"): stage G's head picks 0.88 of the targets on its own text path and 0.80 on the committed model's TAK'
 (0.35 for "hides behind"); for that kind the keyframe mask misses 70% of the targets that TAK' names.
 
-    python research/decode_diagnostics.py checkpoints/tiny-synthetic --videos 64
+    python -m research.decode_diagnostics checkpoints/tiny-synthetic --videos 64
 """
 from __future__ import annotations
 
@@ -38,24 +38,20 @@ import argparse
 import collections
 import itertools
 import json
-import os
-import sys
 import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines.clip_sampling import samples_to_batch  # noqa: E402
-from pipelines.config import InferenceConfig  # noqa: E402
-from research.learnability import _HELDOUT_STREAM  # noqa: E402
-from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples  # noqa: E402
-from pipelines.model_loader import build_model  # noqa: E402
-from pipelines.train_config import SamplingConfig  # noqa: E402
-from vrshq.data import generate_synthetic_video  # noqa: E402
-from vrshq.data.synthetic import COLOURS, SHAPES, SIZES  # noqa: E402
+from pipelines.clip_sampling import samples_to_batch
+from pipelines.config import InferenceConfig
+from pipelines.model_loader import build_model
+from pipelines.train_config import SamplingConfig
+from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples
+from research.learnability import _HELDOUT_STREAM
+from vrshq.data import generate_synthetic_video
+from vrshq.data.synthetic import COLOURS, SHAPES, SIZES
 
 _ATTRIBUTES = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", SIZES))
 

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
-from research.aux_heads import throwaway_linear_head
-from research.stage_files import read_json_if_exists, same_settings, write_json_atomic
 from pipelines.train_config import SamplingConfig
-from research.config import GroundingPretrainConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import GroundingPretrainConfig
+from research.stage_files import read_json_if_exists, same_settings, write_json_atomic
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 
 __all__ = [

@@ -366,8 +366,8 @@ def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) 
     earlier run of this ``--out`` stopped in it, or loaded when complete; False when the deadline cut it short
     (saved: rerun the same command to continue it). Held out: the clips that stage G's sampling takes from the
     held-out videos (never trained on)."""
-    from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
     from pipelines.train_config import SamplingConfig
+    from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
     heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
@@ -393,8 +393,8 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
     (saved: rerun the same command to continue it)."""
     import numpy as np
 
-    from research.track_pretrain import pretrain_tracking, track_clip_stream
     from pipelines.train_loop import true_keyframe_tracking_j
+    from research.track_pretrain import pretrain_tracking, track_clip_stream
 
     def evaluate(step: int) -> dict:
         j = float(np.mean(true_keyframe_tracking_j(model, heldout)))

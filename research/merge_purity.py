@@ -13,26 +13,22 @@ reports:
 The features clustered are the tower's (``--layer``, the preset's by default) or, with ``--pixels``, each patch's
 raw normalised pixels. The tower is a random-init one of ``--preset``, or the stage-V tower of ``--vision-folder``.
 
-    python research/merge_purity.py --preset learn-256-pos-k2
-    python research/merge_purity.py --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
+    python -m research.merge_purity --preset learn-256-pos-k2
+    python -m research.merge_purity --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vrshq.data import generate_synthetic_video  # noqa: E402
-from vrshq.model.token_merging import dpc_knn_cluster  # noqa: E402
-from vrshq.model.vision_config import effective_knn_k  # noqa: E402
+from vrshq.data import generate_synthetic_video
+from vrshq.model.token_merging import dpc_knn_cluster
+from vrshq.model.vision_config import effective_knn_k
 
 
 def patch_features(vision, frames: np.ndarray, *, pixels: bool) -> torch.Tensor:

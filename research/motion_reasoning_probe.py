@@ -18,9 +18,9 @@ Training videos come from stream 7 and held-out ones from stream 8 (a fixed set 
 question many times); held-out accuracy per kind is printed every ``--eval-every`` steps. A random pick among the
 video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 
-    python research/motion_reasoning_probe.py --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
-    python research/motion_reasoning_probe.py --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
-    python research/motion_reasoning_probe.py --input merged --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain \
+    python -m research.motion_reasoning_probe --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
+    python -m research.motion_reasoning_probe --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
+    python -m research.motion_reasoning_probe --input merged --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain \
         --train-videos 20000 --steps 2000 --batch 256
 """
 from __future__ import annotations
@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import tempfile
 import time
 
@@ -37,10 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from research.grounding_pretrain import TARGET_TRIPLES  # noqa: E402
-from vrshq.data import generate_synthetic_video  # noqa: E402
+from research.grounding_pretrain import TARGET_TRIPLES
+from vrshq.data import generate_synthetic_video
 
 KINDS = ("static", "fastest")
 SPEED_CLASSES = ("static", "slow", "medium", "fast")  # vrshq.data.synthetic's speed classes
@@ -81,8 +77,8 @@ def preset_tower(preset: str, vision_folder: str | None = None):
     ``vision_folder`` (``research.learnability``'s ``vision_pretrain/``) loaded into it when given: the tokens a stage
     G on that preset would read, without a trained model folder."""
     from pipelines.train_config import ModelSpec
-    from research.presets import model_preset
     from pipelines.train_loop import build_training_model
+    from research.presets import model_preset
 
     vision = build_training_model(ModelSpec(preset=model_preset(preset)), device="cpu").float().eval().vision
     if vision_folder:

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from research.aux_heads import throwaway_linear_head
-from research.stage_files import read_json_if_exists, same_settings
-from research.config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import TrackPretrainConfig
+from research.stage_files import read_json_if_exists, same_settings
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.letterbox import letterbox, letterbox_shape
 from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss

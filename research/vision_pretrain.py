@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from research.aux_heads import throwaway_linear_head
-from research.stage_files import read_json_if_exists, write_json_atomic
-from research.config import VisionPretrainConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import VisionPretrainConfig
+from research.stage_files import read_json_if_exists, write_json_atomic
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.train_config import ModelSpec, SamplingConfig
+from pipelines.train_loop import build_training_model
+from research.config import GroundingPretrainConfig
 from research.grounding_pretrain import (
     SUMMARY_FILE,
     TARGET_TRIPLES,
@@ -18,10 +21,7 @@ from research.grounding_pretrain import (
     pretrain_grounding,
     read_summary,
 )
-from pipelines.train_config import ModelSpec, SamplingConfig
 from research.presets import model_preset
-from research.config import GroundingPretrainConfig
-from pipelines.train_loop import build_training_model
 from vrshq.data import generate_synthetic_video
 
 _SAMPLING = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))

@@ -35,9 +35,9 @@ def _stop_at_2_then_continue(args: list[str]) -> None:
 def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     import torch
 
-    from research import learnability
     from pipelines.config import InferenceConfig
     from pipelines.model_loader import build_model
+    from research import learnability
 
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
@@ -70,9 +70,8 @@ def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tm
     """Outputs are saved at every evaluation, so a run killed later (here: at step 3) can be resumed."""
     import torch
 
-    from research import learnability
-
     import pipelines.train_loop as train_loop
+    from research import learnability
 
     calls = {"n": 0}
 
@@ -276,9 +275,9 @@ def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights
     import torch
     from safetensors.torch import load_file
 
-    from research import learnability
     from pipelines.train_config import ModelSpec
     from pipelines.train_loop import build_training_model
+    from research import learnability
 
     threads = torch.get_num_threads()
     out = tmp_path / "learn"
@@ -415,8 +414,8 @@ def test_curve_shows_stage_g_when_the_run_has_one(tmp_path, monkeypatch):
     """The curve gets a stage-G panel (held-out accuracy in all and per kind) beside the stage-1 panels."""
     import matplotlib.figure
 
-    from research.learnability import GROUNDING_DIR, _plot
     from research.grounding_pretrain import SUMMARY_FILE
+    from research.learnability import GROUNDING_DIR, _plot
 
     saved = []
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))

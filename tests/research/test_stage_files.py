@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from research.stage_files import same_settings
 from research.config import GroundingPretrainConfig
+from research.stage_files import same_settings
 
 
 def _written(cfg) -> dict:

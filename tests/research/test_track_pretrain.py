@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from research.config import TrackPretrainConfig
 from research.track_pretrain import (
     STATE_FILE,
     WEIGHTS_FILE,
@@ -18,7 +19,6 @@ from research.track_pretrain import (
     track_clip_stream,
     track_losses,
 )
-from research.config import TrackPretrainConfig
 from vrshq.data import generate_synthetic_video
 from vrshq.model.sam2_config import sam2_tiny
 from vrshq.model.sam2_segmenter import Sam2Segmenter
