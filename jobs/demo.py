@@ -37,7 +37,7 @@ TASK_FILE = "learnability.json"
 """In a checkpoint folder trained on synthetic videos: the task it learnt and its held-out scores (written by
 ``research.learnability``)."""
 
-#: The tiny model trained on synthetic videos (issue 6), committed with the code.
+#: The tiny model trained on synthetic videos, committed with the code.
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic"
 
 _LOG = logging.getLogger("jobs.demo")

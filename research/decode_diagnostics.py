@@ -21,14 +21,15 @@ Six measurements on a model folder (CPU, float32; a diagnostic, not the method),
    model keeps after stage 1. Stage G's own throw-away head scores this model's TAK' on stage G's held-out clips
    (exact target sets and one-target picks per kind), against the same head on stage G's text path.
 
-Measured on the session-7 model (README, "What limits reasoning"): TAK' names 93% of referring targets, SAM2's
-image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of colour-only
-expressions but 41% of shape-only ones: the decoder cannot find by shape what the image features hardly encode.
-Session 8 (README, "The attribute aid and what now limits"): with the stage-0 attribute aid shape per cell is 96%
-and shape-only expressions are found 91% of the time; the motion probe reads object centres from the merged tokens
-at R^2 0.53, and the speed rule on them is near chance. Session 15 (README, "Keeping stage G's grounding through
-stage 1"): stage G's head picks 0.88 of the targets on its own text path and 0.80 on the committed model's TAK'
-(0.35 for "hides behind"); for that kind the keyframe mask misses 70% of the targets that TAK' names.
+Measured on an earlier model (docs/research/learnability.md, "What limits reasoning"): TAK' names 93% of referring
+targets, SAM2's image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of
+colour-only expressions but 41% of shape-only ones: the decoder cannot find by shape what the image features hardly
+encode. Later (docs/research/learnability.md, "The attribute aid and what now limits"): with the stage-0 attribute aid
+shape per cell is 96% and shape-only expressions are found 91% of the time; the motion probe reads object centres from
+the merged tokens at R^2 0.53, and the speed rule on them is near chance. Then (docs/research/learnability.md, "Keeping
+stage G's grounding through stage 1"): stage G's head picks 0.88 of the targets on its own text path and 0.80 on the
+committed model's TAK' (0.35 for "hides behind"); for that kind the keyframe mask misses 70% of the targets that TAK'
+names.
 
     python -m research.decode_diagnostics checkpoints/tiny-synthetic --videos 64
 """

@@ -39,17 +39,17 @@ CLIP knows, per patch where it is and what covers it (``research.vision_pretrain
 method freezes CLIP. Why: the cluster means of a random tower's patches keep almost nothing of where an object
 is (linear-probe R^2 of the cluster centroid 0.06), so the LLM cannot reason over motion; 600 steps give 0.86
 (40 s on an H200). Measured so far it did not help: 1,112 stage-1 steps on it reasoned no better and referred
-worse (README, "What limits reasoning"), hence off by default. Its result (``vision_pretrain/``) is loaded when
-the same command runs again.
+worse (docs/research/learnability.md, "What limits reasoning"), hence off by default. Its result (``vision_pretrain/``)
+is loaded when the same command runs again.
 
 Stage G (``--grounding.steps``, default 0; from random init only, after stage V): the text path (LLM, visual
 projector, seg head) learns without SAM2 to make TAK' name the expression's targets among the video's objects
 (``research.grounding_pretrain``), what MLLM pretraining gives the real LLM. With ``--preset learn-256-pos`` it
 grounds every held-out referring and group expression in 500 steps of 64 clips, but the motion kinds not in 1,500.
 Stage 1 after it scored J&F 0.62 against 0.60 while SAM2's encoder hardly told shapes apart; after a stage 0 with
-the attribute aid (``--track.attribute-weight``) it scores 0.68 against 0.64 without stage G (README, "The
-attribute aid and what now limits"). ``--freeze-llm`` keeps its LLM through stage 1. Its result
-(``grounding_pretrain/``) is loaded when the same command runs again.
+the attribute aid (``--track.attribute-weight``) it scores 0.68 against 0.64 without stage G
+(docs/research/learnability.md, "The attribute aid and what now limits"). ``--freeze-llm`` keeps its LLM through stage
+1. Its result (``grounding_pretrain/``) is loaded when the same command runs again.
 
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
@@ -95,9 +95,9 @@ failure; an exported ``model/`` may already exist then (stage 1 exports at the s
 
 @dataclass(frozen=True)
 class LearnabilityConfig:
-    """Settings of the learnability run. The README's command sets the preset, the schedule and the from-scratch
-    aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --track.steps 3200
-    --grounding.steps 1500 --expression-word-weight 1 --ema-decay 0.999``)."""
+    """Settings of the learnability run. The committed checkpoint's recipe (research/recipes/tiny_synthetic.yaml)
+    sets the preset, the schedule and the from-scratch aids it used explicitly (e.g. ``preset: learn-256-pos``,
+    ``track: {attribute_weight: 1, steps: 3200}``, ``expression_word_weight: 1``, ``ema_decay: 0.999``)."""
 
     out: str = field(metadata={"help": "output folder (local)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
@@ -207,7 +207,7 @@ class LearnabilityConfig:
         default=False,
         metadata={"help": "train the MLLM's vision tower too (stage 1): from scratch there is no pretrained CLIP, "
                           "and a frozen random tower's merged tokens carry little of where the shapes are "
-                          "(measured: no gain in 1,800 steps, README)"},
+                          "(measured: no gain in 1,800 steps, docs/research/learnability.md)"},
     )
     freeze_llm: bool = field(
         default=False,

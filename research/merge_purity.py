@@ -1,9 +1,10 @@
 """How well does the first DPC-KNN merge level keep a video's objects apart, and where does it put them?
 
 Why: the LLM learns motion ("which shape never moves?") only as well as the merged tokens say where each object is
-in each frame; a cluster that mixes a shape with the background around it moves its centroid off the shape (README,
-"Finer patches"). For every visible object and frame of held-out synthetic videos this takes the first-level
-cluster that holds most of the object's patches (a patch is the object's when the object covers half of it) and
+in each frame; a cluster that mixes a shape with the background around it moves its centroid off the shape
+(docs/research/learnability.md, "Finer patches"). For every visible object and frame of held-out synthetic videos this
+takes the first-level cluster that holds most of the object's patches (a patch is the object's when the object covers
+half of it) and
 reports:
 
 * ``pure``: the share of that cluster's patches that are the object's (mean);

@@ -1,8 +1,8 @@
 """Can a transformer of the learnability LLM's size learn "which shape never moves?" and "the fastest" at all?
 
-Why: stage G and stage 1 never learnt the motion kinds (README, "What motion needs"). This separates the two
-possible causes: what the visual tokens hold, and how much training the reasoning needs. A small transformer
-(2 layers, width 128, 4 heads: the ``learn-256-pos`` LLM's size) reads 8 frames of a synthetic video (every
+Why: stage G and stage 1 never learnt the motion kinds (docs/research/learnability.md, "What motion needs"). This
+separates the two possible causes: what the visual tokens hold, and how much training the reasoning needs. A small
+transformer (2 layers, width 128, 4 heads: the ``learn-256-pos`` LLM's size) reads 8 frames of a synthetic video (every
 second of 16) plus a token for the question's kind ("never moves" or "fastest") and scores the 24 (size, colour,
 shape) triples; the answer is the best-scored triple among the video's objects (cross-entropy over those). Inputs:
 

@@ -4,7 +4,7 @@ VRS-HQ starts from Meta's SAM2, whose memory path (memory encoder, memory attent
 pointers) was trained for video object segmentation on SA-V. A SAM2 trained from random init only
 by VRS-HQ's losses learns tracking from the method's 3-frame windows, from a keyframe mask that the
 still-untrained text path decodes: the learnability run measured that this memory path, given the
-*ground-truth* keyframe mask, reaches only J 0.65 on the other frames (README, issue 6).
+*ground-truth* keyframe mask, reaches only J 0.65 on the other frames (docs/research/learnability.md).
 
 This stage gives the tiny SAM2 what SA-V gives the real one: it tracks a target from its ground-truth
 mask on the first frame of a window (a mask prompt, inserted the way inference inserts the keyframe)

@@ -9,7 +9,7 @@ with R^2 0.15 / 0.09, and stage-1 training that also trains the tower (``--visio
 thrown away, to say per patch where it is and what covers it (colour, shape and size of the object with
 most of the patch, or background); the method then freezes the tower as it freezes CLIP. Measured: the
 probe's R^2 goes from 0.06 to 0.86 in 600 steps, but stage 1 on such a tower did not reason better in 1,112
-steps, and a grounding probe learnt referring expressions more slowly on it (README, "What limits
+steps, and a grounding probe learnt referring expressions more slowly on it (docs/research/learnability.md, "What limits
 reasoning"); hence off by default.
 
 Folder (``folder``): :data:`WEIGHTS_FILE` (the tower's state dict, float32) and :data:`SUMMARY_FILE` (config,
