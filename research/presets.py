@@ -79,8 +79,8 @@ def learnability_model_config_256_wide(*, object_weight: float = 0.5, trainable:
     weight shapes as ``learn-256``'s SAM2, so a stage-0 SAM2 of either loads into both). 8.4M parameters,
     16.9 MB in bf16. Measured from the same stage 0, 1,800 stage-1 steps (64 held-out videos, CPU): J&F 0.595
     (reasoning 0.455) against 0.575 (0.418) for ``learn-256``; docs/research/learnability.md, "What limits
-    reasoning".""" return learnability_model_config(object_weight=object_weight, trainable=trainable,
-    sam2_image_size=256,
+    reasoning"."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
                                      llm_hidden_size=256, llm_layers=4, tower_hidden_size=64)
 
 
@@ -105,11 +105,11 @@ def learnability_model_config_256_pos_k2(*, object_weight: float = 0.5, trainabl
     of 5, 3, 3 (no weights change). Why: with k = 5 a small shape's 2-6 patches get the density of the background
     around them and only 41-46% of an object's patches land in a cluster mostly theirs; on the committed tower's
     tokens k = 2, 2, 2 lifts the centre probe's R^2 from 0.52 to 0.62 and its spread rule for "never moves" /
-    "fastest" from 0.67 / 0.65 to 0.72 / 0.73 (docs/research/learnability.md, "Longer tracking, and what motion needs"). Measured
-    with a stage G focused on the reasoning kinds (2,000 x 128 clips): stage 1 J&F 0.704 against the
-    committed 0.717 (32 videos, bf16); the motion kinds were still not learnt (docs/research/learnability.md, "Focused
-    grounding").""" return learnability_model_config(object_weight=object_weight, trainable=trainable,
-    sam2_image_size=256,
+    "fastest" from 0.67 / 0.65 to 0.72 / 0.73 (docs/research/learnability.md, "Longer tracking, and what motion
+    needs"). Measured with a stage G focused on the reasoning kinds (2,000 x 128 clips): stage 1 J&F 0.704 against
+    the committed 0.717 (32 videos, bf16); the motion kinds were still not learnt (docs/research/learnability.md,
+    "Focused grounding")."""
+    return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
                                      centroid_position_scale=1.0, knn_k=(2, 2, 2))
 
 
@@ -119,10 +119,9 @@ def learnability_model_config_256_pos_p4(*, object_weight: float = 0.5, trainabl
     16 + 8 + 4 tokens. Why: an 8 px patch of a 64 px video mixes a small shape (radius 6-7 px) with the background,
     so the merged tokens say where a shape is only to ~4 px, too coarse for "never moves" against a slow shape
     (0.8 px a frame). Measured on the CPU (docs/research/learnability.md, "Finer patches"): with a stage-V tower a
-    first-level cluster's centroid lies within 1.6 px of its object's centre (median; 4.3 px for the 7 px patches of a
-    random tower), and the centre probe on the merged tokens reads R^2 0.80 against 0.62 for the committed tokens. SAM2
-    is
-    ``learn-256``'s (the same weight shapes); the tower's patch embedding and position table change shape."""
+    first-level cluster's centroid lies within 1.6 px of its object's centre (median; 4.3 px for the 7 px patches of
+    a random tower), and the centre probe on the merged tokens reads R^2 0.80 against 0.62 for the committed tokens.
+    SAM2 is ``learn-256``'s (the same weight shapes); the tower's patch embedding and position table change shape."""
     return learnability_model_config(object_weight=object_weight, trainable=trainable, sam2_image_size=256,
                                      centroid_position_scale=1.0, knn_k=(2, 2, 2), tower_image_size=64,
                                      tower_patch_size=4)
@@ -131,8 +130,8 @@ def learnability_model_config_256_pos_p4(*, object_weight: float = 0.5, trainabl
 def learnability_model_config_256_wide_pos_p4(*, object_weight: float = 0.5, trainable: str = "all"):
     """:func:`learnability_model_config_256_pos_p4` with the text path of ``learn-256-wide`` (LLaMA 4 layers, hidden
     256). Why: with the 2-layer, 128-wide LLM stage G's picks of the occlusion kinds stall at ~0.7 from step 2,200
-    on while its loss still falls. Measured (docs/research/learnability.md): with this LLM stage G's motion kinds set in
-    at step ~900 instead of ~1,450; but its picks end where the narrow run's do (0.89 at step 2,800 against 0.90
+    on while its loss still falls. Measured (docs/research/learnability.md): with this LLM stage G's motion kinds set
+    in at step ~900 instead of ~1,450; but its picks end where the narrow run's do (0.89 at step 2,800 against 0.90
     at 3,600) and stage 1 after it scores the same (J&F 0.765 on 32 videos, LLM frozen). The tower
     stays ``learn-256-pos-p4``'s (width 32), so that run's stage-V tower and any ``learn-256`` SAM2 load unchanged.
     8.4M parameters, 16.7 MB in bf16."""
