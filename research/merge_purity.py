@@ -4,8 +4,7 @@ Why: the LLM learns motion ("which shape never moves?") only as well as the merg
 in each frame; a cluster that mixes a shape with the background around it moves its centroid off the shape
 (docs/research/learnability.md, "Finer patches"). For every visible object and frame of held-out synthetic videos this
 takes the first-level cluster that holds most of the object's patches (a patch is the object's when the object covers
-half of it) and
-reports:
+half of it) and reports:
 
 * ``pure``: the share of that cluster's patches that are the object's (mean);
 * ``centre_error_px``: the distance from the cluster's centroid (mean patch centre) to the object's true centre
