@@ -76,13 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.clip_sampling import samples_to_batch
-    from pipelines.grounding_pretrain import grounding_sample_stream
     from pipelines.train_config import ModelSpec, SamplingConfig
     from pipelines.train_loop import build_training_model
+    from research.grounding_pretrain import grounding_sample_stream
+    from research.presets import model_preset
     from vrshq.model.prompts import encode_prompt
 
     device = torch.device(args.device)
-    model = build_training_model(ModelSpec(preset=args.preset, trainable="all", seed=0), device=device).eval()
+    model = build_training_model(ModelSpec(preset=model_preset(args.preset), trainable="all", seed=0), device=device).eval()
     stream = grounding_sample_stream(seed=0, start_sample=0, num_frames=16, size=64, sampling=SamplingConfig())
     batch = samples_to_batch([s.clip for s in itertools.islice(stream, args.clips)])
     prompts = [p for video in batch.videos for p in video.prompts]

@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.train_config import ModelSpec
     from pipelines.train_loop import build_training_model
+    from research.presets import model_preset
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = build_training_model(ModelSpec(preset=args.preset, seed=args.seed), device=device)
+    model = build_training_model(ModelSpec(preset=model_preset(args.preset), seed=args.seed), device=device)
     for module in model.modules():  # equal losses need equal (no) dropout draws
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0

@@ -502,14 +502,18 @@ def new_run_id(prefix: str) -> str:
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one.
+    """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one, with a console
+    that shows what a user can act on (``jobs._ray_console``).
 
     A local cluster's processes end with this driver even if it is SIGKILLed: a reaper process
     (:mod:`pipelines.ray_reaper`) watches the driver and stops them by PID.
     """
     import ray
 
+    from jobs._ray_console import choose_local_auth_mode, drop_unactionable_ray_errors
+
     if not ray.is_initialized():
+        choose_local_auth_mode(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         from pipelines.ray_reaper import local_ray_pids, start_reaper
 
@@ -517,3 +521,4 @@ def init_ray(address: str | None = None) -> None:
             start_reaper(local_ray_pids())
         except Exception:  # noqa: BLE001 - cleanup insurance must never stop a job
             _LOG.warning("could not start the Ray reaper; a killed driver may leave Ray processes", exc_info=True)
+        drop_unactionable_ray_errors()

@@ -7,7 +7,7 @@ pipeline, scores it, and prints the paper-style table (referring / reasoning / o
 The model is the committed tiny checkpoint (``checkpoints/tiny-synthetic``) when it exists, else a
 random initialisation, which the summary says plainly: random weights give random masks.
 
-A checkpoint trained by ``jobs.learnability`` carries ``learnability.json``, the task it learnt (frame
+A checkpoint trained by ``research.learnability`` carries ``learnability.json``, the task it learnt (frame
 size, frames per video, expression types) and its held-out scores. The demo's synthetic data follows
 that task unless ``--size``/``--frames``/``--expression-types`` say otherwise, so the printed J&F is
 comparable with the held-out J&F the checkpoint was published with (printed beside it).
@@ -23,17 +23,21 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import shutil
 import sys
 from collections.abc import Sequence
 
 from jobs._cli import setup_logging
-from jobs.learnability import TASK_FILE
 
-__all__ = ["DEFAULT_CHECKPOINT", "DemoData", "demo_data", "main", "read_task_file"]
+__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoData", "demo_data", "local_compute_args", "main", "read_task_file"]
 
-#: The tiny model trained on synthetic videos (docs/research/learnability.md), committed with the code.
+TASK_FILE = "learnability.json"
+"""In a checkpoint folder trained on synthetic videos: the task it learnt and its held-out scores (written by
+``research.learnability``)."""
+
+#: The tiny model trained on synthetic videos, committed with the code.
 DEFAULT_CHECKPOINT = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synthetic"
 
 _LOG = logging.getLogger("jobs.demo")
@@ -67,7 +71,7 @@ DATA_MARKER = "demo_data.json"
 
 
 def read_task_file(checkpoint: str | None) -> dict:
-    """A checkpoint's :data:`~jobs.learnability.TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
+    """A checkpoint's :data:`TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
     if not checkpoint:
         return {}
     import fsspec
@@ -109,6 +113,30 @@ def demo_data(args: argparse.Namespace, task: dict) -> DemoData:
     height, width = args.size if args.size else task.get("size", (128, 160))
     return DemoData(videos=args.videos, frames=args.frames or task.get("frames", 16), height=height, width=width,
                     seed=args.seed, expression_types=args.expression_types or task.get("expression_types", (0, 1, 2)))
+
+
+def local_compute_args(videos: int, *, cpus: int | None = None) -> list[str]:
+    """``jobs.infer`` compute flags that use every core of the machine for a demo on its own local Ray.
+
+    One model actor per core (at most one per video), each on one torch thread: the tiny model's CPU
+    kernels are latency-bound, so two processes on two cores segment two videos in the time of one, while
+    two threads in one process gain nothing (and lose much when other work shares the cores). The actors
+    leave half a CPU to the frame readers and the writer. A demo submitted to a cluster (``RAY_ADDRESS``
+    set) keeps the job's defaults.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return []
+    if cpus is None:
+        import ray
+
+        # a cluster this process already joined has its own size; a local one gets every core
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else os.cpu_count() or 1
+    actors = max(1, min(cpus, videos))
+    if actors == 1:
+        return []
+    per_actor = (cpus - 0.5) / actors
+    return ["--compute.num-actors", str(actors), "--compute.num-cpus-per-actor", f"{per_actor:g}",
+            "--compute.read-num-cpus", "0.25", "--compute.writer-num-cpus", "0.25"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -171,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(run)
     model_args = ["--checkpoint", checkpoint] if checkpoint else ["--seed", "0"]
     status = infer.main(["--dataset.format", "revos", "--dataset.root", str(data), "--dataset.split", "valid",
-                         "--out", str(run), "--preset", "tiny", *model_args])
+                         "--out", str(run), "--preset", "tiny", *model_args, *local_compute_args(spec.videos)])
     if status not in (infer.EXIT_OK, infer.EXIT_ERRORS):
         return status
     report_status = report.main(["--scores", str(run), "--out", str(report_dir), "--overwrite",

@@ -14,7 +14,7 @@ run would have drawn.
 
 In the Ray pipeline :func:`sample_clip_rows` runs in Ray Data CPU tasks (``Dataset.flat_map``), so
 decoding and mask unions never run in the training loop; :func:`rows_to_batch` turns the rows a
-worker receives into the model's ``TrainBatch``. The plain loop of ``jobs.learnability`` uses
+worker receives into the model's ``TrainBatch``. The plain loop of ``research.learnability`` uses
 :func:`sample_synthetic_clip` on in-memory synthetic videos with the same rules.
 """
 from __future__ import annotations

@@ -46,6 +46,7 @@ from pipelines.train_guard import STAGE_CHECKPOINT, STAGE_DATA, STAGE_START, STA
 __all__ = [
     "CHECKPOINT_PREFIX",
     "METRICS_NAME",
+    "StepHook",
     "ResumableTrainDataset",
     "TrainResult",
     "TrainingError",
@@ -215,8 +216,15 @@ def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
     return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
 
 
-def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) -> TrainResult:
-    """Train with Ray Train as configured (``ray.init`` must have been called).
+StepHook = Callable[[int, int, int], None]
+"""``hook(step, rank, world_size)``, called on every worker after each optimiser step (it travels to the workers
+pickled, so it must be picklable): e.g. a test that kills a worker mid-run."""
+
+
+def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info,
+                 on_step: StepHook | None = None) -> TrainResult:
+    """Train with Ray Train as configured (``ray.init`` must have been called); ``on_step`` (optional) runs on
+    every worker after each step.
 
     Raises:
         TrainingError: empty training split, or the run failed after ``max_failures`` restarts.
@@ -257,7 +265,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info) ->
         board = ray.remote(num_cpus=0)(ProgressBoard).remote() if cfg.stall_timeout_s else None
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "dataset_start": start_sample, "progress": board},
+            train_loop_config={"cfg": cfg, "dataset_start": start_sample, "progress": board, "on_step": on_step},
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
             ),
@@ -354,17 +362,6 @@ def _write_metrics_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _maybe_fail(cfg: TrainConfig, step: int, rank: int, world: int) -> None:
-    """Fault injection for tests: the chosen rank dies at ``fail_at_step`` while the marker is absent."""
-    if cfg.fail_at_step is None or step != cfg.fail_at_step or rank != (1 if world > 1 else 0):
-        return
-    if os.path.exists(cfg.fail_marker):
-        return
-    with open(cfg.fail_marker, "w") as f:
-        f.write(f"worker rank {rank} killed itself at step {step}\n")
-    os._exit(1)
-
-
 def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None) -> None:
     fs, path = _fs(uri, storage_options)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -373,7 +370,8 @@ def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None) -
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function (``train_loop_config`` = ``{"cfg": TrainConfig, "dataset_start": int}``)."""
+    """The Ray Train worker function (``train_loop_config`` = ``{"cfg": TrainConfig, "dataset_start": int,
+    "on_step": StepHook | None}``)."""
     import ray.train
     import torch
     from ray.train import Checkpoint
@@ -394,6 +392,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
     cfg: TrainConfig = config["cfg"]
+    on_step: StepHook | None = config.get("on_step")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     board = config.get("progress")  # pipelines.train_guard: the driver's stall watchdog reads it
@@ -468,7 +467,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                "seconds": seconds, "data_seconds": t_data, "clips_per_s": world * per_step / seconds,
                "expressions_per_s": world * stats["num_expressions"] / seconds}
         history.append(row)
-        _maybe_fail(cfg, step, rank, world)
+        if on_step is not None:
+            on_step(step, rank, world)
         do_ckpt = step % cfg.checkpoint_every == 0 or step == cfg.max_steps
         do_val = bool(cfg.validation.every_steps) and (step % cfg.validation.every_steps == 0 or step == cfg.max_steps)
         if not (do_ckpt or do_val or step % cfg.log_every == 0):

@@ -35,6 +35,7 @@ import pytest
 __all__ = [
     "RayHead",
     "acquire_shared_head",
+    "cluster_node_ports",
     "free_port",
     "ray_driver",
     "ray_head",
@@ -52,6 +53,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cluster_node_ports() -> dict[str, int]:
+    """Free ports for every fixed-port service of one ``ray.cluster_utils.Cluster`` node (``add_node`` kwargs).
+
+    Ray's defaults (dashboard 8265, dashboard agent 52365, ...) are taken on a machine where a Ray
+    cluster already runs, and a node that finds its port taken logs errors or fails to start.
+    """
+    names = ("dashboard_port", "dashboard_agent_listen_port", "metrics_agent_port", "metrics_export_port",
+             "runtime_env_agent_port", "ray_client_server_port")
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    return ports
 
 
 def _free_port_range(size: int) -> tuple[int, int]:

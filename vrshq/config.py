@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vrshq.model.sam2_config import Sam2Config
-from vrshq.model.tks import TRAIN_KEYFRAME_RULES
 from vrshq.model.vision_config import AnchorConfig, VisionTowerConfig
 
 __all__ = [
@@ -117,9 +116,6 @@ class MethodConfig:
         max_frames: frames fed to the MLLM at inference, `max_image_token` (method §1.4, hard-coded 12).
         train_window: SAM2 frames per expression in training around the keyframe (method §4, 3). Longer
             windows (a from-scratch aid, not the method) train the memory path over longer distances.
-        train_keyframe: the training keyframe rule: ``tda``, the argmax of the TDA weights (method §4), or
-            ``largest_target``, the frame of the largest ground-truth target (a from-scratch aid, not the method:
-            ``vrshq.model.tks.largest_target_keyframe``).
         tks_sam_weight: weight of softmax(object-score logits) in the inference keyframe score (method §4, 1.0).
         tks_token_weight: weight of the TDA weights in the inference keyframe score (method §4, 1.0).
         seg_embed_dim: output of the shared SEG/TAK MLP = SAM2 prompt dimension (method §2, 256).
@@ -131,7 +127,6 @@ class MethodConfig:
     tda_alpha: float = 0.1
     max_frames: int = 12
     train_window: int = 3
-    train_keyframe: str = "tda"
     tks_sam_weight: float = 1.0
     tks_token_weight: float = 1.0
     seg_embed_dim: int = 256
@@ -146,9 +141,6 @@ class MethodConfig:
         if self.max_frames < 2:
             raise ValueError(f"{owner}.max_frames must be >= 2 (stride ceil(T/(max_frames-1))), got {self.max_frames}")
         _positive_int(owner, "train_window", self.train_window)
-        if self.train_keyframe not in TRAIN_KEYFRAME_RULES:
-            raise ValueError(f"{owner}.train_keyframe must be one of {list(TRAIN_KEYFRAME_RULES)}, "
-                             f"got {self.train_keyframe!r}")
         _finite_nonneg(owner, "tks_sam_weight", self.tks_sam_weight)
         _finite_nonneg(owner, "tks_token_weight", self.tks_token_weight)
         if self.tks_sam_weight == 0 and self.tks_token_weight == 0:

@@ -23,6 +23,7 @@ from pipelines.inference import run_inference
 from pipelines.writers import list_parts
 from tests.chaos.figures import FIGURES
 from tests.chaos.test_jobs_under_faults import assert_same_rows, canonical
+from tests.ray_cluster import cluster_node_ports, free_port
 from vrshq.data import write_synthetic_revos
 
 pytestmark = pytest.mark.slow
@@ -44,9 +45,16 @@ def cluster():
         patch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         patch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        # Cluster advertises itself in the machine-wide /tmp/ray/ray_current_cluster (and deletes that file at
+        # shutdown), where any `ray.init()` of another process would join it or lose the cluster it had joined.
+        patch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
+        patch.setattr(ray._common.utils, "reset_ray_address", lambda *args, **kwargs: None)
+        # Every node on free ports: Ray's defaults (dashboard 8265, ...) may belong to a cluster already running.
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": 0, "include_dashboard": False, "object_store_memory": 150 * 2**20})
-        workers = [cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20) for _ in range(2)]
+            "num_cpus": 0, "include_dashboard": False, "object_store_memory": 150 * 2**20,
+            "gcs_server_port": free_port(), **cluster_node_ports()})
+        workers = [cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20, **cluster_node_ports())
+                   for _ in range(2)]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
         try:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from jobs import demo
-from jobs.learnability import TASK_FILE, heldout_videos
+from research.learnability import TASK_FILE, heldout_videos
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 
 CHECKPOINT = demo.DEFAULT_CHECKPOINT
@@ -100,3 +100,14 @@ def test_published_scores_compare_like_with_the_printed_table():
     committed = demo.read_task_file(str(CHECKPOINT))
     assert f"overall {100 * committed['heldout']['jf_revos']:.1f}" in demo._published_scores(committed)
     assert demo._published_scores({"heldout": {"jf": 0.5}}) == ""  # no scores, no line
+
+
+def test_a_local_demo_runs_one_model_actor_per_core_and_a_submitted_one_keeps_the_defaults(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert demo.local_compute_args(16, cpus=1) == []
+    assert demo.local_compute_args(16, cpus=2) == ["--compute.num-actors", "2", "--compute.num-cpus-per-actor",
+                                                   "0.75", "--compute.read-num-cpus", "0.25",
+                                                   "--compute.writer-num-cpus", "0.25"]
+    assert demo.local_compute_args(3, cpus=8)[:2] == ["--compute.num-actors", "3"]  # no more actors than videos
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert demo.local_compute_args(16, cpus=8) == []

@@ -4,9 +4,11 @@ model loads for inference, and a stopped run continues when run again."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
+import os
 import tempfile
 
 import numpy as np
@@ -59,7 +61,23 @@ def s3_data(s3_server):
     return bucket, opts
 
 
-def _config(bucket: str, opts: dict, marker: str, **overrides) -> TrainConfig:
+@dataclasses.dataclass(frozen=True)
+class _KillOnce:
+    """Fault injection (a ``run_training`` step hook): rank 1 (or 0 alone) exits after ``step`` while ``marker``
+    does not exist (it is created first), as a worker lost mid-run."""
+
+    marker: str
+    step: int = 3
+
+    def __call__(self, step: int, rank: int, world: int) -> None:
+        if step != self.step or rank != (1 if world > 1 else 0) or os.path.exists(self.marker):
+            return
+        with open(self.marker, "w") as f:
+            f.write(f"worker rank {rank} killed itself at step {step}\n")
+        os._exit(1)
+
+
+def _config(bucket: str, opts: dict, **overrides) -> TrainConfig:
     base = dict(
         storage_path=f"{bucket}/runs",
         name="tiny-ddp",
@@ -76,8 +94,6 @@ def _config(bucket: str, opts: dict, marker: str, **overrides) -> TrainConfig:
         num_workers=2,
         cpus_per_worker=0.5,
         max_failures=1,
-        fail_at_step=3,
-        fail_marker=marker,
     )
     base.update(overrides)
     return TrainConfig(**base)
@@ -97,9 +113,9 @@ def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, t
     bucket, opts = s3_data
     fs = s3_server.filesystem()
     marker = tmp_path / "killed"
-    cfg = _config(bucket, opts, str(marker))
+    cfg = _config(bucket, opts)
 
-    result = run_training(cfg)
+    result = run_training(cfg, on_step=_KillOnce(str(marker)))
 
     # the worker of rank 1 died after step 3 (first attempt only) ...
     assert marker.read_text().startswith("worker rank 1 killed itself at step 3")
@@ -138,8 +154,8 @@ def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, t
 
     # a fresh run under the same name is refused; with resume it continues from step 4 to 6
     with pytest.raises(TrainingError, match="already holds checkpoints"):
-        run_training(_config(bucket, opts, str(marker), resume=False, max_steps=6))
-    more = run_training(_config(bucket, opts, str(marker), max_steps=6, validation=ValidationConfig()))
+        run_training(_config(bucket, opts, resume=False, max_steps=6), on_step=_KillOnce(str(marker)))
+    more = run_training(_config(bucket, opts, max_steps=6, validation=ValidationConfig()), on_step=_KillOnce(str(marker)))
     assert more.resumed_from == f"{run}/step-00000004"
     assert more.step == 6 and more.metrics["attempt_start_step"] == 4
     assert [int(r["step"]) for r in _read_csv(fs, f"{run}/metrics.csv")] == [1, 2, 3, 4, 5, 6]

@@ -1,4 +1,5 @@
-"""The layering rules of docs/development.md: vrshq imports no Ray, schemas imports only pyarrow.
+"""The layering rules of docs/development.md: vrshq imports no Ray, schemas imports only pyarrow, and the product
+(vrshq, pipelines, jobs, schemas) never imports the research wing, the benchmarks or the scripts.
 
 Checked on the source (the import statements), so a violation fails even if it sits in a
 function body that no other test reaches.
@@ -7,10 +8,14 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+_NOT_PRODUCT = {"research", "benchmarks", "scripts"}
+"""Top-level folders that the product packages must never import."""
 
 
 def _imported_roots(package: str) -> dict[str, set[str]]:
@@ -32,9 +37,10 @@ def _imported_roots(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize(
     "package, forbidden",
     [
-        ("vrshq", {"ray", "pipelines", "jobs"}),
-        ("schemas", {"ray", "torch", "vrshq", "pipelines", "jobs", "numpy", "pandas"}),
-        ("pipelines", {"jobs"}),
+        ("vrshq", {"ray", "pipelines", "jobs", *_NOT_PRODUCT}),
+        ("schemas", {"ray", "torch", "vrshq", "pipelines", "jobs", "numpy", "pandas", *_NOT_PRODUCT}),
+        ("pipelines", {"jobs", *_NOT_PRODUCT}),
+        ("jobs", _NOT_PRODUCT),
     ],
 )
 def test_layering(package, forbidden):
@@ -46,3 +52,32 @@ def test_layering(package, forbidden):
 def test_the_checker_sees_imports():
     # Guard against a checker that finds nothing: schemas/ does import pyarrow.
     assert "pyarrow" in _imported_roots("schemas")
+
+
+def test_the_checker_sees_research_imports():
+    # The research wing imports the product; the checker must see that too.
+    assert {"pipelines", "jobs"} <= set(_imported_roots("research"))
+
+
+def test_product_presets_name_product_builders_only():
+    from pipelines.config import MODEL_PRESETS as INFERENCE_PRESETS
+    from pipelines.train_config import MODEL_PRESETS
+
+    assert all(path.split(".")[0] == "vrshq" for path in MODEL_PRESETS.values()), MODEL_PRESETS
+    assert not any(name.startswith("learn") for name in (*MODEL_PRESETS, *INFERENCE_PRESETS))
+
+
+def test_jobs_and_the_committed_checkpoint_load_without_the_research_wing():
+    """Importing every job and reading the committed checkpoint's config (the demo's model) loads no research
+    module: the checkpoint names no research field or preset."""
+    code = (
+        "import sys\n"
+        "import jobs.demo, jobs.evaluate, jobs.export, jobs.infer, jobs.report, jobs.train\n"
+        "import pipelines.inference, pipelines.training, pipelines.train_loop\n"
+        "from vrshq.model.checkpoint import load_vrshq_config\n"
+        f"load_vrshq_config({str(ROOT / 'checkpoints' / 'tiny-synthetic')!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'research', 'benchmarks', 'scripts'})\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -121,9 +121,10 @@ def test_a_model_folder_gives_its_sam2_and_a_folder_without_one_is_named(tmp_pat
     expected = {k.removeprefix("sam2.sam2."): v for k, v in load_file(f"{committed}/model.safetensors").items()
                 if k.startswith("sam2.sam2.")}
     from pipelines.train_config import ModelSpec, model_config_from_spec
+    from research.presets import model_preset
 
     torch.manual_seed(0)
-    sam2 = build_sam2_model(model_config_from_spec(ModelSpec(preset="learn-256-pos-p4")).sam2)
+    sam2 = build_sam2_model(model_config_from_spec(ModelSpec(preset=model_preset("learn-256-pos-p4"))).sam2)
     load_sam2_checkpoint(sam2, committed)
     state = sam2.state_dict()
     assert expected and set(expected) == set(state)

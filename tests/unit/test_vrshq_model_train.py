@@ -9,6 +9,7 @@ import torch
 
 from vrshq.builders import build_vrshq, tiny_config
 from vrshq.model.outputs import make_train_batch
+from vrshq.model.tks import largest_target_keyframe
 
 T, H, W = 8, 30, 44
 
@@ -209,8 +210,8 @@ def test_encode_prompt_caches_per_tokenizer_and_matches_the_function():
 def test_largest_target_keyframe_rule_trains_on_the_frame_of_the_largest_target():
     torch.manual_seed(0)
     cfg = tiny_config(trainable="none")
-    cfg = dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_keyframe="largest_target"))
     model = build_vrshq(cfg).train()
+    model.train_keyframe_rule = largest_target_keyframe
     batch = _batch()
     grow = batch.videos[0].masks  # the first expression's target grows to its largest at frame 5, then shrinks
     grow[0] = False
@@ -225,6 +226,6 @@ def test_largest_target_keyframe_rule_trains_on_the_frame_of_the_largest_target(
     for k, pos in zip(out.keyframe_idx.tolist(), out.window_positions.tolist()):
         assert k in pos
     with torch.no_grad():
-        method = build_vrshq(dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, train_keyframe="tda")))
+        method = build_vrshq(cfg)  # train_keyframe_rule None: the method's rule
         method.load_state_dict(model.state_dict())
         assert method.train()(batch).keyframe_idx.tolist() == out.keyframe_scores.argmax(1).tolist()

@@ -335,7 +335,7 @@ def load_sam2_checkpoint(
 
     A ``.pt`` may hold ``{"model": state_dict}`` (the official SAM2 release) or a bare state
     dict; it is read with ``torch.load(weights_only=True)``. Why model folders: a run that starts
-    from a trained model's SAM2 (``jobs.learnability --sam2-init out/learn/base/model``) should
+    from a trained model's SAM2 (``research.learnability --sam2-init out/learn/base/model``) should
     not need a separate export of it.
 
     Raises:

@@ -522,7 +522,7 @@ class Sam2Segmenter(nn.Module):
         inserted as inference inserts a decoded keyframe (``add_new_mask``: the mask is the output,
         its memory is encoded from it); frames 1..W-1 are tracked forward with memory. This is what
         Meta's SA-V training teaches the real SAM2 before VRS-HQ fine-tunes it: the learnability run
-        trains it from scratch on synthetic videos (``pipelines.track_pretrain``), because VRS-HQ's
+        trains it from scratch on synthetic videos (``research.track_pretrain``), because VRS-HQ's
         3-frame windows from a predicted keyframe teach tracking only over two frames, from a
         mask that is still wrong early in training. Call in ``train()`` mode.
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "TRAIN_KEYFRAME_RULES",
     "TrainWindow",
     "inference_keyframe",
     "largest_target_keyframe",
@@ -20,11 +19,6 @@ __all__ = [
     "train_keyframe",
     "train_window",
 ]
-
-TRAIN_KEYFRAME_RULES: tuple[str, ...] = ("tda", "largest_target")
-"""``MethodConfig.train_keyframe``: the method's rule (:func:`train_keyframe`) or a from-scratch aid
-(:func:`largest_target_keyframe`)."""
-
 
 def train_keyframe(weights: torch.Tensor) -> torch.Tensor:
     """Training keyframe: argmax over frames of the TDA weights (method §4).

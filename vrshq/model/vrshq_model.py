@@ -19,7 +19,7 @@ Device and precision come from where the parameters are: float32 on CPU, bf16 au
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +36,7 @@ from vrshq.model.outputs import SegmentationResult, TrainBatch, VrshqOutput
 from vrshq.model.prompts import EncodedPrompt, VideoPrompt, encode_prompt, inference_prompt, normalize_expression
 from vrshq.model.seg_head import SegHead
 from vrshq.model.tda import TdaResult, temporal_dynamic_aggregation
-from vrshq.model.tks import TrainWindow, largest_target_keyframe, tks_scores, train_keyframe, train_window
+from vrshq.model.tks import TrainWindow, tks_scores, train_keyframe, train_window
 
 __all__ = ["CPU_VISUAL_CHUNK_FRAMES", "PROMPT_CACHE_SIZE", "VISUAL_CHUNK_VALUES", "VrshqModel", "eval_mode"]
 
@@ -166,6 +166,11 @@ class VrshqModel(nn.Module):
         if self.stage_timer is not None:
             stack.enter_context(self.stage_timer.stage(name))
         return stack
+    #: The training keyframe rule: None is the method's (argmax of the TDA weights, method §4). An experiment
+    #: may set ``fn(weights, target_areas) -> keyframes`` on an instance (both (B, n): TDA weights and the
+    #: ground-truth target pixels per frame; e.g. ``vrshq.model.tks.largest_target_keyframe``). Not part of the
+    #: config: it changes how a model is trained, never what a checkpoint computes.
+    train_keyframe_rule: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def inference_attention(self) -> contextlib.AbstractContextManager:
         """The attention-kernel context of inference (see `inference_sdpa_backends`)."""
@@ -457,8 +462,8 @@ class VrshqModel(nn.Module):
         """Training forward (method §4 training, §5.4, §6).
 
         Every expression of every clip runs through the MLLM in one batch with its labels (CE);
-        TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights (or, with the
-        from-scratch aid ``cfg.method.train_keyframe="largest_target"``, the frame of the largest target); SAM2
+        TDA fuses its SEG embeddings into TAK'; the keyframe is the argmax of the TDA weights (or what
+        ``train_keyframe_rule`` picks from the weights and the target areas); SAM2
         decodes TAK' on the keyframe of a 3-frame window and tracks the two other frames with memory;
         BCE and DICE compare the window logits with the GT masks at the original resolution.
         A 1-frame clip is an image sample (method §3, §5.4): its TAK is used without fusion and SAM2
@@ -525,7 +530,7 @@ class VrshqModel(nn.Module):
 
         Returns ``(fused_tak (B, D) float32, ce)`` for every expression of ``batch`` in batch order, exactly as
         :meth:`forward` computes them. Why a public entry: a pretraining stage that supervises TAK' directly
-        (``pipelines.grounding_pretrain``) should run the same code as training, without SAM2's cost.
+        (``research.grounding_pretrain``) should run the same code as training, without SAM2's cost.
         """
         if not isinstance(batch, TrainBatch):
             raise TypeError(f"batch must be a TrainBatch, got {type(batch).__name__}")
@@ -551,15 +556,15 @@ class VrshqModel(nn.Module):
         return _TextForward(owners, seg, tak, ce, seg_pad, frame_mask, tda, is_image, fused_tak)
 
     def _train_keyframes(self, batch: TrainBatch, text: _TextForward) -> torch.Tensor:
-        """Each expression's training keyframe by ``cfg.method.train_keyframe`` (``vrshq.model.tks``)."""
+        """Each expression's training keyframe: the method's rule, or ``train_keyframe_rule`` when one is set."""
         weights = text.tda.weights
-        if self.cfg.method.train_keyframe == "tda":
+        if self.train_keyframe_rule is None:
             return train_keyframe(weights)
         areas = torch.zeros(weights.shape, dtype=torch.float32)
         for b, (v, e) in enumerate(text.owners):
             per_frame = batch.videos[v].masks[e].flatten(1).sum(1).float()
             areas[b, : per_frame.shape[0]] = per_frame[: weights.shape[1]]
-        return largest_target_keyframe(weights, areas.to(weights.device))
+        return self.train_keyframe_rule(weights, areas.to(weights.device))
 
     def _sam2_train_forward(
         self,

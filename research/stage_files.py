@@ -1,4 +1,4 @@
-"""JSON files of a local training-stage folder (``pipelines.track_pretrain``, ``pipelines.vision_pretrain``):
+"""JSON files of a local training-stage folder (``research.track_pretrain``, ``research.vision_pretrain``):
 summaries are written whole or not at all (a kill mid-write leaves the previous file), a folder without one
 reads as "no such stage yet", and a saved stage continues only under the settings it was written with."""
 from __future__ import annotations

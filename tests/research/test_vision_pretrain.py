@@ -1,4 +1,4 @@
-"""Stage V of the learnability run: pretraining of the random vision tower (pipelines.vision_pretrain)."""
+"""Stage V of the learnability run: pretraining of the random vision tower (research.vision_pretrain)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train_config import VisionPretrainConfig
-from pipelines.vision_pretrain import (
+from research.config import VisionPretrainConfig
+from research.vision_pretrain import (
     SUMMARY_FILE,
     WEIGHTS_FILE,
     load_pretrained_tower,

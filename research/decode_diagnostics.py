@@ -3,7 +3,7 @@
 Six measurements on a model folder (CPU, float32; a diagnostic, not the method), each answering one question:
 
 1. ``tak``: does TAK' say which object is meant? A linear head fitted on TAK' of training-stream clips names
-   the target set among the video's objects (the stage-G target, ``pipelines.grounding_pretrain``); held-out
+   the target set among the video's objects (the stage-G target, ``research.grounding_pretrain``); held-out
    accuracy per expression kind.
 2. ``image``: do SAM2's image embeddings (the level the mask decoder reads) say what covers each cell? Linear
    probes of the colour, shape and size of the object covering a cell (>= 60%; background cells: < 1%).
@@ -21,15 +21,17 @@ Six measurements on a model folder (CPU, float32; a diagnostic, not the method),
    model keeps after stage 1. Stage G's own throw-away head scores this model's TAK' on stage G's held-out clips
    (exact target sets and one-target picks per kind), against the same head on stage G's text path.
 
-Measured (docs/research/learnability.md) without the stage-0 attribute aid: TAK' names 93% of referring targets,
-SAM2's image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of colour-only
-expressions but 41% of shape-only ones: the decoder cannot find by shape what the image features hardly encode.
-With the attribute aid shape per cell is 96% and shape-only expressions are found 91% of the time; the motion
-probe reads object centres from the merged tokens at R^2 0.53, and the speed rule on them is near chance. On the
-committed model stage G's head picks 0.88 of the targets on its own text path and 0.80 on the committed model's TAK'
-(0.35 for "hides behind"); for that kind the keyframe mask misses 70% of the targets that TAK' names.
+Measured on an earlier model (docs/research/learnability.md, "What limits reasoning"): TAK' names 93% of referring
+targets, SAM2's image embeddings give colour at 99.9% but shape at 63%, and the keyframe mask is right for 100% of
+colour-only expressions but 41% of shape-only ones: the decoder cannot find by shape what the image features hardly
+encode. Later (docs/research/learnability.md, "The attribute aid and what now limits"): with the stage-0 attribute aid
+shape per cell is 96% and shape-only expressions are found 91% of the time; the motion probe reads object centres from
+the merged tokens at R^2 0.53, and the speed rule on them is near chance. Then (docs/research/learnability.md, "Keeping
+stage G's grounding through stage 1"): stage G's head picks 0.88 of the targets on its own text path and 0.80 on the
+committed model's TAK' (0.35 for "hides behind"); for that kind the keyframe mask misses 70% of the targets that TAK'
+names.
 
-    python scripts/decode_diagnostics.py checkpoints/tiny-synthetic --videos 64
+    python -m research.decode_diagnostics checkpoints/tiny-synthetic --videos 64
 """
 from __future__ import annotations
 
@@ -37,24 +39,20 @@ import argparse
 import collections
 import itertools
 import json
-import os
-import sys
 import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines.clip_sampling import samples_to_batch  # noqa: E402
-from pipelines.config import InferenceConfig  # noqa: E402
-from jobs.learnability import _HELDOUT_STREAM  # noqa: E402
-from pipelines.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples  # noqa: E402
-from pipelines.model_loader import build_model  # noqa: E402
-from pipelines.train_config import SamplingConfig  # noqa: E402
-from vrshq.data import generate_synthetic_video  # noqa: E402
-from vrshq.data.synthetic import COLOURS, SHAPES, SIZES  # noqa: E402
+from pipelines.clip_sampling import samples_to_batch
+from pipelines.config import InferenceConfig
+from pipelines.model_loader import build_model
+from pipelines.train_config import SamplingConfig
+from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples
+from research.learnability import _HELDOUT_STREAM
+from vrshq.data import generate_synthetic_video
+from vrshq.data.synthetic import COLOURS, SHAPES, SIZES
 
 _ATTRIBUTES = (("colour", tuple(COLOURS)), ("shape", SHAPES), ("size", SIZES))
 
@@ -148,8 +146,8 @@ def _heldout_clips(videos: int):
 
 def tak_grounding(model, head: torch.nn.Linear, *, heldout_videos: int) -> dict[str, float]:
     """Held-out accuracy (exact target set) of ``head`` (:func:`fit_tak_head`) on TAK', per kind: stage G's own
-    score (``pipelines.grounding_pretrain.grounding_scores``)."""
-    from pipelines.grounding_pretrain import grounding_scores
+    score (``research.grounding_pretrain.grounding_scores``)."""
+    from research.grounding_pretrain import grounding_scores
 
     return grounding_scores(model, head, _heldout_clips(heldout_videos))[0]
 
@@ -195,7 +193,7 @@ def keyframe_landing(model, head: torch.nn.Linear, videos: int) -> dict[str, dic
     names the target), ``on_target``, ``on_named`` (the decoder follows TAK'), ``on_none`` (no object at IoU 0.3),
     ``named_but_missed`` (TAK' names the target, the mask is elsewhere).
     """
-    from pipelines.grounding_pretrain import TARGET_TRIPLES
+    from research.grounding_pretrain import TARGET_TRIPLES
 
     captured: list[torch.Tensor] = []
     select = model._select_keyframes
@@ -237,11 +235,11 @@ def keyframe_landing(model, head: torch.nn.Linear, videos: int) -> dict[str, dic
 
 
 def grounding_retention(model, grounding_folder: str, *, heldout_videos: int) -> dict[str, dict]:
-    """Stage G's head (``pipelines.grounding_pretrain.load_grounding_head``) on ``model``'s TAK' and, for reference,
+    """Stage G's head (``research.grounding_pretrain.load_grounding_head``) on ``model``'s TAK' and, for reference,
     on stage G's own text path (loaded into a copy), over ``heldout_videos`` held-out videos' clips."""
     import copy
 
-    from pipelines.grounding_pretrain import grounding_scores, load_grounding_head, load_text_path, read_summary
+    from research.grounding_pretrain import grounding_scores, load_grounding_head, load_text_path, read_summary
 
     summary = read_summary(grounding_folder)
     if summary is None:
@@ -367,7 +365,7 @@ def motion_from_tokens(model, *, train_videos: int, heldout_videos: int, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="model folder (jobs.learnability's model/, or checkpoints/tiny-synthetic)")
+    parser.add_argument("model", help="model folder (research.learnability's model/, or checkpoints/tiny-synthetic)")
     parser.add_argument("--videos", type=int, default=64, help="held-out videos of the referring and landing "
                                                                "measurements")
     parser.add_argument("--image-videos", type=int, default=40, help="videos (4 frames each) of the image probe")
@@ -378,10 +376,10 @@ def main() -> None:
     parser.add_argument("--motion-steps", type=int, default=3000)
     parser.add_argument("--motion-tokens", choices=("merged", "patches"), default="merged",
                         help="what the centre probe reads: the LLM's merged tokens, or the unmerged patches")
-    parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load "
+    parser.add_argument("--vision-folder", help="a stage-V folder (research.learnability's vision_pretrain/) to load "
                                                 "into the tower first")
     parser.add_argument("--grounding-folder",
-                        help="the run's stage G folder (jobs.learnability's grounding_pretrain/): adds the retention "
+                        help="the run's stage G folder (research.learnability's grounding_pretrain/): adds the retention "
                              "measurement")
     parser.add_argument("--only", choices=("tak", "image", "referring", "landing", "motion", "retention"),
                         help="one measurement only")
@@ -394,7 +392,7 @@ def main() -> None:
         model = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model, device="cpu"))
     model = model.float().eval()
     if args.vision_folder:
-        from pipelines.vision_pretrain import load_pretrained_tower
+        from research.vision_pretrain import load_pretrained_tower
 
         load_pretrained_tower(model.vision, args.vision_folder)
     report = {}

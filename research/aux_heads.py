@@ -1,4 +1,4 @@
-"""Throw-away heads of the from-scratch pretraining stages (``pipelines.track_pretrain``, ``vision_pretrain``,
+"""Throw-away heads of the from-scratch pretraining stages (``research.track_pretrain``, ``vision_pretrain``,
 ``grounding_pretrain``): each stage trains a model part through a linear head that is dropped afterwards."""
 from __future__ import annotations
 

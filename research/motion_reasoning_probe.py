@@ -1,8 +1,8 @@
 """Can a transformer of the learnability LLM's size learn "which shape never moves?" and "the fastest" at all?
 
-Why: stage G and stage 1 never learnt the motion kinds (docs/research/learnability.md). This separates the two
-possible causes: what the visual tokens hold, and how much training the reasoning needs. A small transformer
-(2 layers, width 128, 4 heads: the ``learn-256-pos`` LLM's size) reads 8 frames of a synthetic video (every
+Why: stage G and stage 1 never learnt the motion kinds (docs/research/learnability.md, "What motion needs"). This
+separates the two possible causes: what the visual tokens hold, and how much training the reasoning needs. A small
+transformer (2 layers, width 128, 4 heads: the ``learn-256-pos`` LLM's size) reads 8 frames of a synthetic video (every
 second of 16) plus a token for the question's kind ("never moves" or "fastest") and scores the 24 (size, colour,
 shape) triples; the answer is the best-scored triple among the video's objects (cross-entropy over those). Inputs:
 
@@ -18,9 +18,9 @@ Training videos come from stream 7 and held-out ones from stream 8 (a fixed set 
 question many times); held-out accuracy per kind is printed every ``--eval-every`` steps. A random pick among the
 video's objects is right 0.38 ("never moves") / 0.39 ("fastest") of the time.
 
-    python scripts/motion_reasoning_probe.py --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
-    python scripts/motion_reasoning_probe.py --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
-    python scripts/motion_reasoning_probe.py --input merged --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain \
+    python -m research.motion_reasoning_probe --input oracle --train-videos 20000 --steps 20000 --batch 256 --device cuda
+    python -m research.motion_reasoning_probe --input merged --knn-k 2 2 2 --position-scale 10 --batch 256 --device cuda
+    python -m research.motion_reasoning_probe --input merged --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain \
         --train-videos 20000 --steps 2000 --batch 256
 """
 from __future__ import annotations
@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import sys
 import tempfile
 import time
 
@@ -37,10 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipelines.grounding_pretrain import TARGET_TRIPLES  # noqa: E402
-from vrshq.data import generate_synthetic_video  # noqa: E402
+from research.grounding_pretrain import TARGET_TRIPLES
+from vrshq.data import generate_synthetic_video
 
 KINDS = ("static", "fastest")
 SPEED_CLASSES = ("static", "slow", "medium", "fast")  # vrshq.data.synthetic's speed classes
@@ -78,14 +74,15 @@ def remerge(vision, *, knn_k: tuple[int, ...] | None = None, position_scale: flo
 
 def preset_tower(preset: str, vision_folder: str | None = None):
     """The vision tokenizer of a random-init ``preset`` (float32, eval, on the CPU), with a stage-V tower from
-    ``vision_folder`` (``jobs.learnability``'s ``vision_pretrain/``) loaded into it when given: the tokens a stage
+    ``vision_folder`` (``research.learnability``'s ``vision_pretrain/``) loaded into it when given: the tokens a stage
     G on that preset would read, without a trained model folder."""
     from pipelines.train_config import ModelSpec
     from pipelines.train_loop import build_training_model
+    from research.presets import model_preset
 
-    vision = build_training_model(ModelSpec(preset=preset), device="cpu").float().eval().vision
+    vision = build_training_model(ModelSpec(preset=model_preset(preset)), device="cpu").float().eval().vision
     if vision_folder:
-        from pipelines.vision_pretrain import load_pretrained_tower
+        from research.vision_pretrain import load_pretrained_tower
 
         load_pretrained_tower(vision, vision_folder)
     return vision
@@ -195,7 +192,7 @@ def main() -> None:
     parser.add_argument("--model", default="checkpoints/tiny-synthetic", help="model folder whose tower makes the "
                                                                               "merged tokens")
     parser.add_argument("--preset", help="merged input: a random-init tower of this preset instead of --model's")
-    parser.add_argument("--vision-folder", help="with --preset: a stage-V folder (jobs.learnability's "
+    parser.add_argument("--vision-folder", help="with --preset: a stage-V folder (research.learnability's "
                                                 "vision_pretrain/) whose tower is loaded")
     parser.add_argument("--train-videos", type=int, default=3000)
     parser.add_argument("--heldout-videos", type=int, default=400)

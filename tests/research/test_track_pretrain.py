@@ -1,4 +1,4 @@
-"""Stage 0 of the learnability run: tracking pretraining of SAM2 (pipelines.track_pretrain)."""
+"""Stage 0 of the learnability run: tracking pretraining of SAM2 (research.track_pretrain)."""
 from __future__ import annotations
 
 import itertools
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.track_pretrain import (
+from research.config import TrackPretrainConfig
+from research.track_pretrain import (
     STATE_FILE,
     WEIGHTS_FILE,
     TrackClip,
@@ -18,7 +19,6 @@ from pipelines.track_pretrain import (
     track_clip_stream,
     track_losses,
 )
-from pipelines.train_config import TrackPretrainConfig
 from vrshq.data import generate_synthetic_video
 from vrshq.model.sam2_config import sam2_tiny
 from vrshq.model.sam2_segmenter import Sam2Segmenter
@@ -119,7 +119,7 @@ def test_losses_score_tracked_frames_only_and_masks_only_where_the_target_is_vis
 
 
 def test_a_stopped_stage_resumes_where_it_stopped_and_a_complete_one_is_only_loaded(tmp_path, monkeypatch):
-    import pipelines.track_pretrain as tp
+    import research.track_pretrain as tp
 
     cfg = TrackPretrainConfig(steps=3, window=4, clips_per_step=2, warmup_steps=1)
     firsts: list[int] = []
@@ -182,7 +182,7 @@ def test_bad_settings_are_refused_with_their_names():
 
 
 def test_cell_targets_name_the_object_covering_each_cell():
-    from pipelines.track_pretrain import cell_attribute_targets
+    from research.track_pretrain import cell_attribute_targets
     from vrshq.data.synthetic import COLOURS, SHAPES, SIZES
 
     clips = _clips(2)
@@ -230,7 +230,7 @@ def test_the_attribute_aid_trains_a_head_on_the_image_embedding_and_resumes_it(t
 
 
 def test_a_complete_stage_written_before_a_setting_existed_still_loads(tmp_path, monkeypatch):
-    import pipelines.track_pretrain as tp
+    import research.track_pretrain as tp
 
     cfg = TrackPretrainConfig(steps=1, window=4, clips_per_step=1, warmup_steps=1)
 

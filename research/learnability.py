@@ -2,31 +2,31 @@
 
 One command, one seed, no Ray (a single process on one device)::
 
-    python -m jobs.learnability --device cuda --steps 3000 --seed 0 --out /tmp/learn
-    python -m jobs.learnability --device cuda --steps 6000 --seed 0 --out /tmp/learn2 --resume /tmp/learn/checkpoint
+    python -m research.learnability --device cuda --steps 3000 --seed 0 --out /tmp/learn
+    python -m research.learnability --device cuda --steps 6000 --seed 0 --out /tmp/learn2 --resume /tmp/learn/checkpoint
 
-The model is ``pipelines.train_config.learnability_model_config`` (the tiny classes at a size whose
+The model is ``research.presets.learnability_model_config`` (the tiny classes at a size whose
 bf16 checkpoint is < 20 MB), trained with the same code as ``jobs.train``: clip sampling of
 ``pipelines.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
 ``VrshqModel.forward`` (CE + BCE + DICE + object presence on the 3-frame window), AdamW with
-per-group learning rates (SAM2 1e-4, text path 1e-3, docs/research/learnability.md), 100 warm-up steps, linear
+per-group learning rates (SAM2 1e-4, text path 1e-3, learnability.md), 100 warm-up steps, linear
 decay, clipping 1.0, bf16 autocast on CUDA; half of the samples are image samples (one frame, referring
 expressions, ``--image-ratio``; the method mixes image datasets in). From-scratch aids that are not
 the method (never in ``jobs.train``), off by default:
 
-* ``--expression-word-weight W`` adds ``W * pipelines.train_loop.expression_word_loss``: half of the
+* ``--expression-word-weight W`` adds ``W * research.aids.expression_word_loss``: half of the
   TAK' dimensions mirror the expression's bag of words (only the input text, no label). Why: a
   random-init LLM attends almost uniformly over the prompt, so its TAK hardly depends on the
   expression and SAM2 settles on "segment every shape" (held-out IoU between the masks of two
   expressions of a video 0.99 against 0.27 for the ground truth). With W=1 that IoU falls to
   0.48-0.54 within ~500 steps (H200): the masks follow the text.
-* ``--tak-separation-weight W`` adds ``W * pipelines.train_loop.tak_separation_loss`` (TAKs of
+* ``--tak-separation-weight W`` adds ``W * research.aids.tak_separation_loss`` (TAKs of
   expressions naming different objects are pushed apart; uses the masks).
 * ``--seg-head-init-gain G`` starts the TAK token at G times its init norm
-  (``pipelines.train_loop.scale_seg_head_init``).
+  (``research.aids.scale_seg_head_init``).
 
 Stage 0 (``--track.steps``, default 2000; from random init only): SAM2 alone learns to track from
-ground-truth first-frame masks (``pipelines.track_pretrain``), the video training that Meta's SA-V gives
+ground-truth first-frame masks (``research.track_pretrain``), the video training that Meta's SA-V gives
 the real SAM2 before VRS-HQ fine-tunes it. Its result (``track_pretrain/``) is resumed or loaded when the
 same command runs again on the same ``--out``. After it SAM2 trains only its mask decoder, the method's
 trainable set (``--sam2-trainable``). Why: trained only through VRS-HQ's 3-frame windows, the memory path
@@ -35,21 +35,21 @@ tracked a *ground-truth* keyframe mask at J 0.65; stage 0 alone brings that to 0
 default); the committed checkpoint's command sets it to 1, which lets the decoder find by shape.
 
 Stage V (``--vision.steps``, default 0; from random init only): the random vision tower learns what a pretrained
-CLIP knows, per patch where it is and what covers it (``pipelines.vision_pretrain``), and is then frozen as the
+CLIP knows, per patch where it is and what covers it (``research.vision_pretrain``), and is then frozen as the
 method freezes CLIP. Why: the cluster means of a random tower's patches keep almost nothing of where an object
 is (linear-probe R^2 of the cluster centroid 0.06), so the LLM cannot reason over motion; 600 steps give 0.86
 (40 s on an H200). Measured so far it did not help: 1,112 stage-1 steps on it reasoned no better and referred
-worse (docs/research/learnability.md), hence off by default. Its result (``vision_pretrain/``) is loaded when
-the same command runs again.
+worse (docs/research/learnability.md, "What limits reasoning"), hence off by default. Its result (``vision_pretrain/``)
+is loaded when the same command runs again.
 
 Stage G (``--grounding.steps``, default 0; from random init only, after stage V): the text path (LLM, visual
 projector, seg head) learns without SAM2 to make TAK' name the expression's targets among the video's objects
-(``pipelines.grounding_pretrain``), what MLLM pretraining gives the real LLM. With ``--preset learn-256-pos`` it
+(``research.grounding_pretrain``), what MLLM pretraining gives the real LLM. With ``--preset learn-256-pos`` it
 grounds every held-out referring and group expression in 500 steps of 64 clips, but the motion kinds not in 1,500.
 Stage 1 after it scored J&F 0.62 against 0.60 while SAM2's encoder hardly told shapes apart; after a stage 0 with
 the attribute aid (``--track.attribute-weight``) it scores 0.68 against 0.64 without stage G
-(docs/research/learnability.md). ``--freeze-llm`` keeps its LLM through stage 1. Its result
-(``grounding_pretrain/``) is loaded when the same command runs again.
+(docs/research/learnability.md, "The attribute aid and what now limits"). ``--freeze-llm`` keeps its LLM through stage
+1. Its result (``grounding_pretrain/``) is loaded when the same command runs again.
 
 Training videos are generated on the fly by DataLoader workers (never repeated); held-out videos come from a separate seed stream and are
 scored through ``VrshqModel.segment_video`` (the inference path) with ``vrshq.metrics``.
@@ -77,21 +77,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging
-from pipelines.train_config import (
-    GroundingPretrainConfig,
-    TrackPretrainConfig,
-    VisionPretrainConfig,
-    focus_problems,
-)
+from jobs.demo import TASK_FILE  # written into every exported model/: the task it learnt (jobs.demo reads it)
+from research.config import GroundingPretrainConfig, TrackPretrainConfig, VisionPretrainConfig, focus_problems
 
 __all__ = ["EXIT_UNFINISHED", "TASK_FILE", "LearnabilityConfig", "heldout_videos", "main", "synthetic_clip_stream",
            "write_task_file"]
 
-_LOG = logging.getLogger("jobs.learnability")
+_LOG = logging.getLogger("research.learnability")
 _TRAIN_STREAM, _HELDOUT_STREAM = 1, 2  # separate seed streams: held-out videos are never trained on
 
-TASK_FILE = "learnability.json"
-"""Written into every exported ``model/``: the task the model learnt and its held-out scores (jobs.demo reads it)."""
 
 EXIT_UNFINISHED = 75
 """Exit status of a run that ``--max-minutes`` (or ``--stop-at-step``) ended early, saved: the same command again
@@ -101,15 +95,15 @@ failure; an exported ``model/`` may already exist then (stage 1 exports at the s
 
 @dataclass(frozen=True)
 class LearnabilityConfig:
-    """Settings of the learnability run. The committed recipe's command sets the preset, the schedule and the from-scratch
-    aids it used explicitly (``--preset learn-256-pos --track.attribute-weight 1 --track.steps 3200
-    --grounding.steps 1500 --expression-word-weight 1 --ema-decay 0.999``)."""
+    """Settings of the learnability run. The committed checkpoint's recipe (research/recipes/tiny_synthetic.yaml)
+    sets the preset, the schedule and the from-scratch aids it used explicitly (e.g. ``preset: learn-256-pos``,
+    ``track: {attribute_weight: 1, steps: 3200}``, ``expression_word_weight: 1``, ``ema_decay: 0.999``)."""
 
     out: str = field(metadata={"help": "output folder (local)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
     steps: int = field(default=3000, metadata={"help": "optimiser steps of the whole schedule"})
     seed: int = field(default=0, metadata={"help": "seed of the init, the data and the held-out set"})
-    preset: str = field(default="learn", metadata={"help": "model preset (pipelines.train_config.MODEL_PRESETS)"})
+    preset: str = field(default="learn", metadata={"help": "model preset (research.presets.PRESETS, or a product preset such as tiny)"})
     resume: str | None = field(default=None, metadata={"help": "training checkpoint folder to continue from"})
     init_model: str | None = field(
         default=None, metadata={"help": "full model folder (e.g. an earlier model/) to start a new schedule from"}
@@ -141,25 +135,24 @@ class LearnabilityConfig:
     video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
     video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
     lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
-    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (docs/research/learnability.md)"})
-    text_lr: float = field(default=1e-3,
-                           metadata={"help": "learning rate of the text path (docs/research/learnability.md)"})
+    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (learnability.md)"})
+    text_lr: float = field(default=1e-3, metadata={"help": "learning rate of the text path (learnability.md)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     seg_head_init_gain: float = field(
         default=1.0,
         metadata={"help": "from-scratch aid, not the method: initial scale of the seg head output, the TAK token "
-                          "SAM2 reads (pipelines.train_loop.scale_seg_head_init); 1 = plain init"},
+                          "SAM2 reads (research.aids.scale_seg_head_init); 1 = plain init"},
     )
     object_weight: float = field(default=0.5, metadata={"help": "object-presence loss weight"})
     tak_separation_weight: float = field(
         default=0.0,
         metadata={"help": "from-scratch aid, not the method: weight of the TAK separation loss "
-                          "(pipelines.train_loop.tak_separation_loss); 0 trains the method's losses only"},
+                          "(research.aids.tak_separation_loss); 0 trains the method's losses only"},
     )
     expression_word_weight: float = field(
         default=0.0,
         metadata={"help": "from-scratch aid, not the method: weight of the expression-word loss "
-                          "(pipelines.train_loop.expression_word_loss: half of the TAK mirrors the expression's "
+                          "(research.aids.expression_word_loss: half of the TAK mirrors the expression's "
                           "words, as a pretrained LLM's would); 0 trains the method's losses only"},
     )
     train_window: int = field(
@@ -178,13 +171,13 @@ class LearnabilityConfig:
     ema_decay: float = field(
         default=0.0,
         metadata={"help": "evaluate and export an exponential moving average of the weights with this decay (e.g. "
-                          "0.999; pipelines.train_loop.WeightEma): held-out scores swing by ~0.05 between evaluations "
+                          "0.999; research.aids.WeightEma): held-out scores swing by ~0.05 between evaluations "
                           "a few dozen steps apart; 0 = the raw weights"},
     )
     track: TrackPretrainConfig = field(
         default_factory=TrackPretrainConfig,
         metadata={"help": "stage 0, tracking pretraining of SAM2 from ground-truth first-frame masks "
-                          "(pipelines.track_pretrain; what SA-V gives the real SAM2); runs from random init only"},
+                          "(research.track_pretrain; what SA-V gives the real SAM2); runs from random init only"},
     )
     vision: VisionPretrainConfig = field(
         default_factory=VisionPretrainConfig,
@@ -193,7 +186,7 @@ class LearnabilityConfig:
     )
     grounding: GroundingPretrainConfig = field(
         default_factory=GroundingPretrainConfig,
-        metadata={"help": "stage G, grounding pretraining of the text path without SAM2 (pipelines.grounding_pretrain;"
+        metadata={"help": "stage G, grounding pretraining of the text path without SAM2 (research.grounding_pretrain;"
                           " what MLLM pretraining gives the real LLM): TAK' learns to name the targets; runs from "
                           "random init only, after stage V"},
     )
@@ -247,7 +240,7 @@ class LearnabilityConfig:
                 problems.append(f"{name}={value!r}: must be a positive int")
         if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
             problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
-        from vrshq.model.tks import TRAIN_KEYFRAME_RULES
+        from research.aids import TRAIN_KEYFRAME_RULES
 
         if self.train_keyframe not in TRAIN_KEYFRAME_RULES:
             problems.append(f"train_keyframe={self.train_keyframe!r}: must be one of {list(TRAIN_KEYFRAME_RULES)}")
@@ -361,20 +354,20 @@ def _loader(cfg: LearnabilityConfig, stream, batch_size: int):
 
 
 TRACK_DIR = "track_pretrain"
-"""Stage 0's folder under ``--out`` (files: ``pipelines.track_pretrain.pretrain_tracking``)."""
+"""Stage 0's folder under ``--out`` (files: ``research.track_pretrain.pretrain_tracking``)."""
 VISION_DIR = "vision_pretrain"
-"""Stage V's folder under ``--out`` (files: ``pipelines.vision_pretrain.pretrain_vision_tower``)."""
+"""Stage V's folder under ``--out`` (files: ``research.vision_pretrain.pretrain_vision_tower``)."""
 GROUNDING_DIR = "grounding_pretrain"
-"""Stage G's folder under ``--out`` (files: ``pipelines.grounding_pretrain.pretrain_grounding``)."""
+"""Stage G's folder under ``--out`` (files: ``research.grounding_pretrain.pretrain_grounding``)."""
 
 
 def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) -> bool:
-    """Stage G (``pipelines.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, resumed when an
+    """Stage G (``research.grounding_pretrain``) in ``--out``/:data:`GROUNDING_DIR`: trained, resumed when an
     earlier run of this ``--out`` stopped in it, or loaded when complete; False when the deadline cut it short
     (saved: rerun the same command to continue it). Held out: the clips that stage G's sampling takes from the
     held-out videos (never trained on)."""
-    from pipelines.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
     from pipelines.train_config import SamplingConfig
+    from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
     heldout = heldout_grounding_samples(cfg.grounding.heldout_videos, seed=cfg.seed, stream=_HELDOUT_STREAM,
@@ -395,13 +388,13 @@ def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) 
 
 
 def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | None) -> bool:
-    """Stage 0 (``pipelines.track_pretrain``) in ``--out``/:data:`TRACK_DIR`: resumed when an earlier
+    """Stage 0 (``research.track_pretrain``) in ``--out``/:data:`TRACK_DIR`: resumed when an earlier
     run of this ``--out`` stopped in it, loaded when it completed. False when the deadline cut it short
     (saved: rerun the same command to continue it)."""
     import numpy as np
 
-    from pipelines.track_pretrain import pretrain_tracking, track_clip_stream
     from pipelines.train_loop import true_keyframe_tracking_j
+    from research.track_pretrain import pretrain_tracking, track_clip_stream
 
     def evaluate(step: int) -> dict:
         j = float(np.mean(true_keyframe_tracking_j(model, heldout)))
@@ -432,8 +425,8 @@ def _plot(out_dir: str, log_rows: list[dict], evals: list[dict]) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
-    from pipelines.track_pretrain import LOG_FILE, read_summary
+    from research.grounding_pretrain import read_summary as read_grounding_summary
+    from research.track_pretrain import LOG_FILE, read_summary
 
     def smooth(ax, steps, values, label, **kw):
         steps, values = np.asarray(steps), np.asarray(values)
@@ -509,19 +502,19 @@ def run(cfg: LearnabilityConfig) -> dict:
     from pipelines.clip_sampling import samples_to_batch
     from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig
     from pipelines.train_loop import (
-        EMA_NAME,
         TrainState,
-        WeightEma,
         build_optimizer,
         build_scheduler,
         build_training_model,
         export_model,
         load_train_checkpoint,
         save_train_checkpoint,
-        scale_seg_head_init,
         train_step,
         validate,
     )
+    from research.aids import AID_METRICS, EMA_NAME, WeightEma, aid_losses, scale_seg_head_init
+    from research.presets import model_preset
+    from vrshq.model.tks import largest_target_keyframe
 
     previous = os.path.join(cfg.out, "checkpoint")
     if not cfg.resume and not cfg.init_model and os.path.exists(os.path.join(previous, "train_state.json")):
@@ -535,11 +528,12 @@ def run(cfg: LearnabilityConfig) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     os.makedirs(cfg.out, exist_ok=True)
-    spec = ModelSpec(preset=cfg.preset, trainable="all", object_weight=cfg.object_weight, seed=cfg.seed,
-                     init_checkpoint=cfg.init_model, train_window=cfg.train_window,
-                     train_keyframe=cfg.train_keyframe)
+    spec = ModelSpec(preset=model_preset(cfg.preset), trainable="all", object_weight=cfg.object_weight, seed=cfg.seed,
+                     init_checkpoint=cfg.init_model, train_window=cfg.train_window)
     optim = OptimConfig(lr=cfg.lr, sam2_lr=cfg.sam2_lr, text_lr=cfg.text_lr, warmup_steps=cfg.warmup_steps)
     model = build_training_model(spec, device=device)
+    model.train_keyframe_rule = largest_target_keyframe if cfg.train_keyframe == "largest_target" else None
+    aids = aid_losses(tak_separation_weight=cfg.tak_separation_weight, expression_word_weight=cfg.expression_word_weight)
     if cfg.seg_head_init_gain != 1.0 and not cfg.resume and not cfg.init_model:
         scale_seg_head_init(model, cfg.seg_head_init_gain)  # random init only: loaded weights are kept
     heldout = heldout_videos(seed=cfg.seed, count=cfg.heldout_videos, num_frames=cfg.video_frames, size=cfg.video_size,
@@ -548,9 +542,9 @@ def run(cfg: LearnabilityConfig) -> dict:
     deadline = run_started + 60 * cfg.max_minutes if cfg.max_minutes else None  # stages 0, G and 1 share it
     # Where SAM2's weights come from. The training checkpoint holds the trainable weights only, so a
     # resumed run reloads the frozen ones from the same source as the run it continues.
-    from pipelines.track_pretrain import WEIGHTS_FILE
-    from pipelines.vision_pretrain import pretrain_vision_tower
-    from pipelines.vision_pretrain import read_summary as read_vision_summary
+    from research.track_pretrain import WEIGHTS_FILE
+    from research.vision_pretrain import pretrain_vision_tower
+    from research.vision_pretrain import read_summary as read_vision_summary
     from vrshq.model.sam2_model import load_sam2_checkpoint
 
     stage0_weights = os.path.join(cfg.out, TRACK_DIR, WEIGHTS_FILE)
@@ -569,7 +563,7 @@ def run(cfg: LearnabilityConfig) -> dict:
         # trains it, or loads a complete one (a resumed run: the frozen tower is not in the training checkpoint)
         pretrain_vision_tower(model.vision, cfg.vision, seed=cfg.seed, folder=vision_dir,
                               num_frames=cfg.video_frames, size=cfg.video_size)
-    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
+    from research.grounding_pretrain import read_summary as read_grounding_summary
 
     if not cfg.init_model and (cfg.grounding.steps > 0 or (cfg.resume and read_grounding_summary(
             os.path.join(cfg.out, GROUNDING_DIR)))):
@@ -672,9 +666,9 @@ def run(cfg: LearnabilityConfig) -> dict:
         t0 = time.perf_counter()
         clips = next(loader)
         t_data = time.perf_counter() - t0
-        metrics = train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
-                             clip_grad_norm=optim.clip_grad_norm, tak_separation_weight=cfg.tak_separation_weight,
-                             expression_word_weight=cfg.expression_word_weight)
+        metrics = {**dict.fromkeys(AID_METRICS, 0.0),
+                   **train_step(model, optimizer, scheduler, [samples_to_batch(clips)],
+                                clip_grad_norm=optim.clip_grad_norm, extra_losses=aids)}
         if ema is not None:
             ema.update()
         if device.type == "cuda":
@@ -713,17 +707,17 @@ def write_task_file(model_dir: str, cfg: LearnabilityConfig, *, step: int, score
                     **{k: scores[k] for k in keys if k in scores}},
         "training": {"steps": step, "train_seconds": train_seconds, "config": dataclasses.asdict(cfg)},
     }
-    from pipelines.track_pretrain import read_summary
+    from research.track_pretrain import read_summary
 
     stage0 = read_summary(os.path.join(cfg.out, TRACK_DIR))
     if stage0 is not None:
         payload["training"]["stage0"] = {k: stage0[k] for k in ("steps", "seconds", "complete", "config", "evaluations")}
-    from pipelines.vision_pretrain import read_summary as read_vision_summary
+    from research.vision_pretrain import read_summary as read_vision_summary
 
     stage_v = read_vision_summary(os.path.join(cfg.out, VISION_DIR))
     if stage_v is not None:
         payload["training"]["stage_v"] = stage_v
-    from pipelines.grounding_pretrain import read_summary as read_grounding_summary
+    from research.grounding_pretrain import read_summary as read_grounding_summary
 
     stage_g = read_grounding_summary(os.path.join(cfg.out, GROUNDING_DIR))
     if stage_g is not None:
@@ -752,10 +746,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configuration."""
     setup_logging()
     try:
-        cfg = parse_config(LearnabilityConfig, argv, prog="python -m jobs.learnability",
+        cfg = parse_config(LearnabilityConfig, argv, prog="python -m research.learnability",
                            description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     except ConfigError as exc:
-        print(f"jobs.learnability: {exc}", file=sys.stderr)
+        print(f"research.learnability: {exc}", file=sys.stderr)
         return 2
     log_config(cfg, logger=_LOG)
     final = run(cfg)

@@ -1,15 +1,14 @@
-"""scripts/decode_diagnostics.py: the per-cell probe must tell encoded attributes from absent ones."""
+"""research/decode_diagnostics.py: the per-cell probe must tell encoded attributes from absent ones."""
 from __future__ import annotations
 
+import importlib
 import pathlib
 
 import torch
 
-from tests.scripts import load_script
-
 
 def _load():
-    return load_script("decode_diagnostics")
+    return importlib.import_module("research.decode_diagnostics")
 
 
 def test_cell_probe_reads_encoded_attributes_and_not_absent_ones():
@@ -128,9 +127,10 @@ def test_retention_scores_the_model_and_stage_g_with_stage_gs_head(tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.grounding_pretrain import grounding_sample, pretrain_grounding
-    from pipelines.train_config import GroundingPretrainConfig, ModelSpec, SamplingConfig
+    from pipelines.train_config import ModelSpec, SamplingConfig
     from pipelines.train_loop import build_training_model
+    from research.config import GroundingPretrainConfig
+    from research.grounding_pretrain import grounding_sample, pretrain_grounding
     from vrshq.data import generate_synthetic_video
 
     diagnostics = _load()

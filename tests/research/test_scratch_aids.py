@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train_config import MODEL_PRESETS, ModelSpec, OptimConfig, SamplingConfig, model_config_from_spec
+from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig, model_config_from_spec
 from pipelines.train_loop import (
     build_optimizer,
     build_scheduler,
     build_training_model,
     loss_only_forward,
-    tak_separation_loss,
     train_step,
 )
+from research.aids import AID_METRICS, aid_losses, tak_separation_loss
+from research.presets import PRESETS, model_preset
 from vrshq.model.outputs import TrainBatch, TrainVideo
 from vrshq.model.prompts import training_prompt
 
@@ -98,7 +99,9 @@ def _step_with_aid(weight_name: str) -> tuple[dict, dict, bool]:
         model = build_training_model(ModelSpec(preset="tiny", seed=0))
         opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
         sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
-        stats[weight] = (train_step(model, opt, sched, [batch], clip_grad_norm=0.0, **{weight_name: weight}),
+        stats[weight] = ({**dict.fromkeys(AID_METRICS, 0.0),
+                          **train_step(model, opt, sched, [batch], clip_grad_norm=0.0,
+                                       extra_losses=aid_losses(**{weight_name: weight}))},
                          model.mllm.llm.model.layers[0].self_attn.q_proj.weight.detach().clone())
     return stats[0.0][0], stats[5.0][0], not torch.equal(stats[0.0][1], stats[5.0][1])
 
@@ -121,39 +124,39 @@ def test_train_step_refuses_separation_without_the_tak_graph():
     sched = build_scheduler(opt, warmup_steps=0, decay_steps=10)
     batch = samples_to_batch(_clips()[:1])
     with pytest.raises(ValueError, match="loss_only_forward"):
-        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, tak_separation_weight=1.0,
+        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, extra_losses=aid_losses(tak_separation_weight=1.0),
                    forward_module=loss_only_forward(model))
     with pytest.raises(ValueError, match="tak_separation_weight"):
-        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, tak_separation_weight=-1.0)
+        train_step(model, opt, sched, [batch], clip_grad_norm=1.0, extra_losses=aid_losses(tak_separation_weight=-1.0))
 
 
 @pytest.mark.parametrize(("preset", "tokens", "counts"), [
     ("learn", 28, (16, 8, 4)), ("learn-t14", 14, (8, 4, 2)), ("learn-t7", 7, (4, 2, 1)),
 ])
 def test_learn_presets_differ_only_in_visual_tokens(preset, tokens, counts):
-    assert preset in MODEL_PRESETS
-    cfg = model_config_from_spec(ModelSpec(preset=preset))
-    base = model_config_from_spec(ModelSpec(preset="learn"))
+    assert preset in PRESETS
+    cfg = model_config_from_spec(ModelSpec(preset=model_preset(preset)))
+    base = model_config_from_spec(ModelSpec(preset=model_preset("learn")))
     assert cfg.vision.tokens_per_frame == tokens and cfg.vision.merge.cluster_counts == counts
     assert all(k < prev for k, prev in zip(cfg.vision.merge.knn_k, (64, *counts[:-1])))  # k < points merged
     assert (cfg.llm, cfg.sam2, cfg.method) == (base.llm, base.sam2, base.method)  # same weights, same sizes
 
 
 def test_wide_preset_keeps_sam2_and_fits_the_checkpoint_limit():
-    wide = model_config_from_spec(ModelSpec(preset="learn-256-wide"))
-    base = model_config_from_spec(ModelSpec(preset="learn-256"))
+    wide = model_config_from_spec(ModelSpec(preset=model_preset("learn-256-wide")))
+    base = model_config_from_spec(ModelSpec(preset=model_preset("learn-256")))
     assert wide.sam2 == base.sam2  # a stage-0 SAM2 of either preset loads into both
     assert (wide.llm.hidden_size, wide.llm.num_hidden_layers, wide.vision.hidden_size) == (256, 4, 64)
     assert wide.vision.projector_out_dim == wide.llm.hidden_size
     from vrshq.builders import build_vrshq
 
     n_params = sum(p.numel() for p in build_vrshq(wide).parameters())
-    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB limit for git
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB kept in git
 
 
 def test_learnability_config_rejects_a_negative_separation_weight():
     from jobs._cli import ConfigError
-    from jobs.learnability import LearnabilityConfig
+    from research.learnability import LearnabilityConfig
 
     assert LearnabilityConfig(out="/tmp/x").tak_separation_weight == 0.0  # the method's losses by default
     with pytest.raises(ConfigError, match="tak_separation_weight"):
@@ -184,7 +187,7 @@ def test_validate_reports_how_alike_the_masks_of_two_expressions_are():
 
 
 def test_scale_seg_head_init_scales_the_prompt_token_exactly():
-    from pipelines.train_loop import scale_seg_head_init
+    from research.aids import scale_seg_head_init
 
     model = build_training_model(ModelSpec(preset="tiny", seed=0))
     hidden = torch.randn(5, model.seg_head.mlp[0].in_features)
@@ -202,7 +205,7 @@ def test_scale_seg_head_init_scales_the_prompt_token_exactly():
 
 
 def test_expression_word_loss_is_zero_for_bag_of_words_embeddings_and_positive_otherwise():
-    from pipelines.train_loop import expression_word_loss, expression_words
+    from research.aids import expression_word_loss, expression_words
     from vrshq.model.outputs import TrainBatch
 
     texts = ("the red circle", "the red square", "Which shape moves the fastest?", "the blue square")
@@ -224,8 +227,8 @@ def test_expression_word_loss_is_zero_for_bag_of_words_embeddings_and_positive_o
 
 
 def test_p4_preset_reads_64_px_frames_in_256_patches_and_keeps_sam2_and_the_token_count():
-    p4 = model_config_from_spec(ModelSpec(preset="learn-256-pos-p4"))
-    k2 = model_config_from_spec(ModelSpec(preset="learn-256-pos-k2"))
+    p4 = model_config_from_spec(ModelSpec(preset=model_preset("learn-256-pos-p4")))
+    k2 = model_config_from_spec(ModelSpec(preset=model_preset("learn-256-pos-k2")))
     assert (p4.vision.image_size, p4.vision.patch_size, p4.vision.num_patches) == (64, 4, 256)
     assert p4.vision.tokens_per_frame == k2.vision.tokens_per_frame == 28
     assert p4.vision.merge.knn_k == (2, 2, 2) and p4.vision.merge.centroid_position_scale == 1.0
@@ -234,7 +237,7 @@ def test_p4_preset_reads_64_px_frames_in_256_patches_and_keeps_sam2_and_the_toke
     from vrshq.model.vision import VisualTokenizer
 
     n_params = sum(p.numel() for p in build_vrshq(p4).parameters())
-    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB limit for git
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB kept in git
     tokens = VisualTokenizer(p4.vision).eval()
     frames = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     assert tokens(tokens.preprocess(frames)).shape == (3, 28, p4.llm.hidden_size)
@@ -243,7 +246,7 @@ def test_p4_preset_reads_64_px_frames_in_256_patches_and_keeps_sam2_and_the_toke
 def test_stage_one_focus_keeps_the_focus_kinds_and_share_zero_is_the_plain_stream():
     import itertools
 
-    from jobs.learnability import synthetic_clip_stream
+    from research.learnability import synthetic_clip_stream
     from vrshq.data import generate_synthetic_video
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
@@ -272,12 +275,12 @@ def test_wide_p4_preset_widens_only_the_llm_so_p4_towers_and_sam2_load(tmp_path)
     """The wide text path runs after the committed run's stage V and base SAM2: both must load unchanged."""
     from safetensors.torch import save_file
 
-    from pipelines.vision_pretrain import WEIGHTS_FILE, load_pretrained_tower
+    from research.vision_pretrain import WEIGHTS_FILE, load_pretrained_tower
     from vrshq.builders import build_vrshq
     from vrshq.model.vision import VisualTokenizer
 
-    wide = model_config_from_spec(ModelSpec(preset="learn-256-wide-pos-p4"))
-    p4 = model_config_from_spec(ModelSpec(preset="learn-256-pos-p4"))
+    wide = model_config_from_spec(ModelSpec(preset=model_preset("learn-256-wide-pos-p4")))
+    p4 = model_config_from_spec(ModelSpec(preset=model_preset("learn-256-pos-p4")))
     assert (wide.llm.hidden_size, wide.llm.num_hidden_layers) == (256, 4)
     assert (wide.sam2, wide.method) == (p4.sam2, p4.method)
     # the tower's settings are p4's; only the projector's output follows the LLM width
@@ -290,4 +293,4 @@ def test_wide_p4_preset_widens_only_the_llm_so_p4_towers_and_sam2_load(tmp_path)
     for name, value in p4_tower.state_dict().items():
         assert torch.equal(wide_tokens.vision_tower.state_dict()[name], value)
     n_params = sum(p.numel() for p in build_vrshq(wide).parameters())
-    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB limit for git
+    assert 2 * n_params < 20e6  # bf16 checkpoint under the 20 MB kept in git

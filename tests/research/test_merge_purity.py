@@ -1,17 +1,16 @@
-"""scripts/merge_purity.py: on raw pixels of 4 px patches the first merge level isolates the shapes, and the
+"""research/merge_purity.py: on raw pixels of 4 px patches the first merge level isolates the shapes, and the
 measure tells that apart from a merge that ignores the image."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import torch
 
-from tests.scripts import load_script
-
 
 def test_pixel_clusters_of_4px_patches_find_the_shapes_and_random_labels_do_not():
-    purity = load_script("merge_purity")
-    probe = load_script("motion_reasoning_probe")
+    purity = importlib.import_module("research.merge_purity")
+    probe = importlib.import_module("research.motion_reasoning_probe")
     torch.manual_seed(0)
     vision = probe.preset_tower("learn-256-pos-p4")
     on_pixels = purity.merge_purity(vision, videos=3, pixels=True)

@@ -1,10 +1,10 @@
 """How well does the first DPC-KNN merge level keep a video's objects apart, and where does it put them?
 
-Why: the LLM learns motion ("which shape never moves?") only as well as the merged tokens say where each object is in
-each frame; a cluster that mixes a shape with the background around it moves its centroid off the shape
-(docs/research/learnability.md). For every visible object and frame of held-out synthetic videos this takes the
-first-level cluster that holds most of the object's patches (a patch is the object's when the object covers half of it)
-and reports:
+Why: the LLM learns motion ("which shape never moves?") only as well as the merged tokens say where each object is
+in each frame; a cluster that mixes a shape with the background around it moves its centroid off the shape
+(docs/research/learnability.md, "Finer patches"). For every visible object and frame of held-out synthetic videos this
+takes the first-level cluster that holds most of the object's patches (a patch is the object's when the object covers
+half of it) and reports:
 
 * ``pure``: the share of that cluster's patches that are the object's (mean);
 * ``centre_error_px``: the distance from the cluster's centroid (mean patch centre) to the object's true centre
@@ -13,26 +13,22 @@ and reports:
 The features clustered are the tower's (``--layer``, the preset's by default) or, with ``--pixels``, each patch's
 raw normalised pixels. The tower is a random-init one of ``--preset``, or the stage-V tower of ``--vision-folder``.
 
-    python scripts/merge_purity.py --preset learn-256-pos-k2
-    python scripts/merge_purity.py --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
+    python -m research.merge_purity --preset learn-256-pos-k2
+    python -m research.merge_purity --preset learn-256-pos-p4 --vision-folder out/p4/vision_pretrain
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vrshq.data import generate_synthetic_video  # noqa: E402
-from vrshq.model.token_merging import dpc_knn_cluster  # noqa: E402
-from vrshq.model.vision_config import effective_knn_k  # noqa: E402
+from vrshq.data import generate_synthetic_video
+from vrshq.model.token_merging import dpc_knn_cluster
+from vrshq.model.vision_config import effective_knn_k
 
 
 def patch_features(vision, frames: np.ndarray, *, pixels: bool) -> torch.Tensor:
@@ -77,7 +73,7 @@ def merge_purity(vision, *, videos: int, pixels: bool = False, seed: int = 0, st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="learn-256-pos-k2", help="model preset whose tower and merge are used")
-    parser.add_argument("--vision-folder", help="a stage-V folder (jobs.learnability's vision_pretrain/) to load")
+    parser.add_argument("--vision-folder", help="a stage-V folder (research.learnability's vision_pretrain/) to load")
     parser.add_argument("--layer", type=int, help="tower hidden state to cluster (default: the preset's)")
     parser.add_argument("--pixels", action="store_true", help="cluster each patch's raw pixels instead")
     parser.add_argument("--videos", type=int, default=60)

@@ -12,7 +12,7 @@ through the next ``window - 1`` frames with memory, with SAM2's own losses (BCE,
 on every tracked frame. Windows run forward or backward in time (inference tracks both ways), and
 the targets are the synthetic expressions' targets (single objects, groups, occluded objects), so
 occlusion and multi-object masks are in the training data. Only ``model.sam2`` trains. The result is a
-SAM2 state dict (safetensors) that ``Sam2Config.checkpoint_uri`` and ``jobs.learnability --sam2-init`` load.
+SAM2 state dict (safetensors) that ``Sam2Config.checkpoint_uri`` and ``research.learnability --sam2-init`` load.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, same_settings
-from pipelines.train_config import TrackPretrainConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import TrackPretrainConfig
+from research.stage_files import read_json_if_exists, same_settings
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.letterbox import letterbox, letterbox_shape
 from vrshq.model.losses import dice_loss, object_presence_loss, sigmoid_bce_loss
@@ -58,7 +58,7 @@ __all__ = [
     "track_losses",
 ]
 
-_LOG = logging.getLogger("pipelines.track_pretrain")
+_LOG = logging.getLogger("research.track_pretrain")
 _COLOURS = tuple(COLOURS)
 
 TRACK_STREAM = 3

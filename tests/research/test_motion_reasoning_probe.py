@@ -1,15 +1,15 @@
-"""scripts/motion_reasoning_probe.py: its oracle questions carry the answer, and its reasoner can fit them."""
+"""research/motion_reasoning_probe.py: its oracle questions carry the answer, and its reasoner can fit them."""
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
 import torch
 
-from tests.scripts import load_script
-
 
 def _load():
-    return load_script("motion_reasoning_probe")
+    return importlib.import_module("research.motion_reasoning_probe")
 
 
 def test_oracle_questions_carry_their_answer_in_the_object_tracks():

@@ -8,8 +8,9 @@ with R^2 0.15 / 0.09, and stage-1 training that also trains the tower (``--visio
 (reasoning J&F stayed at 0.41-0.45 in every variant). This stage trains the tower, with a linear head that is
 thrown away, to say per patch where it is and what covers it (colour, shape and size of the object with
 most of the patch, or background); the method then freezes the tower as it freezes CLIP. Measured: the
-probe's R^2 goes from 0.06 to 0.86 in 600 steps, but stage 1 on such a tower did not reason better in 1,112 steps, and a
-grounding probe learnt referring expressions more slowly on it (docs/research/learnability.md); hence off by default.
+probe's R^2 goes from 0.06 to 0.86 in 600 steps, but stage 1 on such a tower did not reason better in 1,112
+steps, and a grounding probe learnt referring expressions more slowly on it (docs/research/learnability.md, "What limits
+reasoning"); hence off by default.
 
 Folder (``folder``): :data:`WEIGHTS_FILE` (the tower's state dict, float32) and :data:`SUMMARY_FILE` (config,
 steps, seconds, loss, and the probe before and after). A complete folder is loaded, not trained again; the
@@ -29,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, write_json_atomic
-from pipelines.train_config import VisionPretrainConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import VisionPretrainConfig
+from research.stage_files import read_json_if_exists, write_json_atomic
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer

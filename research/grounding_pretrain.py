@@ -4,15 +4,15 @@ Why: VRS-HQ fine-tunes an MLLM that already answers questions about videos (Chat
 its [TAK] already says which object an expression means; SAM2's mask loss only has to teach it to say so in
 SAM2's prompt space. A random-init tiny LLM has to learn grounding through that mask loss alone, a weak and
 noisy signal: in 1,500-2,400 stage-1 steps a quarter of the referring expressions and most reasoning ones
-("the fastest", "hides behind") still pick the wrong object (docs/research/learnability.md).
+("the fastest", "hides behind") still pick the wrong object (docs/research/learnability.md, "What limits reasoning").
 
-Measured (docs/research/learnability.md): with positions in the visual tokens
-(``learn-256-pos``) this stage grounds every held-out referring and group expression in 500 steps, but not the
-motion kinds in 1,500. Stage 1 after it scored no better while SAM2's decoder could not find by shape what its
+Measured (docs/research/learnability.md, "Grounding pretraining and what the decoder cannot find"): with positions in
+the visual tokens (``learn-256-pos``) this stage grounds every held-out referring and group expression in 500 steps, but
+not the motion kinds in 1,500. Stage 1 after it scored no better while SAM2's decoder could not find by shape what its
 image features hardly encoded (TAK' already named ~94% of the referring targets after plain stage 1 too). With the
 stage-0 attribute aid that gives those features shape, stage 1 after this stage scores J&F 0.68 against 0.64
-without it (docs/research/learnability.md); the committed checkpoint's command runs it. Off by
-default, as every from-scratch aid.
+without it (docs/research/learnability.md, "The attribute aid and what now limits"); the committed checkpoint's command
+runs it. Off by default, as every from-scratch aid.
 
 This stage trains the LLM, the visual projector and the seg head, without SAM2, so that TAK' (TDA's fusion of
 the [SEG] tokens into [TAK], exactly as training computes it: :meth:`VrshqModel.text_path`) names the target:
@@ -20,12 +20,12 @@ a linear head on TAK', thrown away afterwards, scores each of the 24 (size, colo
 synthetic grammar, and a sigmoid BCE over the triples of the objects present in the clip's video asks it to
 say which are the expression's targets (several for "the two red shapes" or "the moving shapes"); with
 ``target_loss="softmax"`` a cross-entropy over those triples asks which of them are. In a probe of the LLM's size
-the softmax learnt the motion kinds sooner; in this stage it learnt referring
-expressions ~2x later than the BCE and the motion kinds no better, so the BCE stays. The
-motion kinds were learnt at a constant rate (``lr_schedule="constant"``) from clips of them alone, after ~1,450
-steps of 256 clips; a focus phase (``focus_steps``, then ``focus_share_after``) brings the other kinds back
-(docs/research/learnability.md). The method's CE on the answer text stays on. Without SAM2 a step is cheap, so it runs
-many more videos than stage 1 can.
+the softmax learnt the motion kinds sooner (docs/research/learnability.md, "What holds motion back"); in this stage it
+learnt referring expressions ~2x later than the BCE and the motion kinds no better (docs/research/learnability.md,
+"Finer patches"), so the BCE stays. The motion kinds were learnt at a constant rate (``lr_schedule="constant"``) from
+clips of them alone, after ~1,450 steps of 256 clips; a focus phase (``focus_steps``, then ``focus_share_after``) brings
+the other kinds back (docs/research/learnability.md, "Stage G learns motion"). The method's CE on the answer text stays
+on. Without SAM2 a step is cheap, so it runs many more videos than stage 1 can.
 
 Held-out accuracy: an expression counts as grounded when the set of present objects with a positive score
 is exactly its target set; reported in all and per kind (``referring``, ``group``, ``fastest`` ...).
@@ -35,8 +35,8 @@ Folder (``folder``): :data:`WEIGHTS_FILE` (the text path's weights, float32: ``m
 :data:`SUMMARY_FILE` (config, steps, seconds, the evaluations, ``complete``), all written at every evaluation and
 when a deadline stops the stage. A complete folder is loaded, not trained again. An incomplete one of the same
 settings is resumed (with ``lr_schedule="constant"``, also one of fewer steps, complete or not): teaching the motion
-kinds takes ~10^6 questions (docs/research/learnability.md), a stage G of hours that must survive a stopped machine,
-as stages 0 and 1 do, and may need more steps than first planned.
+kinds takes ~10^6 questions (docs/research/learnability.md, "What motion needs"), a stage G of hours that must survive a
+stopped machine, as stages 0 and 1 do, and may need more steps than first planned.
 """
 from __future__ import annotations
 
@@ -53,10 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
-from pipelines.aux_heads import throwaway_linear_head
-from pipelines.stage_files import read_json_if_exists, same_settings, write_json_atomic
-from pipelines.train_config import GroundingPretrainConfig, SamplingConfig
+from pipelines.train_config import SamplingConfig
 from pipelines.train_loop import build_scheduler
+from research.aux_heads import throwaway_linear_head
+from research.config import GroundingPretrainConfig
+from research.stage_files import read_json_if_exists, same_settings, write_json_atomic
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 
 __all__ = [
@@ -78,7 +79,7 @@ __all__ = [
     "read_summary",
 ]
 
-_LOG = logging.getLogger("pipelines.grounding_pretrain")
+_LOG = logging.getLogger("research.grounding_pretrain")
 
 WEIGHTS_FILE = "text_path.safetensors"
 SUMMARY_FILE = "grounding.json"
@@ -139,7 +140,8 @@ def grounding_sample_stream(
 
     A ``focus_share`` of the samples (drawn per sample id) keep only the expressions of ``focus_kinds``; a video
     without one gives no such sample. Why: a small LLM learns "which shape never moves?" from true object tracks
-    only after ~10^6 questions (docs/research/learnability.md); the whole task's mix gives ~60k in 1,500 steps.
+    only after ~10^6 questions (docs/research/learnability.md, "What motion needs"); the whole task's mix gives ~60k in
+    1,500 steps.
     """
     sample_id = start_sample + offset
     while True:
@@ -385,7 +387,7 @@ def load_grounding_head(model, folder: str) -> torch.nn.Linear:
     """The throw-away target head of the stage G in ``folder`` (its :data:`STATE_FILE`), on ``model``'s device.
 
     Why keep using a head that training throws away: scoring a later model's TAK' with it (:func:`grounding_scores`)
-    tells how much of stage G's grounding survives stage 1 (``scripts/decode_diagnostics.py --grounding-folder``).
+    tells how much of stage G's grounding survives stage 1 (``research/decode_diagnostics.py --grounding-folder``).
     """
     path = os.path.join(folder, STATE_FILE)
     if not os.path.exists(path):

@@ -1,4 +1,4 @@
-"""Stage G of the learnability run: grounding pretraining of the text path (pipelines.grounding_pretrain)."""
+"""Stage G of the learnability run: grounding pretraining of the text path (research.grounding_pretrain)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.grounding_pretrain import (
+from pipelines.train_config import ModelSpec, SamplingConfig
+from pipelines.train_loop import build_training_model
+from research.config import GroundingPretrainConfig
+from research.grounding_pretrain import (
     SUMMARY_FILE,
     TARGET_TRIPLES,
     TEXT_PATH_PREFIXES,
@@ -18,8 +21,7 @@ from pipelines.grounding_pretrain import (
     pretrain_grounding,
     read_summary,
 )
-from pipelines.train_config import GroundingPretrainConfig, ModelSpec, SamplingConfig
-from pipelines.train_loop import build_training_model
+from research.presets import model_preset
 from vrshq.data import generate_synthetic_video
 
 _SAMPLING = SamplingConfig(image_ratio=0.0, expression_types=(0, 1))
@@ -52,7 +54,7 @@ def test_targets_mark_the_expression_objects_among_the_video_objects():
 
 def _model(preset: str = "tiny"):
     torch.manual_seed(0)
-    return build_training_model(ModelSpec(preset=preset, seed=0), device="cpu")
+    return build_training_model(ModelSpec(preset=model_preset(preset), seed=0), device="cpu")
 
 
 def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp_path):
@@ -61,7 +63,7 @@ def test_stage_g_learns_to_name_the_targets_and_a_complete_folder_reloads_it(tmp
     model = _model()
     untouched = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith(TEXT_PATH_PREFIXES)}
     cfg = GroundingPretrainConfig(steps=80, videos_per_step=4, lr=3e-3, warmup_steps=5, eval_every=80)
-    from pipelines.grounding_pretrain import grounding_scores
+    from research.grounding_pretrain import grounding_scores
 
     head = torch.nn.Linear(model.cfg.method.seg_embed_dim, 24)
     before = grounding_scores(model, head, train)[0]["all"]
@@ -187,7 +189,7 @@ def test_config_rejects_bad_values_with_every_problem():
 
 
 def _stream(**focus):
-    from pipelines.grounding_pretrain import grounding_sample_stream
+    from research.grounding_pretrain import grounding_sample_stream
 
     return grounding_sample_stream(seed=0, start_sample=0, num_frames=8, size=48, sampling=_SAMPLING, **focus)
 
@@ -248,7 +250,7 @@ def test_the_focus_phase_ends_after_focus_steps_and_a_resume_keeps_the_phase(tmp
 
 def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
     from pipelines.clip_sampling import ClipSample
-    from pipelines.grounding_pretrain import GroundingSample, grounding_scores
+    from research.grounding_pretrain import GroundingSample, grounding_scores
 
     targets = np.full((3, 24), -1.0, dtype=np.float32)
     targets[:, :3] = 0.0
@@ -268,14 +270,14 @@ def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
                       expressions=("a", "b", "c"), prompt_texts=("a", "b", "c"), prompt_instructions=("", "", ""),
                       frame_indices=(0,), video_id="v", sample_id=0)
     sample = GroundingSample(clip, targets, ("static", "fastest", "group"))
-    monkeypatch.setattr("pipelines.grounding_pretrain.samples_to_batch", lambda clips: None)
+    monkeypatch.setattr("research.grounding_pretrain.samples_to_batch", lambda clips: None)
     exact, pick = grounding_scores(_TextPath(), torch.nn.Identity(), [sample])
     assert exact == {"all": 1 / 3, "fastest": 0.0, "group": 1.0, "static": 0.0}
     assert pick == {"all": 0.5, "fastest": 0.0, "static": 1.0}
 
 
 def test_softmax_target_is_a_cross_entropy_over_the_present_objects_and_reads_sets_by_rank():
-    from pipelines.grounding_pretrain import _predicted_sets, _target_loss
+    from research.grounding_pretrain import _predicted_sets, _target_loss
 
     targets = torch.full((3, 24), -1.0)
     targets[:, :3] = 0.0
@@ -310,7 +312,7 @@ def test_stage_g_with_the_softmax_target_learns_to_name_the_targets(tmp_path):
     model = _model()
     cfg = GroundingPretrainConfig(steps=80, videos_per_step=4, lr=3e-3, warmup_steps=5, eval_every=80,
                                   target_loss="softmax")
-    from pipelines.grounding_pretrain import grounding_scores
+    from research.grounding_pretrain import grounding_scores
 
     before = grounding_scores(model, torch.nn.Linear(model.cfg.method.seg_embed_dim, 24), train,
                               target_loss="softmax")[0]["all"]
@@ -329,7 +331,7 @@ def test_target_loss_must_be_known():
 
 
 def test_the_saved_head_scores_a_model_as_stage_g_scored_it(tmp_path):
-    from pipelines.grounding_pretrain import grounding_scores, load_grounding_head
+    from research.grounding_pretrain import grounding_scores, load_grounding_head
 
     torch.set_num_threads(1)
     train = [s for _, s in _samples(4)]

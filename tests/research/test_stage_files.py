@@ -1,11 +1,11 @@
-"""Stage folders continue only under the settings they were written with (pipelines.stage_files)."""
+"""Stage folders continue only under the settings they were written with (research.stage_files)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from pipelines.stage_files import same_settings
-from pipelines.train_config import GroundingPretrainConfig
+from research.config import GroundingPretrainConfig
+from research.stage_files import same_settings
 
 
 def _written(cfg) -> dict:
