@@ -152,6 +152,11 @@ class ComputeConfig:
         default=4,
         metadata={"help": "videos per output Parquet file (also the most a crash can lose per writer)"},
     )
+    manifest_rows_per_block: int = field(
+        default=256,
+        metadata={"help": "manifest rows per block of work items (a block holds many videos; the model stage "
+                          "still takes one video per call)"},
+    )
     max_inline_frame_bytes: int = field(
         default=512 * 2**20,
         metadata={
@@ -162,7 +167,7 @@ class ComputeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file"):
+        for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file", "manifest_rows_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"compute.{name} must be an integer >= 1, got {value!r}")
