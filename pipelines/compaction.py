@@ -8,6 +8,8 @@ collection leaves hundreds of thousands of small files, and every reader lists a
   groups of ``row_group_rows`` rows with min/max statistics and a page index, and the sort order in
   the footer, so DuckDB, Spark and ``pyarrow.dataset`` skip every row group whose video range
   misses the one asked for;
+* only committed rows: a masks part whose batch has no scores part (an interrupted ``infer`` batch)
+  is left as it is, for ``infer``'s orphan cleanup;
 * files of about ``target_bytes`` each, named ``part-compact-<generation>-<n>.parquet`` (a batch id
   that :func:`pipelines.resume.remove_orphans` knows is committed);
 * the sort runs in DuckDB over a stream of Arrow batches, spilling to disk: memory stays bounded
@@ -15,7 +17,7 @@ collection leaves hundreds of thousands of small files, and every reader lists a
 
 Protocol (one journal per partition, ``<out>/_compact/dataset=<d>/split=<s>/journal.json``)::
 
-    1. remove orphans; journal {state: planned, sources}        a kill here: rolled back
+    1. journal {state: planned, sources}                        a kill here: rolled back
     2. write the new files under _compact/.../staging/          (staging is outside every table)
     3. check rows written == rows in the sources (footers)
     4. journal {state: committed, sources, targets}             the commit point
@@ -134,12 +136,15 @@ def _sources(output: str, dataset: str, split: str, *, target_bytes: int,
     """Every part of the partition to rewrite, per table: all fresh parts of all three tables (a batch's
     masks and scores always go together) and the compacted files below half the target size."""
     fs, _ = filesystem_for(output, storage_options)
-    sources: dict[str, list[PartFile]] = {}
-    for table in OUTPUT_SCHEMAS:
-        parts = [p for p in list_parts(output, table, storage_options=storage_options)
-                 if p.dataset == dataset and p.split == split and not p.batch_id.startswith(_FOREIGN_PREFIXES)]
-        sources[table] = [p for p in parts if not is_compacted(p) or fs.size(p.path) < target_bytes // 2]
-    return sources
+    parts = {table: [p for p in list_parts(output, table, storage_options=storage_options)
+                     if p.dataset == dataset and p.split == split and not p.batch_id.startswith(_FOREIGN_PREFIXES)]
+             for table in OUTPUT_SCHEMAS}
+    committed = {p.batch_id for p in parts["scores"]}
+    # A masks part whose batch has no scores part is uncommitted (an interrupted infer batch): left alone,
+    # for infer's orphan cleanup; compacting it would make its pairs look done to no one and duplicate them later.
+    parts["masks"] = [p for p in parts["masks"] if is_compacted(p) or p.batch_id in committed]
+    return {table: [p for p in found if not is_compacted(p) or fs.size(p.path) < target_bytes // 2]
+            for table, found in parts.items()}
 
 
 def _file_schema(table: str) -> pa.Schema:
@@ -317,15 +322,10 @@ def compact_partition(
     Raises:
         RuntimeError: when the rows written differ from the rows read (nothing is committed then).
     """
-    from pipelines.resume import remove_orphans
-
     steps = _steps or _Steps()
     started = time.perf_counter()
     result = CompactionResult(dataset=dataset, split=split)
     fs, _ = filesystem_for(output, storage_options)
-    removed = remove_orphans(output, storage_options=storage_options)
-    if removed:
-        _LOG.warning("removed %d uncommitted masks file(s) before compacting", len(removed))
     sources = _sources(output, dataset, split, target_bytes=target_bytes, storage_options=storage_options)
     result.files_before = {t: len(p) for t, p in sources.items()}
     if all(len(p) <= 1 and all(is_compacted(x) for x in p) for p in sources.values()):
@@ -390,7 +390,8 @@ def compact_output(
     The caller holds the output lock.
     """
     say = log or _LOG.info
-    finished = finish_compaction(output, storage_options=storage_options)
+    steps = _Steps()  # one count for the whole job (the test-only kill hook counts across partitions)
+    finished = finish_compaction(output, storage_options=storage_options, _steps=steps)
     if finished:
         say(f"finished {finished} interrupted compaction(s)")
     results = []
@@ -398,7 +399,7 @@ def compact_output(
         if only is not None and not only(dataset, split):
             continue
         result = compact_partition(output, dataset, split, target_bytes=target_bytes, row_group_rows=row_group_rows,
-                                   storage_options=storage_options)
+                                   storage_options=storage_options, _steps=steps)
         results.append(result)
         if result.skipped:
             say(f"{dataset}/{split}: already compact")

@@ -91,12 +91,7 @@ def test_compaction_keeps_every_row_and_sorts_with_statistics(tmp_path):
     make_output(out, videos=40, per_file=2)
     make_output(out, videos=4, per_file=2, dataset="mevis", split="valid_u", orphan=False, seed=1)
     keys_before = sorted(map(str, done_keys(out).to_pylist()))
-    orphan_rows = read_output(out, "masks").num_rows
-    from pipelines.resume import remove_orphans
-
-    remove_orphans(out)
     want = all_rows(out)
-    assert read_output(out, "masks").num_rows == orphan_rows - 3
 
     results = compact_output(out, target_bytes=3000, row_group_rows=50)
     assert {(r.dataset, r.split) for r in results} == {("revos", "valid"), ("mevis", "valid_u")}
@@ -104,7 +99,9 @@ def test_compaction_keeps_every_row_and_sorts_with_statistics(tmp_path):
     assert sorted(map(str, done_keys(out).to_pylist())) == keys_before
     assert not any(p.is_file() for p in (tmp_path / "out" / "_compact").rglob("*"))
     masks = [p for p in list_parts(out, "masks") if p.dataset == "revos"]
-    assert len(masks) > 1 and all(p.batch_id.startswith("compact-") for p in masks)
+    assert [p.batch_id for p in masks if not p.batch_id.startswith("compact-")] == ["orphan"]  # left to infer
+    masks = [p for p in masks if p.batch_id != "orphan"]
+    assert len(masks) > 1
     previous_max = ""
     for part in sorted(masks, key=lambda p: p.batch_id):
         meta = pq.ParquetFile(part.path).metadata
