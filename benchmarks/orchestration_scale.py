@@ -11,7 +11,8 @@ For each size it prints:
 
 * **plan**: seconds and driver memory to plan N pending videos against an empty output;
 * **resume**: seconds and driver memory to find that nothing is left, against an output that
-  holds the N x 10 committed pairs in ``videos_per_file``-video parts (as ``infer`` writes them);
+  holds the N x 10 committed pairs in ``videos_per_file``-video parts (as ``infer`` writes them),
+  and against the same output after ``jobs.compact``;
 * **run**: the whole pipeline on N pending videos: seconds per video (the orchestration overhead),
   driver peak RSS growth, object store peak, and the files written (count and bytes per table).
 
@@ -336,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100, help="frame names per video")
     parser.add_argument("--videos-per-file", type=int, default=8, help="as compute.videos_per_file")
     parser.add_argument("--impls", nargs="*", default=["reference", "ours"], help="planners to measure")
+    parser.add_argument("--reference-max", type=int, default=10000,
+                        help="measure the reference planner only up to this many videos (it holds every frame name "
+                             "of the manifest as Python objects: about 10 GB at 100k videos)")
+    parser.add_argument("--no-compacted", dest="compacted", action="store_false",
+                        help="skip resume against a compacted copy of the done output")
     parser.add_argument("--decode", action="store_true",
                         help="frame readers decode real (8x8) JPEGs; default: frames passed by reference, "
                              "so only orchestration is measured")
@@ -350,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="vrshq-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     write_frames(work / "frames", args.frames)
-    plan_rows, run_rows = [], []
+    plan_rows, run_rows, compacted_rows = [], [], []
     print(f"work folder {work}; {args.exps} expressions and {args.frames} frame names per video, "
           f"{args.videos_per_file} videos per part; cpu count {os.cpu_count()}", flush=True)
     all_sizes = sorted(set(args.sizes) | set(args.run_sizes))
@@ -367,10 +373,24 @@ def main(argv: list[str] | None = None) -> int:
         empty = work / f"empty-{n}"
         empty.mkdir(exist_ok=True)
         for impl in args.impls:
+            if impl == "reference" and n > args.reference_max:
+                continue
             plan = measure_plan(impl, empty, manifest, args.videos_per_file)
             resume = measure_plan(impl, done, manifest, args.videos_per_file)
             plan_rows.append((n, impl, plan, resume))
             print(f"  {n} videos {impl}: plan {plan}  resume {resume}", flush=True)
+        if "ours" in args.impls and args.compacted:
+            compacted = work / f"done-{n}-compacted"
+            if not compacted.exists():
+                shutil.copytree(done, compacted)
+                from pipelines.compaction import compact_output
+
+                started = time.perf_counter()
+                compact_output(str(compacted), log=lambda _: None)
+                print(f"  compacted {n * args.exps} pairs' scores in {time.perf_counter() - started:.1f} s", flush=True)
+            resume = measure_plan("ours", compacted, manifest, args.videos_per_file)
+            compacted_rows.append((n, resume))
+            print(f"  {n} videos ours, compacted output: resume {resume}", flush=True)
 
     if args.run_sizes:
         import ray
@@ -391,13 +411,13 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(out, ignore_errors=True)
         finally:
             ray.shutdown()
-    report(plan_rows, run_rows, exps=args.exps)
+    report(plan_rows, run_rows, compacted_rows, exps=args.exps)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
-def report(plan_rows: list, run_rows: list, *, exps: int) -> None:
+def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) -> None:
     print("\nplanning (empty output) and resume (output holding every pair), fresh process each:")
     print(f"{'videos':>8} {'pairs':>9} {'impl':>10} {'plan s':>8} {'plan MiB':>9} {'resume s':>9} "
           f"{'resume MiB':>10} {'read done s':>11}")
@@ -429,6 +449,11 @@ def report(plan_rows: list, run_rows: list, *, exps: int) -> None:
             a, b = fit(sizes, values)
             parts.append(f"{what}: 1M videos {a + b * 1e6:,.1f}, 10M videos {a + b * 1e7:,.1f}")
         print(f"  fit a + b*N, {impl}: " + "; ".join(parts))
+    if compacted_rows:
+        print("\nresume against the same output after jobs.compact (scores in one file per partition):")
+        for n, resume in compacted_rows:
+            print(f"{n:>8} {n * exps:>9} {'ours':>10} resume {_fmt(resume.get('seconds'))} s, "
+                  f"{_fmt(resume.get('driver_mib'), '.0f')} MiB (reading the done keys {_fmt(resume.get('done_seconds'))} s)")
     if run_rows:
         print("\nwhole pipeline, null model (pending videos from an empty output):")
         print(f"{'videos':>8} {'seconds':>8} {'ms/video':>9} {'driver MiB':>10} {'store MiB':>9} "

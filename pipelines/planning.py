@@ -33,11 +33,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.storage import arrow_filesystem, filesystem_for
-from pipelines.writers import read_output
 from schemas import MANIFEST_SCHEMA, validate_table
 
 __all__ = ["ITEM_SCHEMA", "KEY_COLUMNS", "ManifestPlan", "ManifestPlanError", "count_input_errors", "done_keys",
-           "input_error_tag", "manifest_items", "pending_keys", "plan_manifest"]
+           "input_error_tag", "manifest_items", "plan_manifest"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -79,18 +78,46 @@ class ManifestPlan:
     seconds_done: float = 0.0
 
 
-def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None) -> pa.Table:
-    """The KEY_COLUMNS of every scores row under ``output`` (an Arrow table; duplicates possible)."""
-    return read_output(output, "scores", columns=KEY_COLUMNS, storage_options=storage_options)
+def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> pa.Table:
+    """The KEY_COLUMNS of every scores row under ``output`` (an Arrow table; duplicates possible).
+
+    Each part is read on its own (two key columns from the file, the partition values from its path) in
+    ``threads`` threads: the cost is one footer and two column chunks per file, the latency of object
+    stores overlaps, and no dataset-wide scan buffers are held (a fraction of the memory of a
+    ``pyarrow.dataset`` scan). A compacted output has few files, so this is where compaction pays.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipelines.writers import list_parts
+
+    parts = list_parts(output, "scores", storage_options=storage_options)
+    schema = pa.schema([pa.field(c, pa.string()) for c in KEY_COLUMNS])
+    if not parts:
+        return schema.empty_table()
+    filesystem = arrow_filesystem(filesystem_for(output, storage_options)[0])
+
+    def read(part: Any) -> pa.Table:
+        table = pq.ParquetFile(part.path, filesystem=filesystem).read(columns=["video_id", "exp_id"])
+        rows = table.num_rows
+        return pa.table({"dataset": pa.array([part.dataset] * rows, pa.string()),
+                         "split": pa.array([part.split] * rows, pa.string()),
+                         "video_id": table["video_id"], "exp_id": table["exp_id"]}, schema=schema)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        return pa.concat_tables(pool.map(read, parts)).combine_chunks()
 
 
-def pending_keys(manifest_keys: pa.Table, done: pa.Table) -> pa.Table:
-    """The rows of ``manifest_keys`` whose KEY_COLUMNS are not in ``done`` (a hash anti-join, order kept)."""
-    if done.num_rows == 0 or manifest_keys.num_rows == 0:
-        return manifest_keys
-    done = done.select(KEY_COLUMNS).cast(pa.schema([pa.field(c, pa.string()) for c in KEY_COLUMNS]))
-    kept = manifest_keys.join(done, keys=KEY_COLUMNS, join_type="left anti", use_threads=True)
-    return kept.sort_by(_ROW) if _ROW in kept.column_names else kept
+_SEP = "\x1f"  # unit separator: never part of a partition value, and ids are joined with it only here
+
+
+def _pair_strings(dataset: Any, split: Any, video_id: Any, exp_id: Any) -> pa.Array:
+    """One ``dataset<US>split<US>video_id<US>exp_id`` string per row: a single hashable key column."""
+    return pc.binary_join_element_wise(dataset, split, video_id, exp_id, _SEP)
+
+
+def _done_pairs(output: str, storage_options: Mapping[str, Any] | None) -> pa.Array:
+    keys = done_keys(output, storage_options=storage_options)
+    return _pair_strings(*(keys[c] for c in KEY_COLUMNS)).combine_chunks() if keys.num_rows else pa.array([], pa.string())
 
 
 def _manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
@@ -108,26 +135,58 @@ def _manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> tupl
     return fs, files
 
 
-def _read_keys(fs: Any, files: list[str], uri: str) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """KEY_COLUMNS plus the global row number of every manifest row; the row groups with their first row."""
-    tables, groups, first = [], [], 0
+@dataclasses.dataclass
+class _Keys:
+    """The manifest's keys, one row group at a time: pair strings, video strings, and which rows are safe."""
+
+    pairs: list[pa.Array] = dataclasses.field(default_factory=list)
+    videos: list[pa.Array] = dataclasses.field(default_factory=list)
+    unsafe: list[np.ndarray] = dataclasses.field(default_factory=list)  # global row numbers
+    groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rows: int = 0
+
+
+def _read_keys(fs: Any, files: list[str], uri: str) -> _Keys:
+    """Read the KEY_COLUMNS row group by row group, keeping only two joined string columns (the pair and the
+    video), so the driver never holds the four columns and their decode buffers of the whole manifest."""
+    from pipelines.config import is_safe_partition_value
+
+    keys = _Keys()
     filesystem = arrow_filesystem(fs)
     for path in files:
         try:
             handle = pq.ParquetFile(path, filesystem=filesystem)
             validate_table(handle.schema_arrow.empty_table(), MANIFEST_SCHEMA, what=f"manifest {uri}")
-            keys = handle.read(columns=KEY_COLUMNS)
+            for index in range(handle.metadata.num_row_groups):
+                table = handle.read_row_group(index, columns=KEY_COLUMNS)
+                columns = [table[c].cast(pa.string()) for c in KEY_COLUMNS]
+                keys.pairs.append(_pair_strings(*columns).combine_chunks())
+                keys.videos.append(pc.binary_join_element_wise(*columns[:3], _SEP).combine_chunks())
+                for name in ("dataset", "split"):
+                    bad = [v for v in pc.unique(table[name]).to_pylist() if not is_safe_partition_value(v)]
+                    if bad:
+                        _LOG.error("manifest %s: rows with unsafe %s %s skipped", path, name, bad)
+                        hit = pc.is_in(table[name], value_set=pa.array(bad, pa.string()))
+                        keys.unsafe.append(keys.rows + np.flatnonzero(hit.to_numpy(zero_copy_only=False)))
+                keys.groups.append({"path": path, "row_group": index, "first_row": keys.rows,
+                                    "num_rows": table.num_rows})
+                keys.rows += table.num_rows
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestPlanError(f"manifest {uri!r} is not readable Parquet ({path}): {exc}") from exc
         except ValueError as exc:  # SchemaValidationError
             raise ManifestPlanError(str(exc)) from exc
-        for index in range(handle.metadata.num_row_groups):
-            rows = handle.metadata.row_group(index).num_rows
-            groups.append({"path": path, "row_group": index, "first_row": first, "num_rows": rows})
-            first += rows
-        tables.append(keys.cast(pa.schema([pa.field(c, pa.string()) for c in KEY_COLUMNS])))
-    keys = pa.concat_tables(tables)
-    return keys.append_column(_ROW, pa.array(np.arange(keys.num_rows, dtype=np.int64))), groups
+    return keys
+
+
+def _member(needles: pa.Array, ordered: pa.Array) -> np.ndarray:
+    """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search."""
+    positions = np.minimum(pc.search_sorted(ordered, needles).to_numpy(), len(ordered) - 1)
+    return pc.equal(ordered.take(pa.array(positions)), needles).to_numpy(zero_copy_only=False)
+
+
+def _split_pairs(pairs: pa.Array) -> pa.Table:
+    parts = pc.split_pattern(pairs, _SEP, max_splits=3)
+    return pa.table({c: pc.list_element(parts, i) for i, c in enumerate(KEY_COLUMNS)})
 
 
 def plan_manifest(
@@ -139,53 +198,69 @@ def plan_manifest(
 ) -> ManifestPlan:
     """Plan the pending pairs of ``manifest`` against what ``output`` has committed.
 
+    Every step is an Arrow kernel over one string column per key, sorted rather than hashed (Arrow's
+    hash tables of a million strings cost several times their size): duplicates are equal neighbours
+    after a stable sort, done pairs are found by binary search (``search_sorted``) in the sorted
+    committed pairs, ``max_videos`` takes the first videos of ``unique`` (first-appearance order).
+
     Raises:
         ManifestPlanError: the manifest is missing, not Parquet, or not of ``MANIFEST_SCHEMA``.
     """
-    from pipelines.config import is_safe_partition_value
-
     fs, files = _manifest_files(manifest, storage_options)
-    keys, groups = _read_keys(fs, files, manifest)
-    # First row of every (video, expression); later rows of the same pair are duplicates.
-    firsts = keys.group_by(KEY_COLUMNS, use_threads=False).aggregate([(_ROW, "min")]).rename_columns(
-        [*KEY_COLUMNS, _ROW])
+    keys = _read_keys(fs, files, manifest)
+    pairs = pa.chunked_array(keys.pairs, pa.string()).combine_chunks() if keys.pairs else pa.array([], pa.string())
+    keys.pairs.clear()
+    keep = np.ones(len(pairs), dtype=bool)
+    for rows in keys.unsafe:
+        keep[rows] = False
     duplicates = pa.table({c: pa.array([], pa.string()) for c in KEY_COLUMNS})
-    if firsts.num_rows != keys.num_rows:
-        is_first = pc.is_in(keys[_ROW], value_set=firsts[_ROW])
-        duplicates = keys.filter(pc.invert(is_first)).select(KEY_COLUMNS)
-    # Partition values become folder names: rows with unsafe ones are never planned.
-    partitions = firsts.group_by(["dataset", "split"]).aggregate([]).to_pylist()  # one row per partition
-    unsafe = [p for p in partitions if not (is_safe_partition_value(p["dataset"]) and is_safe_partition_value(p["split"]))]
-    for part in unsafe:
-        _LOG.error("manifest rows with unsafe dataset/split %r/%r skipped", part["dataset"], part["split"])
-        firsts = firsts.filter(pc.invert(pc.and_(pc.equal(firsts["dataset"], part["dataset"]),
-                                                 pc.equal(firsts["split"], part["split"]))))
+    if len(pairs) > 1:
+        # Sort, not hash: a hash table of a million strings costs several times their size in Arrow.
+        order = pc.sort_indices(pairs)  # stable: the first row of a repeated pair comes first
+        ordered = pairs.take(order)
+        repeated = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
+        del ordered
+        if repeated.any():
+            later = order.to_numpy()[1:][repeated]
+            duplicates = _split_pairs(pairs.take(pa.array(later)))
+            keep[later] = False
+        del order
+    pairs_total = int(keep.sum())
     started = time.perf_counter()
-    done = done_keys(output, storage_options=storage_options)
-    pending = pending_keys(firsts, done).sort_by(_ROW)
+    done = _done_pairs(output, storage_options)
+    if len(done):
+        done = done.take(pc.sort_indices(done))
+        is_done = _member(pairs, done)
+        pairs_done = int((keep & is_done).sum())
+        keep &= ~is_done
+    else:
+        pairs_done = 0
+    del done
     seconds_done = time.perf_counter() - started
-    pairs_total = firsts.num_rows
-    pairs_done = pairs_total - pending.num_rows
-    videos = pending.group_by(["dataset", "split", "video_id"], use_threads=False).aggregate([(_ROW, "min")])
-    if max_videos is not None and videos.num_rows > max_videos:
-        keep = videos.sort_by(f"{_ROW}_min").slice(0, max_videos).select(["dataset", "split", "video_id"])
-        pending = pending.join(keep, keys=["dataset", "split", "video_id"], join_type="left semi").sort_by(_ROW)
-        videos = keep
-    rows = pending[_ROW].to_numpy()
+    del pairs
+    rows = np.flatnonzero(keep).astype(np.int64)
+    videos = pa.chunked_array(keys.videos, pa.string()).combine_chunks() if keys.videos else pa.array([], pa.string())
+    keys.videos.clear()
+    pending_videos = videos.take(pa.array(rows))
+    del videos
+    order = pc.unique(pending_videos)  # first-appearance order
+    if max_videos is not None and len(order) > max_videos:
+        chosen = pc.is_in(pending_videos, value_set=order.slice(0, max_videos)).to_numpy(zero_copy_only=False)
+        rows, pending_videos, order = rows[chosen], pending_videos.filter(pa.array(chosen)), order.slice(0, max_videos)
     # Clustered: the pending rows of each video form one run in manifest order.
-    vid = pc.binary_join_element_wise(pending["dataset"], pending["split"], pending["video_id"], "\x1f")
-    runs = 1 + int(pc.sum(pc.not_equal(vid.slice(1), vid.slice(0, max(0, len(vid) - 1)))).as_py() or 0) if len(vid) else 0
-    starts = np.array([g["first_row"] for g in groups], dtype=np.int64)
-    ends = starts + np.array([g["num_rows"] for g in groups], dtype=np.int64)
+    runs = 1 + int(pc.sum(pc.not_equal(pending_videos.slice(1), pending_videos.slice(0, len(pending_videos) - 1))
+                          ).as_py() or 0) if len(pending_videos) else 0
+    starts = np.array([g["first_row"] for g in keys.groups], dtype=np.int64)
+    ends = starts + np.array([g["num_rows"] for g in keys.groups], dtype=np.int64)
     chunks = [
         {"path": g["path"], "row_group": g["row_group"], "first_row": g["first_row"]}
-        for g, lo, hi in zip(groups, starts, ends)
+        for g, lo, hi in zip(keys.groups, starts, ends)
         if np.searchsorted(rows, hi) > np.searchsorted(rows, lo)
     ]
     return ManifestPlan(
         manifest=manifest, files=files, chunks=chunks, pending_rows=rows, duplicates=duplicates,
-        pairs_total=pairs_total, pairs_done=pairs_done, pairs_pending=len(rows), videos_pending=videos.num_rows,
-        clustered=runs == videos.num_rows, seconds_done=seconds_done,
+        pairs_total=pairs_total, pairs_done=pairs_done, pairs_pending=len(rows), videos_pending=len(order),
+        clustered=runs == len(order), seconds_done=seconds_done,
     )
 
 
