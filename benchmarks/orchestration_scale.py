@@ -274,6 +274,27 @@ class NullModelActor:
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
+class _ItemsPlan(list):
+    """The per-row planner's result in the shape ``run_inference`` reads: the work-item list (which
+    ``build_dataset`` turns into one block per video) with the plan's counts."""
+
+    def __init__(self, plan: Any):
+        super().__init__(plan.items)
+        self.pairs_total, self.pairs_done, self.pairs_pending = plan.pairs_total, plan.pairs_done, plan.pairs_pending
+        self.videos_pending = len(plan.items)
+
+
+def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list, None]:
+    """``pipelines.inference._plan`` as it was: every manifest row and done pair as Python objects."""
+    from pipelines.inference import load_input, plan_work
+    from pipelines.resume import done_pairs
+
+    records, errors = load_input(cfg)
+    plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
+                     max_videos=cfg.max_videos)
+    return _ItemsPlan(plan), errors, None
+
+
 def files_of(out: Path) -> dict[str, tuple[int, int]]:
     """Table name -> (Parquet files, bytes)."""
     result = {}
@@ -284,22 +305,28 @@ def files_of(out: Path) -> dict[str, tuple[int, int]]:
 
 
 def measure_run(out: Path, manifest: Path, *, num_videos: int, videos_per_file: int, decode: bool,
-                ray_address: str) -> dict[str, Any]:
-    """The whole pipeline on ``num_videos`` pending videos with the null model, in this driver."""
+                ray_address: str, impl: str = "ours") -> dict[str, Any]:
+    """The whole pipeline on ``num_videos`` pending videos with the null model, in this driver.
+
+    ``impl="reference"`` plans with the per-row planner and feeds Ray Data one block per video.
+    """
+    import pipelines.inference as inference
     import pipelines.segment_actor as segment_actor
     from pipelines.inference import run_inference
     from vrshq.builders import tiny_config
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=decode)
-    original = segment_actor.SegmentActor
+    original, original_plan = segment_actor.SegmentActor, inference._plan
     segment_actor.SegmentActor = NullModelActor  # what build_dataset puts in the model stage
+    if impl == "reference":
+        inference._plan = reference_plan
     try:
         with PeakSampler(ray_address=ray_address) as peak:
             started = time.perf_counter()
             summary = run_inference(cfg, model_config=tiny_config(), log=lambda _: None)
             seconds = time.perf_counter() - started
     finally:
-        segment_actor.SegmentActor = original
+        segment_actor.SegmentActor, inference._plan = original, original_plan
     assert summary.ok and summary.videos_processed == num_videos, summary
     return {"seconds": seconds, "ms_per_video": 1000 * seconds / num_videos, "driver_mib": peak.growth_mib,
             "store_mib": peak.peak_store / MIB, "files": files_of(out), "masks_rows": summary.masks_rows}
@@ -402,13 +429,16 @@ def main(argv: list[str] | None = None) -> int:
             warm_up(work, num_exps=args.exps, num_frames=args.frames, videos_per_file=args.videos_per_file,
                     decode=args.decode, ray_address=address)
             for n in sorted(args.run_sizes):
-                out = work / f"run-{n}"
-                shutil.rmtree(out, ignore_errors=True)
-                run = measure_run(out, work / f"manifest-{n}.parquet", num_videos=n,
-                                  videos_per_file=args.videos_per_file, decode=args.decode, ray_address=address)
-                run_rows.append((n, run))
-                print(f"  {n} videos run: {run}", flush=True)
-                shutil.rmtree(out, ignore_errors=True)
+                for impl in args.impls:
+                    if impl == "reference" and n > args.reference_max:
+                        continue
+                    out = work / f"run-{n}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    run = measure_run(out, work / f"manifest-{n}.parquet", num_videos=n, impl=impl,
+                                      videos_per_file=args.videos_per_file, decode=args.decode, ray_address=address)
+                    run_rows.append((n, impl, run))
+                    print(f"  {n} videos run {impl}: {run}", flush=True)
+                    shutil.rmtree(out, ignore_errors=True)
         finally:
             ray.shutdown()
     report(plan_rows, run_rows, compacted_rows, exps=args.exps)
@@ -456,25 +486,34 @@ def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) 
                   f"{_fmt(resume.get('driver_mib'), '.0f')} MiB (reading the done keys {_fmt(resume.get('done_seconds'))} s)")
     if run_rows:
         print("\nwhole pipeline, null model (pending videos from an empty output):")
-        print(f"{'videos':>8} {'seconds':>8} {'ms/video':>9} {'driver MiB':>10} {'store MiB':>9} "
+        print(f"{'videos':>8} {'impl':>10} {'seconds':>8} {'ms/video':>9} {'driver MiB':>10} {'store MiB':>9} "
               f"{'masks files':>11} {'masks MiB':>9} {'scores files':>12} {'scores KiB':>10}")
-        for n, run in run_rows:
+        for n, impl, run in run_rows:
             files = run["files"]
-            print(f"{n:>8} {run['seconds']:>8.1f} {run['ms_per_video']:>9.2f} {run['driver_mib']:>10.0f} "
+            print(f"{n:>8} {impl:>10} {run['seconds']:>8.1f} {run['ms_per_video']:>9.2f} {run['driver_mib']:>10.0f} "
                   f"{run['store_mib']:>9.0f} {files['masks'][0]:>11} {files['masks'][1] / MIB:>9.1f} "
                   f"{files['scores'][0]:>12} {files['scores'][1] / 1024:>10.0f}")
-        sizes = [n for n, _ in run_rows]
-        a, b = fit(sizes, [r["seconds"] for _, r in run_rows])
-        am, bm = fit(sizes, [r["driver_mib"] for _, r in run_rows])
-        per_file = {t: run_rows[-1][1]["files"][t] for t in ("masks", "scores")}
-        n_last = run_rows[-1][0]
-        print(f"  fit: {b * 1000:.2f} ms/video + {a:.1f} s fixed -> 1M videos {(a + b * 1e6) / 3600:.1f} h, "
-              f"10M videos {(a + b * 1e7) / 3600:.1f} h of orchestration on this machine; driver "
-              f"{am + bm * 1e6:,.0f} MiB at 1M, {am + bm * 1e7:,.0f} MiB at 10M")
-        print(f"  files at 1M videos: masks {per_file['masks'][0] / n_last * 1e6:,.0f} "
-              f"({per_file['masks'][1] / n_last * 1e6 / 2**30:,.1f} GiB), scores {per_file['scores'][0] / n_last * 1e6:,.0f} "
-              f"({per_file['scores'][1] / n_last * 1e6 / 2**30:,.2f} GiB)")
-
+        by_size: dict[int, dict[str, Any]] = {}
+        for n, impl, run in run_rows:
+            by_size.setdefault(n, {})[impl] = run
+        for n, runs in sorted(by_size.items()):
+            if {"reference", "ours"} <= set(runs):
+                print(f"  {n} videos: reference/ours seconds {runs['reference']['seconds'] / runs['ours']['seconds']:.2f}x, "
+                      f"driver memory {runs['reference']['driver_mib'] / max(runs['ours']['driver_mib'], 1):.1f}x")
+        for impl in sorted({impl for _, impl, _ in run_rows}):
+            rows = [(n, run) for n, i, run in run_rows if i == impl]
+            sizes = [n for n, _ in rows]
+            a, b = fit(sizes, [r["seconds"] for _, r in rows])
+            am, bm = fit(sizes, [r["driver_mib"] for _, r in rows])
+            print(f"  fit {impl}: {b * 1000:.2f} ms/video + {a:.1f} s fixed -> 1M videos {(a + b * 1e6) / 3600:.1f} h, "
+                  f"10M videos {(a + b * 1e7) / 3600:.1f} h of orchestration on this machine; driver "
+                  f"{am + bm * 1e6:,.0f} MiB at 1M, {am + bm * 1e7:,.0f} MiB at 10M")
+        n_last, _, last = run_rows[-1]
+        files = last["files"]
+        print(f"  files at 1M videos ({files['masks'][0] / n_last:.3f} masks and scores parts per video): masks "
+              f"{files['masks'][0] / n_last * 1e6:,.0f} ({files['masks'][1] / n_last * 1e6 / 2**30:,.1f} GiB with this "
+              f"null model's constant masks), scores {files['scores'][0] / n_last * 1e6:,.0f} "
+              f"({files['scores'][1] / n_last * 1e6 / 2**30:,.2f} GiB)")
 
 if __name__ == "__main__":
     sys.exit(main())

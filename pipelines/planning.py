@@ -98,9 +98,12 @@ def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None, 
 
     def read(part: Any) -> pa.Table:
         table = pq.ParquetFile(part.path, filesystem=filesystem).read(columns=["video_id", "exp_id"])
-        rows = table.num_rows
-        return pa.table({"dataset": pa.array([part.dataset] * rows, pa.string()),
-                         "split": pa.array([part.split] * rows, pa.string()),
+        zeros = pa.array(np.zeros(table.num_rows, dtype=np.int32))
+
+        def constant(value: str) -> pa.Array:  # a column of one value, built in C++ (no Python list)
+            return pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string())).cast(pa.string())
+
+        return pa.table({"dataset": constant(part.dataset), "split": constant(part.split),
                          "video_id": table["video_id"], "exp_id": table["exp_id"]}, schema=schema)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
