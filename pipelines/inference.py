@@ -3,7 +3,7 @@
 Ray Data streams every stage; the driver only plans and counts::
 
     manifest Parquet (or a dataset reader's records, written as one)
-      -> pending pairs: Arrow anti-join of the key columns    driver: keys only (pipelines.planning)
+      -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.planning)
       -> one work item per video, many videos per block       CPU tasks, one per manifest row group
       -> read + decode + resize frames                        CPU tasks   (pipelines.video_io)
       -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.segment_actor)
@@ -37,8 +37,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
 from pipelines.compaction import finish_compaction
+from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
 from pipelines.output_lock import OutputLock
 from pipelines.resume import PairKey, remove_orphans
 from pipelines.storage import filesystem_for, join_uri
@@ -282,11 +282,10 @@ def build_dataset(
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
+    from pipelines.planning import ManifestPlan, manifest_items
     from pipelines.result_writer import ResultWriter
     from pipelines.segment_actor import SegmentActor
     from pipelines.video_io import read_frames_batch
-
-    from pipelines.planning import ManifestPlan, manifest_items
 
     compute = cfg.compute
     if isinstance(items, ManifestPlan):
@@ -528,7 +527,7 @@ def check_cluster_fits(cfg: InferenceConfig, *, num_gpus: float, resources: Mapp
         raise PreflightError(problems)
 
 
-def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *, max_side: int,
+def _execute(cfg: InferenceConfig, plan: Any, summary: InferenceSummary, *, max_side: int,
              run_fields: Mapping[str, str], say: Callable[[str], None], started: float) -> None:
     import ray
 
@@ -559,7 +558,7 @@ def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *,
             summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
             write_failures = []
     summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
-    from pipelines.planning import count_input_errors
+    from pipelines.planning import count_input_errors  # rows the manifest-reading tasks wrote (bad expressions)
 
     summary.errors_rows += count_input_errors(cfg.out, run_fields["run_id"], storage_options=cfg.storage_options)
 

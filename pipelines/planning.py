@@ -181,6 +181,13 @@ def _read_keys(fs: Any, files: list[str], uri: str) -> _Keys:
     return keys
 
 
+def _is_sorted(values: pa.Array) -> bool:
+    """Whether ``values`` is in ascending order (one pass; compacted scores and most manifests already are)."""
+    if len(values) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(values.slice(0, len(values) - 1), values.slice(1))).as_py())
+
+
 def _member(needles: pa.Array, ordered: pa.Array) -> np.ndarray:
     """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search."""
     positions = np.minimum(pc.search_sorted(ordered, needles).to_numpy(), len(ordered) - 1)
@@ -219,8 +226,11 @@ def plan_manifest(
     duplicates = pa.table({c: pa.array([], pa.string()) for c in KEY_COLUMNS})
     if len(pairs) > 1:
         # Sort, not hash: a hash table of a million strings costs several times their size in Arrow.
-        order = pc.sort_indices(pairs)  # stable: the first row of a repeated pair comes first
-        ordered = pairs.take(order)
+        if _is_sorted(pairs):
+            order, ordered = pa.array(np.arange(len(pairs), dtype=np.uint64)), pairs
+        else:
+            order = pc.sort_indices(pairs)  # stable: the first row of a repeated pair comes first
+            ordered = pairs.take(order)
         repeated = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).to_numpy(zero_copy_only=False)
         del ordered
         if repeated.any():
@@ -232,7 +242,8 @@ def plan_manifest(
     started = time.perf_counter()
     done = _done_pairs(output, storage_options)
     if len(done):
-        done = done.take(pc.sort_indices(done))
+        if not _is_sorted(done):
+            done = done.take(pc.sort_indices(done))
         is_done = _member(pairs, done)
         pairs_done = int((keep & is_done).sum())
         keep &= ~is_done

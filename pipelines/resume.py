@@ -2,9 +2,10 @@
 
 A (video, expression) pair is *done* when the scores table has its row (scores are written last in
 every batch, see :mod:`pipelines.writers`), in a fresh part or in a compacted file
-(:mod:`pipelines.compaction`). ``infer`` plans with Arrow joins on the key columns
-(:mod:`pipelines.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms. Pairs that failed (``errors/`` rows only) are not
-done: a rerun tries them again, which also retries transient storage failures.
+(:mod:`pipelines.compaction`). ``infer`` plans with Arrow kernels on the key columns
+(:mod:`pipelines.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms.
+Pairs that failed (``errors/`` rows only) are not done: a rerun tries them again, which also retries
+transient storage failures.
 
 Before a rerun, :func:`remove_orphans` deletes the masks files of batches that never committed
 (the run died between the masks and the scores write); their pairs are pending again and are
