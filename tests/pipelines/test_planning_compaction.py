@@ -146,3 +146,17 @@ def test_finish_compaction_rolls_an_uncommitted_journal_back(tmp_path):
         '"sources": {}, "targets": {}}' % staging.parent)
     assert finish_compaction(out) == 0
     assert all_rows(out) == want and not any(p.is_file() for p in (tmp_path / "out" / "_compact").rglob("*"))
+
+
+def test_compact_cli_refuses_a_locked_output_and_a_missing_one(tmp_path):
+    from jobs.compact import main
+    from pipelines.output_lock import OutputLock
+
+    out = str(tmp_path / "out")
+    make_output(out, videos=4, per_file=2, orphan=False)
+    want = all_rows(out)
+    with OutputLock(out, run_id="live-infer-run"):
+        assert main(["--out", out]) == 3
+    assert all_rows(out) == want and len(list_parts(out, "scores")) == 2
+    assert main(["--out", str(tmp_path / "nothing")]) == 2
+    assert main(["--out", out]) == 0 and len(list_parts(out, "scores")) == 1 and all_rows(out) == want
