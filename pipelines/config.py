@@ -137,6 +137,11 @@ class ComputeConfig:
     """
 
     num_actors: int = field(default=1, metadata={"help": "model actors (one model copy each)"})
+    max_actors: int | None = field(
+        default=None,
+        metadata={"help": "null: a fixed pool of num_actors model actors; else an autoscaling pool of num_actors "
+                          "to max_actors (Ray Data adds actors while inputs queue and the cluster has room)"},
+    )
     num_gpus_per_actor: float | None = field(
         default=None,
         metadata={"help": "GPUs per model actor; null: 1 if the cluster has GPUs, else 0 (CPU actors)"},
@@ -175,6 +180,9 @@ class ComputeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 problems.append(f"compute.{name} must be a number >= 0, got {value!r}")
+        if self.max_actors is not None and (not isinstance(self.max_actors, int) or isinstance(self.max_actors, bool)
+                                            or self.max_actors < self.num_actors):
+            problems.append(f"compute.max_actors must be null or an integer >= num_actors, got {self.max_actors!r}")
         if self.num_gpus_per_actor is not None and (
             not isinstance(self.num_gpus_per_actor, (int, float)) or self.num_gpus_per_actor < 0
         ):

@@ -319,7 +319,8 @@ def build_dataset(
         fn_constructor_kwargs={"cfg": cfg, "max_side": max_side},
         batch_size=1,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=compute.num_actors),
+        compute=(ActorPoolStrategy(size=compute.num_actors) if compute.max_actors is None
+                 else ActorPoolStrategy(min_size=compute.num_actors, max_size=compute.max_actors)),
         num_gpus=num_gpus,
         num_cpus=compute.num_cpus_per_actor,
     )

@@ -160,3 +160,12 @@ def test_compact_cli_refuses_a_locked_output_and_a_missing_one(tmp_path):
     assert all_rows(out) == want and len(list_parts(out, "scores")) == 2
     assert main(["--out", str(tmp_path / "nothing")]) == 2
     assert main(["--out", out]) == 0 and len(list_parts(out, "scores")) == 1 and all_rows(out) == want
+
+
+def test_actor_pool_bounds_and_block_size_are_checked():
+    from pipelines.config import ComputeConfig
+
+    assert ComputeConfig(num_actors=2, max_actors=8).max_actors == 8
+    for bad in ({"num_actors": 4, "max_actors": 2}, {"max_actors": 1.5}, {"manifest_rows_per_block": 0}):
+        with pytest.raises(ValueError, match="max_actors|manifest_rows_per_block"):
+            ComputeConfig(**bad)
