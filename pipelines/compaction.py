@@ -148,7 +148,9 @@ def _sources(output: str, dataset: str, split: str, *, target_bytes: int,
 
 
 def _file_schema(table: str) -> pa.Schema:
-    return pa.schema([f for f in OUTPUT_SCHEMAS[table] if f.name not in PARTITION_COLUMNS])
+    """What a part file holds: every column but the partition ones, and the schema's version metadata."""
+    schema = OUTPUT_SCHEMAS[table]
+    return pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS], metadata=schema.metadata)
 
 
 def _source_rows(fs: Any, paths: list[str]) -> int:
