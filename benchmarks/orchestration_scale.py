@@ -284,7 +284,7 @@ class _ItemsPlan(list):
         self.videos_pending = len(plan.items)
 
 
-def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list, None]:
+def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list]:
     """``pipelines.inference._plan`` as it was: every manifest row and done pair as Python objects."""
     from pipelines.inference import load_input, plan_work
     from pipelines.resume import done_pairs
@@ -292,7 +292,7 @@ def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list, None]:
     records, errors = load_input(cfg)
     plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
                      max_videos=cfg.max_videos)
-    return _ItemsPlan(plan), errors, None
+    return _ItemsPlan(plan), errors
 
 
 def files_of(out: Path) -> dict[str, tuple[int, int]]:

@@ -2,7 +2,7 @@
 
 Ray Data streams every stage; the driver only plans and counts::
 
-    manifest Parquet (or a dataset reader's records, written as one)
+    manifest Parquet (or a dataset reader's records, as one in memory)
       -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.planning)
       -> one work item per video, many videos per block       CPU tasks, one per manifest row group
       -> read + decode + resize frames                        CPU tasks   (pipelines.video_io)
@@ -59,7 +59,7 @@ __all__ = [
 
 _LOG = logging.getLogger("pipelines.inference")
 
-#: Rows per row group of the manifest written for a dataset input (one manifest-reading task each).
+#: Rows per row group of the in-memory manifest of a dataset input (one manifest-reading task each).
 _PLAN_ROW_GROUP_ROWS = 20_000
 
 
@@ -297,6 +297,7 @@ def build_dataset(
             batch_size=1,
             batch_format="numpy",
             fn_kwargs={"manifest": items.manifest, "pending_rows": ray.put(items.pending_rows),
+                       "manifest_data": None if items.data is None else ray.put(items.data),
                        "rows_per_block": compute.manifest_rows_per_block, "output": cfg.out,
                        "run_fields": dict(run_fields), "storage_options": dict(cfg.storage_options)},
             num_cpus=0,  # Parquet reads of a few MB: never waits for the CPUs the actor pools hold
@@ -334,27 +335,24 @@ def build_dataset(
     )
 
 
-def _plan(cfg: InferenceConfig, run_id: str) -> tuple[Any, list[dict[str, Any]], str | None]:
-    """The run's :class:`pipelines.planning.ManifestPlan`, the duplicate-row errors, and the URI of the
-    manifest written for a dataset input (None for a manifest input).
+def _plan(cfg: InferenceConfig, run_id: str) -> tuple[Any, list[dict[str, Any]]]:
+    """The run's :class:`pipelines.planning.ManifestPlan` and the duplicate-row errors.
 
-    A dataset input (read by its ``vrshq.data`` reader) is written once as a manifest under
-    ``<out>/_plan/``, so both inputs stream into the pipeline the same way.
+    A dataset input (read by its ``vrshq.data`` reader, so already in memory) becomes a manifest
+    Parquet in memory, which reaches the manifest-reading tasks through the object store: both inputs
+    stream into the pipeline the same way.
     """
     from pipelines.manifest import records_to_manifest
     from pipelines.planning import ManifestPlanError, plan_manifest
 
-    manifest, written = cfg.manifest, None
+    manifest: str | bytes | None = cfg.manifest
     input_errors: list[dict[str, Any]] = []
     if manifest is None:
         records, input_errors = load_input(cfg)
-        written = join_uri(cfg.out, "_plan", f"input-{run_id}.parquet")
         sink = io.BytesIO()
         pq.write_table(records_to_manifest(records), sink, compression="zstd", row_group_size=_PLAN_ROW_GROUP_ROWS)
         del records
-        fs, path = filesystem_for(written, cfg.storage_options)
-        write_bytes_atomic(fs, path, sink.getvalue())
-        manifest = written
+        manifest = sink.getvalue()
     try:
         plan = plan_manifest(manifest, cfg.out, max_videos=cfg.max_videos, storage_options=cfg.storage_options)
     except ManifestPlanError as exc:
@@ -365,18 +363,8 @@ def _plan(cfg: InferenceConfig, run_id: str) -> tuple[Any, list[dict[str, Any]],
                                        f"{key['exp_id']!r}; the first row is used"))
     if not plan.clustered:
         _LOG.warning("manifest %s does not list each video's rows together: a video may be segmented in several "
-                     "model calls (correct, but its frames are read more than once); sort it by video", manifest)
-    return plan, input_errors, written
-
-
-def _remove_plan_manifest(cfg: InferenceConfig, uri: str | None) -> None:
-    if uri is None:
-        return
-    try:
-        fs, path = filesystem_for(uri, cfg.storage_options)
-        fs.rm(path)
-    except Exception:  # noqa: BLE001 - a leftover plan file is harmless (readers never list _plan/)
-        _LOG.warning("could not remove %s", uri, exc_info=True)
+                     "model calls (correct, but its frames are read more than once); sort it by video", plan.manifest)
+    return plan, input_errors
 
 
 def _own_tasks() -> dict[str, Any]:
@@ -465,7 +453,7 @@ def run_inference(
         compactions = finish_compaction(cfg.out, storage_options=cfg.storage_options)
         if compactions:
             say(f"finished {compactions} compaction(s) of an interrupted jobs.compact")
-        plan, input_errors, plan_manifest_uri = _plan(cfg, run_id)
+        plan, input_errors = _plan(cfg, run_id)
         summary.orphans_removed = len(orphans)
         summary.pairs_total, summary.pairs_skipped = plan.pairs_total, plan.pairs_done
         summary.pairs_pending, summary.videos_pending = plan.pairs_pending, plan.videos_pending
@@ -483,7 +471,6 @@ def run_inference(
             summary.status = "failed"
             raise
         finally:
-            _remove_plan_manifest(cfg, plan_manifest_uri)
             summary.seconds = time.perf_counter() - started
             record.update(status=summary.status, finished_at=_now(), counts=_counts(summary))
             try:

@@ -76,6 +76,7 @@ class ManifestPlan:
     videos_pending: int
     clustered: bool
     seconds_done: float = 0.0
+    data: bytes | None = None  # the manifest itself when it was given in memory (a dataset input)
 
 
 def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> pa.Table:
@@ -149,16 +150,21 @@ class _Keys:
     rows: int = 0
 
 
-def _read_keys(fs: Any, files: list[str], uri: str) -> _Keys:
+def _open(path: str, filesystem: Any, data: bytes | None) -> pq.ParquetFile:
+    """The manifest file at ``path``, or the in-memory manifest ``data``."""
+    return pq.ParquetFile(pa.BufferReader(data)) if data is not None else pq.ParquetFile(path, filesystem=filesystem)
+
+
+def _read_keys(fs: Any, files: list[str], uri: str, data: bytes | None = None) -> _Keys:
     """Read the KEY_COLUMNS row group by row group, keeping only two joined string columns (the pair and the
     video), so the driver never holds the four columns and their decode buffers of the whole manifest."""
     from pipelines.config import is_safe_partition_value
 
     keys = _Keys()
-    filesystem = arrow_filesystem(fs)
+    filesystem = arrow_filesystem(fs) if fs is not None else None
     for path in files:
         try:
-            handle = pq.ParquetFile(path, filesystem=filesystem)
+            handle = _open(path, filesystem, data)
             validate_table(handle.schema_arrow.empty_table(), MANIFEST_SCHEMA, what=f"manifest {uri}")
             for index in range(handle.metadata.num_row_groups):
                 table = handle.read_row_group(index, columns=KEY_COLUMNS)
@@ -200,7 +206,7 @@ def _split_pairs(pairs: pa.Array) -> pa.Table:
 
 
 def plan_manifest(
-    manifest: str,
+    manifest: str | bytes,
     output: str,
     *,
     max_videos: int | None = None,
@@ -213,11 +219,18 @@ def plan_manifest(
     after a stable sort, done pairs are found by binary search (``search_sorted``) in the sorted
     committed pairs, ``max_videos`` takes the first videos of ``unique`` (first-appearance order).
 
+    ``manifest`` is a URI, or the bytes of a manifest Parquet file (a dataset input: it then travels
+    to the manifest-reading tasks through the object store, never through storage).
+
     Raises:
         ManifestPlanError: the manifest is missing, not Parquet, or not of ``MANIFEST_SCHEMA``.
     """
-    fs, files = _manifest_files(manifest, storage_options)
-    keys = _read_keys(fs, files, manifest)
+    data = bytes(manifest) if isinstance(manifest, (bytes, bytearray, memoryview)) else None
+    if data is not None:
+        manifest, fs, files = "<in-memory manifest>", None, ["<in-memory manifest>"]
+    else:
+        fs, files = _manifest_files(manifest, storage_options)
+    keys = _read_keys(fs, files, manifest, data)
     pairs = pa.chunked_array(keys.pairs, pa.string()).combine_chunks() if keys.pairs else pa.array([], pa.string())
     keys.pairs.clear()
     keep = np.ones(len(pairs), dtype=bool)
@@ -274,7 +287,7 @@ def plan_manifest(
     return ManifestPlan(
         manifest=manifest, files=files, chunks=chunks, pending_rows=rows, duplicates=duplicates,
         pairs_total=pairs_total, pairs_done=pairs_done, pairs_pending=len(rows), videos_pending=len(order),
-        clustered=runs == len(order), seconds_done=seconds_done,
+        clustered=runs == len(order), seconds_done=seconds_done, data=data,
     )
 
 
@@ -288,6 +301,7 @@ def manifest_items(
     *,
     manifest: str,
     pending_rows: Any,
+    manifest_data: Any = None,
     rows_per_block: int,
     output: str,
     run_fields: Mapping[str, str],
@@ -298,15 +312,17 @@ def manifest_items(
     Reads ``rows_per_block`` manifest rows at a time, keeps the pending ones, groups them by video
     with :func:`pipelines.inference.records_from_manifest` (which also turns invalid expression rows
     into error rows, written here under :func:`input_error_tag`) and yields one block per slice.
-    ``pending_rows`` is the plan's row array or an ``ObjectRef`` to it.
+    ``pending_rows`` is the plan's row array or an ``ObjectRef`` to it; ``manifest_data`` the in-memory
+    manifest's bytes (or a reference to them) when the plan was made from bytes.
     """
     import ray
 
     rows = ray.get(pending_rows) if isinstance(pending_rows, ray.ObjectRef) else pending_rows
-    filesystem = arrow_filesystem(filesystem_for(manifest, storage_options)[0])
+    data = ray.get(manifest_data) if isinstance(manifest_data, ray.ObjectRef) else manifest_data
+    filesystem = None if data is not None else arrow_filesystem(filesystem_for(manifest, storage_options)[0])
     error_tag = input_error_tag(run_fields["run_id"])
     for path, row_group, first_row in zip(batch["path"], batch["row_group"], batch["first_row"]):
-        handle = pq.ParquetFile(str(path), filesystem=filesystem)
+        handle = _open(str(path), filesystem, data)
         row = int(first_row)
         carried: pa.Table | None = None  # the last video of a slice: its rows may go on in the next slice
         batches = handle.iter_batches(batch_size=rows_per_block, row_groups=[int(row_group)])

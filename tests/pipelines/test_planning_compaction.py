@@ -64,6 +64,24 @@ def test_plan_manifest_matches_the_per_row_reference(tmp_path, rows_per_block):
         assert len(plan.chunks) > 1
 
 
+def test_an_in_memory_manifest_plans_like_a_file(tmp_path):
+    import io
+
+    sink = io.BytesIO()
+    pq.write_table(records_to_manifest([_video(i) for i in range(5)]), sink, row_group_size=4)
+    pq.write_table(records_to_manifest([_video(i) for i in range(5)]), tmp_path / "m.parquet", row_group_size=4)
+    out = tmp_path / "out"
+    make_output(str(out), videos=2, exps=3, per_file=2, orphan=False)
+    from_bytes = plan_manifest(sink.getvalue(), str(out))
+    from_file = plan_manifest(str(tmp_path / "m.parquet"), str(out))
+    assert (from_bytes.pairs_pending, from_bytes.videos_pending) == (from_file.pairs_pending, 3)
+    batch = {k: np.array([c[k] for c in from_bytes.chunks]) for k in ("path", "row_group", "first_row")}
+    got = [row for block in manifest_items(batch, manifest=from_bytes.manifest, manifest_data=from_bytes.data,
+                                           pending_rows=from_bytes.pending_rows, rows_per_block=3, output=str(out),
+                                           run_fields=RUN) for row in block.to_pylist()]
+    assert sorted(r["video_id"] for r in got) == sorted(r["video_id"] for r in _items(from_file, str(out), 3))
+
+
 def test_unclustered_manifest_is_planned_correctly(tmp_path):
     table = records_to_manifest([_video(i) for i in range(6)])
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
