@@ -1,11 +1,13 @@
-"""Planning a run from a manifest Parquet with Arrow joins, so the driver's cost stays flat.
+"""Planning a run from a manifest Parquet with Arrow kernels, so the driver's cost stays flat.
 
 The driver reads only the four key columns of the manifest and of the scores table (``dataset,
-split, video_id, exp_id``: tens of bytes per pair) and decides with vectorised Arrow operations:
+split, video_id, exp_id``: tens of bytes per pair), joined into one string per pair, and decides
+with vectorised Arrow operations (sorts and binary searches: Arrow's hash tables of a million
+strings cost several times their size):
 
 * duplicates: a (video, expression) listed twice keeps its first row; the others become error rows;
-* done pairs: a left anti-join of the manifest's pairs with the committed scores keys (a pair is
-  done when it has a scores row, whether in a fresh part or in a compacted file);
+* done pairs: the manifest pairs found in the sorted committed scores keys (a pair is done when it
+  has a scores row, whether in a fresh part or in a compacted file) -- an anti-join;
 * ``max_videos``: the first N pending videos in manifest order.
 
 What leaves the driver is a sorted ``int64`` array of the pending manifest rows (8 bytes per
@@ -57,7 +59,7 @@ class ManifestPlan:
     """What a run will do, as arrays and counts (no per-pair Python objects).
 
     Attributes:
-        manifest: the manifest URI.
+        manifest: the manifest URI (or a placeholder name when ``data`` holds the manifest).
         files: the manifest's Parquet files (filesystem paths), in row order.
         chunks: one dict per row group holding pending rows: ``path``, ``row_group``, ``first_row``.
         pending_rows: sorted global row numbers of the pending pairs' manifest rows.
