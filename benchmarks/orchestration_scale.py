@@ -75,7 +75,8 @@ def write_manifest(path: Path, *, num_videos: int, num_exps: int, num_frames: in
             frame_names = pa.ListArray.from_arrays(
                 pa.array(np.arange(rows + 1, dtype=np.int32) * num_frames),
                 pa.array(np.tile(names, rows), type=pa.string()))
-            ids = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32)), pa.array(np.ones(rows, np.int64)))
+            ids = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32)),
+                                           pa.array(np.ones(rows, np.int64)))
             table = pa.table({
                 "dataset": pa.array([DATASET] * rows), "split": pa.array([SPLIT] * rows),
                 "video_id": pa.array(vids, type=pa.string()), "video_uri": pa.nulls(rows, pa.string()),
@@ -454,7 +455,8 @@ def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) 
     by_impl: dict[str, list] = {}
     for n, impl, plan, resume in plan_rows:
         by_impl.setdefault(impl, []).append((n, plan, resume))
-        print(f"{n:>8} {n * exps:>9} {impl:>10} {_fmt(plan.get('seconds')):>8} {_fmt(plan.get('driver_mib'), '.0f'):>9} "
+        print(f"{n:>8} {n * exps:>9} {impl:>10} {_fmt(plan.get('seconds')):>8} "
+              f"{_fmt(plan.get('driver_mib'), '.0f'):>9} "
               f"{_fmt(resume.get('seconds')):>9} {_fmt(resume.get('driver_mib'), '.0f'):>10} "
               f"{_fmt(resume.get('done_seconds')):>11}" + (f"  {plan.get('error') or resume.get('error')}"
                                                           if 'error' in plan or 'error' in resume else ""))
@@ -483,7 +485,8 @@ def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) 
         print("\nresume against the same output after jobs.compact (scores in one file per partition):")
         for n, resume in compacted_rows:
             print(f"{n:>8} {n * exps:>9} {'ours':>10} resume {_fmt(resume.get('seconds'))} s, "
-                  f"{_fmt(resume.get('driver_mib'), '.0f')} MiB (reading the done keys {_fmt(resume.get('done_seconds'))} s)")
+                  f"{_fmt(resume.get('driver_mib'), '.0f')} MiB "
+                  f"(reading the done keys {_fmt(resume.get('done_seconds'))} s)")
     if run_rows:
         print("\nwhole pipeline, null model (pending videos from an empty output):")
         print(f"{'videos':>8} {'impl':>10} {'seconds':>8} {'ms/video':>9} {'driver MiB':>10} {'store MiB':>9} "
@@ -498,7 +501,8 @@ def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) 
             by_size.setdefault(n, {})[impl] = run
         for n, runs in sorted(by_size.items()):
             if {"reference", "ours"} <= set(runs):
-                print(f"  {n} videos: reference/ours seconds {runs['reference']['seconds'] / runs['ours']['seconds']:.2f}x, "
+                ratio = runs["reference"]["seconds"] / runs["ours"]["seconds"]
+                print(f"  {n} videos: reference/ours seconds {ratio:.2f}x, "
                       f"driver memory {runs['reference']['driver_mib'] / max(runs['ours']['driver_mib'], 1):.1f}x")
         for impl in sorted({impl for _, impl, _ in run_rows}):
             rows = [(n, run) for n, i, run in run_rows if i == impl]

@@ -36,7 +36,8 @@ _LOG = logging.getLogger("jobs.compact")
 class CompactConfig:
     """Configuration of ``jobs.compact``."""
 
-    out: str = dataclasses.field(default="", metadata={"help": "output URI of jobs.infer (holds masks/, scores/, errors/)"})
+    out: str = dataclasses.field(
+        default="", metadata={"help": "output URI of jobs.infer (holds masks/, scores/, errors/)"})
     target_bytes: int = dataclasses.field(default=256 * 2**20, metadata={"help": "size of each compacted file"})
     row_group_rows: int = dataclasses.field(
         default=65_536, metadata={"help": "rows per row group (the unit a one-video query reads)"})

@@ -44,7 +44,6 @@ _LOG = logging.getLogger(__name__)
 
 #: The key of a (video, expression) pair in every table.
 KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
-_ROW = "__row"
 
 #: One work item per video: what the frame-reading stage takes.
 ITEM_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in ("dataset", "split", "video_id", "item_json")])
@@ -123,7 +122,9 @@ def _pair_strings(dataset: Any, split: Any, video_id: Any, exp_id: Any) -> pa.Ar
 
 def _done_pairs(output: str, storage_options: Mapping[str, Any] | None) -> pa.Array:
     keys = done_keys(output, storage_options=storage_options)
-    return _pair_strings(*(keys[c] for c in KEY_COLUMNS)).combine_chunks() if keys.num_rows else pa.array([], pa.string())
+    if not keys.num_rows:
+        return pa.array([], pa.string())
+    return _pair_strings(*(keys[c] for c in KEY_COLUMNS)).combine_chunks()
 
 
 def _manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str]]:

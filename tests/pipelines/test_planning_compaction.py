@@ -14,7 +14,7 @@ from pipelines.inference import plan_work, records_from_manifest
 from pipelines.manifest import records_to_manifest
 from pipelines.planning import done_keys, manifest_items, plan_manifest
 from pipelines.video_io import item_from_json
-from pipelines.writers import list_parts, read_output
+from pipelines.writers import list_parts
 from tests.synthetic_output import all_rows, make_output
 from vrshq.data import ExpressionRecord, VideoRecord
 
@@ -57,7 +57,8 @@ def test_plan_manifest_matches_the_per_row_reference(tmp_path, rows_per_block):
     got = _items(plan, str(out), rows_per_block)
     # Every pending pair in exactly one item; a video split by a row-group boundary may give two items.
     pairs = sorted((r["video_id"], e.exp_id) for r in got for e in item_from_json(r["item_json"]).expressions)
-    want_pairs = sorted((i["video_id"], e.exp_id) for i in want.items for e in item_from_json(i["item_json"]).expressions)
+    want_pairs = sorted((i["video_id"], e.exp_id)
+                        for i in want.items for e in item_from_json(i["item_json"]).expressions)
     assert pairs == want_pairs
     assert len(got) <= len(want.items) + len(plan.chunks) - 1
     if rows_per_block == 1000:
