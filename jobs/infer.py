@@ -84,16 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.model_loader import ModelLoadError
     from pipelines.output_lock import OutputLockedError
     from pipelines.output_probe import missing_folders, remove_new_folders
+    from pipelines.planning import ManifestPlanError, check_manifest
 
     try:
         new_folders = missing_folders(cfg.out, cfg.storage_options)  # removed again if the run is refused
     except Exception:  # noqa: BLE001 - preflight reports an unusable out
         new_folders = []
     try:
-        # Before ray.init: a bad checkpoint, output or input costs no cluster time. The meta, manifest
-        # and annotation files are parsed here, once; bad records become error rows, not a refusal.
+        # Before ray.init: a bad checkpoint, output or input costs no cluster time. A dataset's meta and
+        # annotation files are parsed here, once; bad records become error rows, not a refusal. A manifest's
+        # records are checked in the tasks that read it (their bad rows become error rows too).
         model_config = preflight(cfg)
-        loaded_input = load_input(cfg)
+        loaded_input = load_input(cfg) if cfg.manifest is None else None
+        if cfg.manifest is not None:  # a manifest streams into the pipeline; here only its files and schema
+            try:
+                check_manifest(cfg.manifest, storage_options=cfg.storage_options)
+            except ManifestPlanError as exc:
+                raise PreflightError([str(exc)]) from exc
     except PreflightError as exc:
         remove_new_folders(new_folders)
         print(f"jobs.infer: {exc}", file=sys.stderr)

@@ -142,6 +142,11 @@ class ComputeConfig:
     """
 
     num_actors: int = field(default=1, metadata={"help": "model actors (one model copy each)"})
+    max_actors: int | None = field(
+        default=None,
+        metadata={"help": "null: a fixed pool of num_actors model actors; else an autoscaling pool of num_actors "
+                          "to max_actors (Ray Data adds actors while inputs queue and the cluster has room)"},
+    )
     num_gpus_per_actor: float | None = field(
         default=None,
         metadata={"help": "GPUs per model actor; null: 1 if the cluster has GPUs, else 0 (CPU actors)"},
@@ -157,6 +162,11 @@ class ComputeConfig:
         default=4,
         metadata={"help": "videos per output Parquet file (also the most a crash can lose per writer)"},
     )
+    manifest_rows_per_block: int = field(
+        default=256,
+        metadata={"help": "manifest rows per block of work items (a block holds many videos; the model stage "
+                          "still takes one video per call)"},
+    )
     max_inline_frame_bytes: int = field(
         default=512 * 2**20,
         metadata={
@@ -167,7 +177,7 @@ class ComputeConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file"):
+        for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file", "manifest_rows_per_block"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"compute.{name} must be an integer >= 1, got {value!r}")
@@ -175,6 +185,9 @@ class ComputeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 problems.append(f"compute.{name} must be a number >= 0, got {value!r}")
+        if self.max_actors is not None and (not isinstance(self.max_actors, int) or isinstance(self.max_actors, bool)
+                                            or self.max_actors < self.num_actors):
+            problems.append(f"compute.max_actors must be null or an integer >= num_actors, got {self.max_actors!r}")
         if self.num_gpus_per_actor is not None and (
             not isinstance(self.num_gpus_per_actor, (int, float)) or self.num_gpus_per_actor < 0
         ):

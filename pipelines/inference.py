@@ -2,8 +2,9 @@
 
 Ray Data streams every stage; the driver only plans and counts::
 
-    manifest (vrshq.data readers, or a manifest Parquet)      driver: small, one row per expression
-      -> one work item per video, pending expressions only    driver: resume skips done pairs
+    manifest Parquet (or a dataset reader's records, as one in memory)
+      -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.planning)
+      -> one work item per video, many videos per block       CPU tasks, one per manifest row group
       -> read + decode + resize frames                        CPU tasks   (pipelines.video_io)
       -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.segment_actor)
       -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.result_writer)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import io
 import json
 import logging
 import time
@@ -35,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.compaction import finish_compaction
 from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
 from pipelines.input_check import (
     AnnotationFileError,
@@ -44,7 +47,7 @@ from pipelines.input_check import (
     video_error_rows,
 )
 from pipelines.output_lock import OutputLock
-from pipelines.resume import PairKey, done_pairs, remove_orphans
+from pipelines.resume import PairKey, remove_orphans
 from pipelines.run_records import mark_interrupted, run_record_uri
 from pipelines.storage import filesystem_for, join_uri
 from pipelines.writers import batch_id_for, write_batch, write_bytes_atomic
@@ -63,6 +66,9 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger("pipelines.inference")
+
+#: Rows per row group of the in-memory manifest of a dataset input (one manifest-reading task each).
+_PLAN_ROW_GROUP_ROWS = 20_000
 
 
 class PreflightError(ValueError):
@@ -306,24 +312,45 @@ def preflight(cfg: InferenceConfig) -> Any:
 
 
 def build_dataset(
-    items: list[dict[str, str]],
+    items: Any,
     cfg: InferenceConfig,
     *,
     max_side: int,
     run_fields: Mapping[str, str],
     num_gpus: float,
 ) -> Any:
-    """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows."""
+    """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows.
+
+    ``items`` is a :class:`pipelines.planning.ManifestPlan` (the manifest streams in: one task per
+    row group, blocks of many videos) or a list of work-item dicts (one block per video).
+    """
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
+    from pipelines.planning import ManifestPlan, manifest_items
     from pipelines.result_writer import ResultWriter
     from pipelines.segment_actor import SegmentActor
     from pipelines.video_io import read_frames_batch
 
     compute = cfg.compute
-    # One block per video: reading, backpressure and retries work per video, never per chunk of them.
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if isinstance(items, ManifestPlan):
+        # Blocks of many videos (what the driver puts in the object store is one row per row group and
+        # the pending-row array); every later stage still calls its UDF once per video (batch_size=1).
+        ds = ray.data.from_items(items.chunks, override_num_blocks=max(1, len(items.chunks)))
+        ds = ds.map_batches(
+            manifest_items,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs={"manifest": items.manifest, "pending_rows": ray.put(items.pending_rows),
+                       "manifest_data": None if items.data is None else ray.put(items.data),
+                       "rows_per_block": compute.manifest_rows_per_block, "output": cfg.out,
+                       "run_fields": dict(run_fields), "storage_options": dict(cfg.storage_options)},
+            num_cpus=0,  # Parquet reads of a few MB: never waits for the CPUs the actor pools hold
+            compute=TaskPoolStrategy(size=max(1, compute.read_concurrency // 2)),
+            ray_remote_args_fn=_own_tasks,
+        )
+    else:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map_batches(
         read_frames_batch,
         batch_size=1,
@@ -338,7 +365,8 @@ def build_dataset(
         fn_constructor_kwargs={"cfg": cfg, "max_side": max_side},
         batch_size=1,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=compute.num_actors),
+        compute=(ActorPoolStrategy(size=compute.num_actors) if compute.max_actors is None
+                 else ActorPoolStrategy(min_size=compute.num_actors, max_size=compute.max_actors)),
         num_gpus=num_gpus,
         num_cpus=compute.num_cpus_per_actor,
     )
@@ -350,6 +378,46 @@ def build_dataset(
         compute=ActorPoolStrategy(size=compute.num_writers),
         num_cpus=compute.writer_num_cpus,
     )
+
+
+def _plan(cfg: InferenceConfig, run_id: str,
+          loaded: tuple[list[Any], list[dict[str, Any]]] | None) -> tuple[Any, list[dict[str, Any]]]:
+    """The run's :class:`pipelines.planning.ManifestPlan` and the input errors.
+
+    Records already read (``loaded``: a dataset input, always read by its ``vrshq.data`` reader, or a
+    manifest a caller read) become a manifest Parquet in memory, which reaches the manifest-reading
+    tasks through the object store; a manifest not read streams from its files. Both inputs then
+    flow into the pipeline the same way.
+    """
+    from pipelines.manifest import records_to_manifest
+    from pipelines.planning import ManifestPlanError, plan_manifest
+
+    manifest: str | bytes | None = cfg.manifest
+    input_errors: list[dict[str, Any]] = []
+    if loaded is not None:
+        records, input_errors = loaded
+        sink = io.BytesIO()
+        pq.write_table(records_to_manifest(records), sink, compression="zstd", row_group_size=_PLAN_ROW_GROUP_ROWS)
+        del records
+        manifest = sink.getvalue()
+    try:
+        plan = plan_manifest(manifest, cfg.out, max_videos=cfg.max_videos, storage_options=cfg.storage_options)
+    except ManifestPlanError as exc:
+        raise PreflightError([str(exc)]) from exc
+    for key in plan.duplicates.to_pylist():  # only the duplicated rows become Python objects
+        input_errors.append(_error_row(key["dataset"], key["split"], key["video_id"], key["exp_id"], "read",
+                                       f"duplicate manifest row for video {key['video_id']!r} expression "
+                                       f"{key['exp_id']!r}; the first row is used"))
+    if not plan.clustered:
+        _LOG.warning("manifest %s does not list each video's rows together: a video may be segmented in several "
+                     "model calls (correct, but its frames are read more than once); sort it by video", plan.manifest)
+    return plan, input_errors
+
+
+def _own_tasks() -> dict[str, Any]:
+    """``ray_remote_args_fn`` of the manifest stage: it keeps the stage from being fused into the frame
+    readers (a fused task would read the frames of a whole row group's videos one after another)."""
+    return {}
 
 
 def _counts(summary: InferenceSummary) -> dict[str, Any]:
@@ -427,7 +495,9 @@ def run_inference(
         "seed": cfg.seed if cfg.checkpoint is None else None, "working_max_side": max_side,
         "config": cfg.public_dict(), "counts": {},
     }
-    records, input_errors = loaded_input if loaded_input is not None else load_input(cfg)
+    # A dataset's records are read here unless the caller read them before Ray started; a manifest
+    # that was not read streams from its Parquet files into the pipeline (pipelines.planning).
+    loaded = loaded_input if loaded_input is not None or cfg.manifest is not None else load_input(cfg)
     with OutputLock(cfg.out, run_id=run_id, storage_options=cfg.storage_options,
                     stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock) as lock:
         # before anything is written: a refused run leaves only the lock, which the exit removes
@@ -437,12 +507,14 @@ def run_inference(
         orphans = remove_orphans(cfg.out, storage_options=cfg.storage_options)
         if orphans:
             say(f"removed {len(orphans)} uncommitted masks file(s) of an interrupted run")
-        done = done_pairs(cfg.out, storage_options=cfg.storage_options)
-        plan = plan_work(records, done=done, max_videos=cfg.max_videos)
-        del records
+        compactions = finish_compaction(cfg.out, storage_options=cfg.storage_options)
+        if compactions:
+            say(f"finished {compactions} compaction(s) of an interrupted jobs.compact")
+        plan, input_errors = _plan(cfg, run_id, loaded)
+        del loaded
         summary.orphans_removed = len(orphans)
         summary.pairs_total, summary.pairs_skipped = plan.pairs_total, plan.pairs_done
-        summary.pairs_pending, summary.videos_pending = plan.pairs_pending, len(plan.items)
+        summary.pairs_pending, summary.videos_pending = plan.pairs_pending, plan.videos_pending
         summary.errors_rows += _write_driver_errors(cfg, input_errors, run_fields, "input")
         record["counts"] = _counts(summary)
         _write_run_json(cfg, record)
@@ -450,7 +522,7 @@ def run_inference(
             f"{summary.pairs_skipped} already done, {len(input_errors)} input error(s); "
             f"model {cfg.model_name}, working max side {max_side}, output {cfg.out}")
         try:
-            if plan.items:
+            if plan.videos_pending:
                 _execute(cfg, plan, summary, max_side=max_side, run_fields=run_fields, say=say, started=started)
             summary.status = "completed"
         except BaseException:
@@ -507,13 +579,13 @@ def check_cluster_fits(cfg: InferenceConfig, *, num_gpus: float, resources: Mapp
         raise PreflightError(problems)
 
 
-def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *, max_side: int,
+def _execute(cfg: InferenceConfig, plan: Any, summary: InferenceSummary, *, max_side: int,
              run_fields: Mapping[str, str], say: Callable[[str], None], started: float) -> None:
     import ray
 
     num_gpus = _num_gpus(cfg)
     check_cluster_fits(cfg, num_gpus=num_gpus, resources=ray.cluster_resources())
-    ds = build_dataset(plan.items, cfg, max_side=max_side, run_fields=run_fields, num_gpus=num_gpus)
+    ds = build_dataset(plan, cfg, max_side=max_side, run_fields=run_fields, num_gpus=num_gpus)
     write_failures: list[dict[str, Any]] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         for row in batch.to_pylist():
@@ -539,6 +611,9 @@ def _execute(cfg: InferenceConfig, plan: WorkPlan, summary: InferenceSummary, *,
             summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
             write_failures = []
     summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
+    from pipelines.planning import count_input_errors  # rows the manifest-reading tasks wrote (bad expressions)
+
+    summary.errors_rows += count_input_errors(cfg.out, run_fields["run_id"], storage_options=cfg.storage_options)
 
 
 def _try_write_errors(cfg: InferenceConfig, rows: list[dict[str, Any]], run_fields: Mapping[str, str]) -> int:

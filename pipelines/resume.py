@@ -1,8 +1,11 @@
 """What an output URI already holds, so that ``infer`` reruns only the missing work.
 
 A (video, expression) pair is *done* when the scores table has its row (scores are written last in
-every batch, see :mod:`pipelines.writers`). Pairs that failed (``errors/`` rows only) are not
-done: a rerun tries them again, which also retries transient storage failures.
+every batch, see :mod:`pipelines.writers`), in a fresh part or in a compacted file
+(:mod:`pipelines.compaction`). ``infer`` plans with Arrow kernels on the key columns
+(:mod:`pipelines.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms.
+Pairs that failed (``errors/`` rows only) are not done: a rerun tries them again, which also retries
+transient storage failures.
 
 Before a rerun, :func:`remove_orphans` deletes the masks files of batches that never committed
 (the run died between the masks and the scores write); their pairs are pending again and are
@@ -56,7 +59,8 @@ def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = N
     orphans = [
         part
         for part in list_parts(output, "masks", storage_options=storage_options)
-        if (part.dataset, part.split, part.batch_id) not in committed
+        # compacted files hold committed rows only (pipelines.compaction); their batch ids differ per table
+        if (part.dataset, part.split, part.batch_id) not in committed and not part.batch_id.startswith("compact-")
     ]
     if orphans:
         fs, _ = filesystem_for(output, storage_options)
