@@ -175,9 +175,10 @@ def test_transient_and_permanent_s3_faults(chaos_ray, s3_server, reference, tmp_
     assert proxy.counts["faults"] >= 5 and proxy.counts["permanent"] >= 1, proxy.counts
     assert summary.status == "completed" and summary.videos_processed == DATA["num_videos"]
     errors = read_output(output, "errors", storage_options=s3_server.storage_options).to_pylist()
-    assert [(e["video_id"], e["stage"], e["error_type"]) for e in errors] == [
-        (lost.video_id, "read", "PermissionError")], errors
-    assert errors[0]["message"].startswith(f"{root}{lost_frame}"), errors[0]  # names the file
+    # one row per expression the lost video cost, each naming its expression and the file
+    assert sorted((e["video_id"], e["exp_id"], e["stage"], e["error_type"]) for e in errors) == sorted(
+        (lost.video_id, x.exp_id, "read", "PermissionError") for x in lost.expressions), errors
+    assert all(e["message"].startswith(f"{root}{lost_frame}") for e in errors), errors  # names the file
     assert_same_rows(canonical(output, s3_server.storage_options), reference, "S3 faults", drop_videos={lost.video_id})
     # no credentials in run.json or error rows
     fs = s3_server.filesystem()
