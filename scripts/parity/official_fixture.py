@@ -384,10 +384,11 @@ def build_official_model(tokenizer, base_vocab, seg_id, tak_id, tower_dir, ancho
         head = model.model.visual_model.sam_mask_decoder.pred_obj_score_head.layers[-1]
         head.weight.mul_(OBJ_SCORE_GAIN)
         head.bias.fill_(OBJ_SCORE_BIAS)
+        # .bfloat16(), not .to(torch.bfloat16): the stand-in keeps .to(bf16) casts in float32
         for p in model.parameters():
-            p.copy_(p.to(torch.bfloat16).float())
+            p.copy_(p.bfloat16().float())
         gauss = model.model.visual_model.sam_prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
-        gauss.copy_(gauss.to(torch.bfloat16).float())
+        gauss.copy_(gauss.bfloat16().float())
     return model.eval()
 
 
@@ -525,7 +526,7 @@ def collect(loc: dict, output: dict, seg_id: int, tak_id: int) -> dict:
 def save_fixture(out, model, frames, results, args, base_vocab, seg_id, tak_id, anchor_text_cfg) -> None:
     state = {}
     for name, value in model.state_dict().items():
-        state[name] = value.to(torch.bfloat16) if value.is_floating_point() and "inv_freq" not in name else value
+        state[name] = value.bfloat16() if value.is_floating_point() and "inv_freq" not in name else value
     torch.save(state, out / "pytorch_model.bin")
     torch.save({"frames": torch.from_numpy(frames), "expressions": list(EXPRESSIONS), "results": results},
                out / "official_outputs.pt")
