@@ -12,7 +12,7 @@ Its environment (CPU; Python 3.11; outside this repository; no network beyond Py
         sentencepiece hydra-core iopath 'numpy<2' einops accelerate
     official-env/bin/pip install opencv-python-headless matplotlib scikit-image pycocotools termcolor scipy
 
-Run (from the repository root; about a minute on two cores):
+Run (from the repository root; a few minutes on two cores):
 
     official-env/bin/python scripts/parity/official_fixture.py --official /path/to/VRS-HQ \
         --official-commit 62c9081922c7c3e32817da5d28abc18f0908143c --out tests/fixtures/official_parity
@@ -24,14 +24,15 @@ What it does:
    constructed, and the SAM-1 ``ResizeLongestSide`` is only asked for the identity resize, which the
    stand-in checks), Chat-UniVi's EVA encoder (never used by VRS-HQ), ``sam2._C`` (the CUDA connected
    components of hole filling, here ``scipy.ndimage.label`` with 8-connectivity, the kernel's rule),
-   ``Tensor.cuda`` (identity), the SAM2 inference state's hard-coded CUDA device (the CPU), and the forced bf16 casts of the SAM2 predictor (kept in float32, so
-   the fixture is a float32 reference).
+   ``Tensor.cuda`` (identity), the SAM2 inference state's hard-coded CUDA device (the CPU), and the
+   forced bf16 casts of the SAM2 predictor (kept in float32, so the fixture is a float32 reference).
 2. Tiny, seeded model at the official code's own construction path (``VrshqForCausalLM`` with
    ``initialize_vision_modules``, ``initialize_cluster_modules``, ``initialize_lisa_modules``,
    ``initialize_clip_modules``, ``resize_token_embeddings``): a 2-layer LLaMA, a CLIP vision tower and a
    CLIP anchor model built from literal configs, and SAM2 built by the official ``_build_sam2_`` recipe
    at tiny sizes (the one function the official code hard-codes Hiera-L in is replaced by the same
-   recipe with the sizes below). Every parameter is rounded to bfloat16 (the release's LLM dtype) so
+   recipe with the sizes below). The object-score head's output layer is scaled (``OBJ_SCORE_GAIN``) so
+   that TKS has a real choice and masks are not empty. Every parameter is rounded to bfloat16 (the release's LLM dtype) so
    that the committed bf16 state dict holds exactly the weights the official code ran with.
 3. A sentencepiece BPE tokenizer (LLaMA's special ids, byte fallback) trained on the prompt texts and
    saved through transformers 4.31's slow ``LlamaTokenizer`` with ``[SEG]`` and ``[TAK]`` added as the
@@ -39,7 +40,9 @@ What it does:
 4. A 12-frame synthetic video and a few expressions, run one expression at a time through the official
    evaluation path (``RVOSEvalDataset.__getitem__`` -> ``collate_fn_`` -> ``model_forward(inference=True)``).
    Intermediate results are read from ``model_forward``'s local variables when it returns (a profile
-   hook), so the official code runs unmodified.
+   hook), so the official code runs unmodified. Every expression runs a second time under other random
+   noise, and the masks must be identical: DPC-KNN's ``rand * 1e-6`` tie-break must not matter here.
+   Not run: the evaluation script's DeepSpeed engine and its no-op LoRA wrap (LoRA B is zero at creation).
 
 Frame and model sizes are chosen so that no resampling happens in preprocessing (frames 48x64: the CLIP
 processors' shortest side is 48, SAM2's longest side is 64), which keeps PIL out of the comparison.

@@ -129,7 +129,8 @@ def segmented_from_official_ids(model, official, texts):
     ids = {inference_prompt(t, len(r["frame_ids"])): tuple(r["input_ids"].tolist())
            for t, r in zip(texts, official["results"])}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(model, "encode_prompt", lambda prompt: EncodedPrompt(ids[prompt], (IGNORE_INDEX,) * len(ids[prompt])))
+        patch.setattr(model, "encode_prompt",
+                      lambda prompt: EncodedPrompt(ids[prompt], (IGNORE_INDEX,) * len(ids[prompt])))
         return model.segment_video(official["frames"], official["expressions"])
 
 
