@@ -32,8 +32,9 @@ What it does:
    CLIP anchor model built from literal configs, and SAM2 built by the official ``_build_sam2_`` recipe
    at tiny sizes (the one function the official code hard-codes Hiera-L in is replaced by the same
    recipe with the sizes below). The object-score head's output layer is scaled (``OBJ_SCORE_GAIN``) so
-   that TKS has a real choice and masks are not empty. Every parameter is rounded to bfloat16 (the release's LLM dtype) so
-   that the committed bf16 state dict holds exactly the weights the official code ran with.
+   that TKS has a real choice and masks are not empty. Every parameter is rounded to bfloat16 (the
+   release's LLM dtype) so that the committed bf16 state dict holds exactly the weights the official code
+   ran with.
 3. A sentencepiece BPE tokenizer (LLaMA's special ids, byte fallback) trained on the prompt texts and
    saved through transformers 4.31's slow ``LlamaTokenizer`` with ``[SEG]`` and ``[TAK]`` added as the
    evaluation script adds them.
@@ -51,6 +52,7 @@ processors' shortest side is 48, SAM2's longest side is 64), which keeps PIL out
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -217,14 +219,14 @@ def train_llama_tokenizer(work: Path, out: Path):
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
-    corpus = work / "corpus.txt"
-    corpus.write_text(corpus_text())
+    model_bytes = io.BytesIO()  # from memory to memory: no file path is recorded in the model's trainer spec
     spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(work / "sp"), vocab_size=400, model_type="bpe",
+        sentence_iterator=iter(corpus_text().splitlines()), model_writer=model_bytes, vocab_size=400, model_type="bpe",
         byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
         allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=1, minloglevel=2,
     )
+    (work / "sp.model").write_bytes(model_bytes.getvalue())
     tok = LlamaTokenizer(vocab_file=str(work / "sp.model"))
     tok.save_pretrained(str(work / "base_tokenizer"))
     # As evaluation_multiseg.py: slow tokenizer, right padding, pad = unk, [SEG] then [TAK] special.
