@@ -38,11 +38,12 @@ What it does:
 3. A sentencepiece BPE tokenizer (LLaMA's special ids, byte fallback) trained on the prompt texts and
    saved through transformers 4.31's slow ``LlamaTokenizer`` with ``[SEG]`` and ``[TAK]`` added as the
    evaluation script adds them.
-4. A 12-frame synthetic video and a few expressions, run one expression at a time through the official
+4. Three 12-frame synthetic videos, one for each branch of the official propagation
+   (keyframe inside the video, first, last), and a few expressions, run one expression at a time through the official
    evaluation path (``RVOSEvalDataset.__getitem__`` -> ``collate_fn_`` -> ``model_forward(inference=True)``).
    Intermediate results are read from ``model_forward``'s local variables when it returns (a profile
-   hook), so the official code runs unmodified. Every expression runs a second time under other random
-   noise, and the masks must be identical: DPC-KNN's ``rand * 1e-6`` tie-break must not matter here.
+   hook), so the official code runs unmodified. The visual tokens of every expression's frames are made
+   again under eight other draws of DPC-KNN's ``rand * 1e-6`` tie-break noise and must be identical.
    Not run: the evaluation script's DeepSpeed engine and its no-op LoRA wrap (LoRA B is zero at creation).
 
 Frame and model sizes are chosen so that no resampling happens in preprocessing (frames 48x64: the CLIP
@@ -66,11 +67,15 @@ import numpy as np
 import torch
 
 SEED = 0
-FRAMES, HEIGHT, WIDTH = 12, 48, 64
-ROLL = 5
+HEIGHT, WIDTH = 48, 64
 CLIP_SIZE = 48  # CLIP-224 stand-in: shortest side and crop; patch 3 -> 16x16 = 256 patches as in ViT-L/14-224
 ANCHOR_SIZE = 48  # CLIP-336 stand-in
 SAM_SIZE = 64
+VIDEOS = (  # (name, frames, roll in time, indices into EXPRESSIONS): one per branch of the official propagation
+    ("keyframe inside", 12, 5, (0, 1, 2)),  # forward pass, reset, backward pass; every other frame sampled
+    ("keyframe first", 12, 0, (0,)),  # forward pass only
+    ("keyframe last", 12, 11, (0,)),  # backward pass only
+)
 EXPRESSIONS = (
     "the red circle moving to the right",
     "Which object is bouncing up and down?",
@@ -184,14 +189,15 @@ def install_stand_ins() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def synthetic_video() -> np.ndarray:
+def synthetic_video(num_frames: int, roll: int) -> np.ndarray:
     """(T, H, W, 3) uint8: a noise texture (no two CLIP patches alike, so DPC-KNN has no density ties)
-    with a red disc moving right, a blue square and a green disc bouncing."""
+    with a red disc moving right, a blue square and a green disc bouncing, rolled in time by ``roll``
+    (the random model favours the content of the unrolled first frame, so the roll moves the keyframe)."""
     rng = np.random.default_rng(SEED)
     background = rng.integers(40, 200, size=(HEIGHT, WIDTH, 3), dtype=np.int64)
     yy, xx = np.mgrid[:HEIGHT, :WIDTH]
     frames = []
-    for t in range(FRAMES):
+    for t in range(num_frames):
         img = background.copy() + rng.integers(-20, 21, size=background.shape)
         cx, cy = 8 + 4 * t, 14
         img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = (230, 30, 30)
@@ -199,8 +205,7 @@ def synthetic_video() -> np.ndarray:
         by = 34 - abs(6 - t) * 2
         img[(yy - by) ** 2 + (xx - 12) ** 2 <= 20] = (30, 220, 30)
         frames.append(np.clip(img, 0, 255).astype(np.uint8))
-    # Rolled in time so that the keyframe falls inside the video (both propagation directions run).
-    return np.roll(np.stack(frames), ROLL, axis=0)
+    return np.roll(np.stack(frames), roll, axis=0)
 
 
 def corpus_text() -> str:
@@ -416,7 +421,7 @@ class LocalsAtReturn:
         sys.setprofile(None)
 
 
-def make_dataset(tokenizer, tower_dir, anchor_dir, frame_paths):
+def make_dataset(tokenizer, tower_dir, anchor_dir, frame_paths, expressions):
     from dataset import rvos_clip_eval_dataset as rve
     from model.segment_anything.utils.transforms import ResizeLongestSide
     from transformers import CLIPImageProcessor, CLIPProcessor
@@ -434,7 +439,7 @@ def make_dataset(tokenizer, tower_dir, anchor_dir, frame_paths):
     ds.long_question_list, ds.short_question_list = rve.UNIFIED_LONG_QUESTION_LIST, rve.UNIFIED_SHORT_QUESTION_LIST
     ds.answer_list = rve.ANSWER_LIST
     ds.d2_dataset_dicts, ds.lisa_dataset_dicts = [], []
-    for i, exp in enumerate(EXPRESSIONS):
+    for i, exp in enumerate(expressions):
         # as load_target_frame: lower-case, collapse whitespace
         ds.d2_dataset_dicts.append({"video_name": "synthetic", "file_names": frame_paths,
                                     "sentence": " ".join(exp.lower().split()), "exp_id": str(i)})
@@ -461,39 +466,54 @@ def run_official(args) -> None:
             shutil.copy(anchor_dir / name, out / "clip_tokenizer" / name)
         model = build_official_model(tokenizer, base_vocab, seg_id, tak_id, tower_dir, anchor_dir)
 
-        frames = synthetic_video()
-        frame_paths = []
-        for t, frame in enumerate(frames):
-            path = work / f"{t:05d}.png"
-            cv2.imwrite(str(path), frame[..., ::-1])  # BGR on disk; the dataset converts back to RGB
-            frame_paths.append(str(path))
-        ds, collate = make_dataset(tokenizer, tower_dir, anchor_dir, frame_paths)
+        videos = []
+        for v, (name, num_frames, roll, which) in enumerate(VIDEOS):
+            expressions = [EXPRESSIONS[i] for i in which]
+            frames = synthetic_video(num_frames, roll)
+            frame_paths = []
+            for t, frame in enumerate(frames):
+                path = work / f"{v}_{t:05d}.png"
+                cv2.imwrite(str(path), frame[..., ::-1])  # BGR on disk; the dataset converts back to RGB
+                frame_paths.append(str(path))
+            ds, collate = make_dataset(tokenizer, tower_dir, anchor_dir, frame_paths, expressions)
+            results = [run_expression(model, ds, collate, tokenizer, i, seed=SEED + 10 * v + i, label=f"{name}, {i}")
+                       for i in range(len(expressions))]
+            videos.append({"name": name, "roll": roll, "frames": torch.from_numpy(frames),
+                           "expressions": expressions, "results": results})
 
-        results = []
-        for i in range(len(EXPRESSIONS)):
-            batch = collate([ds[i]], tokenizer=tokenizer, conv_type="llava_v1", use_mm_start_end=False)
-            batch["images"] = [x.float() for x in batch["images"]]
-            batch["images_clip"] = [x.float() for x in batch["images_clip"]]
-            torch.manual_seed(SEED + 10 + i)  # DPC-KNN's tie-break noise; checked below to change nothing
-            with torch.no_grad(), LocalsAtReturn(type(model).model_forward.__code__) as spy:
-                output = model(**batch)
-            results.append(collect(spy.calls[-1], output, seg_id, tak_id))
-            r = results[-1]
-            print(f"expression {i}: anchor {r['anchor_index']}, frames {r['frame_ids']}, keyframe {r['keyframe']}, "
-                  f"TKS {[round(v, 4) for v in r['tks_scores'].tolist()]}, foreground "
-                  f"{[round(v, 2) for v in (r['mask_logits'] > 0).float().mean((1, 2)).tolist()]}", file=sys.stderr)
-            # The same expression again under other noise: the official tie-break noise must not matter.
-            torch.manual_seed(SEED + 100 + i)
-            batch = collate([ds[i]], tokenizer=tokenizer, conv_type="llava_v1", use_mm_start_end=False)
-            with torch.no_grad():
-                again = model(**batch)["pred_masks"]
-            if not torch.equal(again, output["pred_masks"]):
-                raise SystemExit(f"expression {i}: DPC-KNN noise changes the result; choose other frames")
-
-        save_fixture(out, model, frames, results, args, base_vocab, seg_id, tak_id, anchor_text_cfg)
+        save_fixture(out, model, videos, args, base_vocab, seg_id, tak_id, anchor_text_cfg)
 
 
-def collect(loc: dict, output: dict, seg_id: int, tak_id: int) -> dict:
+def run_expression(model, ds, collate, tokenizer, i: int, *, seed: int, label: str) -> dict:
+    """One expression through ``model_forward(inference=True)``, with its intermediate results."""
+    batch = collate([ds[i]], tokenizer=tokenizer, conv_type="llava_v1", use_mm_start_end=False)
+    torch.manual_seed(seed)  # DPC-KNN's tie-break noise; checked below to change nothing
+    with torch.no_grad(), LocalsAtReturn(type(model).model_forward.__code__) as spy:
+        output = model(**batch)
+    r = collect(spy.calls[-1], output)
+    print(f"{label}: anchor {r['anchor_index']}, frames {r['frame_ids']}, keyframe {r['keyframe']}, "
+          f"TKS {[round(v, 4) for v in r['tks_scores'].tolist()]}, foreground "
+          f"{[round(v, 2) for v in (r['mask_logits'] > 0).float().mean((1, 2)).tolist()]}", file=sys.stderr)
+    check_merge_ignores_noise(model, batch["images_clip"][0][r["frame_ids"]], seed=seed, label=label)
+    return r
+
+
+def check_merge_ignores_noise(model, images_clip: torch.Tensor, *, seed: int, label: str, draws: int = 8) -> None:
+    """The Chat-UniVi tokens of the frames the MLLM saw, as ``prepare_inputs_labels_for_multimodal`` makes
+    them (tower, then ``project`` frame by frame), must not depend on DPC-KNN's ``rand * 1e-6`` tie-break:
+    near-ties there would make the official result a draw of that noise (vrshq breaks ties by index)."""
+    with torch.no_grad():
+        features = model.encode_images(images_clip)
+        draws_out = []
+        for k in range(draws):
+            torch.manual_seed(seed + 1000 * (k + 1))
+            draws_out.append(torch.cat([model.project(features[t : t + 1], input_type="image")
+                                        for t in range(features.shape[0])]))
+    if not all(torch.equal(d, draws_out[0]) for d in draws_out[1:]):
+        raise SystemExit(f"{label}: DPC-KNN noise changes the visual tokens; choose other frames")
+
+
+def collect(loc: dict, output: dict) -> dict:
     """The intermediate results of one ``model_forward`` call, from its locals at return."""
     input_ids = loc["input_ids"]
     hidden = loc["output_hidden_states"][-1][0]
@@ -528,20 +548,19 @@ def collect(loc: dict, output: dict, seg_id: int, tak_id: int) -> dict:
     }
 
 
-def save_fixture(out, model, frames, results, args, base_vocab, seg_id, tak_id, anchor_text_cfg) -> None:
+def save_fixture(out, model, videos, args, base_vocab, seg_id, tak_id, anchor_text_cfg) -> None:
     state = {}
     for name, value in model.state_dict().items():
         state[name] = value.bfloat16() if value.is_floating_point() and "inv_freq" not in name else value
     torch.save(state, out / "pytorch_model.bin")
-    torch.save({"frames": torch.from_numpy(frames), "expressions": list(EXPRESSIONS), "results": results},
-               out / "official_outputs.pt")
+    torch.save({"videos": videos}, out / "official_outputs.pt")
     meta = {
         "official_repository": "SitongGong/VRS-HQ",
         "official_commit": args.official_commit,
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "seed": SEED,
-        "frames": [FRAMES, HEIGHT, WIDTH],
+        "frame_size": [HEIGHT, WIDTH],
         "llm": dict(LLM, vocab_size=base_vocab, seg_token_id=seg_id, tak_token_id=tak_id),
         "vision_tower": dict(TOWER, select_layer=-2, shortest_edge=CLIP_SIZE, crop_size=CLIP_SIZE,
                              cluster_counts=[64, 32, 16], knn_k=[5, 3, 3]),

@@ -2,8 +2,9 @@
 
 The fixture (``tests/fixtures/official_parity``) was written by ``scripts/parity/official_fixture.py`` running
 the official repository's own code in its pinned environment: a tiny seeded model (state dict with the
-official key names), the slow LLaMA tokenizer files, the CLIP anchor's tokenizer files, a 12-frame video, three
-expressions and the official intermediate results. Here the same state dict goes through our official loader
+official key names), the slow LLaMA tokenizer files, the CLIP anchor's tokenizer files, three 12-frame videos (one
+per branch of the official propagation: keyframe inside the video, first, last), their expressions and the
+official intermediate results. Here the same state dict goes through our official loader
 into our model at the same tiny configuration, and every stage is compared with what the official code computed:
 
 * identical prompt token ids, anchor frame, sampled frames, [SEG]/[TAK] positions and keyframe;
@@ -113,25 +114,32 @@ def model(official):
     return net.float().eval()
 
 
-@pytest.fixture(scope="module")
-def texts(official) -> list[str]:
-    return [normalize_expression(e) for e in official["expressions"]]
+def _texts(video: dict) -> list[str]:
+    return [normalize_expression(e) for e in video["expressions"]]
+
+
+def _expressions(official):
+    """(label, video, reference results of one expression) over every video and expression of the fixture."""
+    for video in official["videos"]:
+        for e, ref in enumerate(video["results"]):
+            yield f"{video['name']!r}, expression {e}", video, ref
 
 
 @pytest.fixture(scope="module")
 def segmented(model, official):
-    return model.segment_video(official["frames"], official["expressions"])
+    """`segment_video` of every fixture video, each with all its expressions at once."""
+    return [model.segment_video(v["frames"], v["expressions"]) for v in official["videos"]]
 
 
 @pytest.fixture(scope="module")
-def segmented_from_official_ids(model, official, texts):
+def segmented_from_official_ids(model, official):
     """`segment_video` with the official prompt ids in place of our tokenizer's (every other stage is ours)."""
     ids = {inference_prompt(t, len(r["frame_ids"])): tuple(r["input_ids"].tolist())
-           for t, r in zip(texts, official["results"])}
+           for v in official["videos"] for t, r in zip(_texts(v), v["results"])}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(model, "encode_prompt",
                       lambda prompt: EncodedPrompt(ids[prompt], (IGNORE_INDEX,) * len(ids[prompt])))
-        return model.segment_video(official["frames"], official["expressions"])
+        return [model.segment_video(v["frames"], v["expressions"]) for v in official["videos"]]
 
 
 def _xfail_if_leading_space_is_dropped(model) -> None:
@@ -146,29 +154,31 @@ def _xfail_if_leading_space_is_dropped(model) -> None:
         pytest.xfail("our LLaMA tokenizer drops SentencePiece's dummy prefix before a leading space")
 
 
-def test_token_ids_match(model, official, texts):
+def test_token_ids_match(model, official):
     _xfail_if_leading_space_is_dropped(model)
     meta = official["meta"]["llm"]
     assert model.mllm.token_ids.seg_token_id == meta["seg_token_id"]
     assert model.mllm.token_ids.tak_token_id == meta["tak_token_id"]
-    for text, ref in zip(texts, official["results"]):
-        ours = model.encode_prompt(inference_prompt(text, len(ref["frame_ids"]))).input_ids
-        assert list(ours) == ref["input_ids"].tolist(), text
+    for video in official["videos"]:
+        for text, ref in zip(_texts(video), video["results"]):
+            ours = model.encode_prompt(inference_prompt(text, len(ref["frame_ids"]))).input_ids
+            assert list(ours) == ref["input_ids"].tolist(), text
 
 
-def test_anchor_and_sampled_frames_match(model, official, texts):
-    selection = model.anchor(official["frames"], texts)
-    for e, ref in enumerate(official["results"]):
-        assert selection.anchors[e] == ref["anchor_index"]
-        assert selection.frame_indices[e] == ref["frame_ids"]
-        probs = ref["anchor_logits_per_image"].softmax(dim=0)
-        assert_rel_close(selection.probs[e], probs, f"anchor probabilities of expression {e}")
+def test_anchor_and_sampled_frames_match(model, official):
+    for video in official["videos"]:
+        selection = model.anchor(video["frames"], _texts(video))
+        for e, ref in enumerate(video["results"]):
+            assert selection.anchors[e] == ref["anchor_index"], video["name"]
+            assert selection.frame_indices[e] == ref["frame_ids"], video["name"]
+            probs = ref["anchor_logits_per_image"].softmax(dim=0)
+            assert_rel_close(selection.probs[e], probs, f"anchor probabilities of {video['name']!r}, {e}")
 
 
 def test_hidden_states_logits_and_tda_match(model, official):
-    frames = official["frames"]
     with torch.no_grad():
-        for e, ref in enumerate(official["results"]):
+        for e, video, ref in _expressions(official):
+            frames = video["frames"]
             frame_ids = ref["frame_ids"]
             visual = model.encode_visual(frames[frame_ids])
             # the official ids (compared on their own in test_token_ids_match), so this stage stands alone
@@ -177,38 +187,40 @@ def test_hidden_states_logits_and_tda_match(model, official):
             assert inputs.seg_cols.tolist() == ref["seg_positions"].tolist()
             assert inputs.tak_positions.tolist() == ref["tak_position"].tolist()
             out = model.mllm(inputs)
-            assert_rel_close(out.seg_hidden_flat, ref["seg_hidden"], f"[SEG] hidden states of expression {e}")
-            assert_rel_close(out.tak_hidden, ref["tak_hidden"], f"[TAK] hidden state of expression {e}")
-            assert_rel_close(out.hidden_states[0, -1], ref["last_hidden"], f"last hidden state of expression {e}")
+            assert_rel_close(out.seg_hidden_flat, ref["seg_hidden"], f"[SEG] hidden states of {e}")
+            assert_rel_close(out.tak_hidden, ref["tak_hidden"], f"[TAK] hidden state of {e}")
+            assert_rel_close(out.hidden_states[0, -1], ref["last_hidden"], f"last hidden state of {e}")
             lm_head = model.mllm.llm.lm_head
-            assert_rel_close(lm_head(out.seg_hidden_flat), ref["seg_logits"], f"[SEG] logits of expression {e}")
-            assert_rel_close(lm_head(out.tak_hidden), ref["tak_logits"], f"[TAK] logits of expression {e}")
+            assert_rel_close(lm_head(out.seg_hidden_flat), ref["seg_logits"], f"[SEG] logits of {e}")
+            assert_rel_close(lm_head(out.tak_hidden), ref["tak_logits"], f"[TAK] logits of {e}")
             seg = model.seg_head(out.seg_hidden_flat)
             tak = model.seg_head(out.tak_hidden)
-            assert_rel_close(seg, ref["seg_embeddings"], f"[SEG] embeddings of expression {e}")
-            assert_rel_close(tak[0], ref["tak_embedding"], f"[TAK] embedding of expression {e}")
+            assert_rel_close(seg, ref["seg_embeddings"], f"[SEG] embeddings of {e}")
+            assert_rel_close(tak[0], ref["tak_embedding"], f"[TAK] embedding of {e}")
             _, _, tda = model._tda([seg], tak)
-            assert_rel_close(tda.similarity[0], ref["tda_cosine"], f"TDA cosines of expression {e}")
-            assert_rel_close(tda.weights[0], ref["tda_weights"], f"TDA weights of expression {e}")
-            assert_rel_close(tda.fused_tak[0], ref["fused_tak"], f"TAK' of expression {e}")
+            assert_rel_close(tda.similarity[0], ref["tda_cosine"], f"TDA cosines of {e}")
+            assert_rel_close(tda.weights[0], ref["tda_weights"], f"TDA weights of {e}")
+            assert_rel_close(tda.fused_tak[0], ref["fused_tak"], f"TAK' of {e}")
 
 
 def test_keyframe_selection_and_keyframe_mask_match(model, official):
-    frames = official["frames"]
     with torch.no_grad():
-        features = model.sam2.encode_frames(frames)
-        for e, ref in enumerate(official["results"]):
+        for e, video, ref in _expressions(official):
+            features = model.sam2.encode_frames(video["frames"])
             frame_ids = torch.tensor(ref["frame_ids"])
             prompts = ref["fused_tak"][None].expand(len(frame_ids), -1).contiguous()
             decode = model.sam2.decode_prompts(features, frame_ids, prompts)
             assert_rel_close(decode.object_score_logits, ref["object_score_logits"], f"object scores of {e}")
             key = ref["frame_ids"].index(ref["keyframe"])
             assert_rel_close(decode.high_res_logits[key, 0], ref["keyframe_mask_logits"],
-                             f"keyframe mask logits of expression {e}")
+                             f"keyframe mask logits of {e}")
 
 
 def _check_segmentation(results, official) -> None:
-    for e, (result, ref) in enumerate(zip(results, official["results"])):
+    refs = [ref for video in official["videos"] for ref in video["results"]]
+    results = [result for per_video in results for result in per_video]
+    assert len(results) == len(refs)
+    for e, (result, ref) in enumerate(zip(results, refs)):
         assert result.frame_indices == ref["frame_ids"]
         assert result.keyframe_idx == ref["keyframe"]
         assert_rel_close(torch.as_tensor(result.keyframe_scores), ref["tks_scores"], f"TKS scores of {e}")
