@@ -10,7 +10,10 @@ Its environment (CPU; Python 3.11; outside this repository; no network beyond Py
     python3 -m venv official-env
     official-env/bin/pip install torch==2.13.0 transformers==4.31.0 peft==0.4.0 timm==0.6.13 \
         sentencepiece hydra-core iopath 'numpy<2' einops accelerate
-    official-env/bin/pip install opencv-python-headless matplotlib scikit-image pycocotools termcolor scipy
+    official-env/bin/pip install 'numpy<2' opencv-python-headless matplotlib scikit-image pycocotools termcolor scipy
+
+(resolved here: numpy 1.26.4, opencv-python-headless 4.11.0.86, scipy 1.17.1, sentencepiece 0.2.3,
+tokenizers 0.13.3, accelerate 1.16.0, hydra-core 1.3.8, Python 3.11.7)
 
 Run (from the repository root; a few minutes on two cores):
 
