@@ -250,7 +250,7 @@ def test_train_step_accumulates_clips_and_fits_a_fixed_batch():
 
 def test_training_checkpoint_round_trip(tmp_path, tiny_model):
     from pipelines.clip_sampling import samples_to_batch
-    from vrshq.model.checkpoint import CheckpointMismatchError
+    from vrshq.checkpoint.weight_files import CheckpointMismatchError
 
     spec = ModelSpec(preset="tiny", object_weight=0.5, seed=11)
     model = build_training_model(spec)

@@ -74,7 +74,7 @@ def test_jobs_and_the_committed_checkpoint_load_without_the_research_wing():
         "import sys\n"
         "import jobs.demo, jobs.evaluate, jobs.export, jobs.infer, jobs.report, jobs.train\n"
         "import pipelines.inference, pipelines.training, pipelines.train_loop\n"
-        "from vrshq.model.checkpoint import load_vrshq_config\n"
+        "from vrshq.checkpoint.load import load_vrshq_config\n"
         f"load_vrshq_config({str(ROOT / 'checkpoints' / 'tiny-synthetic')!r})\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'research', 'benchmarks', 'scripts'})\n"
         "assert not bad, bad\n"

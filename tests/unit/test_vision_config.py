@@ -127,7 +127,7 @@ def test_select_layer_read_from_checkpoint_config():
 
 
 def test_centroid_position_scale_is_validated_and_old_configs_load_without_it():
-    from vrshq.model.config_io import config_from_dict, config_to_dict
+    from vrshq.checkpoint.config_io import config_from_dict, config_to_dict
     from vrshq.model.vision_config import TokenMergeConfig
 
     with pytest.raises(ValueError, match="centroid_position_scale"):

@@ -375,7 +375,7 @@ MODEL_FOLDER_SAM2_PREFIX = "sam2.sam2."
 def _model_folder_sam2_state(uri: str, storage_options: dict[str, Any] | None) -> dict[str, torch.Tensor]:
     """The SAM2 weights of a VRS-HQ model folder, named as sam2's model names them. Only the weight files that
     hold SAM2 tensors are read (a 7B model's LLM shards are not)."""
-    from vrshq.model.weight_files import open_weight_files
+    from vrshq.checkpoint.weight_files import open_weight_files
 
     prefix = MODEL_FOLDER_SAM2_PREFIX
     state: dict[str, torch.Tensor] = {}

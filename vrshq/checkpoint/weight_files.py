@@ -6,7 +6,7 @@ Layouts: a vrshq/HF safetensors folder (``model.safetensors`` or shards plus
 ``.safetensors``/``.bin``/``.pt``/``.pth``/``.ckpt`` file. Safetensors shapes come from the file
 header (two small reads, also on S3) so that strictness can be checked before any tensor is read;
 pickle files are read with ``torch.load(weights_only=True)`` only, and refused if they hold more
-than tensors. Used by :mod:`vrshq.model.checkpoint`, which holds the public API.
+than tensors. Used by :mod:`vrshq.checkpoint`, which holds the public API.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ LAYOUT_HELP = (
     f"a vrshq checkpoint is a folder holding {CONFIG_NAME}, the weights as {WEIGHTS_NAME} (or shards "
     f"model-0000i-of-0000n.safetensors plus {WEIGHTS_INDEX_NAME}) and the tokenizer files; "
     "a single .safetensors file, or an HF folder with pytorch_model*.bin (read with weights_only=True), also loads. "
-    "Write one with vrshq.model.checkpoint.save_vrshq_checkpoint(model, uri)"
+    "Write one with vrshq.checkpoint.save.save_vrshq_checkpoint(model, uri)"
 )
 
 

@@ -280,7 +280,7 @@ def check_release(
         ReleaseFileError: naming the missing file and where to get it.
         CheckpointError: an unreadable or unsafe weight file, or a broken index.
     """
-    from vrshq.model.weight_files import list_weight_files, open_weight_files
+    from vrshq.checkpoint.weight_files import list_weight_files, open_weight_files
 
     fs, _ = _fs(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -377,7 +377,7 @@ def load_release(
 
     from vrshq.builders import build_vrshq, vrshq_7b_config
     from vrshq.model.frame_sampling import build_clip_model
-    from vrshq.model.official_names import load_official_checkpoint
+    from vrshq.checkpoint.official_names import load_official_checkpoint
 
     import time
 
