@@ -106,7 +106,8 @@ class EvaluationSummary:
 
 
 def _resolve_masks_uri(uri: str, storage_options: dict[str, Any]) -> str:
-    from pipelines.table_io import join_uri, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import uri_exists
 
     candidate = join_uri(uri, "masks")
     return candidate if uri_exists(candidate, storage_options=storage_options) else uri
@@ -115,7 +116,8 @@ def _resolve_masks_uri(uri: str, storage_options: dict[str, Any]) -> str:
 def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
     """Check inputs and outputs before any work; raise one ConfigError listing every problem."""
     from pipelines.png_masks import resolve_png_root
-    from pipelines.table_io import dataset_files, join_uri, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import dataset_files, uri_exists
 
     problems: list[str] = []
     so = cfg.storage_options
@@ -172,9 +174,8 @@ def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
 
 
 def _clear_partition(cfg: EvaluateConfig, dataset: str, split: str) -> None:
-    import fsspec
-
-    from pipelines.table_io import dataset_files, join_uri
+    from pipelines.storage import filesystem_for, join_uri
+    from pipelines.table_io import dataset_files
 
     for table in ("scores", "errors"):
         files = [f for f in dataset_files(join_uri(cfg.out, table), dataset=dataset, split=split,
@@ -182,7 +183,7 @@ def _clear_partition(cfg: EvaluateConfig, dataset: str, split: str) -> None:
                  if f.rsplit("/", 1)[-1].startswith(_OWN_FILE_PREFIXES)]  # only our own (preflight checked)
         if files:
             _LOG.info("--overwrite: removing %d old %s file(s) of %s/%s", len(files), table, dataset, split)
-            fs, _ = fsspec.core.url_to_fs(cfg.out, **cfg.storage_options)
+            fs, _ = filesystem_for(cfg.out, cfg.storage_options)
             fs.rm(files)
 
 
@@ -219,7 +220,7 @@ def _iter_results(cfg: EvaluateConfig, records: list[Any], masks_uri: str | None
 def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
     """Run the evaluation described by ``cfg`` (after :func:`_preflight`); see the module docstring."""
     from pipelines.report import summary_table
-    from pipelines.table_io import join_uri, write_json
+    from pipelines.storage import join_uri, write_json
     from pipelines.writers import part_uri, write_batch
     from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
 
@@ -276,10 +277,10 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
     table = summary_table(scores)
     summary = EvaluationSummary(videos=counts["videos"], expressions_scored=counts["scored"],
                                 errors=counts["errors"], table=table, outputs=outputs)
-    write_json({"config": {**config_to_dict(cfg), "storage_options": "<not recorded>"}, **run,
+    write_json(join_uri(cfg.out, f"evaluate-{first.dataset}-{first.split}.json"),
+               {"config": {**config_to_dict(cfg), "storage_options": "<not recorded>"}, **run,
                 "counts": counts, "seconds": round(time.monotonic() - start, 3), "summary": table},
-               join_uri(cfg.out, f"evaluate-{first.dataset}-{first.split}.json"),
-               storage_options=cfg.storage_options)
+               cfg.storage_options)
     return summary
 
 

@@ -137,10 +137,10 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
     except Exception as exc:  # noqa: BLE001 - any failure here is a config problem to report
         raise ModelLoadError(f"cannot get the model config (preset={cfg.preset!r}, checkpoint={cfg.checkpoint!r}): {exc}") from exc
     if cfg.checkpoint is not None and release is None:
-        import fsspec
+        from pipelines.storage import filesystem_for
 
         try:
-            fs, path = fsspec.core.url_to_fs(cfg.checkpoint, **dict(cfg.storage_options))
+            fs, path = filesystem_for(cfg.checkpoint, cfg.storage_options)
             exists = fs.exists(path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is not readable: {exc}") from exc

@@ -286,19 +286,18 @@ def save_train_checkpoint(
     """Write a training checkpoint into ``folder`` (local or fsspec URI; must not hold one yet)."""
     import io
 
-    import fsspec
     import torch
 
+    from pipelines.storage import filesystem_for, join_uri, write_json
     from vrshq.checkpoint.save import save_vrshq_checkpoint
 
     save_vrshq_checkpoint(model, folder, storage_options=storage_options, trainable_only=True, tokenizer=None)
-    fs, root = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+    fs, root = filesystem_for(folder, storage_options)
     buffer = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
     with fs.open(f"{root.rstrip('/')}/{OPTIMIZER_NAME}", "wb") as f:
         f.write(buffer.getvalue())
-    with fs.open(f"{root.rstrip('/')}/{TRAIN_STATE_NAME}", "w") as f:
-        json.dump(asdict(state), f, indent=2)
+    write_json(join_uri(folder, TRAIN_STATE_NAME), asdict(state), storage_options)  # last: marks the checkpoint complete
 
 
 def load_train_checkpoint(
@@ -318,9 +317,9 @@ def load_train_checkpoint(
     """
     import io
 
-    import fsspec
     import torch
 
+    from pipelines.storage import filesystem_for
     from vrshq.checkpoint.load import load_vrshq_checkpoint
     from vrshq.checkpoint.weight_files import CheckpointMismatchError
 
@@ -331,7 +330,7 @@ def load_train_checkpoint(
         raise CheckpointMismatchError(
             folder, missing=missing, unexpected=list(report.unexpected), mismatched=list(report.mismatched)
         )
-    fs, root = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+    fs, root = filesystem_for(folder, storage_options)
     root = root.rstrip("/")
     if optimizer is not None or scheduler is not None:
         with fs.open(f"{root}/{OPTIMIZER_NAME}", "rb") as f:

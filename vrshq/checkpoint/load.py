@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import fsspec
 import torch
 from torch import nn
 
@@ -28,10 +27,10 @@ from vrshq.checkpoint.weight_files import (
     CheckpointNotFoundError,
     WeightFile,
     as_uris,
-    join_uri,
     list_keys,
     open_weight_files,
 )
+from vrshq.storage import filesystem_for, join_uri
 
 __all__ = [
     "CheckpointInfo",
@@ -314,7 +313,7 @@ _open_weight_files = open_weight_files
 
 
 def _read_config_json(uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     cfg_path = f"{path.rstrip('/')}/{CONFIG_NAME}"
     if not fs.isfile(cfg_path):
         raise CheckpointNotFoundError(join_uri(uri, CONFIG_NAME), f"no {CONFIG_NAME}; {LAYOUT_HELP}")
@@ -351,7 +350,7 @@ def load_vrshq_tokenizer(uri: str, *, storage_options: Mapping[str, Any] | None 
     if not names:
         raise CheckpointNotFoundError(uri, "the checkpoint holds no tokenizer files; save it with "
                                            "save_vrshq_checkpoint(model, uri, tokenizer=tokenizer)")
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     with tempfile.TemporaryDirectory(prefix="vrshq-tok-") as tmp:
         for name in names:
             fs.get_file(f"{path.rstrip('/')}/{name}", os.path.join(tmp, name))

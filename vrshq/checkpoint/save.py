@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -12,7 +11,6 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from torch import nn
@@ -20,6 +18,7 @@ from torch import nn
 from vrshq.checkpoint.config_io import config_to_dict
 from vrshq.checkpoint.state import checkpoint_state_dict
 from vrshq.checkpoint.weight_files import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, list_keys
+from vrshq.storage import filesystem_for, join_uri, write_json
 
 __all__ = ["FORMAT_VERSION", "SavedCheckpoint", "save_vrshq_checkpoint"]
 
@@ -96,7 +95,7 @@ def save_vrshq_checkpoint(
         raise ValueError("trainable_only=True and merge_lora=True exclude each other: merged weights are a "
                          "full checkpoint; save the adapters with trainable_only=True and the base separately")
     content = "trainable" if trainable_only else "merged" if merge_lora else "full"
-    fs, root = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, root = filesystem_for(uri, storage_options)
     root = root.rstrip("/")
     existing = _existing_weight_files(fs, root)
     if existing and not overwrite:
@@ -128,7 +127,7 @@ def save_vrshq_checkpoint(
         if len(shards) > 1:  # the HF index layout, so HF tools read the folder too
             weight_map = {n: filename for filename, names in shards.items() for n in names}
             index = {"metadata": {"total_size": num_bytes, **metadata}, "weight_map": weight_map}
-            _write_json(fs, f"{root}/{WEIGHTS_INDEX_NAME}", index)
+            write_json(join_uri(uri, WEIGHTS_INDEX_NAME), index, storage_options)
         if tokenizer is None:
             tokenizer = getattr(model, "tokenizer", None)
         tokenizer_files: tuple[str, ...] = ()
@@ -153,7 +152,7 @@ def save_vrshq_checkpoint(
     if config is not None and (dataclasses.is_dataclass(config) or hasattr(config, "to_dict")):
         config_json["config_class"] = f"{type(config).__module__}.{type(config).__qualname__}"
         config_json["config"] = config_to_dict(config)
-    _write_json(fs, f"{root}/{CONFIG_NAME}", config_json)
+    write_json(join_uri(uri, CONFIG_NAME), config_json, storage_options)
     logger.info("saved %s checkpoint (%d tensors, %.1f MB) to %s", content, len(state), num_bytes / 1e6, uri)
     return SavedCheckpoint(uri=uri, content=content, weight_files=tuple(sorted(shards)),
                            num_tensors=len(state), num_bytes=num_bytes, tokenizer_files=tokenizer_files)
@@ -217,10 +216,3 @@ def _existing_weight_files(fs: Any, root: str) -> list[str]:
         return []
     names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
     return sorted(n for n in names if _SHARD_RE.match(n) or n == WEIGHTS_INDEX_NAME)
-
-
-def _write_json(fs: Any, path: str, obj: Any) -> None:
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-

@@ -20,9 +20,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
+
+from vrshq.storage import filesystem_for, join_uri
 
 __all__ = [
     "CONFIG_NAME",
@@ -35,7 +36,6 @@ __all__ = [
     "WEIGHTS_NAME",
     "WeightFile",
     "as_uris",
-    "join_uri",
     "list_keys",
     "list_weight_files",
     "open_weight_files",
@@ -162,7 +162,7 @@ def open_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
         UnsafeCheckpointError: a pickle file holds more than tensors.
         CheckpointError: an unreadable file or index.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     path = path.rstrip("/") or path
     fs.invalidate_cache(path)  # a listing cached before the checkpoint was written must not hide it
     if not fs.exists(path):
@@ -175,11 +175,6 @@ def open_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
         return [_open_file(fs, f"{folder}/{n}", join_uri(uri.rsplit("/", 1)[0], n))
                 for n in _names_from_index(fs, path, uri)]
     return [_open_file(fs, path, uri)]
-
-
-def join_uri(uri: str, name: str) -> str:
-    """``uri/name`` for a folder URI (local path or fsspec URL)."""
-    return f"{uri.rstrip('/')}/{name}"
 
 
 def _weight_names_in_folder(fs: Any, path: str, uri: str) -> list[str]:
@@ -213,7 +208,7 @@ def list_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
     Raises:
         CheckpointNotFoundError, CheckpointError: as :func:`open_weight_files`.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     path = path.rstrip("/") or path
     fs.invalidate_cache(path)
     if not fs.exists(path):

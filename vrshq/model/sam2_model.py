@@ -31,7 +31,6 @@ import logging
 from typing import Any
 
 import cv2
-import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ from vrshq.model.projected_memory import (
     supports_projected_memory,
 )
 from vrshq.model.sam2_config import Sam2Config
+from vrshq.storage import filesystem_for
 
 __all__ = [
     "VrshqSam2",
@@ -408,7 +408,7 @@ def load_sam2_checkpoint(
             (all listed in the message).
     """
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = filesystem_for(uri, storage_options)
         exists = fs.exists(path)
     except Exception as exc:  # noqa: BLE001 - any fsspec/backend failure is reported with the uri
         raise Sam2CheckpointError(uri, f"cannot access it ({exc})") from exc
