@@ -30,7 +30,7 @@ from vrshq.model import projected_memory
 
 def _sam2_config(name: str, image_size: int | None):
     if name == "tiny":
-        from vrshq.model.sam2_config import sam2_tiny
+        from vrshq.sam2_config import sam2_tiny
 
         return sam2_tiny(image_size=image_size or 128)
     from vrshq.builders import vrshq_7b_config

@@ -37,7 +37,7 @@ from research.stage_files import read_json_if_exists
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer
-from vrshq.model.vision_config import effective_knn_k
+from vrshq.vision_config import effective_knn_k
 from vrshq.storage import write_json
 
 __all__ = [

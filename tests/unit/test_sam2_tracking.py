@@ -13,7 +13,7 @@ from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
 from vrshq.model import sam2_lockstep, sam2_model, sam2_tracking
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_model import connected_components, fill_holes_in_mask_scores
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 from tests.unit._sam2_stock import stock_track

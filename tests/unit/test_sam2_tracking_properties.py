@@ -38,7 +38,7 @@ from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from vrshq.model import sam2_lockstep, sam2_tracking
-from vrshq.model.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
+from vrshq.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
 from vrshq.model.sam2_model import _compose_sam2_config, build_sam2_model, connected_components
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 from vrshq.model.sam2_tracking import ObjectGroupMemory, track_objects

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.train_window_reference import reference_train_window_forward
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 
 SIZE = 64

@@ -42,7 +42,7 @@ from vrshq.model.projected_memory import (
     condition_on_projected_memory,
     supports_projected_memory,
 )
-from vrshq.model.sam2_config import Sam2Config
+from vrshq.sam2_config import Sam2Config
 from vrshq.storage import filesystem_for
 
 __all__ = [

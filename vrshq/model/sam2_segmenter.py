@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vrshq.model.letterbox import letterbox
-from vrshq.model.sam2_config import Sam2Config
+from vrshq.sam2_config import Sam2Config
 from vrshq.model.sam2_model import (
     PROMPT_EMBEDS_KEY,
     VrshqSam2,
@@ -76,7 +76,7 @@ class Sam2Segmenter(Sam2TrainForward, nn.Module):
 
     Example:
         >>> import torch
-        >>> from vrshq.model.sam2_config import sam2_tiny
+        >>> from vrshq.sam2_config import sam2_tiny
         >>> seg = Sam2Segmenter(sam2_tiny(image_size=64))
         >>> feats = seg.encode_video(torch.zeros(2, 3, 64, 64))
         >>> dec = seg.decode_prompts(feats, torch.tensor([1]), torch.zeros(1, seg.prompt_embed_dim))
