@@ -296,7 +296,7 @@ def _memory_projection_flops(sam2: Any, frames: int) -> int:
 
 def _memories_at(sam2: Any, distance: int, num_frames: int) -> tuple[int, int]:
     """(memory frames, object pointers) a lockstep step ``distance`` frames from its keyframe reads
-    (memory stride 1, one conditioning frame: see ``vrshq.model.sam2_tracking``)."""
+    (memory stride 1, one conditioning frame: see ``vrshq.model.sam2_lockstep``)."""
     recent = min(distance - 1, int(sam2.num_maskmem) - 1)
     pointers = 0
     if sam2.use_obj_ptrs_in_encoder:

@@ -373,7 +373,7 @@ def run_benchmark(cfg: BenchmarkConfig, *, say: Callable[[str], None] = print) -
         raise RuntimeError(f"--device {cfg.device} but torch sees no CUDA device")
     if device.type == "cuda" and not _sam2_cuda_extension():
         say("note: sam2._C (SAM2's CUDA extension) is missing: hole filling runs as tensor ops on the GPU "
-            "(vrshq.model.sam2_tracking.fill_small_holes_on_device, exact, no host sync)")
+            "(vrshq.model.sam2_model.fill_small_holes_on_device, exact, no host sync)")
     os.makedirs(cfg.output_dir, exist_ok=True)
     started = time.perf_counter()
     workload = write_workload(os.path.join(cfg.workdir, "workload"), cfg.workload, workers=cfg.workload_workers)

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from vrshq.builders import build_vrshq, tiny_config, vrshq_7b_config
-    from vrshq.model.checkpoint import config_to_dict
+    from vrshq.checkpoint.config_io import config_to_dict
 
     cfg = vrshq_7b_config() if args.preset == "vrshq-7b" else tiny_config()
     model = build_vrshq(cfg, device=torch.device("meta"))

@@ -5,7 +5,7 @@ Writes random tensors in the layout of the released VRS-HQ-7B (official key name
 projector in bf16, SAM2 and ``text_hidden_fcs`` in fp32, 4.31's ``inv_freq`` buffers, a Chat-UniVi
 ``config.json``, slow LLaMA tokenizer files) and a CLIP-336 anchor folder (fp32 ``pytorch_model.bin``,
 as ``openai/clip-vit-large-patch14-336``), in a child process so that writing does not count in this
-process's peak memory. Then loads them with :func:`vrshq.model.release.load_release` (the path of
+process's peak memory. Then loads them with :func:`vrshq.checkpoint.release.load_release` (the path of
 ``jobs.infer --checkpoint``; parameters created on the meta device, shards memory-mapped and each tensor
 materialised on the device) and segments one synthetic video (``--frames`` frames at ``--height`` x
 ``--width``, ``--expressions`` expressions), resized to the SAM2 size as the pipeline does.
@@ -77,7 +77,7 @@ def _random_like(name: str, shape: tuple[int, ...], dtype: torch.dtype, generato
 def _official_layout(cfg) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], object]:
     """Official name -> (shape, release dtype) of the model of ``cfg``, and its (meta) anchor CLIP model."""
     from vrshq.builders import build_vrshq
-    from vrshq.model.official_names import VRSHQ_ANCHOR_PREFIX, to_official_state_dict
+    from vrshq.checkpoint.official_names import VRSHQ_ANCHOR_PREFIX, to_official_state_dict
 
     meta = build_vrshq(cfg, device="meta")
     state = {k: v for k, v in meta.state_dict().items() if not k.startswith(VRSHQ_ANCHOR_PREFIX)}
@@ -154,7 +154,7 @@ def _synthetic_video(frames: int, height: int, width: int) -> np.ndarray:
 
 
 def _load_streamed(release: str, anchor: str, config, device: torch.device, dtype: torch.dtype):
-    from vrshq.model.release import load_release
+    from vrshq.checkpoint.release import load_release
 
     return load_release(release, config, anchor=anchor, device=device, dtype=dtype)
 
@@ -162,8 +162,9 @@ def _load_streamed(release: str, anchor: str, config, device: torch.device, dtyp
 def _load_plain(release: str, anchor: str, config, device: torch.device, dtype: torch.dtype):
     """The load without streaming: a random-init float32 model on the CPU, all tensors in memory at once."""
     from vrshq.builders import build_vrshq
-    from vrshq.model.checkpoint import load_state_dict_into, read_state_dict
-    from vrshq.model.official_names import OFFICIAL_ANCHOR_PREFIX, convert_official_state_dict
+    from vrshq.checkpoint.load import load_state_dict_into
+    from vrshq.checkpoint.weight_files import read_state_dict
+    from vrshq.checkpoint.official_names import OFFICIAL_ANCHOR_PREFIX, convert_official_state_dict
 
     model = build_vrshq(config)
     tensors = read_state_dict(release)
@@ -176,7 +177,7 @@ def _load_plain(release: str, anchor: str, config, device: torch.device, dtype: 
 
 def _load_only(mode: str, folder: pathlib.Path, preset: str, device: torch.device) -> dict:
     """Load the folders with ``mode`` in this (fresh) process: seconds and peak memory."""
-    from vrshq.model.release import release_vrshq_config
+    from vrshq.checkpoint.release import release_vrshq_config
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     release, anchor = str(folder / "release"), str(folder / "anchor")
@@ -251,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"load time plain / streamed: {comparison['load_time_ratio_plain_over_streamed']}x")
 
     from pipelines.video_io import resize_frames
-    from vrshq.model.release import load_release, release_vrshq_config
+    from vrshq.checkpoint.release import load_release, release_vrshq_config
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     release, anchor = str(folder / "release"), str(folder / "anchor")

@@ -4,7 +4,7 @@ Run:
     python -m benchmarks.tracking_speed --device cuda                  # SAM2-L sizes (vrshq-7b), bf16
     .venv/bin/python -m benchmarks.tracking_speed --sam2 tiny --frames 16 --objects 4   # CPU, seconds
 
-Lockstep tracking (``vrshq.model.sam2_tracking``) of E objects with different keyframes over T frames,
+Lockstep tracking (``vrshq.model.sam2_lockstep``) of E objects with different keyframes over T frames,
 random init, on pre-encoded features, in three variants measured in one run:
 
 * **stock**: ``project_memory_once=False``, SAM2's own memory attention (every memory frame's keys and
@@ -30,7 +30,7 @@ from vrshq.model import projected_memory
 
 def _sam2_config(name: str, image_size: int | None):
     if name == "tiny":
-        from vrshq.model.sam2_config import sam2_tiny
+        from vrshq.sam2_config import sam2_tiny
 
         return sam2_tiny(image_size=image_size or 128)
     from vrshq.builders import vrshq_7b_config

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from vrshq.model.sam2_segmenter import Sam2Segmenter, WindowOutput, window_passes
+from vrshq.model.sam2_segmenter import Sam2Segmenter
+from vrshq.model.sam2_train_window import WindowOutput, window_passes
 
 __all__ = ["reference_train_window_forward"]
 

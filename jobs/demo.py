@@ -74,9 +74,9 @@ def read_task_file(checkpoint: str | None) -> dict:
     """A checkpoint's :data:`TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
     if not checkpoint:
         return {}
-    import fsspec
+    from pipelines.storage import filesystem_for
 
-    fs, path = fsspec.core.url_to_fs(checkpoint)
+    fs, path = filesystem_for(checkpoint)
     task_path = path.rstrip("/") + "/" + TASK_FILE
     if not fs.exists(task_path):
         return {}

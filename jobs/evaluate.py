@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from typing import Any
-
-import pyarrow as pa
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from jobs._cli import (
     ConfigError,
@@ -41,17 +37,13 @@ from jobs._cli import (
     setup_logging,
 )
 
-__all__ = ["EvaluateConfig", "EvaluationSummary", "evaluate", "main"]
+if TYPE_CHECKING:
+    from pipelines.evaluation.run import EvaluationSummary
+
+__all__ = ["EvaluateConfig", "evaluate", "main"]
 
 _LOG = logging.getLogger("jobs.evaluate")
 _ENGINES = ("local", "ray")
-#: Name prefix of the files this job writes; ``--overwrite`` only ever deletes files with it.
-_BATCH_PREFIX = "evaluate-"
-#: File-name prefix of evaluate's parts (``pipelines.writers`` names files ``part-<batch id>``); infer's
-#: batch ids are hashes, so the prefix tells evaluate's files from infer's in one output folder.
-_FILE_PREFIX = "part-" + _BATCH_PREFIX
-#: Prefixes of evaluate's own files, including those of earlier versions (named "evaluate-...").
-_OWN_FILE_PREFIXES = (_FILE_PREFIX, _BATCH_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,28 +86,12 @@ class EvaluateConfig:
             raise ConfigError(problems)
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluationSummary:
-    """What an evaluation did: counts, the ReVOS-style summary table and where it wrote."""
-
-    videos: int
-    expressions_scored: int
-    errors: int
-    table: dict[str, Any]
-    outputs: dict[str, list[str]]
-
-
-def _resolve_masks_uri(uri: str, storage_options: dict[str, Any]) -> str:
-    from pipelines.table_io import join_uri, uri_exists
-
-    candidate = join_uri(uri, "masks")
-    return candidate if uri_exists(candidate, storage_options=storage_options) else uri
-
-
 def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
     """Check inputs and outputs before any work; raise one ConfigError listing every problem."""
+    from pipelines.evaluation.run import OWN_FILE_PREFIXES, resolve_masks_uri
     from pipelines.png_masks import resolve_png_root
-    from pipelines.table_io import dataset_files, join_uri, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import dataset_files, uri_exists
 
     problems: list[str] = []
     so = cfg.storage_options
@@ -132,7 +108,7 @@ def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
         problems.append(f"dataset {cfg.dataset.root!r} split {cfg.dataset.split!r} has no videos")
     masks_uri = png_root = None
     if cfg.masks is not None:
-        masks_uri = _resolve_masks_uri(cfg.masks, so)
+        masks_uri = resolve_masks_uri(cfg.masks, so)
         try:
             if not dataset_files(masks_uri, storage_options=so):
                 problems.append(f"masks={cfg.masks!r}: no Parquet files under {masks_uri}")
@@ -155,7 +131,7 @@ def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"out={cfg.out!r}: unreadable: {exc}")
                 break
-            foreign = [f for f in existing if not f.rsplit("/", 1)[-1].startswith(_OWN_FILE_PREFIXES)]
+            foreign = [f for f in existing if not f.rsplit("/", 1)[-1].startswith(OWN_FILE_PREFIXES)]
             if foreign:
                 problems.append(
                     f"out={cfg.out!r} has {table} for dataset={first.dataset} split={first.split} written by "
@@ -171,116 +147,21 @@ def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
     return records, masks_uri, png_root
 
 
-def _clear_partition(cfg: EvaluateConfig, dataset: str, split: str) -> None:
-    import fsspec
-
-    from pipelines.table_io import dataset_files, join_uri
-
-    for table in ("scores", "errors"):
-        files = [f for f in dataset_files(join_uri(cfg.out, table), dataset=dataset, split=split,
-                                          storage_options=cfg.storage_options)
-                 if f.rsplit("/", 1)[-1].startswith(_OWN_FILE_PREFIXES)]  # only our own (preflight checked)
-        if files:
-            _LOG.info("--overwrite: removing %d old %s file(s) of %s/%s", len(files), table, dataset, split)
-            fs, _ = fsspec.core.url_to_fs(cfg.out, **cfg.storage_options)
-            fs.rm(files)
-
-
-def _iter_results(cfg: EvaluateConfig, records: list[Any], masks_uri: str | None,
-                  png_root: str | None) -> Iterator[tuple[str, Any, dict[str, str]]]:
-    """Yield ``(video_id, VideoScores, provenance)`` for every video of ``records``."""
-    from pipelines.scoring import VideoScorer, iter_video_masks, score_with_ray
-
-    so = cfg.storage_options or None
-    scorer = VideoScorer(records, storage_options=so)
-    first = records[0]
-    seen: set[str] = set()
-    if cfg.engine == "ray":
-        init_ray(cfg.ray_address)
-        for video_id, result, provenance in score_with_ray(records, masks_uri=masks_uri, png_root=png_root,
-                                                           storage_options=so, concurrency=cfg.concurrency):
-            seen.add(video_id)
-            yield video_id, result, provenance
-    elif masks_uri is not None:
-        for (_, _, video_id), rows in iter_video_masks(masks_uri, dataset=first.dataset, split=first.split,
-                                                       storage_options=so):
-            seen.add(video_id)
-            provenance = {"model": rows.column("model")[0].as_py()} if "model" in rows.column_names else {}
-            yield video_id, scorer.score_table(video_id, rows), provenance
-    else:
-        for record in records:
-            seen.add(record.video_id)
-            yield record.video_id, scorer.score_png(record.video_id, png_root), {}
-    for record in records:
-        if record.video_id not in seen:
-            yield record.video_id, scorer.missing_video(record.video_id), {}
-
-
 def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
-    """Run the evaluation described by ``cfg`` (after :func:`_preflight`); see the module docstring."""
-    from pipelines.report import summary_table
-    from pipelines.table_io import join_uri, write_json
-    from pipelines.writers import part_uri, write_batch
-    from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
+    """Check the inputs and outputs (:func:`_preflight`), then run the evaluation; see the module docstring."""
+    from pipelines.evaluation.run import run_evaluation
 
     records, masks_uri, png_root = _preflight(cfg)
-    first = records[0]
-    if cfg.overwrite:
-        _clear_partition(cfg, first.dataset, first.split)
-    run = {"run_id": cfg.run_id or new_run_id("eval"), "code_version": code_version()}
-    run_token = re.sub(r"[^A-Za-z0-9_-]", "_", run["run_id"])[:40]  # file-name safe part of the batch id
-    default_model = cfg.model or ("external" if cfg.pngs is not None else None)
-    _LOG.info("scoring %d videos of %s/%s from %s (engine=%s)", len(records), first.dataset, first.split,
-              masks_uri or png_root, cfg.engine)
-    outputs: dict[str, list[str]] = {"scores": [], "errors": []}
-    all_scores: list[pa.Table] = []
-    pending_scores: list[dict[str, Any]] = []
-    pending_errors: list[dict[str, Any]] = []
-    counts = {"videos": 0, "scored": 0, "errors": 0}
-    part = 0
-    start = time.monotonic()
-
-    def flush() -> None:
-        nonlocal part, pending_scores, pending_errors
-        batch_id = f"{_BATCH_PREFIX}{run_token}-{part:05d}"
-        tables = {name: pa.Table.from_pylist(rows, schema=schema)
-                  for name, rows, schema in (("scores", pending_scores, SCORES_SCHEMA),
-                                             ("errors", pending_errors, ERRORS_SCHEMA)) if rows}
-        if "scores" in tables:
-            all_scores.append(tables["scores"])
-        # the one writer of output tables (as jobs.infer): validated, atomic per file, scores last
-        written = write_batch(cfg.out, tables, batch_id=batch_id, storage_options=cfg.storage_options)
-        for name in tables:
-            if written[name]:
-                outputs[name].append(part_uri(cfg.out, name, dataset=first.dataset, split=first.split,
-                                              batch_id=batch_id))
-        pending_scores, pending_errors = [], []
-        part += 1
-
-    for video_id, result, provenance in _iter_results(cfg, records, masks_uri, png_root):
-        fields = {**run, "model": default_model or provenance.get("model") or "unknown"}
-        pending_scores += [{**row, **fields} for row in result.scores]
-        pending_errors += [{**row, **fields} for row in result.errors]
-        counts["videos"] += 1
-        counts["scored"] += len(result.scores)
-        counts["errors"] += len(result.errors)
-        if counts["videos"] % cfg.progress_every == 0:
-            elapsed = time.monotonic() - start
-            _LOG.info("progress: %d/%d videos, %d expressions scored, %d errors, %.1f videos/s",
-                      counts["videos"], len(records), counts["scored"], counts["errors"],
-                      counts["videos"] / max(elapsed, 1e-9))
-        if counts["videos"] % cfg.flush_every == 0:
-            flush()
-    flush()
-    scores = pa.concat_tables(all_scores) if all_scores else SCORES_SCHEMA.empty_table()
-    table = summary_table(scores)
-    summary = EvaluationSummary(videos=counts["videos"], expressions_scored=counts["scored"],
-                                errors=counts["errors"], table=table, outputs=outputs)
-    write_json({"config": {**config_to_dict(cfg), "storage_options": "<not recorded>"}, **run,
-                "counts": counts, "seconds": round(time.monotonic() - start, 3), "summary": table},
-               join_uri(cfg.out, f"evaluate-{first.dataset}-{first.split}.json"),
-               storage_options=cfg.storage_options)
-    return summary
+    if cfg.engine == "ray":
+        init_ray(cfg.ray_address)
+    return run_evaluation(
+        records, out=cfg.out, masks_uri=masks_uri, png_root=png_root,
+        run={"run_id": cfg.run_id or new_run_id("eval"), "code_version": code_version()},
+        config={**config_to_dict(cfg), "storage_options": "<not recorded>"},
+        model=cfg.model or ("external" if cfg.pngs is not None else None),
+        engine=cfg.engine, concurrency=cfg.concurrency, overwrite=cfg.overwrite,
+        progress_every=cfg.progress_every, flush_every=cfg.flush_every, storage_options=cfg.storage_options,
+    )
 
 
 def _format_summary(summary: EvaluationSummary) -> str:

@@ -73,7 +73,8 @@ class ExportConfig:
 
 
 def _preflight(cfg: ExportConfig) -> tuple[str, list[Any] | None, str | None, str | None]:
-    from pipelines.table_io import dataset_files, join_uri, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import dataset_files, uri_exists
 
     problems: list[str] = []
     so = cfg.storage_options

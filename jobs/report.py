@@ -82,16 +82,11 @@ class ReportConfig:
 
 
 def _write(cfg: ReportConfig, name: str, data: bytes | str) -> str:
-    import fsspec
-
-    from pipelines.table_io import join_uri
+    from pipelines.storage import filesystem_for, join_uri, write_bytes_atomic
 
     uri = join_uri(cfg.out, name)
-    fs, path = fsspec.core.url_to_fs(uri, **cfg.storage_options)
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
+    fs, path = filesystem_for(uri, cfg.storage_options)
+    write_bytes_atomic(fs, path, data.encode() if isinstance(data, str) else data)
     return uri
 
 
@@ -106,7 +101,8 @@ def _csv(table: pa.Table) -> str:
 
 def _load(cfg: ReportConfig) -> tuple[pa.Table, pa.Table | None, str, str]:
     """Scores (and errors) of the chosen partition; ConfigError listing every problem."""
-    from pipelines.table_io import dataset_files, join_uri, read_table, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import dataset_files, read_table, uri_exists
     from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
 
     so = cfg.storage_options
@@ -181,7 +177,8 @@ def _keyframe_table(cfg: ReportConfig, scores: pa.Table, records: list[Any]) -> 
 def _overlays(cfg: ReportConfig, records: list[Any], dataset: str, split: str) -> list[tuple[str, str]]:
     from pipelines.report import overlay_mp4, plot_overlay_grid
     from pipelines.scoring import masks_from_table
-    from pipelines.table_io import join_uri, open_dataset, uri_exists
+    from pipelines.storage import join_uri
+    from pipelines.table_io import open_dataset, uri_exists
     from vrshq.data import load_expression_masks, load_frames
 
     so = cfg.storage_options

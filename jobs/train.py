@@ -39,7 +39,7 @@ _LOG = logging.getLogger("jobs.train")
 def preflight(cfg: TrainConfig) -> list[str]:
     """Problems found before any Ray work: unreadable training/validation splits, an unusable
     ``init_checkpoint``, or GPUs asked for but absent here when running locally. Empty when fine."""
-    import fsspec
+    from pipelines.storage import filesystem_for
 
     from pipelines.training import read_split
 
@@ -57,7 +57,7 @@ def preflight(cfg: TrainConfig) -> list[str]:
             problems.append(f"validation: cannot read {val.root} split {val.split!r}: {exc}")
     if cfg.model.init_checkpoint is not None:
         try:
-            fs, path = fsspec.core.url_to_fs(cfg.model.init_checkpoint, **dict(cfg.storage_options))
+            fs, path = filesystem_for(cfg.model.init_checkpoint, cfg.storage_options)
             if not fs.exists(path):
                 problems.append(f"model.init_checkpoint {cfg.model.init_checkpoint!r} does not exist")
         except Exception as exc:  # noqa: BLE001

@@ -19,11 +19,11 @@ import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from pipelines.png_masks import ANNOTATIONS_DIR, encode_png_mask, png_mask_path
 from pipelines.scoring import iter_video_masks, masks_from_table
+from pipelines.storage import filesystem_for
 from vrshq.data import DataError, VideoRecord, decode_rle
 
 __all__ = ["LAYOUTS", "ExportSummary", "export_zip"]
@@ -104,7 +104,7 @@ def export_zip(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: must be one of {sorted(LAYOUTS)}")
-    fs, path = fsspec.core.url_to_fs(zip_uri, **(storage_options or {}))
+    fs, path = filesystem_for(zip_uri, storage_options)
     if fs.exists(path) and not overwrite:
         raise FileExistsError(f"{zip_uri} exists; pass overwrite=True (--overwrite) to replace it")
     prefix = LAYOUTS[layout]

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.storage import filesystem_for
 from schemas import EXPRESSION_TYPES, MANIFEST_SCHEMA, validate_table
 from vrshq.data import ExpressionRecord, VideoRecord
 
@@ -135,7 +136,7 @@ def read_manifest(
         FileNotFoundError: nothing at ``uri``.
     """
     if filesystem is None:
-        filesystem, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        filesystem, path = filesystem_for(uri, storage_options)
     else:
         # pyarrow filesystems take paths without a scheme ("bucket/key")
         path = filesystem._strip_protocol(uri) if isinstance(filesystem, fsspec.AbstractFileSystem) else uri.split("://", 1)[-1]
@@ -157,7 +158,7 @@ def write_manifest(
     table = validate_table(table, MANIFEST_SCHEMA, what=uri)
     _check_duplicates(table, what=uri)
     if filesystem is None:
-        filesystem, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        filesystem, path = filesystem_for(uri, storage_options)
     else:
         path = filesystem._strip_protocol(uri)
     parent = path.rsplit("/", 1)[0]

@@ -3,14 +3,14 @@
 The same function runs in every model actor and in tests that compare the pipeline's masks with an
 in-process model, so "the same config gives the same weights" holds by construction: random init
 is seeded with ``cfg.seed`` right before the build, and a checkpoint overwrites every weight
-(strict loading, ``vrshq.model.checkpoint``).
+(strict loading, ``vrshq.checkpoint``).
 
 Two kinds of checkpoint load: a vrshq checkpoint (its ``config.json`` holds the model config), and
-the released VRS-HQ folder as published (``vrshq.model.release``). For the release, the preset gives
+the released VRS-HQ folder as published (``vrshq.checkpoint.release``). For the release, the preset gives
 the architecture, the release's ``config.json`` the LLM sizes, its slow-tokenizer files the tokenizer;
 the CLIP-336 anchor comes from ``cfg.anchor`` (a folder, or ``random`` on request) and SAM2 from the
 release or ``cfg.sam2``. The model is built on empty weights and filled shard by shard on its device
-(``vrshq.model.official_names.load_official_checkpoint``), so a 7B load does not hold the weights twice.
+(``vrshq.checkpoint.official_names.load_official_checkpoint``), so a 7B load does not hold the weights twice.
 """
 from __future__ import annotations
 
@@ -81,12 +81,13 @@ def model_config(cfg: InferenceConfig) -> "VrshqConfig":
     """The model's ``VrshqConfig``: the checkpoint's ``config.json`` if it has one, the preset adapted
     to a released checkpoint, else the preset's."""
     if cfg.checkpoint is not None:
-        from vrshq.model.checkpoint import CheckpointNotFoundError, load_vrshq_config
-        from vrshq.model.release import read_release_config
+        from vrshq.checkpoint.load import load_vrshq_config
+        from vrshq.checkpoint.weight_files import CheckpointNotFoundError
+        from vrshq.checkpoint.release import read_release_config
 
         release = read_release_config(cfg.checkpoint, cfg.storage_options)
         if release is not None:
-            from vrshq.model.release import release_vrshq_config
+            from vrshq.checkpoint.release import release_vrshq_config
 
             return release_vrshq_config(cfg.checkpoint, _preset_config(cfg), anchor=cfg.anchor,
                                         release_config=release, storage_options=cfg.storage_options)
@@ -107,8 +108,8 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
     Raises:
         ModelLoadError: naming the checkpoint URI (or the missing file) and the problem.
     """
-    from vrshq.model.checkpoint import CheckpointError
-    from vrshq.model.release import ReleaseFileError, read_release_config
+    from vrshq.checkpoint.weight_files import CheckpointError
+    from vrshq.checkpoint.release import ReleaseFileError, read_release_config
 
     release = None
     if cfg.checkpoint is not None:
@@ -119,7 +120,7 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is not readable: {exc}") from exc
     if release is not None:
-        from vrshq.model.release import check_release
+        from vrshq.checkpoint.release import check_release
 
         try:
             check_release(cfg.checkpoint, anchor=cfg.anchor, sam2=cfg.sam2, storage_options=cfg.storage_options,
@@ -136,20 +137,20 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
     except Exception as exc:  # noqa: BLE001 - any failure here is a config problem to report
         raise ModelLoadError(f"cannot get the model config (preset={cfg.preset!r}, checkpoint={cfg.checkpoint!r}): {exc}") from exc
     if cfg.checkpoint is not None and release is None:
-        import fsspec
+        from pipelines.storage import filesystem_for
 
         try:
-            fs, path = fsspec.core.url_to_fs(cfg.checkpoint, **dict(cfg.storage_options))
+            fs, path = filesystem_for(cfg.checkpoint, cfg.storage_options)
             exists = fs.exists(path)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"checkpoint {cfg.checkpoint!r} is not readable: {exc}") from exc
         if not exists:
             raise ModelLoadError(
                 f"checkpoint {cfg.checkpoint!r} does not exist; give a folder written by "
-                "vrshq.model.checkpoint.save_vrshq_checkpoint, the released VRS-HQ folder, or preset=<name> "
+                "vrshq.checkpoint.save.save_vrshq_checkpoint, the released VRS-HQ folder, or preset=<name> "
                 "seed=<n> for a random init"
             )
-        from vrshq.model.weight_files import open_weight_files
+        from vrshq.checkpoint.weight_files import open_weight_files
 
         try:
             open_weight_files(cfg.checkpoint, cfg.storage_options)  # safetensors headers; pickles weights-only
@@ -194,7 +195,8 @@ def build_model(
     torch.manual_seed(cfg.seed)
     model = build_vrshq(config, device=device)
     if cfg.checkpoint is not None:
-        from vrshq.model.checkpoint import CheckpointError, load_vrshq_checkpoint
+        from vrshq.checkpoint.load import load_vrshq_checkpoint
+        from vrshq.checkpoint.weight_files import CheckpointError
 
         try:
             load_vrshq_checkpoint(model, cfg.checkpoint, storage_options=cfg.storage_options)
@@ -206,7 +208,7 @@ def build_model(
 
 
 def _is_release(cfg: InferenceConfig) -> bool:
-    from vrshq.model.release import is_release_checkpoint
+    from vrshq.checkpoint.release import is_release_checkpoint
 
     return is_release_checkpoint(cfg.checkpoint, cfg.storage_options)
 
@@ -218,9 +220,9 @@ def build_release_model(
     device: "torch.device | str",
     dtype: "torch.dtype",
 ) -> Any:
-    """:func:`vrshq.model.release.load_release` for an inference config (errors as :class:`ModelLoadError`)."""
-    from vrshq.model.checkpoint import CheckpointError
-    from vrshq.model.release import ReleaseFileError, load_release
+    """:func:`vrshq.checkpoint.release.load_release` for an inference config (errors as :class:`ModelLoadError`)."""
+    from vrshq.checkpoint.weight_files import CheckpointError
+    from vrshq.checkpoint.release import ReleaseFileError, load_release
 
     try:
         return load_release(cfg.checkpoint, config if config is not None else model_config(cfg), anchor=cfg.anchor,

@@ -18,6 +18,8 @@ import fsspec
 import numpy as np
 from PIL import Image
 
+from pipelines.storage import filesystem_for
+
 __all__ = [
     "ANNOTATIONS_DIR",
     "MissingPredictionError",
@@ -115,7 +117,7 @@ def resolve_png_root(root_uri: str, *, storage_options: dict[str, Any] | None = 
     Users point at either the prediction folder itself or its parent that holds ``Annotations/``
     (what the official evaluation writes); the latter is resolved to ``<root>/Annotations``.
     """
-    fs, path = fsspec.core.url_to_fs(root_uri, **(storage_options or {}))
+    fs, path = filesystem_for(root_uri, storage_options)
     if fs.isdir(f"{path.rstrip('/')}/{ANNOTATIONS_DIR}"):
         return f"{root_uri.rstrip('/')}/{ANNOTATIONS_DIR}"
     return root_uri.rstrip("/")
@@ -144,7 +146,7 @@ def read_png_masks(
         ValueError: when a PNG is unreadable, or frames differ in size.
     """
     if filesystem is None:
-        filesystem, root = fsspec.core.url_to_fs(root_uri, **(storage_options or {}))
+        filesystem, root = filesystem_for(root_uri, storage_options)
     else:
         root = root_uri
     if not frame_names:

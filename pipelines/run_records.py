@@ -13,8 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.storage import filesystem_for, join_uri
-from pipelines.writers import write_bytes_atomic
+from pipelines.storage import filesystem_for, join_uri, write_json
 from vrshq.data.paths import PathEscapeError, contained_uri
 
 __all__ = ["RUNS_FOLDER", "mark_interrupted", "run_record_uri"]
@@ -47,7 +46,7 @@ def mark_interrupted(output: str, holder: Mapping[str, Any], *, by: str,
         record.update(status="interrupted", finished_at=record.get("finished_at") or None,
                       interrupted_at=now, interrupted_by=by,
                       last_heartbeat_at=holder.get("heartbeat_at"))
-        write_bytes_atomic(fs, path, json.dumps(record, indent=2, default=str).encode())
+        write_json(run_record_uri(output, run_id), record, storage_options)
     except (FileNotFoundError, PathEscapeError):
         return False
     except Exception:  # noqa: BLE001 - bookkeeping must not stop the new run

@@ -9,13 +9,11 @@ Every table is validated against its schema after it is read. The one writer of 
 from __future__ import annotations
 
 import functools
-import json
 import operator
 import posixpath
 from collections.abc import Iterable
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -27,14 +25,12 @@ from schemas import PARTITION_COLUMNS, validate_table
 
 __all__ = [
     "dataset_files",
-    "join_uri",
     "open_dataset",
     "partition_filter",
     "partition_uri",
     "ray_filesystem",
     "read_table",
     "uri_exists",
-    "write_json",
 ]
 
 _PARTITION_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in PARTITION_COLUMNS])
@@ -46,17 +42,13 @@ def partition_uri(base: str, dataset: str, split: str) -> str:
 
 
 def uri_exists(uri: str, *, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, path = _fs(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     return fs.exists(path)
-
-
-def _fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
-    return filesystem_for(uri, storage_options)
 
 
 def ray_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> pafs.FileSystem | None:
     """A pyarrow filesystem for Ray Data's ``filesystem=`` (None for local paths)."""
-    fs, _ = _fs(uri, storage_options)
+    fs, _ = filesystem_for(uri, storage_options)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         return None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
@@ -73,7 +65,7 @@ def dataset_files(
 
     Paths are those of the fsspec filesystem of ``base_uri`` (no protocol for s3: ``bucket/key``).
     """
-    fs, path = _fs(base_uri, storage_options)
+    fs, path = filesystem_for(base_uri, storage_options)
     if dataset is not None and split is not None:
         path = posixpath.join(path, f"dataset={dataset}", f"split={split}")
     if not fs.exists(path):
@@ -89,7 +81,7 @@ def open_dataset(base_uri: str, *, storage_options: dict[str, Any] | None = None
     Raises:
         FileNotFoundError: when ``base_uri`` holds no Parquet file.
     """
-    fs, path = _fs(base_uri, storage_options)
+    fs, path = filesystem_for(base_uri, storage_options)
     files = dataset_files(base_uri, storage_options=storage_options)
     if not files:
         raise FileNotFoundError(f"{base_uri}: no Parquet files found")
@@ -128,13 +120,3 @@ def read_table(
     table = arrow_dataset.to_table(filter=partition_filter(dataset, split))
     table = validate_table(table, schema, what=base_uri)
     return table.select(list(columns)) if columns is not None else table
-
-
-def write_json(obj: Any, uri: str, *, storage_options: dict[str, Any] | None = None) -> None:
-    """Write ``obj`` as indented JSON to ``uri`` (creating parent folders)."""
-    fs, path = _fs(uri, storage_options)
-    parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True, default=str)

@@ -79,7 +79,7 @@ class ModelSpec:
                           "docs/research/learnability.md)"},
     )
     init_checkpoint: str | None = field(
-        default=None, metadata={"help": "full checkpoint to start from (vrshq.model.checkpoint); null: random init"}
+        default=None, metadata={"help": "full checkpoint to start from (vrshq.checkpoint); null: random init"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the random init (the same on every worker)"})
     train_window: int | None = field(

@@ -7,7 +7,7 @@ the plain single-process loop of ``research.learnability``.
 * :func:`train_step` - gradient accumulation over micro-batches (DDP ``no_sync`` on all but the
   last), global-norm clipping, one optimiser and scheduler step; returns the loss terms.
 * :func:`save_train_checkpoint` / :func:`load_train_checkpoint` - a training checkpoint folder:
-  the trainable weights as safetensors (``vrshq.model.checkpoint``, ``content="trainable"``), the
+  the trainable weights as safetensors (``vrshq.checkpoint``, ``content="trainable"``), the
   optimiser + scheduler state (``optimizer.pt``, tensors only, read with ``weights_only=True``)
   and ``train_state.json`` (step, data position, wall time).
 * :func:`validate` - held-out J, F, J&F through the inference path (``VrshqModel.segment_video``
@@ -96,7 +96,7 @@ def build_training_model(spec: ModelSpec, *, device: torch.device | str | None =
     torch.manual_seed(spec.seed)
     model = build_vrshq(cfg, device=device)
     if spec.init_checkpoint is not None:
-        from vrshq.model.checkpoint import load_vrshq_checkpoint
+        from vrshq.checkpoint.load import load_vrshq_checkpoint
 
         # A base checkpoint has no LoRA adapters: they keep their (seeded) init.
         load_vrshq_checkpoint(model, spec.init_checkpoint, ignore_missing=(r".*\.lora_[AB]\.",))
@@ -286,19 +286,18 @@ def save_train_checkpoint(
     """Write a training checkpoint into ``folder`` (local or fsspec URI; must not hold one yet)."""
     import io
 
-    import fsspec
     import torch
 
-    from vrshq.model.checkpoint import save_vrshq_checkpoint
+    from pipelines.storage import filesystem_for, join_uri, write_json
+    from vrshq.checkpoint.save import save_vrshq_checkpoint
 
     save_vrshq_checkpoint(model, folder, storage_options=storage_options, trainable_only=True, tokenizer=None)
-    fs, root = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+    fs, root = filesystem_for(folder, storage_options)
     buffer = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, buffer)
     with fs.open(f"{root.rstrip('/')}/{OPTIMIZER_NAME}", "wb") as f:
         f.write(buffer.getvalue())
-    with fs.open(f"{root.rstrip('/')}/{TRAIN_STATE_NAME}", "w") as f:
-        json.dump(asdict(state), f, indent=2)
+    write_json(join_uri(folder, TRAIN_STATE_NAME), asdict(state), storage_options)  # last: marks the checkpoint complete
 
 
 def load_train_checkpoint(
@@ -313,15 +312,16 @@ def load_train_checkpoint(
     optimiser/scheduler if given); returns its :class:`TrainState`.
 
     Raises:
-        vrshq.model.checkpoint.CheckpointMismatchError: a trainable key is missing, a key is unknown
+        vrshq.checkpoint.weight_files.CheckpointMismatchError: a trainable key is missing, a key is unknown
             or a shape differs (the run's model config changed).
     """
     import io
 
-    import fsspec
     import torch
 
-    from vrshq.model.checkpoint import CheckpointMismatchError, load_vrshq_checkpoint
+    from pipelines.storage import filesystem_for
+    from vrshq.checkpoint.load import load_vrshq_checkpoint
+    from vrshq.checkpoint.weight_files import CheckpointMismatchError
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     report = load_vrshq_checkpoint(model, folder, storage_options=storage_options, strict=False)
@@ -330,7 +330,7 @@ def load_train_checkpoint(
         raise CheckpointMismatchError(
             folder, missing=missing, unexpected=list(report.unexpected), mismatched=list(report.mismatched)
         )
-    fs, root = fsspec.core.url_to_fs(folder, **dict(storage_options or {}))
+    fs, root = filesystem_for(folder, storage_options)
     root = root.rstrip("/")
     if optimizer is not None or scheduler is not None:
         with fs.open(f"{root}/{OPTIMIZER_NAME}", "rb") as f:
@@ -354,7 +354,7 @@ def export_model(
     """Write the full model (config, every weight, tokenizer) where ``jobs.infer --checkpoint``
     loads it; LoRA adapters are merged so the model builds without peft. ``dtype`` (e.g. bf16)
     shrinks the file; loading casts back to the model's dtype."""
-    from vrshq.model.checkpoint import save_vrshq_checkpoint
+    from vrshq.checkpoint.save import save_vrshq_checkpoint
     from vrshq.model.trainable import has_lora
 
     merge = has_lora(model)

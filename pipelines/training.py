@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.storage import filesystem_for, join_uri, write_json
 from pipelines.train_config import TrainConfig
 from pipelines.train_guard import STAGE_CHECKPOINT, STAGE_DATA, STAGE_START, STAGE_STEP, report_stage
 
@@ -105,21 +106,11 @@ def read_split(fmt: str, root: str, split: str, storage_options: Mapping[str, An
     return reader(root, split=split, storage_options=dict(storage_options or {}) or None)
 
 
-def _fs(uri: str, storage_options: Mapping[str, Any] | None):
-    import fsspec
-
-    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
-
-
-def _join(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
-
-
 def latest_checkpoint(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
     """The complete checkpoint (``train_state.json`` present) with the highest step under ``run_uri``."""
     from pipelines.train_loop import TRAIN_STATE_NAME
 
-    fs, root = _fs(run_uri, storage_options)
+    fs, root = filesystem_for(run_uri, storage_options)
     fs.invalidate_cache()  # s3fs caches listings per process: checkpoints appear while we train
     if not fs.isdir(root):
         return None
@@ -129,14 +120,14 @@ def latest_checkpoint(run_uri: str, storage_options: Mapping[str, Any] | None = 
     )
     for name in reversed(names):
         if fs.isfile(f"{root.rstrip('/')}/{name}/{TRAIN_STATE_NAME}"):
-            return _join(run_uri, name)
+            return join_uri(run_uri, name)
     return None
 
 
 def _read_state(uri: str, storage_options: Mapping[str, Any] | None):
     from pipelines.train_loop import TRAIN_STATE_NAME, TrainState
 
-    fs, root = _fs(uri, storage_options)
+    fs, root = filesystem_for(uri, storage_options)
     with fs.open(f"{root.rstrip('/')}/{TRAIN_STATE_NAME}", "r") as f:
         return TrainState(**json.load(f))
 
@@ -205,10 +196,9 @@ class ResumableTrainDataset:
 def _ray_storage(cfg: TrainConfig) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for ``RunConfig``: a local path as is; a remote URI as its
     path inside a pyarrow wrapper of the fsspec filesystem (so endpoint/credential options apply)."""
-    import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
-    fs, path = fsspec.core.url_to_fs(cfg.storage_path, **dict(cfg.storage_options))
+    fs, path = filesystem_for(cfg.storage_path, cfg.storage_options)
     if isinstance(fs, LocalFileSystem):
         return os.path.abspath(path), None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -299,15 +289,15 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info,
         metrics = {"step": start_step}
     last = latest_checkpoint(cfg.run_uri, cfg.storage_options)
     step = _read_state(last, cfg.storage_options).step if last else int(metrics.get("step", 0))
-    fs, final_path = _fs(cfg.final_uri, cfg.storage_options)
+    fs, final_path = filesystem_for(cfg.final_uri, cfg.storage_options)
     fs.invalidate_cache()
     final = cfg.final_uri if fs.exists(final_path) else None
-    metrics_uri = _join(cfg.run_uri, METRICS_NAME)
+    metrics_uri = join_uri(cfg.run_uri, METRICS_NAME)
     if last is not None:  # the full step log, beside the checkpoints
-        src_fs, src = _fs(_join(last, METRICS_NAME), cfg.storage_options)
+        src_fs, src = filesystem_for(join_uri(last, METRICS_NAME), cfg.storage_options)
         if src_fs.isfile(src):
-            with src_fs.open(src, "rb") as f_in, _fs(metrics_uri, cfg.storage_options)[0].open(
-                _fs(metrics_uri, cfg.storage_options)[1], "wb"
+            with src_fs.open(src, "rb") as f_in, filesystem_for(metrics_uri, cfg.storage_options)[0].open(
+                filesystem_for(metrics_uri, cfg.storage_options)[1], "wb"
             ) as f_out:
                 f_out.write(f_in.read())
     return TrainResult(step=step, checkpoint_uri=last, final_uri=final, metrics=metrics,
@@ -362,13 +352,6 @@ def _write_metrics_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None) -> None:
-    fs, path = _fs(uri, storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function (``train_loop_config`` = ``{"cfg": TrainConfig, "dataset_start": int,
     "on_step": StepHook | None}``)."""
@@ -418,7 +401,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = load_train_checkpoint(resume_uri, model=model, optimizer=optimizer, scheduler=scheduler,
                                       storage_options=cfg.storage_options)
         with tempfile.TemporaryDirectory() as tmp:
-            fs, path = _fs(_join(resume_uri, METRICS_NAME), cfg.storage_options)
+            fs, path = filesystem_for(join_uri(resume_uri, METRICS_NAME), cfg.storage_options)
             if fs.isfile(path):
                 fs.get_file(path, os.path.join(tmp, METRICS_NAME))
                 history = _read_metrics_csv(tmp)
@@ -478,7 +461,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scores = None
         if do_val and rank == 0:
             scores = validate(model, eval_videos)
-            _write_json(_join(cfg.run_uri, f"validation/{CHECKPOINT_PREFIX}{step:08d}.json"),
+            write_json(join_uri(cfg.run_uri, f"validation/{CHECKPOINT_PREFIX}{step:08d}.json"),
                         {"step": step, **scores}, cfg.storage_options)
             report.update({f"val_{k}": v for k, v in scores.items()})
             model.train()
@@ -495,8 +478,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             save_train_checkpoint(folder, model=model, optimizer=optimizer, scheduler=scheduler, state=state)
             _write_metrics_csv(os.path.join(folder, METRICS_NAME), history)
             if scores is not None:
-                with open(os.path.join(folder, "validation.json"), "w") as f:
-                    json.dump({"step": step, **scores}, f, indent=2)
+                write_json(os.path.join(folder, "validation.json"), {"step": step, **scores})
             ray.train.report(report, checkpoint=Checkpoint.from_directory(folder),
                              checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{step:08d}")
     if rank == 0 and step >= cfg.max_steps:

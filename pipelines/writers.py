@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, PARTITION_COLUMNS, SCORES_SCHEMA, validate_table
-from pipelines.storage import arrow_filesystem, filesystem_for, is_local, join_uri
+from pipelines.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
 from vrshq.data.paths import contained_uri
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "part_uri",
     "read_output",
     "write_batch",
-    "write_bytes_atomic",
 ]
 
 #: Output table name -> schema.
@@ -87,23 +85,6 @@ def part_uri(output: str, table: str, *, dataset: str, split: str, batch_id: str
     # dataset and split are data: contained_uri keeps them (and the batch id) under <output>/<table>/
     return contained_uri(join_uri(output, table), f"dataset={dataset}", f"split={split}", f"part-{batch_id}.parquet",
                          what="partition value or batch id")
-
-
-def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part."""
-    if is_local(fs):
-        folder, name = path.rsplit("/", 1)
-        fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            with fs.open(tmp, "wb") as handle:
-                handle.write(data)
-            fs.mv(tmp, path)  # os.rename: atomic on one file system, replaces an older version
-        finally:
-            if fs.exists(tmp):
-                fs.rm(tmp)
-    else:
-        fs.pipe_file(path, data)  # one PUT (or a multipart upload): visible only once complete
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

@@ -1,4 +1,4 @@
-"""Typed configuration of the learnability research's pretraining stages (``research.learnability``).
+"""Typed configuration of the learnability run and its pretraining stages (``research.learnability``).
 
 Stage 0 tracks (``research.track_pretrain``), stage V pretrains the vision tower (``research.vision_pretrain``),
 stage G grounds the text path (``research.grounding_pretrain``). Each ``__post_init__`` collects every problem of
@@ -10,10 +10,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs._cli import ConfigError
+
 __all__ = [
     "LR_SCHEDULES",
     "TARGET_LOSSES",
     "GroundingPretrainConfig",
+    "LearnabilityConfig",
     "TrackPretrainConfig",
     "VisionPretrainConfig",
     "focus_problems",
@@ -191,3 +194,201 @@ class GroundingPretrainConfig:
         elif self.focus_share_after and not self.focus_kinds:
             problems.append(f"focus_share_after={self.focus_share_after}: needs focus_kinds")
         _problems_to_error("GroundingPretrainConfig", problems)
+
+
+@dataclass(frozen=True)
+class LearnabilityConfig:
+    """Settings of the learnability run. The committed checkpoint's recipe (research/recipes/tiny_synthetic.yaml)
+    sets the preset, the schedule and the from-scratch aids it used explicitly (e.g. ``preset: learn-256-pos``,
+    ``track: {attribute_weight: 1, steps: 3200}``, ``expression_word_weight: 1``, ``ema_decay: 0.999``)."""
+
+    out: str = field(metadata={"help": "output folder (local)"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
+    steps: int = field(default=3000, metadata={"help": "optimiser steps of the whole schedule"})
+    seed: int = field(default=0, metadata={"help": "seed of the init, the data and the held-out set"})
+    preset: str = field(default="learn", metadata={"help": "model preset (research.presets.PRESETS, or a product preset such as tiny)"})
+    resume: str | None = field(default=None, metadata={"help": "training checkpoint folder to continue from"})
+    init_model: str | None = field(
+        default=None, metadata={"help": "full model folder (e.g. an earlier model/) to start a new schedule from"}
+    )
+    videos_per_step: int = field(default=16, metadata={"help": "clips per optimiser step"})
+    image_ratio: float = field(
+        default=0.5,
+        metadata={"help": "fraction of 1-frame image samples (SamplingConfig.image_ratio; the method mixes image "
+                          "datasets in): short prompts on one frame teach the text -> SAM2 prompt path"},
+    )
+    expression_types: tuple[int, ...] = field(
+        default=(0, 1),
+        metadata={"help": "type_ids trained on and held out (0 referring, 1 reasoning, 2 no-target). Default: the "
+                          "held-out task. Why not 2: a no-target expression (13%% of the generator's) trains the "
+                          "object score to say 'absent'; while the text path is weak the model hedges and SAM2's "
+                          "gate empties whole expressions that the held-out set scores"},
+    )
+    focus_kinds: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "stage 1: expression kinds that focused clips keep (e.g. hides_behind covers static); the "
+                          "held-out videos stay the whole task"},
+    )
+    focus_share: float = field(
+        default=0.0,
+        metadata={"help": "stage 1: share of training clips that keep only the focus kinds' expressions "
+                          "(pipelines.clip_sampling.focused_video; 0: every clip samples all of its video's "
+                          "expressions). Why: the mask decoder sees the kinds it fails on more often"},
+    )
+    video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})
+    video_size: int = field(default=64, metadata={"help": "synthetic video height and width"})
+    lr: float = field(default=3e-4, metadata={"help": "learning rate of the other parameters"})
+    sam2_lr: float = field(default=1e-4, metadata={"help": "learning rate of SAM2 (learnability.md)"})
+    text_lr: float = field(default=1e-3, metadata={"help": "learning rate of the text path (learnability.md)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    seg_head_init_gain: float = field(
+        default=1.0,
+        metadata={"help": "from-scratch aid, not the method: initial scale of the seg head output, the TAK token "
+                          "SAM2 reads (research.aids.scale_seg_head_init); 1 = plain init"},
+    )
+    object_weight: float = field(default=0.5, metadata={"help": "object-presence loss weight"})
+    tak_separation_weight: float = field(
+        default=0.0,
+        metadata={"help": "from-scratch aid, not the method: weight of the TAK separation loss "
+                          "(research.aids.tak_separation_loss); 0 trains the method's losses only"},
+    )
+    expression_word_weight: float = field(
+        default=0.0,
+        metadata={"help": "from-scratch aid, not the method: weight of the expression-word loss "
+                          "(research.aids.expression_word_loss: half of the TAK mirrors the expression's "
+                          "words, as a pretrained LLM's would); 0 trains the method's losses only"},
+    )
+    train_window: int = field(
+        default=3,
+        metadata={"help": "SAM2 frames per expression in training (the method: 3). From-scratch aid, not the method: "
+                          "a longer window trains the memory path over the distances that inference propagates "
+                          "(held-out videos of 16 frames); costs one batched track_step per extra frame"},
+    )
+    train_keyframe: str = field(
+        default="tda",
+        metadata={"help": "stage 1's training keyframe: tda (the method: argmax of the TDA weights) | largest_target "
+                          "(from-scratch aid, not the method: the frame of the largest ground-truth target; for "
+                          "\"hides behind\" the TDA weights peak where the target is half hidden, "
+                          "vrshq.model.tks.largest_target_keyframe)"},
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={"help": "evaluate and export an exponential moving average of the weights with this decay (e.g. "
+                          "0.999; research.aids.WeightEma): held-out scores swing by ~0.05 between evaluations "
+                          "a few dozen steps apart; 0 = the raw weights"},
+    )
+    track: TrackPretrainConfig = field(
+        default_factory=TrackPretrainConfig,
+        metadata={"help": "stage 0, tracking pretraining of SAM2 from ground-truth first-frame masks "
+                          "(research.track_pretrain; what SA-V gives the real SAM2); runs from random init only"},
+    )
+    vision: VisionPretrainConfig = field(
+        default_factory=VisionPretrainConfig,
+        metadata={"help": "stage V, pretraining of the random vision tower on synthetic frames (pipelines."
+                          "vision_pretrain; what CLIP pretraining gives the real tower); runs from random init only"},
+    )
+    grounding: GroundingPretrainConfig = field(
+        default_factory=GroundingPretrainConfig,
+        metadata={"help": "stage G, grounding pretraining of the text path without SAM2 (research.grounding_pretrain;"
+                          " what MLLM pretraining gives the real LLM): TAK' learns to name the targets; runs from "
+                          "random init only, after stage V"},
+    )
+    sam2_init: str | None = field(
+        default=None,
+        metadata={"help": "SAM2 weights to start from instead of stage 0 (e.g. an earlier run's "
+                          "track_pretrain/sam2.safetensors, or a model folder such as checkpoints/tiny-synthetic: "
+                          "its SAM2); give it again with --resume: the parts of SAM2 that do not train are not in "
+                          "the training checkpoint"},
+    )
+    sam2_trainable: str | None = field(
+        default=None,
+        metadata={"help": "SAM2 parts that train with the text path: mask_decoder (the method's trainable set, §6: "
+                          "a tracking-trained image encoder and memory path stay as they are) | all; null: "
+                          "mask_decoder when SAM2 comes from stage 0 or sam2_init, else all"},
+    )
+    vision_trainable: bool = field(
+        default=False,
+        metadata={"help": "train the MLLM's vision tower too (stage 1): from scratch there is no pretrained CLIP, "
+                          "and a frozen random tower's merged tokens carry little of where the shapes are "
+                          "(measured: no gain in 1,800 steps, docs/research/learnability.md)"},
+    )
+    freeze_llm: bool = field(
+        default=False,
+        metadata={"help": "freeze the LLM and the visual projector in stage 1: of the text path only the seg head "
+                          "trains, so the grounding that stage G taught the LLM stays as it is (the method trains "
+                          "the LLM through LoRA only)"},
+    )
+    heldout_videos: int = field(default=32, metadata={"help": "held-out synthetic videos"})
+    eval_every: int = field(default=500, metadata={"help": "held-out evaluation every N steps (and at the end)"})
+    max_minutes: float | None = field(default=None, metadata={"help": "stop training after this wall time"})
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={"help": "end training at this step of the --steps schedule (the learning rate still decays "
+                          "over --steps): the reproducible form of a run that --max-minutes stopped"},
+    )
+    data_workers: int = field(
+        default=4,
+        metadata={"help": "DataLoader processes generating videos; each builds whole batches from its share of the "
+                          "stream, so the batches (not the videos) depend on this number: part of a run's recipe"},
+    )
+    log_every: int = field(default=25, metadata={"help": "log a line every N steps"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("steps", "videos_per_step", "video_frames", "video_size", "heldout_videos", "eval_every",
+                     "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name}={value!r}: must be a positive int")
+        if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
+            problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
+        from research.aids import TRAIN_KEYFRAME_RULES
+
+        if self.train_keyframe not in TRAIN_KEYFRAME_RULES:
+            problems.append(f"train_keyframe={self.train_keyframe!r}: must be one of {list(TRAIN_KEYFRAME_RULES)}")
+        if (not isinstance(self.expression_types, tuple) or not self.expression_types
+                or not set(self.expression_types) <= {0, 1, 2}):
+            problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")
+        if self.video_frames < 3:
+            problems.append("video_frames must be >= 3 (the SAM2 training window)")
+        if self.video_size < 32:
+            problems.append("video_size must be >= 32 (synthetic scenes)")
+        if not isinstance(self.data_workers, int) or self.data_workers < 0:
+            problems.append(f"data_workers={self.data_workers!r}: must be an int >= 0")
+        if not isinstance(self.seg_head_init_gain, (int, float)) or not 0 < self.seg_head_init_gain < 1e6:
+            problems.append(f"seg_head_init_gain={self.seg_head_init_gain!r}: must be a number > 0")
+        if not isinstance(self.tak_separation_weight, (int, float)) or not 0 <= self.tak_separation_weight < 1e6:
+            problems.append(f"tak_separation_weight={self.tak_separation_weight!r}: must be a number >= 0")
+        if not isinstance(self.image_ratio, (int, float)) or not 0 <= self.image_ratio <= 1:
+            problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
+        problems += focus_problems(self.focus_kinds, self.focus_share)
+        if not isinstance(self.expression_word_weight, (int, float)) or not 0 <= self.expression_word_weight < 1e6:
+            problems.append(f"expression_word_weight={self.expression_word_weight!r}: must be a number >= 0")
+        if not isinstance(self.ema_decay, (int, float)) or not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            problems.append(f"ema_decay={self.ema_decay!r}: must be 0 (off) or in (0, 1)")
+        if self.stop_at_step is not None and (not isinstance(self.stop_at_step, int) or isinstance(self.stop_at_step, bool)
+                                              or not 1 <= self.stop_at_step <= self.steps):
+            problems.append(f"stop_at_step={self.stop_at_step!r}: must be an int in [1, steps] or null")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            problems.append(f"max_minutes={self.max_minutes!r}: must be > 0 or null")
+        if not self.out:
+            problems.append("out is required")
+        if self.resume and self.init_model:
+            problems.append("give resume (continue a schedule) or init_model (new schedule), not both")
+        if self.sam2_trainable not in (None, "mask_decoder", "all"):
+            problems.append(f"sam2_trainable={self.sam2_trainable!r}: must be mask_decoder, all or null")
+        if self.track.steps and self.track.window > self.video_frames:
+            problems.append(f"track.window={self.track.window} exceeds video_frames={self.video_frames}")
+        if self.freeze_llm and not (self.grounding.steps or self.init_model or self.resume):
+            problems.append("freeze_llm would freeze a random LLM: give grounding.steps (stage G trains it first) or "
+                            "init_model (a trained model)")
+        if self.track.attribute_weight and not self.track.steps:
+            problems.append(f"track.attribute_weight={self.track.attribute_weight} has no effect with track.steps=0 "
+                            "(the aid is part of stage 0)")
+        if (self.grounding.focus_share or self.grounding.focus_steps) and not self.grounding.steps:
+            problems.append(f"grounding.focus_share={self.grounding.focus_share} / grounding.focus_steps="
+                            f"{self.grounding.focus_steps} have no effect with grounding.steps=0 "
+                            "(they shape stage G's clips)")
+        if problems:
+            raise ConfigError(problems)

@@ -57,8 +57,9 @@ from pipelines.train_config import SamplingConfig
 from pipelines.train_loop import build_scheduler
 from research.aux_heads import throwaway_linear_head
 from research.config import GroundingPretrainConfig
-from research.stage_files import read_json_if_exists, same_settings, write_json_atomic
+from research.stage_files import read_json_if_exists, same_settings
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
+from vrshq.storage import write_json
 
 __all__ = [
     "GROUNDING_STREAM",
@@ -302,7 +303,7 @@ def pretrain_grounding(
         out = {"config": asdict(cfg), "complete": step >= cfg.steps, "steps": step,
                "seconds": seconds_before + time.perf_counter() - started,
                "heldout_expressions": sum(len(s.kinds) for s in heldout), "evaluations": evaluations}
-        write_json_atomic(os.path.join(folder, SUMMARY_FILE), out)
+        write_json(os.path.join(folder, SUMMARY_FILE), out)
         return out
 
     share = focus_share_at(cfg, done + 1)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from vrshq.data import generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster
-from vrshq.model.vision_config import effective_knn_k
+from vrshq.vision_config import effective_knn_k
 
 
 def patch_features(vision, frames: np.ndarray, *, pixels: bool) -> torch.Tensor:

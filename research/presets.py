@@ -47,8 +47,8 @@ def learnability_model_config(
     ``knn_k`` is the merge's k per level (Chat-UniVi's 5, 3, 3), capped below each level's input count.
     """
     from vrshq.builders import tiny_config
-    from vrshq.model.sam2_config import sam2_tiny
-    from vrshq.model.vision_config import tiny_vision_tower
+    from vrshq.sam2_config import sam2_tiny
+    from vrshq.vision_config import tiny_vision_tower
 
     cfg = tiny_config(
         hidden_size=llm_hidden_size, num_hidden_layers=llm_layers, sam2_image_size=128, sam2_d_model=128,

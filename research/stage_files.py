@@ -1,6 +1,7 @@
 """JSON files of a local training-stage folder (``research.track_pretrain``, ``research.vision_pretrain``):
-summaries are written whole or not at all (a kill mid-write leaves the previous file), a folder without one
-reads as "no such stage yet", and a saved stage continues only under the settings it was written with."""
+summaries are written whole or not at all (``vrshq.storage.write_json``: a kill mid-write leaves the previous
+file), a folder without one reads as "no such stage yet", and a saved stage continues only under the settings it
+was written with."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["read_json_if_exists", "same_settings", "write_json_atomic"]
+__all__ = ["read_json_if_exists", "same_settings"]
 
 
 def read_json_if_exists(path: str) -> Any | None:
@@ -17,14 +18,6 @@ def read_json_if_exists(path: str) -> Any | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-    """Write ``payload`` as indented JSON to ``path`` through a temporary file and an atomic rename."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
 
 
 def same_settings(saved: dict[str, Any] | None, cfg: Any) -> bool:

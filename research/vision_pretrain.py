@@ -33,11 +33,12 @@ from torch import Tensor
 from pipelines.train_loop import build_scheduler
 from research.aux_heads import throwaway_linear_head
 from research.config import VisionPretrainConfig
-from research.stage_files import read_json_if_exists, write_json_atomic
+from research.stage_files import read_json_if_exists
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES, SyntheticVideo, generate_synthetic_video
 from vrshq.model.token_merging import dpc_knn_cluster, merge_clusters
 from vrshq.model.vision import VisualTokenizer
-from vrshq.model.vision_config import effective_knn_k
+from vrshq.vision_config import effective_knn_k
+from vrshq.storage import write_json
 
 __all__ = [
     "SUMMARY_FILE",
@@ -185,7 +186,7 @@ def pretrain_vision_tower(
         "final_loss": float(np.mean(losses[-cfg.log_every:])),
         "position_r2_before": r2_before, "position_r2_after": r2_after,
     }
-    write_json_atomic(os.path.join(folder, SUMMARY_FILE), summary)
+    write_json(os.path.join(folder, SUMMARY_FILE), summary)
     _LOG.info("vision tower stage done in %.1fs: position R^2 of the merged tokens %.3f -> %.3f",
               summary["seconds"], r2_before, r2_after)
     return summary

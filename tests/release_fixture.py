@@ -2,7 +2,7 @@
 ``openai/clip-vit-large-patch14-336`` layout, for tests of the release loading path.
 
 The release folder holds what the published one holds, at the tiny preset's sizes: official key names
-(the inverse of ``vrshq.model.official_names``), RoPE ``inv_freq`` buffers as transformers 4.31 saved
+(the inverse of ``vrshq.checkpoint.official_names``), RoPE ``inv_freq`` buffers as transformers 4.31 saved
 them, the LLM/CLIP tower/projector in bf16 and SAM2/``text_hidden_fcs`` in fp32, two
 ``pytorch_model-0000N-of-00002.bin`` shards (embeddings and the first layers in the first) with
 ``pytorch_model.bin.index.json`` (or ``.safetensors`` shards with ``model.safetensors.index.json``), a
@@ -61,7 +61,7 @@ def release_config_json(cfg) -> dict:
 
 def official_tensors(model) -> dict[str, torch.Tensor]:
     """The model's weights under the official names and dtypes, with 4.31's ``inv_freq`` buffers, no anchor."""
-    from vrshq.model.official_names import VRSHQ_ANCHOR_PREFIX, to_official_state_dict
+    from vrshq.checkpoint.official_names import VRSHQ_ANCHOR_PREFIX, to_official_state_dict
 
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(VRSHQ_ANCHOR_PREFIX)}
     official = to_official_state_dict(state)

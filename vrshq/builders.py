@@ -17,10 +17,10 @@ import dataclasses
 import torch
 
 from vrshq.config import LlmConfig, LossConfig, MethodConfig, TrainableConfig, VrshqConfig
-from vrshq.model.sam2_config import sam2_hiera_large_vrshq, sam2_tiny
+from vrshq.sam2_config import sam2_hiera_large_vrshq, sam2_tiny
 from vrshq.model.tokenizer import TINY_EXPRESSION_WORDS, build_tiny_tokenizer, load_llama_tokenizer
 from vrshq.model.tokens import VrshqTokenIds, add_vrshq_tokens
-from vrshq.model.vision_config import clip_vit_l14_224_tower, clip_vit_l14_336_anchor, tiny_anchor, tiny_vision_tower
+from vrshq.vision_config import clip_vit_l14_224_tower, clip_vit_l14_336_anchor, tiny_anchor, tiny_vision_tower
 
 __all__ = ["build_vrshq", "tiny_config", "vrshq_7b_config", "vrshq_7b_tinytok_config"]
 

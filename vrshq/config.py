@@ -1,7 +1,7 @@
 """Typed, frozen configuration of the whole VRS-HQ model.
 
-`VrshqConfig` groups the sub-configs of the vision path (`vrshq.model.vision_config`), the SAM2 path
-(`vrshq.model.sam2_config`) and the ones defined here: the LLaMA LLM, the method constants, the loss
+`VrshqConfig` groups the sub-configs of the vision path (`vrshq.vision_config`), the SAM2 path
+(`vrshq.sam2_config`) and the ones defined here: the LLaMA LLM, the method constants, the loss
 weights and the trainable set. Every VRS-HQ constant is a named field whose comment cites its section
 of the method reference in `docs/model.md`. Presets live in `vrshq.builders`.
 """
@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vrshq.model.sam2_config import Sam2Config
-from vrshq.model.vision_config import AnchorConfig, VisionTowerConfig
+from vrshq.sam2_config import Sam2Config
+from vrshq.vision_config import AnchorConfig, VisionTowerConfig
 
 __all__ = [
     "LlmConfig",

@@ -36,7 +36,7 @@ def test_float32_tracking_on_cuda_equals_cpu(exact_float32):
     """The same tiny SAM2 weights and keyframes on the CPU and on CUDA in float32: the same masks."""
     import copy
 
-    from vrshq.model.sam2_config import sam2_tiny
+    from vrshq.sam2_config import sam2_tiny
     from vrshq.model.sam2_segmenter import Sam2Segmenter
 
     torch.manual_seed(0)

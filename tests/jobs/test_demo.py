@@ -43,7 +43,7 @@ def test_committed_checkpoint_segments_unseen_videos_far_better_than_random_init
     videos = heldout_videos(seed=0, count=70, num_frames=16, size=64)[64:68]
     trained = validate(_model(str(CHECKPOINT)), videos)
     from vrshq.builders import build_vrshq
-    from vrshq.model.checkpoint import load_vrshq_config
+    from vrshq.checkpoint.load import load_vrshq_config
 
     torch.manual_seed(0)  # the same architecture (the checkpoint's config.json), random weights
     random_model = build_vrshq(load_vrshq_config(str(CHECKPOINT))).eval()

@@ -15,7 +15,7 @@ from pipelines.writers import read_output
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 from tests.release_fixture import build_source_model, write_anchor_folder, write_release_folder
 from vrshq.data import load_frames, read_revos, write_synthetic_revos
-from vrshq.model.official_names import VRSHQ_ANCHOR_PREFIX
+from vrshq.checkpoint.official_names import VRSHQ_ANCHOR_PREFIX
 
 
 @pytest.fixture(scope="module")

@@ -377,7 +377,7 @@ def test_checkpoint_model_equals_the_saved_one_and_mismatch_fails(tmp_path, synt
 
     from pipelines.model_loader import ModelLoadError, build_model, check_model_source
     from vrshq.builders import build_vrshq, tiny_config
-    from vrshq.model.checkpoint import save_vrshq_checkpoint
+    from vrshq.checkpoint.save import save_vrshq_checkpoint
 
     saved = build_model(InferenceConfig(out="o", manifest="m", seed=3), device="cpu")
     save_vrshq_checkpoint(saved, str(tmp_path / "ckpt"))

@@ -250,7 +250,7 @@ def test_train_step_accumulates_clips_and_fits_a_fixed_batch():
 
 def test_training_checkpoint_round_trip(tmp_path, tiny_model):
     from pipelines.clip_sampling import samples_to_batch
-    from vrshq.model.checkpoint import CheckpointMismatchError
+    from vrshq.checkpoint.weight_files import CheckpointMismatchError
 
     spec = ModelSpec(preset="tiny", object_weight=0.5, seed=11)
     model = build_training_model(spec)
@@ -331,7 +331,7 @@ def test_true_keyframe_tracking_scores_tracking_alone_from_the_ground_truth_keyf
     """The ground-truth mask of the largest-area frame is inserted (letterboxed) and tracked; J over
     the other frames. A tracker that keeps the inserted mask scores the overlap of the two frames."""
     from pipelines.train_loop import true_keyframe_tracking_j
-    from vrshq.model.sam2_tracking import TrackResult
+    from vrshq.model.sam2_video_features import TrackResult
 
     class StaticSegmenter:
         image_size = 16

@@ -103,7 +103,8 @@ def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tm
 
 def test_a_tuple_field_takes_one_yaml_list_or_repeated_flags():
     from jobs._cli import ConfigError, parse_config
-    from research.learnability import LearnabilityConfig
+    from research.config import LearnabilityConfig
+    from research.config import LearnabilityConfig
 
     def parse(*argv: str):
         return parse_config(LearnabilityConfig, ["--out", "o", *argv], prog="t", description="t")
@@ -209,9 +210,10 @@ def test_learnability_trains_sam2_on_the_window_it_is_given(tmp_path, monkeypatc
         torch.set_num_threads(threads)
     assert seen and set(seen) == {(5, 5)}
     from jobs._cli import ConfigError, parse_config
+    from research.config import LearnabilityConfig
 
     with pytest.raises(ConfigError, match="train_window=9"):
-        parse_config(learnability.LearnabilityConfig, ["--out", "o", "--train-window", "9"], prog="t", description="t")
+        parse_config(LearnabilityConfig, ["--out", "o", "--train-window", "9"], prog="t", description="t")
 
 
 def test_after_stage_0_only_the_mask_decoder_of_sam2_trains_and_a_continued_run_keeps_stage_0s_weights(tmp_path):
@@ -378,7 +380,8 @@ def test_max_minutes_stops_stage_g_saved_and_the_same_command_continues_it(tmp_p
 
 def test_settings_without_effect_are_refused_before_any_work():
     from jobs._cli import ConfigError, parse_config
-    from research.learnability import LearnabilityConfig
+    from research.config import LearnabilityConfig
+    from research.config import LearnabilityConfig
 
     def parse(*argv: str):
         return parse_config(LearnabilityConfig, ["--out", "o", *argv], prog="t", description="t")

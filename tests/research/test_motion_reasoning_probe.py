@@ -71,7 +71,7 @@ def test_the_dense_speed_target_trains_and_needs_oracle_tokens():
 
 def test_remerge_gives_the_tokens_of_a_tower_built_with_that_merge():
     from vrshq.model.vision import VisualTokenizer
-    from vrshq.model.vision_config import tiny_vision_tower
+    from vrshq.vision_config import tiny_vision_tower
 
     probe = _load()
     torch.manual_seed(0)

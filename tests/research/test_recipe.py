@@ -7,7 +7,7 @@ import pathlib
 import pytest
 
 from jobs._cli import parse_config
-from research.learnability import LearnabilityConfig
+from research.config import LearnabilityConfig
 from research.recipe import read_recipe, run_arguments
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -156,7 +156,7 @@ def test_wide_preset_keeps_sam2_and_fits_the_checkpoint_limit():
 
 def test_learnability_config_rejects_a_negative_separation_weight():
     from jobs._cli import ConfigError
-    from research.learnability import LearnabilityConfig
+    from research.config import LearnabilityConfig
 
     assert LearnabilityConfig(out="/tmp/x").tak_separation_weight == 0.0  # the method's losses by default
     with pytest.raises(ConfigError, match="tak_separation_weight"):

@@ -20,7 +20,7 @@ from research.track_pretrain import (
     track_losses,
 )
 from vrshq.data import generate_synthetic_video
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 
 SIZE = 64

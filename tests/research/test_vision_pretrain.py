@@ -19,7 +19,7 @@ from research.vision_pretrain import (
 from vrshq.data import generate_synthetic_video
 from vrshq.data.synthetic import COLOURS, SHAPES, SIZES
 from vrshq.model.vision import VisualTokenizer
-from vrshq.model.vision_config import tiny_vision_tower
+from vrshq.vision_config import tiny_vision_tower
 
 
 def test_patch_targets_name_the_object_covering_each_patch_and_its_position():

@@ -54,7 +54,7 @@ def test_plain_and_streamed_loads_agree(tiny_folder):
     """The reference of --compare loads the same weights as the streamed path."""
     import torch
 
-    from vrshq.model.release import release_vrshq_config
+    from vrshq.checkpoint.release import release_vrshq_config
 
     release, anchor = str(tiny_folder / "release"), str(tiny_folder / "anchor")
     config = release_vrshq_config(release, release_load.release_preset_config("tiny"), anchor=anchor)

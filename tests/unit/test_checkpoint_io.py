@@ -14,7 +14,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from vrshq.model.checkpoint import (
+from vrshq.checkpoint.config_io import config_from_dict, config_to_dict
+from vrshq.checkpoint.load import load_vrshq_checkpoint
+from vrshq.checkpoint.save import save_vrshq_checkpoint
+from vrshq.checkpoint.state import checkpoint_state_dict
+from vrshq.checkpoint.weight_files import (
     CONFIG_NAME,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
@@ -22,12 +26,7 @@ from vrshq.model.checkpoint import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
     UnsafeCheckpointError,
-    checkpoint_state_dict,
-    config_from_dict,
-    config_to_dict,
-    load_vrshq_checkpoint,
     read_state_dict,
-    save_vrshq_checkpoint,
 )
 
 
@@ -95,7 +94,7 @@ def test_shard_sizes_count_the_saved_dtype_and_size_strings_parse(tmp_path):
 
 
 def test_inspect_checkpoint_reads_headers_and_config(tmp_path):
-    from vrshq.model.checkpoint import inspect_checkpoint
+    from vrshq.checkpoint.load import inspect_checkpoint
 
     src = _toy(0, width=32)
     cfg = _Outer()
@@ -353,7 +352,7 @@ def test_checkpoint_state_dict_rejects_bad_content():
 
 
 def test_round_trip_on_s3_sharded_with_tokenizer(s3_server):
-    from vrshq.model.checkpoint import load_vrshq_config, load_vrshq_tokenizer
+    from vrshq.checkpoint.load import load_vrshq_config, load_vrshq_tokenizer
     from vrshq.model.tokenizer import build_tiny_tokenizer
 
     s3_server.make_bucket("vrshq-ckpt-io")

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from vrshq.model.checkpoint import read_state_dict
-from vrshq.model.official_names import (
+from vrshq.checkpoint.weight_files import read_state_dict
+from vrshq.checkpoint.official_names import (
     UnknownOfficialKeysError,
     convert_official_state_dict,
     merge_lora_weights,

@@ -11,17 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from vrshq.builders import build_vrshq, tiny_config
-from vrshq.model.checkpoint import (
-    CONFIG_NAME,
-    CheckpointMismatchError,
-    load_state_dict_into,
-    load_vrshq_checkpoint,
-    load_vrshq_config,
-    load_vrshq_tokenizer,
-    read_state_dict,
-    save_vrshq_checkpoint,
-)
-from vrshq.model.official_names import convert_official_state_dict, load_official_checkpoint
+from vrshq.checkpoint.load import load_state_dict_into, load_vrshq_checkpoint, load_vrshq_config, load_vrshq_tokenizer
+from vrshq.checkpoint.save import save_vrshq_checkpoint
+from vrshq.checkpoint.weight_files import CONFIG_NAME, CheckpointMismatchError, read_state_dict
+from vrshq.checkpoint.official_names import convert_official_state_dict, load_official_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from vrshq.model.clip_preprocess import build_tiny_clip_tokenizer
 from vrshq.model.frame_sampling import AnchorFrameSampler, sample_frame_indices
 from vrshq.model.vision import VisionWeightsError
-from vrshq.model.vision_config import tiny_anchor
+from vrshq.vision_config import tiny_anchor
 
 
 WORDS = ["the", "a", "red", "blue", "green", "ball", "cube", "left", "right", "moving", "which", "is"]

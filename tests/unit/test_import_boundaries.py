@@ -49,6 +49,26 @@ def test_layering(package, forbidden):
     assert not bad, f"{package}/ must not import {sorted(bad)}: {bad}"
 
 
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("name", ["config.py", "vision_config.py", "sam2_config.py"])
+def test_the_configs_import_no_model_module(name):
+    """The model imports its configs, never the other way round: no import cycle through ``vrshq.model``."""
+    modules = _imported_modules(ROOT / "vrshq" / name)
+    assert "vrshq.sam2_config" in _imported_modules(ROOT / "vrshq" / "config.py")  # the checker sees vrshq imports
+    bad = sorted(m for m in modules if m == "vrshq.model" or m.startswith(("vrshq.model.", "vrshq.builders")))
+    assert not bad, f"vrshq/{name} imports {bad}"
+
+
 def test_the_checker_sees_imports():
     # Guard against a checker that finds nothing: schemas/ does import pyarrow.
     assert "pyarrow" in _imported_roots("schemas")
@@ -74,7 +94,7 @@ def test_jobs_and_the_committed_checkpoint_load_without_the_research_wing():
         "import sys\n"
         "import jobs.demo, jobs.evaluate, jobs.export, jobs.infer, jobs.report, jobs.train\n"
         "import pipelines.inference, pipelines.training, pipelines.train_loop\n"
-        "from vrshq.model.checkpoint import load_vrshq_config\n"
+        "from vrshq.checkpoint.load import load_vrshq_config\n"
         f"load_vrshq_config({str(ROOT / 'checkpoints' / 'tiny-synthetic')!r})\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'research', 'benchmarks', 'scripts'})\n"
         "assert not bad, bad\n"

@@ -12,14 +12,14 @@ import torch
 
 from tests.release_fixture import build_source_model, write_anchor_folder, write_release_folder
 from vrshq.builders import tiny_config
-from vrshq.model.checkpoint import CheckpointMismatchError
-from vrshq.model.official_names import (
+from vrshq.checkpoint.weight_files import CheckpointMismatchError
+from vrshq.checkpoint.official_names import (
     UnknownOfficialKeysError,
     VRSHQ_ANCHOR_PREFIX,
     convert_official_state_dict,
     to_official_state_dict,
 )
-from vrshq.model.release import (
+from vrshq.checkpoint.release import (
     ReleaseFileError,
     check_release,
     is_release_checkpoint,

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from vrshq.model.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
+from vrshq.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
 from vrshq.model.sam2_model import (
     Sam2CheckpointError,
     VrshqSam2,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_model import connected_components, fill_holes_in_mask_scores
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 
-from vrshq.model import sam2_tracking
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.model import sam2_lockstep, sam2_model, sam2_tracking
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_model import connected_components, fill_holes_in_mask_scores
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 from tests.unit._sam2_stock import stock_track
@@ -191,17 +191,17 @@ def test_objects_past_the_per_pass_cap_are_tracked_in_more_passes_with_the_same_
 
 def test_lockstep_is_used_only_where_it_is_exact():
     seg = make_segmenter()
-    assert sam2_tracking._lockstep_is_exact(seg.sam2)  # the VRS-HQ memory settings
+    assert sam2_lockstep.lockstep_is_exact(seg.sam2)  # the VRS-HQ memory settings
     seg.sam2.memory_temporal_stride_for_eval = 3  # memories on a grid that moves with the keyframe
-    assert not sam2_tracking._lockstep_is_exact(seg.sam2)
+    assert not sam2_lockstep.lockstep_is_exact(seg.sam2)
     seg.sam2.memory_temporal_stride_for_eval = 1
     seg.sam2.non_overlap_masks_for_mem_enc = True  # the memory encoder mixes the batch's objects
-    assert not sam2_tracking._lockstep_is_exact(seg.sam2)
+    assert not sam2_lockstep.lockstep_is_exact(seg.sam2)
 
 
 def test_groups_merge_once_far_from_their_keyframes_and_stay_exact(monkeypatch):
     """Grouped fallback: past 15 frames from the keyframe, groups of different keyframes share a batch."""
-    monkeypatch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)
+    monkeypatch.setattr(sam2_tracking, "lockstep_is_exact", lambda model: False)
     seg, feats, keyframes, masks = _five_objects_on_24_frames()
     calls = _record_track_steps(monkeypatch, seg, lambda kw: kw["current_vision_feats"][-1].shape[1])
     joint = seg.track(feats, keyframes, masks)
@@ -296,7 +296,7 @@ def test_hole_filling_on_device_equals_connected_components(max_area):
         noise = torch.randn(8, 1, h, w, generator=gen)
         logits = noise + (torch.rand(8, 1, h, w, generator=gen) < density).float() * 3 - 1.5
         expected = fill_holes_in_mask_scores(logits, max_area)
-        assert torch.equal(sam2_tracking.fill_small_holes_on_device(logits, max_area), expected), (h, w, density)
+        assert torch.equal(sam2_model.fill_small_holes_on_device(logits, max_area), expected), (h, w, density)
     # a hole at the border, a 9-pixel hole next to an 8-pixel one, a long thin background line
     logits = torch.ones(1, 1, 12, 12)
     logits[0, 0, 0, :2] = -1  # 2 px at the border
@@ -304,7 +304,7 @@ def test_hole_filling_on_device_equals_connected_components(max_area):
     logits[0, 0, 3:5, 8:12] = -1  # 8 px
     logits[0, 0, 9, :] = -1  # 12 px
     expected = fill_holes_in_mask_scores(logits, 8)
-    assert torch.equal(sam2_tracking.fill_small_holes_on_device(logits, 8), expected)
+    assert torch.equal(sam2_model.fill_small_holes_on_device(logits, 8), expected)
     assert (expected[0, 0, 3:5, 8:12] == 0.1).all() and (expected[0, 0, 3:6, 3:6] == -1).all()
 
 
@@ -313,7 +313,8 @@ def test_tracking_with_on_device_hole_filling_is_unchanged(monkeypatch):
     feats = seg.encode_video(torch.randn(6, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)))
     masks = box_masks([(5, 30, 5, 40), (20, 50, 10, 30)])
     plain = seg.track(feats, [1, 4], masks)
-    monkeypatch.setattr(sam2_tracking, "fill_holes", sam2_tracking.fill_small_holes_on_device)
+    monkeypatch.setattr(sam2_tracking, "fill_holes", sam2_model.fill_small_holes_on_device)
+    monkeypatch.setattr(sam2_lockstep, "fill_holes", sam2_model.fill_small_holes_on_device)
     on_device = seg.track(feats, [1, 4], masks)
     assert torch.equal(plain.low_res_logits, on_device.low_res_logits)
 
@@ -326,7 +327,7 @@ def test_lockstep_bank_trims_rows_to_the_active_prefix_and_prunes_by_distance():
         return {"maskmem_features": torch.full((rows, 2, 1, 1), value), "maskmem_pos_enc": pos,
                 "obj_ptr": torch.full((rows, 3), value), "object_score_logits": torch.full((rows, 1), value)}
 
-    bank = sam2_tracking._LockstepBank(
+    bank = sam2_lockstep.LockstepBank(
         output_dict={"cond_frame_outputs": {0: entry(-1.0, 4)}, "non_cond_frame_outputs": {}},
         maskmem_pos_enc=pos, rows=4,
     )

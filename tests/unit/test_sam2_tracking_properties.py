@@ -37,11 +37,12 @@ from omegaconf import OmegaConf
 from sam2.modeling.sam2_base import SAM2Base
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-from vrshq.model import sam2_tracking
-from vrshq.model.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
+from vrshq.model import sam2_lockstep, sam2_tracking
+from vrshq.sam2_config import Sam2Config, sam2_hiera_large_vrshq, sam2_tiny
 from vrshq.model.sam2_model import _compose_sam2_config, build_sam2_model, connected_components
 from vrshq.model.sam2_segmenter import Sam2Segmenter
-from vrshq.model.sam2_tracking import ObjectGroupMemory, VideoFeatures, track_objects
+from vrshq.model.sam2_tracking import ObjectGroupMemory, track_objects
+from vrshq.model.sam2_video_features import TrackResult, VideoFeatures
 from tests.unit._sam2_stock import stock_track
 
 SIZE = 64
@@ -132,7 +133,7 @@ class Setup:
     model: torch.nn.Module
     features: VideoFeatures  # MAX_FRAMES frames
     images: torch.Tensor
-    alone: dict[tuple[int, int, int], sam2_tracking.TrackResult] = dataclasses.field(default_factory=dict)
+    alone: dict[tuple[int, int, int], TrackResult] = dataclasses.field(default_factory=dict)
 
     def clip(self, num_frames: int) -> VideoFeatures:
         """The first ``num_frames`` frames (the encoder works per frame, so this is their encoding)."""
@@ -140,7 +141,7 @@ class Setup:
         fpn = tuple(x[:num_frames] for x in f.backbone_fpn)
         return VideoFeatures(fpn, f.vision_pos_enc, f.compute_device)
 
-    def track_alone(self, num_frames: int, keyframe: int, box: int) -> sam2_tracking.TrackResult:
+    def track_alone(self, num_frames: int, keyframe: int, box: int) -> TrackResult:
         key = (num_frames, keyframe, box)
         if key not in self.alone:
             self.alone[key] = track_objects(self.model, self.clip(num_frames), [keyframe], masks_of([box]))
@@ -224,7 +225,7 @@ def _property_test(name: str, max_examples: int, *, lockstep: bool = True):
             check_joint_equals_alone(name, *scene)
             return
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)
+            patch.setattr(sam2_tracking, "lockstep_is_exact", lambda model: False)
             check_joint_equals_alone(name, *scene)
 
     for case in EDGE_CASES:
@@ -255,8 +256,8 @@ def test_hiera_l_memory_variant_has_the_full_size_memory_settings():
         assert built == large, name
     model = get_setup("hiera_l_memory").model
     assert model.hidden_dim // model.mem_dim == 4  # Hiera-L: 256 / 64, pointers split in 4 tokens
-    assert sam2_tracking._memory_reach(model) == 15
-    assert sam2_tracking._memory_reach(get_setup("strided").model) == 7
+    assert sam2_lockstep.memory_reach(model) == 15
+    assert sam2_lockstep.memory_reach(get_setup("strided").model) == 7
 
 
 def _stock_tracking(model, images: torch.Tensor, keyframe: int, mask: torch.Tensor) -> torch.Tensor:
@@ -294,7 +295,7 @@ def test_unequal_memory_layouts_are_tracked_apart_not_merged_and_stay_exact(monk
     One group keeps one extra old memory frame (never read, so its results are unchanged): its
     layout then differs from the other saturated groups, which still merge among themselves.
     """
-    monkeypatch.setattr(sam2_tracking, "_lockstep_is_exact", lambda model: False)  # the grouped path
+    monkeypatch.setattr(sam2_tracking, "lockstep_is_exact", lambda model: False)  # the grouped path
     setup = get_setup("vrshq_tiny")
     num_frames, keyframes, boxes = 30, [0, 2, 5], [0, 1, 2]
     prune = ObjectGroupMemory.prune

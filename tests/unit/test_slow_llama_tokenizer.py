@@ -69,7 +69,8 @@ def test_vrshq_checkpoint_keeps_the_slow_tokenizer(tmp_path):
     """A checkpoint saved from a model with the release's tokenizer restores the same prompt ids."""
     import torch
 
-    from vrshq.model.checkpoint import load_vrshq_tokenizer, save_vrshq_checkpoint
+    from vrshq.checkpoint.load import load_vrshq_tokenizer
+    from vrshq.checkpoint.save import save_vrshq_checkpoint
 
     tok = load_llama_tokenizer(_tokenizer_folder(tmp_path, False))
     add_vrshq_tokens(tok)

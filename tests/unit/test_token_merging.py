@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vrshq.model.token_merging import TokenMerger, dpc_knn_cluster, dpc_knn_merge, merge_clusters
-from vrshq.model.vision_config import TokenMergeConfig, effective_knn_k
+from vrshq.vision_config import TokenMergeConfig, effective_knn_k
 
 torch.set_num_threads(1)
 

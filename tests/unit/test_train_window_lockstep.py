@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks.train_window_reference import reference_train_window_forward
-from vrshq.model.sam2_config import sam2_tiny
+from vrshq.sam2_config import sam2_tiny
 from vrshq.model.sam2_segmenter import Sam2Segmenter
 
 SIZE = 64
@@ -55,7 +55,7 @@ def test_lockstep_window_equals_the_grouped_loop(cond, window):
 
 
 def test_window_passes_cover_every_other_frame_once_from_the_conditioning_frame():
-    from vrshq.model.sam2_segmenter import window_passes
+    from vrshq.model.sam2_train_window import window_passes
 
     assert [window_passes(c, 3) for c in range(3)] == [  # method §5.4
         ((False, (1, 2)),), ((False, (2,)), (True, (0,))), ((True, (1, 0)),)]

@@ -10,7 +10,7 @@ import torch
 
 from vrshq.model.token_merging import dpc_knn_merge
 from vrshq.model.vision import VisionWeightsError, VisualTokenizer
-from vrshq.model.vision_config import tiny_vision_tower
+from vrshq.vision_config import tiny_vision_tower
 
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from vrshq.model.vision_config import (
+from vrshq.vision_config import (
     AnchorConfig,
     ClipImageConfig,
     TokenMergeConfig,
@@ -115,7 +115,7 @@ def test_default_instances_are_the_real_sizes():
 
 
 def test_select_layer_read_from_checkpoint_config():
-    from vrshq.model.vision_config import chat_univi_select_layer
+    from vrshq.vision_config import chat_univi_select_layer
 
     assert chat_univi_select_layer({"mm_vision_select_layer": -1, "hidden_size": 4096}) == -1
     layer = chat_univi_select_layer({"mm_vision_select_layer": -2})
@@ -127,8 +127,8 @@ def test_select_layer_read_from_checkpoint_config():
 
 
 def test_centroid_position_scale_is_validated_and_old_configs_load_without_it():
-    from vrshq.model.config_io import config_from_dict, config_to_dict
-    from vrshq.model.vision_config import TokenMergeConfig
+    from vrshq.checkpoint.config_io import config_from_dict, config_to_dict
+    from vrshq.vision_config import TokenMergeConfig
 
     with pytest.raises(ValueError, match="centroid_position_scale"):
         TokenMergeConfig(centroid_position_scale=-1.0)

@@ -13,7 +13,7 @@ from vrshq.model.clip_preprocess import (
     resized_hw,
     tokenize_texts,
 )
-from vrshq.model.vision_config import CLIP_STD, ClipImageConfig
+from vrshq.vision_config import CLIP_STD, ClipImageConfig
 
 
 # One uint8 step after normalisation, for the channel with the smallest std (PIL rounds in 22-bit fixed point).

@@ -172,7 +172,7 @@ def test_text_path_gives_the_fused_tak_and_ce_of_the_training_forward_without_sa
 
 
 def test_visual_chunks_bound_the_hidden_state_not_the_frame_count():
-    from vrshq.model.vision_config import VisionTowerConfig
+    from vrshq.vision_config import VisionTowerConfig
     from vrshq.model.vrshq_model import CPU_VISUAL_CHUNK_FRAMES, VISUAL_CHUNK_VALUES
 
     model = build_vrshq(tiny_config())

@@ -1,4 +1,4 @@
-"""Small fsspec helpers shared by the readers and the synthetic writer.
+"""Small fsspec helpers shared by the readers and the synthetic writer (URIs and filesystems: :mod:`vrshq.storage`).
 
 Every path in :mod:`vrshq.data` is a URI opened through fsspec, so one code path serves a local
 folder and ``s3://bucket/prefix``. Remote paths never go through ``os.path``.
@@ -13,40 +13,27 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from vrshq.data.errors import DataError
+from vrshq.storage import filesystem_for
 
-__all__ = ["JsonObject", "resolve", "join_uri", "read_bytes", "read_json", "exists", "cat_many", "write_many"]
-
-
-def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for ``uri`` (the path is protocol-free, as fsspec expects)."""
-    fs, path = fsspec.core.url_to_fs(str(uri), **dict(storage_options or {}))
-    return fs, path
+__all__ = ["JsonObject", "canonical_uri", "read_bytes", "read_json", "exists", "cat_many", "write_many"]
 
 
 def canonical_uri(uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """``uri`` without a trailing '/', made absolute for local paths (records must not depend on the cwd)."""
-    fs, path = resolve(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
         return path.rstrip("/") or "/"
     return fs.unstrip_protocol(path.rstrip("/"))
 
 
-def join_uri(base: str, *parts: str) -> str:
-    """Join URI parts with '/' (parts may themselves contain '/', e.g. ReVOS video ids)."""
-    out = str(base).rstrip("/")
-    for part in parts:
-        out = f"{out}/{str(part).strip('/')}"
-    return out
-
-
 def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
-    fs, path = resolve(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     return bool(fs.exists(path))
 
 
 def read_bytes(uri: str, storage_options: Mapping[str, Any] | None = None, *, what: str = "file") -> bytes:
     """Read a whole file; a missing file becomes a :class:`DataError` naming it."""
-    fs, path = resolve(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     try:
         return fs.cat_file(path)
     except FileNotFoundError:

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vrshq.data._fs import cat_many, join_uri, resolve
+from vrshq.data._fs import cat_many
+from vrshq.storage import filesystem_for, join_uri
 from vrshq.data.errors import DataError
 from vrshq.data.paths import contained_uri
 from vrshq.data.records import VideoRecord
@@ -113,7 +114,7 @@ def probe_frame_size(video: VideoRecord, *, storage_options: Mapping[str, Any] |
         frame = load_frames(video, frame_indices=[0], storage_options=storage_options)[0]
         return int(frame.shape[0]), int(frame.shape[1])
     uri = frame_uri(video, 0)
-    fs, path = resolve(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     try:
         with fs.open(path, "rb") as handle, Image.open(handle) as image:
             width, height = image.size
@@ -138,7 +139,7 @@ def _check_indices(video: VideoRecord, frame_indices: Sequence[int] | None) -> l
 def _load_jpeg_frames(
     video: VideoRecord, indices: list[int], storage_options: Mapping[str, Any] | None, threads: int
 ) -> np.ndarray:
-    fs, folder = resolve(video.frames_uri, storage_options)
+    fs, folder = filesystem_for(video.frames_uri, storage_options)
     names = [video.frame_names[i] + FRAME_EXTENSION for i in indices]
     # Frame names are data: each is checked to stay under the video's folder before it is read.
     paths = [contained_uri(folder, name, what="frame name") for name in names]
@@ -193,7 +194,7 @@ def _open_mp4(video: VideoRecord, storage_options: Mapping[str, Any] | None, thr
     import decord  # heavy native library: imported only when an mp4 is read
 
     uri = video.video_uri
-    fs, path = resolve(uri, storage_options)
+    fs, path = filesystem_for(uri, storage_options)
     try:
         with fs.open(path, "rb") as handle:  # decord reads the whole file object into memory
             reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=max(threads, 0))

@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vrshq.data._fs import canonical_uri, exists, join_uri, read_json
+from vrshq.data._fs import canonical_uri, exists, read_json
 from vrshq.data.errors import DataError
 from vrshq.data.paths import contained_uri, path_part_problem
 from vrshq.data.records import EXPRESSION_TYPE_IDS, ExpressionRecord, VideoRecord
+from vrshq.storage import join_uri
 
 __all__ = [
     "FramesFrom",

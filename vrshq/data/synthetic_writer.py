@@ -24,9 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vrshq.data._fs import canonical_uri, join_uri, resolve, write_many
+from vrshq.data._fs import canonical_uri, write_many
 from vrshq.data.masks import encode_rle
 from vrshq.data.synthetic import SyntheticSceneConfig, generate_synthetic_video
+from vrshq.storage import filesystem_for, join_uri
 
 __all__ = ["SyntheticRevosInfo", "write_synthetic_revos", "encode_mp4"]
 
@@ -115,7 +116,7 @@ def write_synthetic_revos(
         raise ValueError(f"jpeg_chroma must be one of {sorted(_JPEG_CHROMA)}, got {jpeg_chroma!r}")
     config = config or SyntheticSceneConfig()
     root = canonical_uri(root_uri, storage_options)
-    fs, _ = resolve(root, storage_options)
+    fs, _ = filesystem_for(root, storage_options)
     meta: dict[str, Any] = {"videos": {}}
     mask_dict: dict[str, list] = {}
     foreground: dict[str, dict] = {}

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vrshq.model.vision_config import ClipImageConfig
+from vrshq.vision_config import ClipImageConfig
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -144,7 +144,7 @@ def build_tiny_clip_tokenizer(words: Iterable[str], *, model_max_length: int = 7
     distinct lower-cased ``words`` in the given order. Text is NFC-normalised, lower-cased and split on
     whitespace and punctuation (``tokenizers`` ``Whitespace``: ``\\w+|[^\\w\\s]+``); unknown words map to
     ``[UNK]``. Every text becomes ``BOS ... EOS``; truncation keeps EOS last. Pair it with
-    :func:`vrshq.model.vision_config.tiny_anchor` (``bos 0, eos 1, pad 1``) and a text vocabulary of at
+    :func:`vrshq.vision_config.tiny_anchor` (``bos 0, eos 1, pad 1``) and a text vocabulary of at
     least ``len(tokenizer)``.
 
     Args:

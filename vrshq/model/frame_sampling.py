@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vrshq.model.clip_preprocess import clip_preprocess, load_clip_tokenizer, to_frame_tensor, tokenize_texts
 from vrshq.model.vision import check_local_weights_dir
-from vrshq.model.vision_config import AnchorConfig
+from vrshq.vision_config import AnchorConfig
 
 if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerBase
@@ -145,7 +145,7 @@ class AnchorFrameSampler(nn.Module):
             the text model's vocabulary.
 
     Example:
-        >>> from vrshq.model.vision_config import tiny_anchor
+        >>> from vrshq.vision_config import tiny_anchor
         >>> from vrshq.model.clip_preprocess import build_tiny_clip_tokenizer
         >>> sampler = AnchorFrameSampler(tiny_anchor(), tokenizer=build_tiny_clip_tokenizer(["red", "ball"]))
         >>> frames = torch.zeros(12, 24, 32, 3, dtype=torch.uint8)

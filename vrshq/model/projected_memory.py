@@ -20,7 +20,7 @@ calls of ``CUDNN_ROWS_PER_CALL`` rows (the last padded): cuDNN is ~2x faster tha
 for these single-head, 256-wide shapes (H200), and fixed row counts keep its per-shape execution
 plans few and reused.
 
-Used by lockstep tracking (``vrshq.model.sam2_tracking``), which marks its memory bank with
+Used by lockstep tracking (``vrshq.model.sam2_lockstep``), which marks its memory bank with
 ``USE_PROJECTED_MEMORY``; ``VrshqSam2._prepare_memory_conditioned_features`` dispatches here.
 Measured on one H200 (SAM2-L sizes, random init, bf16, 48 frames; ``benchmarks.tracking_speed``):
 tracking 12 objects 1.96 s (stock) -> 1.83 s (projected) -> 1.41 s (plus cuDNN cross-attention,

@@ -31,7 +31,6 @@ import logging
 from typing import Any
 
 import cv2
-import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,8 @@ from vrshq.model.projected_memory import (
     condition_on_projected_memory,
     supports_projected_memory,
 )
-from vrshq.model.sam2_config import Sam2Config
+from vrshq.sam2_config import Sam2Config
+from vrshq.storage import filesystem_for
 
 __all__ = [
     "VrshqSam2",
@@ -51,7 +51,9 @@ __all__ = [
     "build_sam2_model",
     "load_sam2_checkpoint",
     "connected_components",
+    "fill_holes",
     "fill_holes_in_mask_scores",
+    "fill_small_holes_on_device",
     "PROMPT_EMBEDS_KEY",
 ]
 
@@ -112,6 +114,69 @@ def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor
     labels, areas = connected_components(mask <= 0)
     is_hole = (labels > 0) & (areas <= max_area)
     return torch.where(is_hole, _HOLE_FILL_SCORE, mask)
+
+
+def fill_small_holes_on_device(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """``fill_holes_in_mask_scores`` with tensor ops only: no host copy, no sync, any device.
+
+    Background components (logits <= 0, 8-connected) of at most ``max_area`` pixels get 0.1,
+    exactly as the connected-components version. Only small components matter, so full labels
+    are not needed: ``max_area - 1`` rounds of min-label propagation (3×3 min over background
+    pixels, starting from each pixel's own index) make every component of at most ``max_area``
+    pixels (graph diameter <= area - 1) carry one label. A pixel is a hole when its label's
+    group has at most ``max_area`` pixels and is *closed*: no pixel of the group has a
+    background neighbour with another label. A closed group is a whole component (it is closed
+    under adjacency and all its pixels lie within reach of the one pixel whose index it
+    carries), so large components are never filled, whatever their labels are at that point.
+
+    Args:
+        mask: (N, 1, H, W) mask logits.
+        max_area: the largest hole area (``fill_hole_area``); <= 0 returns ``mask``.
+    """
+    if max_area <= 0:
+        return mask
+    if mask.dim() != 4 or mask.shape[1] != 1:
+        raise ValueError(f"fill_small_holes_on_device: expected (N,1,H,W), got {tuple(mask.shape)}")
+    n, _, h, w = mask.shape
+    if h * w >= 2**24:  # labels are float32 (max pooling): exact up to 2**24
+        raise ValueError(f"fill_small_holes_on_device: {h}x{w} masks are too large")
+    device = mask.device
+    background = mask <= 0
+    inf = float("inf")
+    index = torch.arange(1, h * w + 1, device=device, dtype=torch.float32).view(1, 1, h, w)
+    labels = torch.where(background, index, inf)
+    for _ in range(max(max_area - 1, 1)):
+        labels = torch.where(background, -F.max_pool2d(-labels, 3, stride=1, padding=1), inf)
+    lowest = -F.max_pool2d(-labels, 3, stride=1, padding=1)  # non-background pixels are +inf
+    highest = F.max_pool2d(torch.where(background, labels, -inf), 3, stride=1, padding=1)
+    differs = background & ((lowest != labels) | (highest != labels))
+    # one counter per (image, label); non-background pixels go to the image's unused label 0
+    key = torch.where(background, labels, 0.0).long() + (
+        torch.arange(n, device=device) * (h * w + 1)
+    ).view(n, 1, 1, 1)
+    key = key.flatten()
+    size = n * (h * w + 1)
+    area = torch.zeros(size, dtype=torch.int32, device=device).index_add_(
+        0, key, background.flatten().to(torch.int32)
+    )
+    open_ = torch.zeros(size, dtype=torch.int32, device=device).index_add_(
+        0, key, differs.flatten().to(torch.int32)
+    )
+    hole = background & ((area[key] <= max_area) & (open_[key] == 0)).view_as(background)
+    return torch.where(hole, _HOLE_FILL_SCORE, mask)
+
+
+def fill_holes(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """Hole filling (method §5.3 step 2) with the fastest exact implementation for the device.
+
+    sam2's CUDA extension where it is built, :func:`fill_small_holes_on_device` on other GPUs
+    (the OpenCV fallback would copy every mask to the host and wait for it), OpenCV on the CPU.
+    """
+    if max_area <= 0:
+        return mask
+    if mask.device.type != "cpu" and not _HAS_SAM2_C:
+        return fill_small_holes_on_device(mask, max_area)
+    return fill_holes_in_mask_scores(mask, max_area)
 
 
 class VrshqSam2(SAM2VideoPredictor):
@@ -343,7 +408,7 @@ def load_sam2_checkpoint(
             (all listed in the message).
     """
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+        fs, path = filesystem_for(uri, storage_options)
         exists = fs.exists(path)
     except Exception as exc:  # noqa: BLE001 - any fsspec/backend failure is reported with the uri
         raise Sam2CheckpointError(uri, f"cannot access it ({exc})") from exc
@@ -375,7 +440,7 @@ MODEL_FOLDER_SAM2_PREFIX = "sam2.sam2."
 def _model_folder_sam2_state(uri: str, storage_options: dict[str, Any] | None) -> dict[str, torch.Tensor]:
     """The SAM2 weights of a VRS-HQ model folder, named as sam2's model names them. Only the weight files that
     hold SAM2 tensors are read (a 7B model's LLM shards are not)."""
-    from vrshq.model.weight_files import open_weight_files
+    from vrshq.checkpoint.weight_files import open_weight_files
 
     prefix = MODEL_FOLDER_SAM2_PREFIX
     state: dict[str, torch.Tensor] = {}

@@ -8,7 +8,7 @@ memory and outputs follow the stock predictor step for step, so joint tracking e
 each object alone, and a single object equals ``init_state`` / ``add_new_mask`` /
 ``propagate_in_video`` (tests check both).
 
-**Lockstep** (:func:`_track_lockstep`, the VRS-HQ settings: memory stride 1): every object's
+**Lockstep** (:func:`~vrshq.model.sam2_lockstep.track_lockstep`, the VRS-HQ settings: memory stride 1): every object's
 keyframe mask is inserted once (the same computation starts both of its passes); each object
 then has a forward row (keyframe+1 .. T-1) and a backward row (keyframe-1 .. 0), each with its
 own memory. Step ``d`` runs every row still inside the video at its own frame ``keyframe ± d``
@@ -27,14 +27,14 @@ the device once, and calls ``track_step`` for every group of objects whose memor
 same layout:
 
 * objects that share a keyframe form one group from the start;
-* once a group is more than ``_memory_reach`` (15) frames past its keyframe, its memory
+* once a group is more than ``memory_reach`` (15) frames past its keyframe, its memory
   layout (keyframe + 6 recent frames + 16 pointers, no temporal pointer encoding) no longer
   depends on where the keyframe was, so such groups are merged into one batch.
 
 An object becomes active when its keyframe is reached.
 
 Why merging is exact (``_merge_saturated``): after frame ``f`` a bank keeps the non-conditioning
-frames ``f-R+1 .. f`` (mirrored backward), ``R`` = :func:`_memory_reach`, i.e. everything the
+frames ``f-R+1 .. f`` (mirrored backward), ``R`` = :func:`~vrshq.model.sam2_lockstep.memory_reach`, i.e. everything the
 next step can read. A group is saturated at frame ``f`` when ``|f - keyframe| > R``; then every
 frame of ``f-R .. f-1`` lies strictly after its keyframe, so it was tracked and stored, and all
 saturated groups hold exactly the frames ``f-R .. f-1`` plus one conditioning entry that is
@@ -46,6 +46,9 @@ moved and flattened once and expanded (no copy) to each group's batch; the posit
 flattened once per video; hole filling (the same per-object operation, idempotent) runs once over
 the accumulated result instead of once per group and step, which on CUDA without sam2's
 extension also removes a device-to-host sync per step.
+
+Modules: :mod:`vrshq.model.sam2_video_features` holds the per-video features, :mod:`vrshq.model.sam2_lockstep`
+the lockstep path; this module the grouped path and :func:`track_objects`, which picks one.
 """
 
 from __future__ import annotations
@@ -55,145 +58,17 @@ import logging
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-import vrshq.model.sam2_model as _sam2_model
-from vrshq.model.projected_memory import PROJECTED_KEY, USE_PROJECTED_MEMORY
-from vrshq.model.sam2_model import VrshqSam2
+from vrshq.model.sam2_lockstep import insert_keyframe_masks, lockstep_is_exact, memory_reach, track_lockstep
+from vrshq.model.sam2_model import VrshqSam2, fill_holes
+from vrshq.model.sam2_video_features import FrameInputs, TrackResult, VideoFeatures, expand_rows
 
-__all__ = ["VideoFeatures", "TrackResult", "ObjectGroupMemory", "track_objects", "fill_holes", "fill_small_holes_on_device"]
+__all__ = ["ObjectGroupMemory", "track_objects"]
 
 logger = logging.getLogger(__name__)
 
 # Low-res frames per hole-filling call on the accumulated result (bounded temporary memory).
 _FILL_CHUNK = 256
-
-
-# Score given to filled holes (sam2.utils.misc.fill_holes_in_mask_scores and our CPU version).
-_HOLE_FILL_SCORE = 0.1
-
-
-def fill_small_holes_on_device(mask: torch.Tensor, max_area: int) -> torch.Tensor:
-    """``fill_holes_in_mask_scores`` with tensor ops only: no host copy, no sync, any device.
-
-    Background components (logits <= 0, 8-connected) of at most ``max_area`` pixels get 0.1,
-    exactly as the connected-components version. Only small components matter, so full labels
-    are not needed: ``max_area - 1`` rounds of min-label propagation (3×3 min over background
-    pixels, starting from each pixel's own index) make every component of at most ``max_area``
-    pixels (graph diameter <= area - 1) carry one label. A pixel is a hole when its label's
-    group has at most ``max_area`` pixels and is *closed*: no pixel of the group has a
-    background neighbour with another label. A closed group is a whole component (it is closed
-    under adjacency and all its pixels lie within reach of the one pixel whose index it
-    carries), so large components are never filled, whatever their labels are at that point.
-
-    Args:
-        mask: (N, 1, H, W) mask logits.
-        max_area: the largest hole area (``fill_hole_area``); <= 0 returns ``mask``.
-    """
-    if max_area <= 0:
-        return mask
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"fill_small_holes_on_device: expected (N,1,H,W), got {tuple(mask.shape)}")
-    n, _, h, w = mask.shape
-    if h * w >= 2**24:  # labels are float32 (max pooling): exact up to 2**24
-        raise ValueError(f"fill_small_holes_on_device: {h}x{w} masks are too large")
-    device = mask.device
-    background = mask <= 0
-    inf = float("inf")
-    index = torch.arange(1, h * w + 1, device=device, dtype=torch.float32).view(1, 1, h, w)
-    labels = torch.where(background, index, inf)
-    for _ in range(max(max_area - 1, 1)):
-        labels = torch.where(background, -F.max_pool2d(-labels, 3, stride=1, padding=1), inf)
-    lowest = -F.max_pool2d(-labels, 3, stride=1, padding=1)  # non-background pixels are +inf
-    highest = F.max_pool2d(torch.where(background, labels, -inf), 3, stride=1, padding=1)
-    differs = background & ((lowest != labels) | (highest != labels))
-    # one counter per (image, label); non-background pixels go to the image's unused label 0
-    key = torch.where(background, labels, 0.0).long() + (
-        torch.arange(n, device=device) * (h * w + 1)
-    ).view(n, 1, 1, 1)
-    key = key.flatten()
-    size = n * (h * w + 1)
-    area = torch.zeros(size, dtype=torch.int32, device=device).index_add_(
-        0, key, background.flatten().to(torch.int32)
-    )
-    open_ = torch.zeros(size, dtype=torch.int32, device=device).index_add_(
-        0, key, differs.flatten().to(torch.int32)
-    )
-    hole = background & ((area[key] <= max_area) & (open_[key] == 0)).view_as(background)
-    return torch.where(hole, _HOLE_FILL_SCORE, mask)
-
-
-def fill_holes(mask: torch.Tensor, max_area: int) -> torch.Tensor:
-    """Hole filling (method §5.3 step 2) with the fastest exact implementation for the device.
-
-    sam2's CUDA extension where it is built, :func:`fill_small_holes_on_device` on other GPUs
-    (the OpenCV fallback would copy every mask to the host and wait for it), OpenCV on the CPU.
-    """
-    if max_area <= 0:
-        return mask
-    if mask.device.type != "cpu" and not _sam2_model._HAS_SAM2_C:
-        return fill_small_holes_on_device(mask, max_area)
-    return _sam2_model.fill_holes_in_mask_scores(mask, max_area)
-
-
-@dataclasses.dataclass(frozen=True)
-class VideoFeatures:
-    """SAM2 backbone output of every frame of one video (computed once, shared by expressions).
-
-    Attributes:
-        backbone_fpn: Per level, (T, C_l, H_l, W_l), as ``SAM2Base.forward_image`` returns
-            them (levels 0/1 already through ``conv_s0``/``conv_s1``). May live on the CPU.
-        vision_pos_enc: Per level, (1, D, H_l, W_l); the sine position encoding is the same for
-            every frame, so one copy is kept.
-        compute_device: Device the model runs on; frames are moved there when used.
-    """
-
-    backbone_fpn: tuple[torch.Tensor, ...]
-    vision_pos_enc: tuple[torch.Tensor, ...]
-    compute_device: torch.device
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.backbone_fpn[0].shape[0])
-
-    def backbone_out(
-        self, frame_indices: torch.Tensor | list[int], *, repeat: int = 1
-    ) -> dict[str, list[torch.Tensor]]:
-        """A ``backbone_out`` dict (sam2 layout) for the given frames on the compute device.
-
-        Args:
-            frame_indices: (N,) frame indices; row i of the output is frame ``frame_indices[i]``.
-            repeat: Expand a single frame to this batch size (no copy), e.g. one frame for B
-                objects.
-        """
-        idx = torch.as_tensor(frame_indices, dtype=torch.long)
-        if idx.dim() != 1 or idx.numel() == 0:
-            raise ValueError(
-                f"frame_indices must be a non-empty 1-D index, got shape {tuple(idx.shape)}"
-            )
-        if int(idx.min()) < 0 or int(idx.max()) >= self.num_frames:
-            raise IndexError(f"frame index out of range [0, {self.num_frames}): {idx.tolist()}")
-        fpn = []
-        for level in self.backbone_fpn:
-            x = level.index_select(0, idx.to(level.device))
-            x = x.to(self.compute_device, non_blocking=True)
-            fpn.append(x.expand(repeat, -1, -1, -1) if repeat > 1 else x)
-        batch = fpn[0].shape[0]
-        pos = [p.to(self.compute_device).expand(batch, -1, -1, -1) for p in self.vision_pos_enc]
-        return {"backbone_fpn": fpn, "vision_pos_enc": pos}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrackResult:
-    """Propagation output for E objects over T frames.
-
-    Attributes:
-        low_res_logits: (E, T, S/4, S/4) float32 mask logits (hole-filled, gated in eval).
-        object_score_logits: (E, T) float32 object-presence logits.
-    """
-
-    low_res_logits: torch.Tensor
-    object_score_logits: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -250,70 +125,9 @@ class ObjectGroupMemory:
                 del non_cond[t]
 
 
-class _FrameInputs:
-    """Per-frame track-step inputs for batch 1, expanded (no copy) to each group's batch.
-
-    The sine position encoding is the same for every frame: it is moved to the compute device
-    once per video (with offloaded features it is several times larger than a frame's
-    features) and flattened by sam2's ``_prepare_backbone_features`` together with the frame.
-    """
-
-    def __init__(self, model: VrshqSam2, features: VideoFeatures) -> None:
-        self._model = model
-        self._features = features
-        self.device = features.compute_device
-        self._pos = [p.to(self.device) for p in features.vision_pos_enc]
-
-    def __call__(
-        self, frame_idx: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
-        """(HW, 1, C) features and position encodings per level, and the level sizes."""
-        fpn = [
-            level[frame_idx : frame_idx + 1].to(self.device, non_blocking=True)
-            for level in self._features.backbone_fpn
-        ]
-        backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
-        _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
-        return feats, pos, sizes
-
-    def rows(
-        self, frames: torch.Tensor, frames_host: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
-        """(HW, B, C) features of B rows, row i from frame ``frames[i]``, and (HW, B, C) positions.
-
-        ``frames`` is the (B,) index on the compute device, ``frames_host`` the same on the CPU
-        (used when the features are offloaded there).
-        """
-        fpn = []
-        for level in self._features.backbone_fpn:
-            if level.device == self.device:
-                fpn.append(level.index_select(0, frames))
-            else:
-                fpn.append(level.index_select(0, frames_host).to(self.device, non_blocking=True))
-        backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
-        _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
-        return feats, _expand(pos, int(frames.shape[0])), sizes
-
-
-def _expand(flat: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
-    """(HW, 1, C) -> (HW, batch, C) views; the same strides as flattening expanded maps."""
-    return flat if batch == 1 else [x.expand(-1, batch, -1) for x in flat]
-
-
-def _memory_reach(model: VrshqSam2) -> int:
-    """How many frames back a track step reads (spatial memories or object pointers).
-
-    Memories: the previous frame plus ``num_maskmem - 2`` frames on a stride-r grid, at most
-    ``1 + (num_maskmem - 2)·r`` back; pointers: up to ``max_obj_ptrs_in_encoder - 1`` back.
-    With the VRS-HQ settings (7 memories, stride 1, 16 pointers) that is 15 frames.
-    """
-    stride = max(1, int(model.memory_temporal_stride_for_eval))
-    return max(1 + (model.num_maskmem - 2) * stride, model.max_obj_ptrs_in_encoder - 1)
-
-
 def _insert_keyframe_mask(
     model: VrshqSam2,
-    frame_inputs: _FrameInputs,
+    frame_inputs: FrameInputs,
     group: ObjectGroupMemory,
     masks: torch.Tensor,
     *,
@@ -322,9 +136,9 @@ def _insert_keyframe_mask(
     memory_device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``add_new_mask`` + the memory encoding of ``propagate_in_video_preflight``, batched (the mask
-    is the output as is, no memory is read: the same computation as :func:`_insert_keyframe_masks`)."""
+    is the output as is, no memory is read: the same computation as :func:`insert_keyframe_masks`)."""
     keyframes = torch.full((len(group.object_indices),), group.keyframe, dtype=torch.long)
-    out = _insert_keyframe_masks(model, frame_inputs, keyframes, masks, num_frames=num_frames)
+    out = insert_keyframe_masks(model, frame_inputs, keyframes, masks, num_frames=num_frames)
     pred = out["pred_masks"]
     group.store(group.keyframe, out, is_cond=True, memory_dtype=memory_dtype, memory_device=memory_device)
     return pred, out["object_score_logits"]
@@ -335,7 +149,7 @@ def _layouts_depend_only_on_distance(model: VrshqSam2) -> bool:
 
     True for the VRS-HQ settings: no temporal encoding of object pointers (so the keyframe's
     pointer position is irrelevant) and all conditioning frames attended. Then two groups
-    that are both more than ``_memory_reach`` frames past their keyframes read memories of
+    that are both more than ``memory_reach`` frames past their keyframes read memories of
     identical layout (keyframe + the same recent frames and pointers) and can be batched.
     """
     return not model.add_tpos_enc_to_obj_ptrs and model.max_cond_frames_in_attn == -1
@@ -418,7 +232,7 @@ def _wait_for_offloaded_memory(memory_device: torch.device, compute_device: torc
 
 def _propagate_direction(
     model: VrshqSam2,
-    frame_inputs: _FrameInputs,
+    frame_inputs: FrameInputs,
     groups: list[ObjectGroupMemory],
     keyframe_masks: torch.Tensor,
     result: TrackResult,
@@ -429,7 +243,7 @@ def _propagate_direction(
     memory_device: torch.device,
 ) -> None:
     """One pass (forward or backward) of every group from its keyframe, raw logits recorded."""
-    reach = _memory_reach(model)
+    reach = memory_reach(model)
     for group in groups:
         pred, scores = _insert_keyframe_mask(
             model, frame_inputs, group, keyframe_masks[group.object_indices],
@@ -471,8 +285,8 @@ def _propagate_direction(
             out = model.track_step(
                 frame_idx=frame_idx,
                 is_init_cond_frame=False,
-                current_vision_feats=_expand(feats1, num),
-                current_vision_pos_embeds=_expand(pos1, num),
+                current_vision_feats=expand_rows(feats1, num),
+                current_vision_pos_embeds=expand_rows(pos1, num),
                 feat_sizes=sizes,
                 point_inputs=None,
                 mask_inputs=None,
@@ -517,214 +331,6 @@ def _fill_holes_in_place(model: VrshqSam2, logits: torch.Tensor) -> None:
     for start in range(0, flat.shape[0], _FILL_CHUNK):
         part = flat[start : start + _FILL_CHUNK]
         part.copy_(fill_holes(part, model.fill_hole_area))
-
-
-def _lockstep_is_exact(model: VrshqSam2) -> bool:
-    """Whether :func:`_track_lockstep` equals tracking every object alone for this model.
-
-    A row ``i`` frames past (before) its keyframe reads the keyframe's memory and those of the
-    ``reach`` frames just before (after) it, all at the same distances for every row; with a
-    memory stride of 1 the frames a step reads do not depend on where the keyframe is (with a
-    stride ``r > 1`` they sit on the grid of multiples of ``r``, which moves with the keyframe).
-    Object-pointer positions are distances as well (signed ones included: a backward row ``i``
-    frames before its keyframe is at ``+i`` like a forward row), and a bank holds one
-    conditioning frame, so ``max_cond_frames_in_attn`` cannot drop it. The memory encoder must
-    not mix objects (``non_overlap_masks_for_mem_enc``).
-    """
-    stride = 1 if model.training else int(model.memory_temporal_stride_for_eval)
-    return stride == 1 and not model.non_overlap_masks_for_mem_enc
-
-
-@dataclasses.dataclass
-class _LockstepBank:
-    """The memory of every row of a lockstep pass, keyed by distance from the keyframes.
-
-    Entry ``d`` holds the outputs of distance ``d`` for the rows that were active then; rows are
-    sorted by pass length, so the rows still active form a prefix and :meth:`keep_rows` trims
-    every entry to it (views, no copies). ``output_dict`` is the structure
-    ``SAM2Base.track_step`` reads, with the keyframes at frame 0.
-    """
-
-    output_dict: dict[str, dict[int, dict[str, Any]]]
-    maskmem_pos_enc: list[torch.Tensor]
-    rows: int
-
-    def keep_rows(self, rows: int) -> None:
-        if rows == self.rows:
-            return
-        self.rows = rows
-        self.maskmem_pos_enc[:] = [p[:rows] for p in self.maskmem_pos_enc]
-        for name in ("cond_frame_outputs", "non_cond_frame_outputs"):
-            for entry in self.output_dict[name].values():
-                for key in ("maskmem_features", "obj_ptr", "object_score_logits"):
-                    entry[key] = entry[key][:rows]
-                if PROJECTED_KEY in entry:
-                    entry[PROJECTED_KEY] = [(k[:rows], v[:rows]) for k, v in entry[PROJECTED_KEY]]
-
-    def store(
-        self,
-        distance: int,
-        out: dict[str, Any],
-        *,
-        memory_dtype: torch.dtype | None,
-        memory_device: torch.device,
-    ) -> None:
-        feats = out["maskmem_features"]
-        if memory_dtype is not None:
-            feats = feats.to(memory_dtype)
-        self.output_dict["non_cond_frame_outputs"][distance] = {
-            "maskmem_features": feats.to(memory_device, non_blocking=True),
-            "maskmem_pos_enc": self.maskmem_pos_enc,
-            "obj_ptr": out["obj_ptr"],
-            "object_score_logits": out["object_score_logits"],
-        }
-
-    def prune(self, distance: int, *, reach: int) -> None:
-        """Drop the entries no later distance reads (the next one reads ``reach`` back)."""
-        non_cond = self.output_dict["non_cond_frame_outputs"]
-        for d in [d for d in non_cond if d <= distance - reach]:
-            del non_cond[d]
-
-
-def _insert_keyframe_masks(
-    model: VrshqSam2,
-    frame_inputs: _FrameInputs,
-    keyframes: torch.Tensor,
-    masks: torch.Tensor,
-    *,
-    num_frames: int,
-) -> dict[str, Any]:
-    """``add_new_mask`` + preflight memory encoding for every object at once (its own keyframe).
-
-    The same computation starts the forward and the backward pass of an object, so it runs once.
-    Returns the track-step output with the (hole-filled) ``pred_masks`` and the memory.
-    """
-    device = frame_inputs.device
-    feats, pos, sizes = frame_inputs.rows(keyframes.to(device), keyframes)
-    out = model.track_step(
-        frame_idx=0,
-        is_init_cond_frame=True,
-        current_vision_feats=feats,
-        current_vision_pos_embeds=pos,
-        feat_sizes=sizes,
-        point_inputs=None,
-        mask_inputs=masks[:, None].float(),
-        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
-        num_frames=num_frames,
-        track_in_reverse=False,
-        run_mem_encoder=False,
-    )
-    pred = out["pred_masks"]
-    if model.fill_hole_area > 0 and not model.training:
-        pred = fill_holes(pred, model.fill_hole_area)
-    high_res = F.interpolate(
-        pred, size=(model.image_size, model.image_size), mode="bilinear", align_corners=False
-    )
-    out["maskmem_features"], out["maskmem_pos_enc"] = model._encode_new_memory(
-        current_vision_feats=feats,
-        feat_sizes=sizes,
-        pred_masks_high_res=high_res,
-        object_score_logits=out["object_score_logits"],
-        is_mask_from_pts=True,
-    )
-    out["pred_masks"] = pred
-    return out
-
-
-def _track_lockstep(
-    model: VrshqSam2,
-    features: VideoFeatures,
-    keyframe_idx: list[int],
-    masks: torch.Tensor,
-    result: TrackResult,
-    *,
-    memory_dtype: torch.dtype | None,
-    memory_device: torch.device,
-    project_memory_once: bool,
-) -> None:
-    """Both passes of every object in one batch per distance from the keyframes.
-
-    Each object gives a forward row (keyframe+1 .. T-1) and a backward row (keyframe-1 .. 0),
-    each with its own memory as in the stock predictor. Step ``d`` runs every row that is still
-    inside the video, at its own frame ``keyframe ± d``, in one ``track_step``: all of them read
-    memories at the same distances (:func:`_lockstep_is_exact`), so the memory bank is keyed by
-    distance and the rows are the batch. A video of T frames takes at most T-1 steps, however
-    many objects and keyframes it has, instead of one step per frame and keyframe group.
-    """
-    num_frames = features.num_frames
-    device = features.compute_device
-    out_device = result.low_res_logits.device
-    keyframes = torch.tensor(keyframe_idx, dtype=torch.long)
-    inserted = _insert_keyframe_masks(model, _FrameInputs(model, features), keyframes, masks,
-                                      num_frames=num_frames)
-    objects_out = torch.arange(len(keyframe_idx), device=out_device)
-    keys_out = keyframes.to(out_device)
-    result.low_res_logits.index_put_((objects_out, keys_out), inserted["pred_masks"][:, 0].float().to(out_device))
-    result.object_score_logits.index_put_(
-        (objects_out, keys_out), inserted["object_score_logits"][:, 0].float().to(out_device)
-    )
-    # rows (length, object, direction), longest first: the active rows are always a prefix
-    rows = [(num_frames - 1 - k, obj, 1) for obj, k in enumerate(keyframe_idx) if k < num_frames - 1]
-    rows += [(k, obj, -1) for obj, k in enumerate(keyframe_idx) if k > 0]
-    rows.sort(key=lambda r: -r[0])
-    if not rows:
-        return
-    lengths = [r[0] for r in rows]
-    row_obj = torch.tensor([r[1] for r in rows], dtype=torch.long)
-    row_sign = torch.tensor([r[2] for r in rows], dtype=torch.long)
-    distances = torch.arange(1, lengths[0] + 1, dtype=torch.long)
-    # frames_host[d - 1, r]: the frame row r tracks at distance d (valid while d <= its length)
-    frames_host = keyframes[row_obj][None, :] + row_sign[None, :] * distances[:, None]
-    frames_dev = frames_host.to(device)
-    frames_out = frames_dev if out_device == device else frames_host.to(out_device)
-    row_obj_out = row_obj.to(out_device)
-    # every row's memory starts from its object's keyframe output
-    pick = row_obj.to(inserted["maskmem_features"].device)
-    cond_feats = inserted["maskmem_features"].index_select(0, pick)
-    if memory_dtype is not None:
-        cond_feats = cond_feats.to(memory_dtype)
-    bank = _LockstepBank(
-        # projections live beside the memory, so only when the memory stays on the compute device
-        output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {},
-                     USE_PROJECTED_MEMORY: project_memory_once and memory_device == device},
-        maskmem_pos_enc=[p.index_select(0, pick) for p in inserted["maskmem_pos_enc"]],
-        rows=len(rows),
-    )
-    bank.output_dict["cond_frame_outputs"][0] = {
-        "maskmem_features": cond_feats.to(memory_device, non_blocking=True),
-        "maskmem_pos_enc": bank.maskmem_pos_enc,
-        "obj_ptr": inserted["obj_ptr"].index_select(0, pick),
-        "object_score_logits": inserted["object_score_logits"].index_select(0, pick),
-    }
-    del inserted
-    frame_inputs = _FrameInputs(model, features)
-    reach = _memory_reach(model)
-    active = len(rows)
-    for distance in range(1, lengths[0] + 1):
-        while lengths[active - 1] < distance:
-            active -= 1
-        bank.keep_rows(active)
-        feats, pos, sizes = frame_inputs.rows(
-            frames_dev[distance - 1, :active], frames_host[distance - 1, :active]
-        )
-        out = model.track_step(
-            frame_idx=distance,
-            is_init_cond_frame=False,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=None,
-            mask_inputs=None,
-            output_dict=bank.output_dict,
-            num_frames=num_frames,
-            track_in_reverse=False,
-            run_mem_encoder=True,
-        )
-        bank.store(distance, out, memory_dtype=memory_dtype, memory_device=memory_device)
-        bank.prune(distance, reach=reach)
-        index = (row_obj_out[:active], frames_out[distance - 1, :active])
-        result.low_res_logits.index_put_(index, out["pred_masks"][:, 0].float().to(out_device))
-        result.object_score_logits.index_put_(index, out["object_score_logits"][:, 0].float().to(out_device))
 
 
 def track_objects(
@@ -809,18 +415,18 @@ def _track_into(
 ) -> None:
     """Both passes of :func:`track_objects` and the hole filling, written into ``result``."""
     num_frames = features.num_frames
-    if _lockstep_is_exact(model):
+    if lockstep_is_exact(model):
         keyframe_idx = [0] * sum(len(objs) for objs in by_keyframe.values())
         for k, objs in by_keyframe.items():
             for obj in objs:
                 keyframe_idx[obj] = k
-        _track_lockstep(
+        track_lockstep(
             model, features, keyframe_idx, masks, result,
             memory_dtype=memory_dtype, memory_device=memory_device, project_memory_once=project_memory_once,
         )
         _fill_holes_in_place(model, result.low_res_logits)
         return
-    frame_inputs = _FrameInputs(model, features)
+    frame_inputs = FrameInputs(model, features)
     for reverse in (False, True):
         # The forward pass covers frames >= keyframe and the backward pass frames < keyframe,
         # each from its own fresh memory (method §5.3 step 4). A keyframe at T-1 needs no

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from vrshq.model.vision_config import TokenMergeConfig, effective_knn_k
+from vrshq.vision_config import TokenMergeConfig, effective_knn_k
 
 __all__ = [
     "ClusterAssignment",
@@ -87,7 +87,7 @@ def dpc_knn_cluster(x: Tensor, *, num_clusters: int, k: int) -> ClusterAssignmen
         x: ``(B, N, C)`` token features (any float dtype; distances are computed in float32).
         num_clusters: ``M``, with ``1 <= M <= N``.
         k: nearest neighbours for the density, ``1 <= k <= N``. This is the k actually used; see
-            :func:`vrshq.model.vision_config.effective_knn_k` for Chat-UniVi's per-level rule.
+            :func:`vrshq.vision_config.effective_knn_k` for Chat-UniVi's per-level rule.
 
     Returns:
         :class:`ClusterAssignment` with ``centers (B, M)`` and ``labels (B, N)``.
@@ -183,7 +183,7 @@ def dpc_knn_merge(
         x: ``(B, N, C)`` patch tokens (CLS already dropped).
         cluster_counts: clusters per level, e.g. ``(64, 32, 16)``.
         knn_k: configured k per level, e.g. ``(5, 3, 3)``; Chat-UniVi's
-            :func:`~vrshq.model.vision_config.effective_knn_k` rule is applied.
+            :func:`~vrshq.vision_config.effective_knn_k` rule is applied.
         positions: optional ``(N, C)`` or ``(B, N, C)`` embedding of each patch's position (not Chat-UniVi, a
             from-scratch aid, ``TokenMergeConfig.centroid_position_scale``). It is averaged with the same
             cluster assignments as ``x`` and added to each level's output; the clustering (and the features the

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vrshq.model.clip_preprocess import clip_preprocess
 from vrshq.model.token_merging import dpc_knn_merge, grid_position_embedding
-from vrshq.model.vision_config import VisionTowerConfig
+from vrshq.vision_config import VisionTowerConfig
 
 if TYPE_CHECKING:
     from transformers import CLIPVisionModel
@@ -103,7 +103,7 @@ class VisualTokenizer(nn.Module):
         cfg: tower, merge and projector sizes.
 
     Example:
-        >>> from vrshq.model.vision_config import tiny_vision_tower
+        >>> from vrshq.vision_config import tiny_vision_tower
         >>> vt = VisualTokenizer(tiny_vision_tower())
         >>> frames = torch.zeros(3, 40, 60, 3, dtype=torch.uint8)
         >>> vt(vt.preprocess(frames)).shape

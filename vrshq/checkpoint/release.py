@@ -29,8 +29,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from vrshq.storage import filesystem_for, join_uri
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,10 @@ class ReleaseFileError(FileNotFoundError):
 
 def _fs(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+        fs, path = filesystem_for(uri, storage_options)
     except (ImportError, ValueError) as exc:  # e.g. hf:// without huggingface_hub, an unknown protocol
         raise ReleaseFileError(uri, f"cannot open this URI: {exc}") from exc
     return fs, path.rstrip("/") or path
-
-
-def _join(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
 
 
 def _isfile(fs: Any, path: str) -> bool:
@@ -112,9 +109,9 @@ def read_release_config(uri: str, storage_options: Mapping[str, Any] | None = No
         try:
             data = json.load(handle)
         except json.JSONDecodeError as exc:
-            raise ReleaseFileError(_join(uri, "config.json"), f"not valid JSON ({exc})") from exc
+            raise ReleaseFileError(join_uri(uri, "config.json"), f"not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise ReleaseFileError(_join(uri, "config.json"), "expected a JSON object")
+        raise ReleaseFileError(join_uri(uri, "config.json"), "expected a JSON object")
     return None if "vrshq_format_version" in data else data
 
 
@@ -160,7 +157,7 @@ def check_release_tokenizer(uri: str, storage_options: Mapping[str, Any] | None 
     for name in _TOKENIZER_REQUIRED:
         if not _isfile(fs, f"{path}/{name}"):
             raise ReleaseFileError(
-                _join(uri, name),
+                join_uri(uri, name),
                 f"missing: the released weights come with the slow LLaMA tokenizer ({name}, "
                 f"{', '.join(_TOKENIZER_OPTIONAL)}); copy those files of {RELEASE_SOURCE} into the checkpoint folder")
 
@@ -183,12 +180,12 @@ def anchor_files(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
                                     f"released weights; {where}")
     for name in ("config.json", "preprocessor_config.json"):
         if not _isfile(fs, f"{path}/{name}"):
-            raise ReleaseFileError(_join(uri, name), f"missing from the anchor folder; {where}")
+            raise ReleaseFileError(join_uri(uri, name), f"missing from the anchor folder; {where}")
     if not any(_isfile(fs, f"{path}/{name}") for name in _ANCHOR_WEIGHTS):
-        raise ReleaseFileError(_join(uri, _ANCHOR_WEIGHTS[1]), f"missing from the anchor folder (or "
+        raise ReleaseFileError(join_uri(uri, _ANCHOR_WEIGHTS[1]), f"missing from the anchor folder (or "
                                                               f"{_ANCHOR_WEIGHTS[0]}); {where}")
     if not any(all(_isfile(fs, f"{path}/{n}") for n in group) for group in _ANCHOR_TOKENIZER):
-        raise ReleaseFileError(_join(uri, "vocab.json"), f"the anchor folder has no CLIP tokenizer (vocab.json "
+        raise ReleaseFileError(join_uri(uri, "vocab.json"), f"the anchor folder has no CLIP tokenizer (vocab.json "
                                                         f"and merges.txt, or tokenizer.json); {where}")
     return ["config.json", "preprocessor_config.json",
             *(n for n in _ANCHOR_OPTIONAL if _isfile(fs, f"{path}/{n}"))]
@@ -202,11 +199,11 @@ def check_anchor_folder(uri: str, image_size: int, storage_options: Mapping[str,
         try:
             pre = json.load(handle)
         except json.JSONDecodeError as exc:
-            raise ReleaseFileError(_join(uri, "preprocessor_config.json"), f"not valid JSON ({exc})") from exc
+            raise ReleaseFileError(join_uri(uri, "preprocessor_config.json"), f"not valid JSON ({exc})") from exc
     crop = pre.get("crop_size") if isinstance(pre, dict) else None
     crop = crop.get("height") if isinstance(crop, dict) else crop
     if crop is not None and crop != image_size:
-        raise ReleaseFileError(_join(uri, "preprocessor_config.json"),
+        raise ReleaseFileError(join_uri(uri, "preprocessor_config.json"),
                                f"crops to {crop} px, the anchor model of this preset is {image_size} px: is this "
                                f"{ANCHOR_SOURCE.split(' ')[0]}?")
 
@@ -243,7 +240,7 @@ def local_copy(uri: str, names: list[str] | tuple[str, ...], storage_options: Ma
         try:
             size = fs.size(remote)
         except (OSError, ValueError) as exc:
-            raise ReleaseFileError(_join(uri, name), f"missing or unreadable ({exc})") from exc
+            raise ReleaseFileError(join_uri(uri, name), f"missing or unreadable ({exc})") from exc
         local = os.path.join(target, name)
         if os.path.isfile(local) and os.path.getsize(local) == size:
             continue
@@ -280,7 +277,7 @@ def check_release(
         ReleaseFileError: naming the missing file and where to get it.
         CheckpointError: an unreadable or unsafe weight file, or a broken index.
     """
-    from vrshq.model.weight_files import list_weight_files, open_weight_files
+    from vrshq.checkpoint.weight_files import list_weight_files, open_weight_files
 
     fs, _ = _fs(uri, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -320,7 +317,7 @@ def release_vrshq_config(
 
     release = release_config if release_config is not None else read_release_config(uri, storage_options)
     if release is None:
-        raise ReleaseFileError(_join(uri, "config.json"), "missing, or written by vrshq: not a released folder")
+        raise ReleaseFileError(join_uri(uri, "config.json"), "missing, or written by vrshq: not a released folder")
     fs, path = _fs(uri, storage_options)
     tokenizer_dir = local_copy(uri, [n for n in LLAMA_TOKENIZER_FILES if _isfile(fs, f"{path}/{n}")], storage_options)
     llm = release_llm_config(base.llm, release, tokenizer_path=tokenizer_dir)
@@ -377,7 +374,7 @@ def load_release(
 
     from vrshq.builders import build_vrshq, vrshq_7b_config
     from vrshq.model.frame_sampling import build_clip_model
-    from vrshq.model.official_names import load_official_checkpoint
+    from vrshq.checkpoint.official_names import load_official_checkpoint
 
     import time
 

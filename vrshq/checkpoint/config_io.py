@@ -1,6 +1,6 @@
 """JSON (de)serialisation of the frozen config dataclasses, generic over their annotations.
 
-Used for the ``config.json`` of a checkpoint folder (:mod:`vrshq.model.checkpoint`), so the config
+Used for the ``config.json`` of a checkpoint folder (:mod:`vrshq.checkpoint`), so the config
 classes need no JSON code of their own: nested dataclasses, tuples, enums, ``torch.dtype`` and
 ``X | None`` fields round-trip. A ``to_dict``/``from_dict`` method on a class takes precedence.
 Fields named ``*storage_options`` may hold credentials and are written as null.

@@ -6,7 +6,7 @@ Layouts: a vrshq/HF safetensors folder (``model.safetensors`` or shards plus
 ``.safetensors``/``.bin``/``.pt``/``.pth``/``.ckpt`` file. Safetensors shapes come from the file
 header (two small reads, also on S3) so that strictness can be checked before any tensor is read;
 pickle files are read with ``torch.load(weights_only=True)`` only, and refused if they hold more
-than tensors. Used by :mod:`vrshq.model.checkpoint`, which holds the public API.
+than tensors. Used by :mod:`vrshq.checkpoint`, which holds the public API.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
+
+from vrshq.storage import filesystem_for, join_uri
 
 __all__ = [
     "CONFIG_NAME",
@@ -35,7 +36,6 @@ __all__ = [
     "WEIGHTS_NAME",
     "WeightFile",
     "as_uris",
-    "join_uri",
     "list_keys",
     "list_weight_files",
     "open_weight_files",
@@ -55,7 +55,7 @@ LAYOUT_HELP = (
     f"a vrshq checkpoint is a folder holding {CONFIG_NAME}, the weights as {WEIGHTS_NAME} (or shards "
     f"model-0000i-of-0000n.safetensors plus {WEIGHTS_INDEX_NAME}) and the tokenizer files; "
     "a single .safetensors file, or an HF folder with pytorch_model*.bin (read with weights_only=True), also loads. "
-    "Write one with vrshq.model.checkpoint.save_vrshq_checkpoint(model, uri)"
+    "Write one with vrshq.checkpoint.save.save_vrshq_checkpoint(model, uri)"
 )
 
 
@@ -162,7 +162,7 @@ def open_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
         UnsafeCheckpointError: a pickle file holds more than tensors.
         CheckpointError: an unreadable file or index.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     path = path.rstrip("/") or path
     fs.invalidate_cache(path)  # a listing cached before the checkpoint was written must not hide it
     if not fs.exists(path):
@@ -175,11 +175,6 @@ def open_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
         return [_open_file(fs, f"{folder}/{n}", join_uri(uri.rsplit("/", 1)[0], n))
                 for n in _names_from_index(fs, path, uri)]
     return [_open_file(fs, path, uri)]
-
-
-def join_uri(uri: str, name: str) -> str:
-    """``uri/name`` for a folder URI (local path or fsspec URL)."""
-    return f"{uri.rstrip('/')}/{name}"
 
 
 def _weight_names_in_folder(fs: Any, path: str, uri: str) -> list[str]:
@@ -213,7 +208,7 @@ def list_weight_files(uri: str, storage_options: Mapping[str, Any] | None) -> li
     Raises:
         CheckpointNotFoundError, CheckpointError: as :func:`open_weight_files`.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = filesystem_for(uri, storage_options)
     path = path.rstrip("/") or path
     fs.invalidate_cache(path)
     if not fs.exists(path):

@@ -56,8 +56,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vrshq.model.checkpoint import LoadReport, load_files_into
-from vrshq.model.weight_files import WeightFile, as_uris, open_weight_files
+from vrshq.checkpoint.load import LoadReport, load_files_into
+from vrshq.checkpoint.weight_files import WeightFile, as_uris, open_weight_files
 
 __all__ = [
     "OFFICIAL_IGNORED_KEYS",
