@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.storage import arrow_filesystem, filesystem_for, join_uri
-from pipelines.writers import OUTPUT_SCHEMAS, PartFile, list_parts, part_uri, write_bytes_atomic
+from pipelines.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
+from pipelines.writers import OUTPUT_SCHEMAS, PartFile, list_parts, part_uri
 from schemas import PARTITION_COLUMNS
 
 __all__ = [

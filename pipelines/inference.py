@@ -49,8 +49,8 @@ from pipelines.input_check import (
 from pipelines.output_lock import OutputLock
 from pipelines.resume import PairKey, remove_orphans
 from pipelines.run_records import mark_interrupted, run_record_uri
-from pipelines.storage import filesystem_for, join_uri
-from pipelines.writers import batch_id_for, write_batch, write_bytes_atomic
+from pipelines.storage import filesystem_for, join_uri, write_bytes_atomic
+from pipelines.writers import batch_id_for, write_batch
 from schemas import ERRORS_SCHEMA, MANIFEST_SCHEMA, validate_table
 
 __all__ = [

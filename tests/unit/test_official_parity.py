@@ -26,11 +26,11 @@ import torch
 
 from vrshq.builders import build_vrshq
 from vrshq.config import LlmConfig, MethodConfig, TrainableConfig, VrshqConfig
-from vrshq.model.official_names import load_official_checkpoint
+from vrshq.checkpoint.official_names import load_official_checkpoint
 from vrshq.model.prompts import EncodedPrompt, inference_prompt, normalize_expression, tokenize_prompt
 from vrshq.model.tokens import IGNORE_INDEX
-from vrshq.model.sam2_config import sam2_tiny
-from vrshq.model.vision_config import AnchorConfig, ClipImageConfig, TokenMergeConfig, VisionTowerConfig
+from vrshq.sam2_config import sam2_tiny
+from vrshq.vision_config import AnchorConfig, ClipImageConfig, TokenMergeConfig, VisionTowerConfig
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_parity"
 REL = 1e-4
