@@ -9,7 +9,7 @@ One run measures, on one synthetic ReVOS-shaped workload (:mod:`benchmarks.workl
   extrapolated to the workload (the table says so, and from how many);
 * **ours (model only)** - ``VrshqModel.segment_video`` in this process, frames already decoded (the
   upper bound of the pipeline);
-* **ours (pipeline)** - :func:`pipelines.inference.run_inference` end to end (JPEG decode in CPU
+* **ours (pipeline)** - :func:`pipelines.inference.run.run_inference` end to end (JPEG decode in CPU
   tasks, the model actor, RLE, Parquet writes), start to finish, plus its steady state (on a GPU:
   from the first to the last nvidia-smi sample >= 50% busy, i.e. without actor start-up and model
   load);
@@ -167,7 +167,7 @@ def _device_name(device: Any) -> str:
 
 
 def _inference_config(cfg: BenchmarkConfig, workload: Workload, preset: str, output: str) -> Any:
-    from pipelines.config import ComputeConfig, InferenceConfig
+    from pipelines.inference.config import ComputeConfig, InferenceConfig
 
     compute = ComputeConfig(
         num_actors=cfg.num_actors, num_cpus_per_actor=cfg.cpus_per_actor, read_num_cpus=cfg.read_num_cpus,
@@ -188,7 +188,7 @@ def _run_pipeline(cfg: BenchmarkConfig, workload: Workload, infer_cfg: Any, samp
     import ray
 
     from benchmarks.presets import ray_runtime_env
-    from pipelines.inference import run_inference
+    from pipelines.inference.run import run_inference
 
     output = infer_cfg.out
     shutil.rmtree(output, ignore_errors=True)  # a fresh output: otherwise the run resumes and skips everything
@@ -261,7 +261,7 @@ def _pipeline_masks(output: str, keys: set[tuple[str, str]]) -> dict[tuple[str, 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipelines.writers import read_output
+    from pipelines.io.writers import read_output
 
     table = read_output(output, "masks", columns=["video_id", "exp_id", "frame_index", "height", "width", "rle_counts"])
     wanted = sorted({v for v, _ in keys})

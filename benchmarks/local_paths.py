@@ -1,8 +1,8 @@
 """The in-process paths of the inference benchmark: serial, model only, SAM2 encoder bound, profile.
 
-They share one model, built by :func:`pipelines.model_loader.build_model` from the same
+They share one model, built by :func:`pipelines.inference.model_loader.build_model` from the same
 ``InferenceConfig`` as the pipeline's actors (so the weights are the same), and read the workload's
-frames exactly as the pipeline does (:func:`pipelines.video_io.read_video` at the working
+frames exactly as the pipeline does (:func:`pipelines.inference.video_io.read_video` at the working
 resolution, mask logits resized back to the original size: ``output_hw``), so all paths see
 the same inputs and their masks can be compared.
 """
@@ -71,7 +71,7 @@ def busy_mean(sampler: GpuBusySampler, start: float, end: float, *, all_gpus: bo
 
 
 def _rle_masks(masks: Any) -> list[bytes]:
-    from pipelines.rle import encode_masks
+    from pipelines.io.rle import encode_masks
 
     return encode_masks(masks)
 
@@ -94,7 +94,7 @@ def _decision(result: Any) -> dict[str, Any]:
 
 def decode_rle(counts: Sequence[bytes], shape: tuple[int, int]) -> np.ndarray:
     """bool (T, H, W) masks of RLE counts (the form the serial masks are kept in)."""
-    from pipelines.rle import decode_masks
+    from pipelines.io.rle import decode_masks
 
     return decode_masks(counts, height=shape[0], width=shape[1])
 
@@ -108,8 +108,8 @@ class LocalPaths:
     def __init__(self, cfg: BenchmarkConfig, workload: Workload, infer_cfg: Any) -> None:
         import torch
 
-        from pipelines.model_loader import build_model
-        from pipelines.video_io import working_max_side
+        from pipelines.inference.model_loader import build_model
+        from pipelines.inference.video_io import working_max_side
 
         self.cfg = cfg
         self.workload = workload
@@ -133,7 +133,7 @@ class LocalPaths:
         self.decisions: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERIAL: {}, MODEL_ONLY: {}}
 
     def frames(self, video: Any) -> tuple[np.ndarray, tuple[int, int]]:
-        from pipelines.video_io import read_video
+        from pipelines.inference.video_io import read_video
 
         return read_video(video, max_side=self.max_side)
 
@@ -212,7 +212,7 @@ class LocalPaths:
         """Full-size masks RLE-encoded chunk by chunk as the actor does, and J/F of each chunk."""
         import torch
 
-        from pipelines.rle import encode_masks
+        from pipelines.io.rle import encode_masks
         from vrshq.metrics import boundary_f, jaccard
         from vrshq.metrics.device import score_masks_tensor
 
@@ -378,7 +378,7 @@ class LocalPaths:
             return stream.getvalue()
         from torch.profiler import ProfilerActivity, profile, record_function
 
-        from pipelines.rle import encode_masks
+        from pipelines.io.rle import encode_masks
 
         _, hw = self.frames(video)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])

@@ -1,7 +1,7 @@
 """The system around the model at scale: planning, resume, per-video overhead, memory and files.
 
 Synthetic manifests of N videos (10 expressions and 100 frame names each by default) go through
-the real pipeline of ``jobs.infer`` (:func:`pipelines.inference.run_inference`: manifest reader,
+the real pipeline of ``jobs.infer`` (:func:`pipelines.inference.run.run_inference`: manifest reader,
 frame-reading tasks, the model actor's Ray Data stage, the scoring/writing actors, the Parquet
 writers) with a *null model*: an actor that returns a fixed mask for every frame at once. What is
 left is the orchestration: what the driver plans and holds, what Ray Data moves, what the writers
@@ -18,7 +18,7 @@ For each size it prints:
 
 Planning and resume run twice, in a fresh process each: ``reference`` (the per-row Python path:
 ``resume.done_pairs`` into a set of tuples, ``inference.load_input`` + ``plan_work`` into JSON
-items) and ``ours`` (:mod:`pipelines.planning`: Arrow anti-joins on the key columns); the ratio is
+items) and ``ours`` (:mod:`pipelines.inference.planning`: Arrow anti-joins on the key columns); the ratio is
 printed. A fit of seconds and memory against N (``a + b * N``) is extrapolated to 1M and 10M
 videos.
 
@@ -103,7 +103,7 @@ def write_frames(folder: Path, num_frames: int) -> None:
 
 def write_done_output(out: Path, *, num_videos: int, num_exps: int, videos_per_file: int) -> int:
     """An output whose scores table holds every pair of the manifest, one part per ``videos_per_file`` videos."""
-    from pipelines.writers import batch_id_for
+    from pipelines.io.writers import batch_id_for
     from schemas import PARTITION_COLUMNS, SCORES_SCHEMA
 
     folder = out / "scores" / f"dataset={DATASET}" / f"split={SPLIT}"
@@ -189,7 +189,7 @@ class PeakSampler:
 
 
 def _cfg(out: Path, manifest: Path, *, videos_per_file: int, decode: bool) -> Any:
-    from pipelines.config import ComputeConfig, InferenceConfig
+    from pipelines.inference.config import ComputeConfig, InferenceConfig
 
     compute = ComputeConfig(num_actors=1, num_cpus_per_actor=0.5, read_num_cpus=0.25, read_concurrency=2,
                             num_writers=1, writer_num_cpus=0.5, videos_per_file=videos_per_file,
@@ -204,14 +204,14 @@ def child_plan(impl: str, out: Path, manifest: Path, videos_per_file: int) -> di
 
     # Every module a driver imports anyway, before the baseline RSS: only the planning counts.
     import pyarrow.dataset  # noqa: F401
-    import pipelines.inference  # noqa: F401
-    import pipelines.resume  # noqa: F401
+    import pipelines.inference.run  # noqa: F401
+    import pipelines.inference.resume  # noqa: F401
     import vrshq.data  # noqa: F401
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=False)
     if impl == "reference":
-        from pipelines.inference import load_input, plan_work
-        from pipelines.resume import done_pairs
+        from pipelines.inference.run import load_input, plan_work
+        from pipelines.inference.resume import done_pairs
 
         gc.collect()
         with PeakSampler() as peak:
@@ -224,7 +224,7 @@ def child_plan(impl: str, out: Path, manifest: Path, videos_per_file: int) -> di
             seconds = time.perf_counter() - started
         return {"seconds": seconds, "done_seconds": resumed - started, "driver_mib": peak.growth_mib,
                 "pairs_done": plan.pairs_done, "pairs_pending": plan.pairs_pending, "videos_pending": len(plan.items)}
-    from pipelines.planning import plan_manifest
+    from pipelines.inference.planning import plan_manifest
 
     gc.collect()
     with PeakSampler() as peak:
@@ -248,17 +248,17 @@ class NullModelActor:
     """The model stage with a null model: a fixed empty mask for every frame of every pending expression.
 
     Same constructor, input (the frame reader's rows) and output (``RESULT_SCHEMA``) as
-    :class:`pipelines.segment_actor.SegmentActor`; nothing is decoded or computed.
+    :class:`pipelines.inference.segment_actor.SegmentActor`; nothing is decoded or computed.
     """
 
     def __init__(self, cfg: Any, *, max_side: int):
-        from pipelines.rle import encode_masks
+        from pipelines.io.rle import encode_masks
 
         self._counts = encode_masks(np.zeros((1, HEIGHT, WIDTH), dtype=bool))[0]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        from pipelines.segment_actor import RESULT_SCHEMA
-        from pipelines.video_io import item_from_json
+        from pipelines.inference.segment_actor import RESULT_SCHEMA
+        from pipelines.inference.video_io import item_from_json
 
         rows = []
         for i in range(len(batch["item_json"])):
@@ -286,9 +286,9 @@ class _ItemsPlan(list):
 
 
 def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list]:
-    """``pipelines.inference._plan`` as it was: every manifest row and done pair as Python objects."""
-    from pipelines.inference import load_input, plan_work
-    from pipelines.resume import done_pairs
+    """``pipelines.inference.run._plan`` as it was: every manifest row and done pair as Python objects."""
+    from pipelines.inference.run import load_input, plan_work
+    from pipelines.inference.resume import done_pairs
 
     records, errors = load_input(cfg)
     plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
@@ -311,9 +311,9 @@ def measure_run(out: Path, manifest: Path, *, num_videos: int, videos_per_file: 
 
     ``impl="reference"`` plans with the per-row planner and feeds Ray Data one block per video.
     """
-    import pipelines.inference as inference
-    import pipelines.segment_actor as segment_actor
-    from pipelines.inference import run_inference
+    import pipelines.inference.run as inference
+    import pipelines.inference.segment_actor as segment_actor
+    from pipelines.inference.run import run_inference
     from vrshq.builders import tiny_config
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=decode)
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             compacted = work / f"done-{n}-compacted"
             if not compacted.exists():
                 shutil.copytree(done, compacted)
-                from pipelines.compaction import compact_output
+                from pipelines.io.compaction import compact_output
 
                 started = time.perf_counter()
                 compact_output(str(compacted), log=lambda _: None)

@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"peak host RSS plain / streamed: {comparison['peak_host_rss_ratio_plain_over_streamed']}x; "
               f"load time plain / streamed: {comparison['load_time_ratio_plain_over_streamed']}x")
 
-    from pipelines.video_io import resize_frames
+    from pipelines.inference.video_io import resize_frames
     from vrshq.checkpoint.release import load_release, release_vrshq_config
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

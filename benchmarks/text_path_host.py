@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from pipelines.clip_sampling import samples_to_batch
-    from pipelines.train_config import ModelSpec, SamplingConfig
-    from pipelines.train_loop import build_training_model
+    from pipelines.training.clip_sampling import samples_to_batch
+    from pipelines.training.train_config import ModelSpec, SamplingConfig
+    from pipelines.training.train_loop import build_training_model
     from research.grounding_pretrain import grounding_sample_stream
     from research.presets import model_preset
     from vrshq.model.prompts import encode_prompt

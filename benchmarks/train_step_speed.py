@@ -26,8 +26,8 @@ from benchmarks.train_window_reference import reference_train_window_forward
 
 
 def _batch(clips: int, image_ratio: float, seed: int):
-    from pipelines.clip_sampling import sample_synthetic_clip, samples_to_batch
-    from pipelines.train_config import SamplingConfig
+    from pipelines.training.clip_sampling import sample_synthetic_clip, samples_to_batch
+    from pipelines.training.train_config import SamplingConfig
     from vrshq.data import generate_synthetic_video
 
     sampling = SamplingConfig(image_ratio=image_ratio)
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from pipelines.train_config import ModelSpec
-    from pipelines.train_loop import build_training_model
+    from pipelines.training.train_config import ModelSpec
+    from pipelines.training.train_loop import build_training_model
     from research.presets import model_preset
 
     device = torch.device(args.device)

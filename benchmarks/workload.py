@@ -5,7 +5,7 @@ must decode them (JPEG) before the GPU sees them. This module draws each video's
 expression count from ranges (the ReVOS-like defaults: 48-96 frames at 720p, 8-34 expressions),
 renders the frames with :func:`vrshq.data.generate_synthetic_video`, writes them as
 ``<root>/JPEGImages/<video_id>/<frame>.jpg`` and a manifest Parquet (``schemas.MANIFEST_SCHEMA``)
-that ``jobs.infer`` / :func:`pipelines.inference.run_inference` read. No ground truth is attached
+that ``jobs.infer`` / :func:`pipelines.inference.run.run_inference` read. No ground truth is attached
 (``annotation_uri`` is null): the benchmark times segmentation, not scoring.
 
 A workload folder is reused when its ``workload.json`` matches the requested config, so repeated
@@ -162,7 +162,7 @@ def _write_video(root: str, index: int, cfg: WorkloadConfig) -> VideoRecord:
 
 
 def _load_existing(root: str, cfg: WorkloadConfig) -> Workload | None:
-    from pipelines.manifest import manifest_to_records, read_manifest
+    from pipelines.inference.manifest import manifest_to_records, read_manifest
 
     description = os.path.join(root, _DESCRIPTION)
     manifest = os.path.join(root, _MANIFEST)
@@ -190,7 +190,7 @@ def write_workload(root: str, cfg: WorkloadConfig, *, reuse: bool = True, worker
     Returns:
         The :class:`Workload` (records in manifest order).
     """
-    from pipelines.manifest import manifest_to_records, read_manifest, write_manifest
+    from pipelines.inference.manifest import manifest_to_records, read_manifest, write_manifest
 
     if not isinstance(cfg, WorkloadConfig):
         raise TypeError(f"cfg must be a WorkloadConfig, got {type(cfg).__name__}")

@@ -44,7 +44,7 @@ import yaml
 
 # One dataset spec and one error type for every job; they live in pipelines/ (which must not import
 # jobs/) so that InferenceConfig can nest the same DatasetConfig that evaluate/report/export use.
-from pipelines.config import ConfigError, DatasetConfig, read_dataset
+from pipelines.inference.config import ConfigError, DatasetConfig, read_dataset
 
 __all__ = [
     "ConfigError",

@@ -10,7 +10,7 @@ compacted and fresh parts alike.
 It holds the output lock (``<out>/_lock.json``: no ``infer`` writes meanwhile), works one partition
 at a time, atomically (a journal under ``<out>/_compact/`` is the commit record), and a rerun after
 a kill finishes or rolls back what was interrupted; no row is ever lost or duplicated (see
-:mod:`pipelines.compaction`). Run it after ``infer`` on a schedule, e.g. nightly::
+:mod:`pipelines.io.compaction`). Run it after ``infer`` on a schedule, e.g. nightly::
 
     python -m jobs.compact --out s3://bucket/runs/vrshq-7b-revos
     python -m jobs.compact --out /data/runs/r1 --dataset revos --split valid --target-bytes 134217728
@@ -65,14 +65,14 @@ class CompactConfig:
 
 
 def run_compact(cfg: CompactConfig) -> list[Any]:
-    """Compact ``cfg.out`` under its lock; returns one :class:`pipelines.compaction.CompactionResult` per partition.
+    """Compact ``cfg.out`` under its lock; returns one :class:`pipelines.io.compaction.CompactionResult` per partition.
 
     Raises:
         ConfigError: ``out`` holds no output tables.
-        pipelines.output_lock.OutputLockedError: a live run holds the output.
+        pipelines.io.output_lock.OutputLockedError: a live run holds the output.
     """
-    from pipelines.compaction import compact_output, partitions
-    from pipelines.output_lock import OutputLock
+    from pipelines.io.compaction import compact_output, partitions
+    from pipelines.io.output_lock import OutputLock
 
     so = cfg.storage_options
     if not partitions(cfg.out, storage_options=so):
@@ -89,7 +89,7 @@ def run_compact(cfg: CompactConfig) -> list[Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    from pipelines.output_lock import OutputLockedError
+    from pipelines.io.output_lock import OutputLockedError
 
     setup_logging()
     try:

@@ -74,7 +74,7 @@ def read_task_file(checkpoint: str | None) -> dict:
     """A checkpoint's :data:`TASK_FILE` ({} when there is none: a checkpoint of another origin)."""
     if not checkpoint:
         return {}
-    from pipelines.storage import filesystem_for
+    from pipelines.io.storage import filesystem_for
 
     fs, path = filesystem_for(checkpoint)
     task_path = path.rstrip("/") + "/" + TASK_FILE

@@ -89,9 +89,9 @@ class EvaluateConfig:
 def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
     """Check inputs and outputs before any work; raise one ConfigError listing every problem."""
     from pipelines.evaluation.run import OWN_FILE_PREFIXES, resolve_masks_uri
-    from pipelines.png_masks import resolve_png_root
-    from pipelines.storage import join_uri
-    from pipelines.table_io import dataset_files, uri_exists
+    from pipelines.evaluation.png_masks import resolve_png_root
+    from pipelines.io.storage import join_uri
+    from pipelines.io.table_io import dataset_files, uri_exists
 
     problems: list[str] = []
     so = cfg.storage_options
@@ -165,7 +165,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationSummary:
 
 
 def _format_summary(summary: EvaluationSummary) -> str:
-    from pipelines.report import format_summary_table
+    from pipelines.evaluation.report import format_summary_table
 
     return (f"evaluated {summary.videos} videos: {summary.expressions_scored} expressions scored, "
             f"{summary.errors} errors\n" + format_summary_table(summary.table))

@@ -53,7 +53,7 @@ class ExportConfig:
         default=6, metadata={"help": "PNG zlib level 0-9 (6: smallest zip; 1: ~3x faster)"})
 
     def __post_init__(self) -> None:
-        from pipelines.export import LAYOUTS
+        from pipelines.evaluation.export import LAYOUTS
 
         problems = []
         if not self.masks:
@@ -73,8 +73,8 @@ class ExportConfig:
 
 
 def _preflight(cfg: ExportConfig) -> tuple[str, list[Any] | None, str | None, str | None]:
-    from pipelines.storage import join_uri
-    from pipelines.table_io import dataset_files, uri_exists
+    from pipelines.io.storage import join_uri
+    from pipelines.io.table_io import dataset_files, uri_exists
 
     problems: list[str] = []
     so = cfg.storage_options
@@ -110,8 +110,8 @@ def _preflight(cfg: ExportConfig) -> tuple[str, list[Any] | None, str | None, st
 
 
 def run_export(cfg: ExportConfig):
-    """Preflight and write the zip; returns :class:`pipelines.export.ExportSummary`."""
-    from pipelines.export import export_zip
+    """Preflight and write the zip; returns :class:`pipelines.evaluation.export.ExportSummary`."""
+    from pipelines.evaluation.export import export_zip
 
     masks_uri, records, dataset, split = _preflight(cfg)
     start = time.monotonic()

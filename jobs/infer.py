@@ -54,7 +54,7 @@ import sys
 from collections.abc import Sequence
 
 from jobs._cli import ConfigError, code_version, init_ray, log_config, parse_config, setup_logging
-from pipelines.config import InferenceConfig
+from pipelines.inference.config import InferenceConfig
 
 __all__ = ["EXIT_ERRORS", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -80,11 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, code_version=code_version())
     log_config(cfg, logger=_LOG, secret_keys=("storage_options",))
 
-    from pipelines.inference import PreflightError, load_input, preflight, run_inference
-    from pipelines.model_loader import ModelLoadError
-    from pipelines.output_lock import OutputLockedError
-    from pipelines.output_probe import missing_folders, remove_new_folders
-    from pipelines.planning import ManifestPlanError, check_manifest
+    from pipelines.inference.run import PreflightError, load_input, preflight, run_inference
+    from pipelines.inference.model_loader import ModelLoadError
+    from pipelines.io.output_lock import OutputLockedError
+    from pipelines.inference.output_probe import missing_folders, remove_new_folders
+    from pipelines.inference.planning import ManifestPlanError, check_manifest
 
     try:
         new_folders = missing_folders(cfg.out, cfg.storage_options)  # removed again if the run is refused

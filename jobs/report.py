@@ -82,7 +82,7 @@ class ReportConfig:
 
 
 def _write(cfg: ReportConfig, name: str, data: bytes | str) -> str:
-    from pipelines.storage import filesystem_for, join_uri, write_bytes_atomic
+    from pipelines.io.storage import filesystem_for, join_uri, write_bytes_atomic
 
     uri = join_uri(cfg.out, name)
     fs, path = filesystem_for(uri, cfg.storage_options)
@@ -101,8 +101,8 @@ def _csv(table: pa.Table) -> str:
 
 def _load(cfg: ReportConfig) -> tuple[pa.Table, pa.Table | None, str, str]:
     """Scores (and errors) of the chosen partition; ConfigError listing every problem."""
-    from pipelines.storage import join_uri
-    from pipelines.table_io import dataset_files, read_table, uri_exists
+    from pipelines.io.storage import join_uri
+    from pipelines.io.table_io import dataset_files, read_table, uri_exists
     from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
 
     so = cfg.storage_options
@@ -150,7 +150,7 @@ def _load(cfg: ReportConfig) -> tuple[pa.Table, pa.Table | None, str, str]:
 
 def _keyframe_table(cfg: ReportConfig, scores: pa.Table, records: list[Any]) -> pa.Table:
     """One row per expression with a TKS keyframe: the keyframe vs the largest-target frame."""
-    from pipelines.report import keyframe_rows
+    from pipelines.evaluation.report import keyframe_rows
     from vrshq.data import load_expression_masks, load_mask_dict
 
     by_id = {r.video_id: r for r in records}
@@ -175,10 +175,10 @@ def _keyframe_table(cfg: ReportConfig, scores: pa.Table, records: list[Any]) -> 
 
 
 def _overlays(cfg: ReportConfig, records: list[Any], dataset: str, split: str) -> list[tuple[str, str]]:
-    from pipelines.report import overlay_mp4, plot_overlay_grid
-    from pipelines.scoring import masks_from_table
-    from pipelines.storage import join_uri
-    from pipelines.table_io import open_dataset, uri_exists
+    from pipelines.evaluation.report import overlay_mp4, plot_overlay_grid
+    from pipelines.evaluation.scoring import masks_from_table
+    from pipelines.io.storage import join_uri
+    from pipelines.io.table_io import open_dataset, uri_exists
     from vrshq.data import load_expression_masks, load_frames
 
     so = cfg.storage_options
@@ -234,7 +234,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
     """Read, aggregate, plot and write the report; returns the summary (also ``summary.json``)."""
     import json
 
-    from pipelines import report as rep
+    from pipelines.evaluation import report as rep
 
     scores, errors, dataset, split = _load(cfg)
     title = cfg.title or f"vrshq evaluation: {dataset} / {split}"
@@ -287,7 +287,7 @@ def build_report(cfg: ReportConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    from pipelines.report import format_summary_table
+    from pipelines.evaluation.report import format_summary_table
 
     setup_logging()
     try:

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 
 from jobs._cli import ConfigError, init_ray, log_config, parse_config, setup_logging
-from pipelines.train_config import TrainConfig
+from pipelines.training.train_config import TrainConfig
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "preflight"]
 
@@ -39,9 +39,9 @@ _LOG = logging.getLogger("jobs.train")
 def preflight(cfg: TrainConfig) -> list[str]:
     """Problems found before any Ray work: unreadable training/validation splits, an unusable
     ``init_checkpoint``, or GPUs asked for but absent here when running locally. Empty when fine."""
-    from pipelines.storage import filesystem_for
+    from pipelines.io.storage import filesystem_for
 
-    from pipelines.training import read_split
+    from pipelines.training.run import read_split
 
     problems = []
     try:
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     import ray
 
-    from pipelines.train_guard import check_train_fits
-    from pipelines.training import TrainingError, run_training
+    from pipelines.training.train_guard import check_train_fits
+    from pipelines.training.run import TrainingError, run_training
 
     init_ray()
     problems = check_train_fits(cfg, ray.cluster_resources())  # as jobs.infer: refuse what can never run

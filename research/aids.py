@@ -5,7 +5,7 @@ A random-init model lacks what pretraining gives the real one; these terms and t
 * :func:`tak_separation_loss` - pushes apart the TAK embeddings of expressions of one clip that name
   different objects, so a random-init LLM must read the expression words.
 * :func:`expression_word_loss` - half of the TAK' dimensions mirror the expression's bag of words.
-* :func:`aid_losses` - the two as extra loss terms of ``pipelines.train_loop.train_step``.
+* :func:`aid_losses` - the two as extra loss terms of ``pipelines.training.train_loop.train_step``.
 * :func:`scale_seg_head_init` - a larger initial scale of the seg head's output, the prompt token SAM2 reads.
 * :class:`WeightEma` - an exponential moving average of the weights to evaluate and export.
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipelines.train_loop import LossTerm
+from pipelines.training.train_loop import LossTerm
 
 if TYPE_CHECKING:
     import torch

@@ -58,7 +58,7 @@ def _range_problems(config: Any, *, ints: tuple[tuple[str, int], ...] = (),
 
 
 def focus_problems(kinds: Any, share: Any) -> list[str]:
-    """What is wrong with a focus setting (``pipelines.clip_sampling.focused_video``): kinds the synthetic grammar
+    """What is wrong with a focus setting (``pipelines.training.clip_sampling.focused_video``): kinds the synthetic grammar
     does not have, a share outside [0, 1], a share without kinds. Stage G's and stage 1's settings share it."""
     from vrshq.data.synthetic import EXPRESSION_KINDS
 
@@ -232,7 +232,7 @@ class LearnabilityConfig:
     focus_share: float = field(
         default=0.0,
         metadata={"help": "stage 1: share of training clips that keep only the focus kinds' expressions "
-                          "(pipelines.clip_sampling.focused_video; 0: every clip samples all of its video's "
+                          "(pipelines.training.clip_sampling.focused_video; 0: every clip samples all of its video's "
                           "expressions). Why: the mask decoder sees the kinds it fails on more often"},
     )
     video_frames: int = field(default=16, metadata={"help": "frames per synthetic video"})

@@ -45,10 +45,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.clip_sampling import samples_to_batch
-from pipelines.config import InferenceConfig
-from pipelines.model_loader import build_model
-from pipelines.train_config import SamplingConfig
+from pipelines.training.clip_sampling import samples_to_batch
+from pipelines.inference.config import InferenceConfig
+from pipelines.inference.model_loader import build_model
+from pipelines.training.train_config import SamplingConfig
 from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples
 from research.learnability import _HELDOUT_STREAM
 from vrshq.data import generate_synthetic_video

@@ -52,9 +52,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
-from pipelines.train_config import SamplingConfig
-from pipelines.train_loop import build_scheduler
+from pipelines.training.clip_sampling import ClipSample, focused_video, sample_synthetic_clip, samples_to_batch
+from pipelines.training.train_config import SamplingConfig
+from pipelines.training.train_loop import build_scheduler
 from research.aux_heads import throwaway_linear_head
 from research.config import GroundingPretrainConfig
 from research.stage_files import read_json_if_exists, same_settings

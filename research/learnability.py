@@ -7,7 +7,7 @@ One command, one seed, no Ray (a single process on one device)::
 
 The model is ``research.presets.learnability_model_config`` (the tiny classes at a size whose
 bf16 checkpoint is < 20 MB), trained with the same code as ``jobs.train``: clip sampling of
-``pipelines.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
+``pipelines.training.clip_sampling`` (8-12 frames in uniform bins, up to 3 expressions, union masks),
 ``VrshqModel.forward`` (CE + BCE + DICE + object presence on the 3-frame window), AdamW with
 per-group learning rates (SAM2 1e-4, text path 1e-3, learnability.md), 100 warm-up steps, linear
 decay, clipping 1.0, bf16 autocast on CUDA; half of the samples are image samples (one frame, referring
@@ -99,10 +99,10 @@ def synthetic_clip_stream(
     """Clip samples ``start_sample + offset, + stride, ...`` of the training stream: sample ``s`` is
     drawn from synthetic video ``s`` (``default_rng([seed, 1, s])``), so the stream never repeats
     and a resumed run continues where it stopped. A ``focus_share`` of the samples keep only the
-    expressions of ``focus_kinds`` (``pipelines.clip_sampling.focused_video``)."""
+    expressions of ``focus_kinds`` (``pipelines.training.clip_sampling.focused_video``)."""
     import numpy as np
 
-    from pipelines.clip_sampling import focused_video, sample_synthetic_clip
+    from pipelines.training.clip_sampling import focused_video, sample_synthetic_clip
     from vrshq.data import generate_synthetic_video
 
     sample_id = start_sample + offset
@@ -122,7 +122,7 @@ def heldout_videos(*, seed: int, count: int, num_frames: int, size: int, express
     """The held-out set: ``count`` synthetic videos of the held-out stream, scored expression types only."""
     import numpy as np
 
-    from pipelines.train_loop import EvalVideo
+    from pipelines.training.train_loop import EvalVideo
     from vrshq.data import generate_synthetic_video
 
     out = []
@@ -167,7 +167,7 @@ def _grounding_stage(cfg: LearnabilityConfig, model, *, deadline: float | None) 
     earlier run of this ``--out`` stopped in it, or loaded when complete; False when the deadline cut it short
     (saved: rerun the same command to continue it). Held out: the clips that stage G's sampling takes from the
     held-out videos (never trained on)."""
-    from pipelines.train_config import SamplingConfig
+    from pipelines.training.train_config import SamplingConfig
     from research.grounding_pretrain import grounding_sample_stream, heldout_grounding_samples, pretrain_grounding
 
     sampling = SamplingConfig(image_ratio=0.0, expression_types=cfg.expression_types)
@@ -194,7 +194,7 @@ def _track_stage(cfg: LearnabilityConfig, model, heldout, *, deadline: float | N
     (saved: rerun the same command to continue it)."""
     import numpy as np
 
-    from pipelines.train_loop import true_keyframe_tracking_j
+    from pipelines.training.train_loop import true_keyframe_tracking_j
     from research.track_pretrain import pretrain_tracking, track_clip_stream
 
     def evaluate(step: int) -> dict:
@@ -300,9 +300,9 @@ def run(cfg: LearnabilityConfig) -> dict:
     False when ``--max-minutes`` or ``--stop-at-step`` ended the run before its last stage-1 step)."""
     import torch
 
-    from pipelines.clip_sampling import samples_to_batch
-    from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig
-    from pipelines.train_loop import (
+    from pipelines.training.clip_sampling import samples_to_batch
+    from pipelines.training.train_config import ModelSpec, OptimConfig, SamplingConfig
+    from pipelines.training.train_loop import (
         TrainState,
         build_optimizer,
         build_scheduler,

@@ -76,8 +76,8 @@ def preset_tower(preset: str, vision_folder: str | None = None):
     """The vision tokenizer of a random-init ``preset`` (float32, eval, on the CPU), with a stage-V tower from
     ``vision_folder`` (``research.learnability``'s ``vision_pretrain/``) loaded into it when given: the tokens a stage
     G on that preset would read, without a trained model folder."""
-    from pipelines.train_config import ModelSpec
-    from pipelines.train_loop import build_training_model
+    from pipelines.training.train_config import ModelSpec
+    from pipelines.training.train_loop import build_training_model
     from research.presets import model_preset
 
     vision = build_training_model(ModelSpec(preset=model_preset(preset)), device="cpu").float().eval().vision
@@ -223,8 +223,8 @@ def main() -> None:
     elif args.preset:
         vision = preset_tower(args.preset, args.vision_folder).to(args.device)
     else:
-        from pipelines.config import InferenceConfig
-        from pipelines.model_loader import build_model
+        from pipelines.inference.config import InferenceConfig
+        from pipelines.inference.model_loader import build_model
 
         with tempfile.TemporaryDirectory() as scratch:  # the loader's config wants an output folder
             vision = build_model(InferenceConfig(out=scratch, manifest="m.parquet", checkpoint=args.model,

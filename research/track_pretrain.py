@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipelines.train_loop import build_scheduler
+from pipelines.training.train_loop import build_scheduler
 from research.aux_heads import throwaway_linear_head
 from research.config import TrackPretrainConfig
 from research.stage_files import read_json_if_exists, same_settings

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipelines.train_loop import build_scheduler
+from pipelines.training.train_loop import build_scheduler
 from research.aux_heads import throwaway_linear_head
 from research.config import VisionPretrainConfig
 from research.stage_files import read_json_if_exists

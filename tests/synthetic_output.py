@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipelines.writers import read_output, write_batch
+from pipelines.io.writers import read_output, write_batch
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA
 
 RUN = {"run_id": "r1", "model": "tiny", "code_version": "c"}

@@ -9,7 +9,7 @@ path and remote paths never go through ``os.path``:
 * :func:`join_uri` joins URI parts with exactly one ``/``.
 * :func:`write_bytes_atomic` and :func:`write_json` write a file that readers see whole or not at all.
 
-The library (``vrshq``) and the Ray building blocks (``pipelines.storage`` re-exports these) share it.
+The library (``vrshq``) and the Ray building blocks (``pipelines.io.storage`` re-exports these) share it.
 """
 from __future__ import annotations
 

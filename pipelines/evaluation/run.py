@@ -3,8 +3,8 @@ and ``evaluate-<dataset>-<split>.json``, and return the counts and the summary t
 inputs first and prints the result).
 
 The masks come from our masks table (``<run>/masks``) or a folder of per-frame PNGs in the official layout; videos
-are scored in this process or by Ray Data actors (``engine="ray"``, :func:`pipelines.scoring.score_with_ray`). Rows
-go through the one writer of output tables (:func:`pipelines.writers.write_batch`: validated, atomic per file,
+are scored in this process or by Ray Data actors (``engine="ray"``, :func:`pipelines.evaluation.scoring.score_with_ray`). Rows
+go through the one writer of output tables (:func:`pipelines.io.writers.write_batch`: validated, atomic per file,
 scores last) every ``flush_every`` videos.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["OWN_FILE_PREFIXES", "EvaluationSummary", "clear_partition", "resolve
 _LOG = logging.getLogger(__name__)
 #: Name prefix of the files an evaluation writes; ``overwrite`` only ever deletes files with it.
 _BATCH_PREFIX = "evaluate-"
-#: File-name prefix of evaluate's parts (``pipelines.writers`` names files ``part-<batch id>``); infer's
+#: File-name prefix of evaluate's parts (``pipelines.io.writers`` names files ``part-<batch id>``); infer's
 #: batch ids are hashes, so the prefix tells evaluate's files from infer's in one output folder.
 _FILE_PREFIX = "part-" + _BATCH_PREFIX
 #: Prefixes of evaluate's own files, including those of earlier versions (named "evaluate-...").
@@ -43,8 +43,8 @@ class EvaluationSummary:
 
 def resolve_masks_uri(uri: str, storage_options: Mapping[str, Any] | None) -> str:
     """``<uri>/masks`` when ``uri`` is a run folder that holds one, else ``uri`` (the masks table itself)."""
-    from pipelines.storage import join_uri
-    from pipelines.table_io import uri_exists
+    from pipelines.io.storage import join_uri
+    from pipelines.io.table_io import uri_exists
 
     candidate = join_uri(uri, "masks")
     return candidate if uri_exists(candidate, storage_options=storage_options) else uri
@@ -52,8 +52,8 @@ def resolve_masks_uri(uri: str, storage_options: Mapping[str, Any] | None) -> st
 
 def clear_partition(out: str, dataset: str, split: str, storage_options: Mapping[str, Any] | None) -> None:
     """Delete an earlier evaluation's scores and errors of one split under ``out`` (only files it named)."""
-    from pipelines.storage import filesystem_for, join_uri
-    from pipelines.table_io import dataset_files
+    from pipelines.io.storage import filesystem_for, join_uri
+    from pipelines.io.table_io import dataset_files
 
     for table in ("scores", "errors"):
         files = [f for f in dataset_files(join_uri(out, table), dataset=dataset, split=split,
@@ -69,7 +69,7 @@ def _iter_results(records: list[Any], *, masks_uri: str | None, png_root: str | 
                   storage_options: dict[str, Any] | None, engine: str,
                   concurrency: int) -> Iterator[tuple[str, Any, dict[str, str]]]:
     """Yield ``(video_id, VideoScores, provenance)`` for every video of ``records``."""
-    from pipelines.scoring import VideoScorer, iter_video_masks, score_with_ray
+    from pipelines.evaluation.scoring import VideoScorer, iter_video_masks, score_with_ray
 
     scorer = VideoScorer(records, storage_options=storage_options)
     first = records[0]
@@ -122,9 +122,9 @@ def run_evaluation(
         engine: ``"local"`` (this process) or ``"ray"`` (Ray Data actors on a running Ray).
         overwrite: first delete an earlier evaluation's files of this split.
     """
-    from pipelines.report import summary_table
-    from pipelines.storage import join_uri, write_json
-    from pipelines.writers import part_uri, write_batch
+    from pipelines.evaluation.report import summary_table
+    from pipelines.io.storage import join_uri, write_json
+    from pipelines.io.writers import part_uri, write_batch
     from schemas import ERRORS_SCHEMA, SCORES_SCHEMA
 
     so = storage_options or None

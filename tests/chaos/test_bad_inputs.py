@@ -15,8 +15,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipelines.inference import records_from_manifest
-from pipelines.manifest import records_to_manifest
+from pipelines.inference.run import records_from_manifest
+from pipelines.inference.manifest import records_to_manifest
 from tests.chaos import corpus
 from tests.chaos.figures import FIGURES
 from vrshq.data import (

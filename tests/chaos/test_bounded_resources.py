@@ -18,10 +18,10 @@ import numpy as np
 import psutil
 import pytest
 
-from pipelines.config import ComputeConfig, InferenceConfig
-from pipelines.inference import run_inference
-from pipelines.manifest import records_to_manifest
-from pipelines.writers import read_output
+from pipelines.inference.config import ComputeConfig, InferenceConfig
+from pipelines.inference.run import run_inference
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.io.writers import read_output
 from tests.chaos.figures import FIGURES
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 from vrshq.data import ExpressionRecord, VideoRecord

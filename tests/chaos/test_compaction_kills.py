@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from pipelines.compaction import (
+from pipelines.io.compaction import (
     CHAOS_KILL_STEP_ENV,
     _Steps,
     compact_output,
@@ -25,7 +25,7 @@ from pipelines.compaction import (
     finish_compaction,
     partitions,
 )
-from pipelines.writers import list_parts
+from pipelines.io.writers import list_parts
 from tests.chaos.figures import FIGURES
 from tests.synthetic_output import all_rows, make_output
 
@@ -102,9 +102,9 @@ def test_a_compacted_output_scores_identically(tmp_path):
     import pyarrow as pa
 
     from jobs.evaluate import EvaluateConfig, evaluate
-    from pipelines.config import DatasetConfig
-    from pipelines.rle import encode_masks
-    from pipelines.writers import write_batch
+    from pipelines.inference.config import DatasetConfig
+    from pipelines.io.rle import encode_masks
+    from pipelines.io.writers import write_batch
     from schemas import MASKS_SCHEMA, SCORES_SCHEMA
     from vrshq.data import load_expression_masks, load_mask_dict, read_revos, write_synthetic_revos
 
@@ -138,7 +138,7 @@ def test_a_compacted_output_scores_identically(tmp_path):
     after = evaluate(EvaluateConfig(dataset=dataset, masks=str(output), out=str(tmp_path / "eval2"), run_id="e"))
     assert before.expressions_scored == after.expressions_scored > 0 and before.errors == after.errors == 0
     assert before.table == after.table
-    from pipelines.writers import read_output
+    from pipelines.io.writers import read_output
 
     columns = ["video_id", "exp_id", "j", "f", "jf", "accuracy"]
     assert (read_output(str(tmp_path / "eval1"), "scores", columns=columns).sort_by("video_id").to_pylist()

@@ -29,15 +29,15 @@ import pyarrow.parquet as pq
 import pytest
 
 import jobs.infer as infer
-from pipelines.config import DatasetConfig, InferenceConfig
-from pipelines.inference import PreflightError, load_input, preflight
-from pipelines.manifest import records_to_manifest
-from pipelines.output_lock import LOCK_NAME, OutputLock
-from pipelines.result_writer import ResultWriter
-from pipelines.run_records import mark_interrupted
-from pipelines.segment_actor import RESULT_SCHEMA
-from pipelines.video_io import item_to_json, read_video
-from pipelines.writers import part_uri, read_output
+from pipelines.inference.config import DatasetConfig, InferenceConfig
+from pipelines.inference.run import PreflightError, load_input, preflight
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.io.output_lock import LOCK_NAME, OutputLock
+from pipelines.inference.result_writer import ResultWriter
+from pipelines.io.run_records import mark_interrupted
+from pipelines.inference.segment_actor import RESULT_SCHEMA
+from pipelines.inference.video_io import item_to_json, read_video
+from pipelines.io.writers import part_uri, read_output
 from tests.chaos.figures import FIGURES
 from tests.chaos.file_access import record_file_access
 from vrshq.data import PathEscapeError, contained_uri, load_frames, read_revos, write_synthetic_revos

@@ -29,11 +29,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import DatasetConfig, InferenceConfig
-from pipelines.inference import PreflightError, load_input
-from pipelines.manifest import records_to_manifest
-from pipelines.video_io import FrameReadError, read_video
-from pipelines.writers import read_output
+from pipelines.inference.config import DatasetConfig, InferenceConfig
+from pipelines.inference.run import PreflightError, load_input
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.inference.video_io import FrameReadError, read_video
+from pipelines.io.writers import read_output
 from tests.chaos.figures import FIGURES
 from tests.chaos.file_access import record_file_access
 from tests.chaos.mutations import (

@@ -27,12 +27,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig
-from pipelines.inference import run_inference
-from pipelines.manifest import records_to_manifest
-from pipelines.output_lock import OutputLock, OutputLockedError
-from pipelines.segment_actor import CHAOS_KILL_FILE_ENV
-from pipelines.writers import list_parts, read_output
+from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceConfig
+from pipelines.inference.run import run_inference
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.io.output_lock import OutputLock, OutputLockedError
+from pipelines.inference.segment_actor import CHAOS_KILL_FILE_ENV
+from pipelines.io.writers import list_parts, read_output
 from tests.chaos.figures import FIGURES
 from tests.chaos.s3_proxy import FaultyS3Proxy
 from tests.ray_cluster import ray_driver, ray_head  # noqa: F401 - ray_head: pytest fixture
@@ -266,7 +266,7 @@ def test_ids_are_data_not_paths(chaos_ray, dataset, tmp_path):
     errors = read_output(str(output), "errors", columns=["video_id", "exp_id", "message"]).to_pylist()
     assert len(scores) == len(EVIL_IDS) * len(base.expressions[:3]) and summary.errors_rows == 0, errors
 
-    from pipelines.export import export_zip
+    from pipelines.evaluation.export import export_zip
 
     zip_path = sandbox / "export" / "submission.zip"
     with pytest.raises(ValueError, match="unsafe id"):
@@ -275,7 +275,7 @@ def test_ids_are_data_not_paths(chaos_ray, dataset, tmp_path):
 
 
 def _first_layout() -> str:
-    from pipelines.export import LAYOUTS
+    from pipelines.evaluation.export import LAYOUTS
 
     return sorted(LAYOUTS)[0]
 

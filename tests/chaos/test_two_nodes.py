@@ -18,9 +18,9 @@ import time
 import psutil
 import pytest
 
-from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig
-from pipelines.inference import run_inference
-from pipelines.writers import list_parts
+from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceConfig
+from pipelines.inference.run import run_inference
+from pipelines.io.writers import list_parts
 from tests.chaos.figures import FIGURES
 from tests.chaos.test_jobs_under_faults import assert_same_rows, canonical
 from tests.ray_cluster import cluster_node_ports, free_port

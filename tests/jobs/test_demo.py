@@ -16,8 +16,8 @@ CHECKPOINT = demo.DEFAULT_CHECKPOINT
 
 
 def _model(checkpoint: str | None):
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
 
     cfg = InferenceConfig(out="o", manifest="m.parquet", checkpoint=checkpoint, device="cpu", seed=0,
                           preset="tiny")
@@ -36,7 +36,7 @@ def test_committed_checkpoint_is_small_and_records_its_task():
 def test_committed_checkpoint_segments_unseen_videos_far_better_than_random_init():
     import torch
 
-    from pipelines.train_loop import validate
+    from pipelines.training.train_loop import validate
 
     torch.manual_seed(0)
     # Videos of the held-out stream beyond the 64 the checkpoint was scored on: unseen by training and scoring.

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from jobs.evaluate import main
-from pipelines.table_io import read_table
-from pipelines.writers import write_batch
+from pipelines.io.table_io import read_table
+from pipelines.io.writers import write_batch
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import (
     expected_scores,

@@ -10,10 +10,10 @@ import pytest
 
 from jobs.evaluate import main as evaluate_main
 from jobs.export import main
-from pipelines.export import export_zip
-from pipelines.png_masks import decode_png_mask
-from pipelines.table_io import read_table
-from pipelines.writers import write_batch
+from pipelines.evaluation.export import export_zip
+from pipelines.evaluation.png_masks import decode_png_mask
+from pipelines.io.table_io import read_table
+from pipelines.io.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import make_dataset, masks_table, perturbed_predictions
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import jobs.infer as infer
-from pipelines.output_lock import OutputLock
+from pipelines.io.output_lock import OutputLock
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_a_second_run_on_a_locked_output_is_refused(monkeypatch, tmp_path, capsy
 @pytest.mark.parametrize("name", ["infer_revos.yaml", "infer_tiny_demo.yaml"])
 def test_shipped_configs_parse(name):
     from jobs._cli import parse_config
-    from pipelines.config import InferenceConfig
+    from pipelines.inference.config import InferenceConfig
 
     path = os.path.join(os.path.dirname(infer.__file__), "configs", name)
     cfg = parse_config(InferenceConfig, ["--config", path], prog="jobs.infer", description="")
@@ -118,7 +118,7 @@ def test_old_names_still_get_the_other_problems_checked(no_ray, capsys):
 
 def test_old_keys_in_a_config_file_name_the_new_ones(tmp_path):
     from jobs._cli import ConfigError, parse_config
-    from pipelines.config import InferenceConfig
+    from pipelines.inference.config import InferenceConfig
 
     old = tmp_path / "old.yaml"
     old.write_text("dataset: revos\nroot: /data/ReVOS\nsplit: valid\noutput: /tmp/o\n")
@@ -130,8 +130,8 @@ def test_old_keys_in_a_config_file_name_the_new_ones(tmp_path):
 
 def test_one_dataset_spec_and_exactly_one_input(tmp_path):
     from jobs._cli import ConfigError, DatasetConfig, parse_config
-    from pipelines.config import DatasetConfig as PipelinesDatasetConfig
-    from pipelines.config import InferenceConfig
+    from pipelines.inference.config import DatasetConfig as PipelinesDatasetConfig
+    from pipelines.inference.config import InferenceConfig
 
     assert DatasetConfig is PipelinesDatasetConfig  # the jobs share one class
     cfg = parse_config(InferenceConfig, ["--dataset.format", "mevis", "--dataset.root", "/m", "--dataset.split",

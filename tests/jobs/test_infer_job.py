@@ -13,11 +13,11 @@ import uuid
 import numpy as np
 import pytest
 
-from pipelines.config import InferenceConfig
-from pipelines.model_loader import build_model
-from pipelines.rle import decode_masks
-from pipelines.video_io import resize_frames
-from pipelines.writers import list_parts, read_output
+from pipelines.inference.config import InferenceConfig
+from pipelines.inference.model_loader import build_model
+from pipelines.io.rle import decode_masks
+from pipelines.inference.video_io import resize_frames
+from pipelines.io.writers import list_parts, read_output
 from tests.ray_cluster import ray_head  # noqa: F401 - pytest fixture
 from vrshq import metrics
 from vrshq.data import load_expression_masks, load_frames, load_mask_dict, read_revos, write_synthetic_revos

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import jobs.infer as infer
-from pipelines.rle import decode_masks
-from pipelines.video_io import resize_frames
-from pipelines.writers import read_output
+from pipelines.io.rle import decode_masks
+from pipelines.inference.video_io import resize_frames
+from pipelines.io.writers import read_output
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 from tests.release_fixture import build_source_model, write_anchor_folder, write_release_folder
 from vrshq.data import load_frames, read_revos, write_synthetic_revos

@@ -1,4 +1,4 @@
-"""jobs.report and pipelines.report: the paper's table, breakdowns, keyframe analysis, plots."""
+"""jobs.report and pipelines.evaluation.report: the paper's table, breakdowns, keyframe analysis, plots."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ from PIL import Image
 
 from jobs.evaluate import main as evaluate_main
 from jobs.report import main
-from pipelines import report as rep
-from pipelines.table_io import read_table
-from pipelines.writers import write_batch
+from pipelines.evaluation import report as rep
+from pipelines.io.table_io import read_table
+from pipelines.io.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA
 from tests.pipelines.test_scoring_fixtures import make_dataset, masks_table, perturbed_predictions
 from vrshq import metrics

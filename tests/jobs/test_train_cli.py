@@ -28,7 +28,7 @@ def test_train_preflight_refuses_unreadable_data(tmp_path, capsys, monkeypatch):
 def test_yaml_exponent_numbers_without_a_dot_are_floats(tmp_path):
     """PyYAML (YAML 1.1) reads ``1e-3`` as a string; float fields take it as the number it means."""
     from jobs._cli import ConfigError, parse_config
-    from pipelines.train_config import TrainConfig
+    from pipelines.training.train_config import TrainConfig
 
     config = tmp_path / "train.yaml"
     config.write_text("storage_path: /tmp/runs\ndata:\n  root: /d\noptim:\n  lr: 1e-3\n  text_lr: 2E-4\n")

@@ -13,8 +13,8 @@ import time
 import pytest
 
 import jobs.train as train
-from pipelines.train_config import ModelSpec, SamplingConfig, TrainConfig, TrainDataConfig
-from pipelines.train_guard import STAGE_DATA, check_train_fits
+from pipelines.training.train_config import ModelSpec, SamplingConfig, TrainConfig, TrainDataConfig
+from pipelines.training.train_guard import STAGE_DATA, check_train_fits
 from tests.ray_cluster import ray_head, ray_on_head  # noqa: F401 - pytest fixtures
 from vrshq.data import write_synthetic_revos
 
@@ -65,7 +65,7 @@ def test_the_readme_training_command_on_two_cpus_is_refused_in_seconds(two_cpu_r
 @pytest.mark.long
 @pytest.mark.timeout(300)
 def test_a_run_without_progress_ends_naming_the_stalled_stage(two_cpu_ray, train_data, tmp_path):
-    from pipelines.training import TrainingStalledError, run_training
+    from pipelines.training.run import TrainingStalledError, run_training
 
     # 1 worker x 1 CPU, and a clip-sampling task of 1.5 CPUs that can never run beside it
     cfg = _cfg(train_data, str(tmp_path / "train"), cpus_per_worker=1.0, data={"num_cpus_per_task": 1.5},
@@ -81,7 +81,7 @@ def test_a_run_without_progress_ends_naming_the_stalled_stage(two_cpu_ray, train
 def test_the_watchdog_names_the_stage_each_worker_is_stuck_in(two_cpu_ray):
     import ray
 
-    from pipelines.train_guard import STAGE_STEP, ProgressBoard, StallWatchdog, report_stage
+    from pipelines.training.train_guard import STAGE_STEP, ProgressBoard, StallWatchdog, report_stage
 
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     fired: list[str] = []

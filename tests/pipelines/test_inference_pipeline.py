@@ -9,13 +9,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ComputeConfig, InferenceConfig
-from pipelines.inference import run_inference
-from pipelines.manifest import records_to_manifest
-from pipelines.model_loader import build_model
-from pipelines.rle import decode_masks
-from pipelines.video_io import resize_frames
-from pipelines.writers import read_output
+from pipelines.inference.config import ComputeConfig, InferenceConfig
+from pipelines.inference.run import run_inference
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.inference.model_loader import build_model
+from pipelines.io.rle import decode_masks
+from pipelines.inference.video_io import resize_frames
+from pipelines.io.writers import read_output
 from vrshq import metrics
 from vrshq.data import load_expression_masks, load_frames, load_mask_dict, read_revos, write_synthetic_revos
 

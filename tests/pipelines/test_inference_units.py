@@ -14,20 +14,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.config import ComputeConfig, DatasetConfig, InferenceConfig, redact
-from pipelines.inference import plan_work, records_from_manifest
-from pipelines.output_lock import OutputLock, OutputLockedError
-from pipelines.resume import done_pairs, drop_done, remove_orphans
-from pipelines.rle import decode_masks, encode_masks
-from pipelines.segment_actor import RESULT_SCHEMA, segment_video_item
-from pipelines.video_io import (
+from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceConfig, redact
+from pipelines.inference.run import plan_work, records_from_manifest
+from pipelines.io.output_lock import OutputLock, OutputLockedError
+from pipelines.inference.resume import done_pairs, drop_done, remove_orphans
+from pipelines.io.rle import decode_masks, encode_masks
+from pipelines.inference.segment_actor import RESULT_SCHEMA, segment_video_item
+from pipelines.inference.video_io import (
     item_from_json,
     item_to_json,
     read_frames_batch,
     resize_frames,
     resized_hw,
 )
-from pipelines.writers import batch_id_for, list_parts, read_output, write_batch
+from pipelines.io.writers import batch_id_for, list_parts, read_output, write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA, SchemaValidationError
 from vrshq import metrics
 from vrshq.data import load_expression_masks, load_frames, read_revos
@@ -128,7 +128,7 @@ def test_same_batch_id_overwrites_instead_of_duplicating(tmp_path):
 def test_crash_between_masks_and_scores_leaves_an_orphan_that_resume_removes(tmp_path, monkeypatch):
     out = str(tmp_path)
     write_batch(out, _tables([("v1", "0")]), batch_id="good")
-    import pipelines.writers as writers
+    import pipelines.io.writers as writers
 
     real = writers._parquet_bytes
     calls = []
@@ -255,7 +255,7 @@ def test_read_frames_batch_reads_resizes_and_reports_bad_files(synthetic_revos_l
 
 
 def test_records_from_manifest_turns_bad_rows_into_errors(synthetic_revos_local):
-    from pipelines.manifest import records_to_manifest
+    from pipelines.inference.manifest import records_to_manifest
 
     videos = read_revos(str(synthetic_revos_local), split="valid")
     table = records_to_manifest(videos[:2])
@@ -335,7 +335,7 @@ def test_segment_video_item_asks_original_size_and_encodes(synthetic_revos_local
 
 
 def test_rows_for_video_scores_equal_vrshq_metrics(synthetic_revos_local):
-    from pipelines.result_writer import rows_for_video
+    from pipelines.inference.result_writer import rows_for_video
     from vrshq.data import load_mask_dict
 
     video = read_revos(str(synthetic_revos_local), split="valid")[1]
@@ -375,7 +375,7 @@ def test_rows_for_video_scores_equal_vrshq_metrics(synthetic_revos_local):
 def test_checkpoint_model_equals_the_saved_one_and_mismatch_fails(tmp_path, synthetic_revos_local):
     import torch
 
-    from pipelines.model_loader import ModelLoadError, build_model, check_model_source
+    from pipelines.inference.model_loader import ModelLoadError, build_model, check_model_source
     from vrshq.builders import build_vrshq, tiny_config
     from vrshq.checkpoint.save import save_vrshq_checkpoint
 
@@ -402,7 +402,7 @@ def test_checkpoint_model_equals_the_saved_one_and_mismatch_fails(tmp_path, synt
 
 
 def test_result_writer_writes_a_batch_and_reports_storage_failures(synthetic_revos_local, tmp_path, monkeypatch):
-    import pipelines.result_writer as result_writer
+    import pipelines.inference.result_writer as result_writer
 
     videos = read_revos(str(synthetic_revos_local), split="valid")[:2]
     rows = [segment_video_item(_FakeModel(), item_to_json(v), load_frames(v), original_hw=(64, 96), max_side=0)
@@ -432,8 +432,8 @@ def test_result_writer_writes_a_batch_and_reports_storage_failures(synthetic_rev
 def test_a_compute_config_the_cluster_cannot_schedule_fails_fast_with_the_numbers():
     # 1 actor x 1 CPU + 1 writer x 0.5 + a 1-CPU read task = 2.5 CPUs: on 2 CPUs Ray Data would wait
     # forever with the reads backpressured; the check names the sum, the cluster size and the fix.
-    from pipelines.config import ComputeConfig, InferenceConfig
-    from pipelines.inference import PreflightError, check_cluster_fits
+    from pipelines.inference.config import ComputeConfig, InferenceConfig
+    from pipelines.inference.run import PreflightError, check_cluster_fits
 
     cfg = InferenceConfig(out="/tmp/x", manifest="/tmp/m.parquet", compute=ComputeConfig(read_num_cpus=1.0))
     with pytest.raises(PreflightError, match=r"needs 2\.5 CPUs .* cluster has 2"):
@@ -448,7 +448,7 @@ def test_a_compute_config_the_cluster_cannot_schedule_fails_fast_with_the_number
 def test_model_dtype_auto_is_float32_on_cpu_and_bf16_is_the_rounded_float32_model():
     import torch
 
-    from pipelines.model_loader import ModelLoadError, build_model, resolve_dtype
+    from pipelines.inference.model_loader import ModelLoadError, build_model, resolve_dtype
 
     cfg = InferenceConfig(out="o", manifest="m", seed=2)
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
@@ -470,8 +470,8 @@ def test_model_dtype_auto_is_float32_on_cpu_and_bf16_is_the_rounded_float32_mode
 def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
     import torch
 
-    from pipelines.config import MODEL_PRESETS
-    from pipelines.model_loader import model_config
+    from pipelines.inference.config import MODEL_PRESETS
+    from pipelines.inference.model_loader import model_config
     from vrshq.builders import build_vrshq, vrshq_7b_config
 
     cfg = model_config(InferenceConfig(out="o", manifest="m", preset="vrshq-7b-tinytok"))
@@ -485,9 +485,9 @@ def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
 
 
 def test_an_output_of_another_model_is_refused_before_any_work(tmp_path):
-    from pipelines.config import InferenceConfig
-    from pipelines.inference import PreflightError, preflight
-    from pipelines.resume import other_models
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.run import PreflightError, preflight
+    from pipelines.inference.resume import other_models
 
     out = str(tmp_path / "out")
     assert other_models(out, "tiny") == []  # nothing written yet

@@ -1,4 +1,4 @@
-"""Arrow planning (pipelines.planning) against the per-row reference, and compaction (pipelines.compaction):
+"""Arrow planning (pipelines.inference.planning) against the per-row reference, and compaction (pipelines.io.compaction):
 rows kept exactly, files sorted with statistics, resume over compacted and fresh parts. No Ray."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.compaction import compact_output, finish_compaction
-from pipelines.inference import plan_work, records_from_manifest
-from pipelines.manifest import records_to_manifest
-from pipelines.planning import done_keys, manifest_items, plan_manifest
-from pipelines.video_io import item_from_json
-from pipelines.writers import list_parts
+from pipelines.io.compaction import compact_output, finish_compaction
+from pipelines.inference.run import plan_work, records_from_manifest
+from pipelines.inference.manifest import records_to_manifest
+from pipelines.inference.planning import done_keys, manifest_items, plan_manifest
+from pipelines.inference.video_io import item_from_json
+from pipelines.io.writers import list_parts
 from tests.synthetic_output import all_rows, make_output
 from vrshq.data import ExpressionRecord, VideoRecord
 
@@ -95,7 +95,7 @@ def test_unclustered_manifest_is_planned_correctly(tmp_path):
 
 
 def test_a_bad_manifest_names_the_file(tmp_path):
-    from pipelines.planning import ManifestPlanError
+    from pipelines.inference.planning import ManifestPlanError
 
     pq.write_table(pa.table({"video_id": ["a"]}), tmp_path / "m.parquet")
     with pytest.raises(ManifestPlanError, match="missing columns"):
@@ -169,7 +169,7 @@ def test_finish_compaction_rolls_an_uncommitted_journal_back(tmp_path):
 
 def test_compact_cli_refuses_a_locked_output_and_a_missing_one(tmp_path):
     from jobs.compact import main
-    from pipelines.output_lock import OutputLock
+    from pipelines.io.output_lock import OutputLock
 
     out = str(tmp_path / "out")
     make_output(out, videos=4, per_file=2, orphan=False)
@@ -182,7 +182,7 @@ def test_compact_cli_refuses_a_locked_output_and_a_missing_one(tmp_path):
 
 
 def test_actor_pool_bounds_and_block_size_are_checked():
-    from pipelines.config import ComputeConfig
+    from pipelines.inference.config import ComputeConfig
 
     assert ComputeConfig(num_actors=2, max_actors=8).max_actors == 8
     for bad in ({"num_actors": 4, "max_actors": 2}, {"max_actors": 1.5}, {"manifest_rows_per_block": 0}):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pycocotools import mask as mask_utils
 
-from pipelines.rle import decode_masks, encode_masks, mask_areas, rle_counts_to_strings, rle_run_lengths
+from pipelines.io.rle import decode_masks, encode_masks, mask_areas, rle_counts_to_strings, rle_run_lengths
 
 
 def test_round_trip_random_masks():

@@ -1,4 +1,4 @@
-"""pipelines.scoring / png_masks / table_io: codecs, per-video scoring, masks-table streaming."""
+"""pipelines.evaluation.scoring / png_masks / table_io: codecs, per-video scoring, masks-table streaming."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipelines.png_masks import (
+from pipelines.evaluation.png_masks import (
     MissingPredictionError,
     decode_png_mask,
     encode_png_mask,
@@ -16,14 +16,14 @@ from pipelines.png_masks import (
     read_png_masks,
     resolve_png_root,
 )
-from pipelines.scoring import (
+from pipelines.evaluation.scoring import (
     VideoScorer,
     iter_video_masks,
     masks_from_table,
     score_video_masks,
 )
-from pipelines.table_io import read_table
-from pipelines.writers import write_batch
+from pipelines.io.table_io import read_table
+from pipelines.io.writers import write_batch
 from schemas import MASKS_SCHEMA, SCORES_SCHEMA, SchemaValidationError
 from tests.pipelines.test_scoring_fixtures import (
     RUN,
@@ -173,7 +173,7 @@ def test_iter_video_masks_does_not_deadlock_on_fsspec_backed_reads(data, tmp_pat
         write_batch(str(tmp_path), {"masks": table.slice(i * table.num_rows // 12, table.num_rows // 12)},
                     batch_id=f"p{i}")
     script = textwrap.dedent(f"""
-        from pipelines.scoring import iter_video_masks
+        from pipelines.evaluation.scoring import iter_video_masks
         counts = {{sum(rows.num_rows for _, rows in iter_video_masks({str(tmp_path / "masks")!r}, rows_per_batch=64))
                   for _ in range(150)}}
         print(counts)
@@ -212,7 +212,7 @@ def test_video_scorer_png_and_table_agree(data, tmp_path):
 
 
 def test_undecodable_rle_is_an_error_not_a_crash(data):
-    from pipelines.rle import encode_masks
+    from pipelines.io.rle import encode_masks
 
     _, records, predictions = data
     video = records[0]

@@ -10,8 +10,8 @@ import pathlib
 import numpy as np
 import pyarrow as pa
 
-from pipelines.png_masks import encode_png_mask, png_mask_path
-from pipelines.rle import encode_masks
+from pipelines.evaluation.png_masks import encode_png_mask, png_mask_path
+from pipelines.io.rle import encode_masks
 from schemas import MASKS_SCHEMA
 from vrshq import metrics
 from vrshq.data import VideoRecord, load_expression_masks, load_foreground_masks, read_revos, write_synthetic_revos

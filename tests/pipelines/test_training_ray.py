@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from pipelines.train_config import (
+from pipelines.training.train_config import (
     ModelSpec,
     OptimConfig,
     SamplingConfig,
@@ -105,9 +105,9 @@ def _read_csv(fs, path):
 
 
 def test_killed_worker_resumes_and_a_stopped_run_continues(local_ray, s3_data, tmp_path, s3_server):
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
-    from pipelines.training import ResumableTrainDataset, TrainingError, run_training
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
+    from pipelines.training.run import ResumableTrainDataset, TrainingError, run_training
     from vrshq.data import load_frames, read_revos
 
     bucket, opts = s3_data

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.clip_sampling import (
+from pipelines.training.clip_sampling import (
     _from_row,
     _to_row,
     choose_expressions,
@@ -19,7 +19,7 @@ from pipelines.clip_sampling import (
     uniform_frame_indices,
     video_index_for_sample,
 )
-from pipelines.train_config import (
+from pipelines.training.train_config import (
     ModelSpec,
     OptimConfig,
     SamplingConfig,
@@ -27,7 +27,7 @@ from pipelines.train_config import (
     TrainDataConfig,
     ValidationConfig,
 )
-from pipelines.train_loop import (
+from pipelines.training.train_loop import (
     EvalVideo,
     TrainState,
     build_optimizer,
@@ -221,7 +221,7 @@ def _clips(n: int, seed: int = 0):
 
 
 def test_train_step_accumulates_clips_and_fits_a_fixed_batch():
-    from pipelines.clip_sampling import samples_to_batch
+    from pipelines.training.clip_sampling import samples_to_batch
 
     model = build_training_model(ModelSpec(preset="tiny", object_weight=0.5, seed=0))
     optim = OptimConfig(lr=1e-3, warmup_steps=0)
@@ -249,7 +249,7 @@ def test_train_step_accumulates_clips_and_fits_a_fixed_batch():
 
 
 def test_training_checkpoint_round_trip(tmp_path, tiny_model):
-    from pipelines.clip_sampling import samples_to_batch
+    from pipelines.training.clip_sampling import samples_to_batch
     from vrshq.checkpoint.weight_files import CheckpointMismatchError
 
     spec = ModelSpec(preset="tiny", object_weight=0.5, seed=11)
@@ -279,8 +279,8 @@ def test_training_checkpoint_round_trip(tmp_path, tiny_model):
 
 
 def test_exported_model_loads_with_the_inference_loader(tmp_path, tiny_model):
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
 
     export_model(tiny_model, os.fspath(tmp_path / "final"))
     cfg = InferenceConfig(out=os.fspath(tmp_path / "out"), manifest="m.parquet",
@@ -330,7 +330,7 @@ def test_validate_scores_through_segment_video():
 def test_true_keyframe_tracking_scores_tracking_alone_from_the_ground_truth_keyframe():
     """The ground-truth mask of the largest-area frame is inserted (letterboxed) and tracked; J over
     the other frames. A tracker that keeps the inserted mask scores the overlap of the two frames."""
-    from pipelines.train_loop import true_keyframe_tracking_j
+    from pipelines.training.train_loop import true_keyframe_tracking_j
     from vrshq.model.sam2_video_features import TrackResult
 
     class StaticSegmenter:

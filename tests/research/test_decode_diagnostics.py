@@ -67,8 +67,8 @@ def test_spread_rule_survives_noise_that_defeats_the_step_rule():
 
 
 def test_motion_probe_runs_on_the_committed_model_and_keeps_the_rule_ceiling(tmp_path):
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
 
     diagnostics = _load()
     checkpoint = pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic"
@@ -105,8 +105,8 @@ def test_landed_object_is_the_best_overlap_or_none():
 
 
 def test_landing_follows_the_committed_model_on_referring_expressions(tmp_path):
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
 
     diagnostics = _load()
     checkpoint = pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic"
@@ -127,8 +127,8 @@ def test_retention_scores_the_model_and_stage_g_with_stage_gs_head(tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.train_config import ModelSpec, SamplingConfig
-    from pipelines.train_loop import build_training_model
+    from pipelines.training.train_config import ModelSpec, SamplingConfig
+    from pipelines.training.train_loop import build_training_model
     from research.config import GroundingPretrainConfig
     from research.grounding_pretrain import grounding_sample, pretrain_grounding
     from vrshq.data import generate_synthetic_video

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train_config import ModelSpec, SamplingConfig
-from pipelines.train_loop import build_training_model
+from pipelines.training.train_config import ModelSpec, SamplingConfig
+from pipelines.training.train_loop import build_training_model
 from research.config import GroundingPretrainConfig
 from research.grounding_pretrain import (
     SUMMARY_FILE,
@@ -249,7 +249,7 @@ def test_the_focus_phase_ends_after_focus_steps_and_a_resume_keeps_the_phase(tmp
 
 
 def test_pick_counts_a_ranked_first_target_that_exact_misses(monkeypatch):
-    from pipelines.clip_sampling import ClipSample
+    from pipelines.training.clip_sampling import ClipSample
     from research.grounding_pretrain import GroundingSample, grounding_scores
 
     targets = np.full((3, 24), -1.0, dtype=np.float32)

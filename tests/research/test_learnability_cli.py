@@ -35,8 +35,8 @@ def _stop_at_2_then_continue(args: list[str]) -> None:
 def test_learnability_smoke_run_writes_a_loadable_model(tmp_path, capsys):
     import torch
 
-    from pipelines.config import InferenceConfig
-    from pipelines.model_loader import build_model
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.inference.model_loader import build_model
     from research import learnability
 
     threads = torch.get_num_threads()
@@ -70,7 +70,7 @@ def test_learnability_keeps_the_checkpoint_of_its_last_evaluation_when_killed(tm
     """Outputs are saved at every evaluation, so a run killed later (here: at step 3) can be resumed."""
     import torch
 
-    import pipelines.train_loop as train_loop
+    import pipelines.training.train_loop as train_loop
     from research import learnability
 
     calls = {"n": 0}
@@ -277,8 +277,8 @@ def test_vision_trainable_trains_the_tower_and_a_continued_run_keeps_its_weights
     import torch
     from safetensors.torch import load_file
 
-    from pipelines.train_config import ModelSpec
-    from pipelines.train_loop import build_training_model
+    from pipelines.training.train_config import ModelSpec
+    from pipelines.training.train_loop import build_training_model
     from research import learnability
 
     threads = torch.get_num_threads()

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.train_config import ModelSpec, OptimConfig, SamplingConfig, model_config_from_spec
-from pipelines.train_loop import (
+from pipelines.training.train_config import ModelSpec, OptimConfig, SamplingConfig, model_config_from_spec
+from pipelines.training.train_loop import (
     build_optimizer,
     build_scheduler,
     build_training_model,
@@ -74,7 +74,7 @@ def test_separation_loss_is_zero_without_pairs_and_checks_shapes():
 
 
 def _clips():
-    from pipelines.clip_sampling import sample_synthetic_clip
+    from pipelines.training.clip_sampling import sample_synthetic_clip
     from vrshq.data import generate_synthetic_video
 
     sampling = SamplingConfig(min_frames=3, max_frames=3, max_expressions=3, expression_types=(0,))
@@ -91,7 +91,7 @@ def _clips():
 
 def _step_with_aid(weight_name: str) -> tuple[dict, dict, bool]:
     """One train_step of the tiny preset with the aid off and at weight 5: (off, on, LLM weights differ)."""
-    from pipelines.clip_sampling import samples_to_batch
+    from pipelines.training.clip_sampling import samples_to_batch
 
     batch = samples_to_batch(_clips())
     stats = {}
@@ -117,7 +117,7 @@ def test_train_step_adds_the_weighted_aid_term(weight_name, term):
 
 
 def test_train_step_refuses_separation_without_the_tak_graph():
-    from pipelines.clip_sampling import samples_to_batch
+    from pipelines.training.clip_sampling import samples_to_batch
 
     model = build_training_model(ModelSpec(preset="tiny", seed=0))
     opt = build_optimizer(model, OptimConfig(lr=1e-3, warmup_steps=0))
@@ -166,7 +166,7 @@ def test_learnability_config_rejects_a_negative_separation_weight():
 def test_validate_reports_how_alike_the_masks_of_two_expressions_are():
     from types import SimpleNamespace
 
-    from pipelines.train_loop import EvalVideo, validate
+    from pipelines.training.train_loop import EvalVideo, validate
 
     a, b = _obj(slice(0, 2)), _obj(slice(2, 4))
     half = np.zeros((2, 4, 4), bool)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.clip_sampling import sample_synthetic_clip, samples_to_batch
-from pipelines.train_config import SamplingConfig
+from pipelines.training.clip_sampling import sample_synthetic_clip, samples_to_batch
+from pipelines.training.train_config import SamplingConfig
 from vrshq.builders import build_vrshq, tiny_config
 from vrshq.data import generate_synthetic_video
 from vrshq.model.letterbox import letterbox, unletterbox_logits

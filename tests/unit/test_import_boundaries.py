@@ -80,8 +80,8 @@ def test_the_checker_sees_research_imports():
 
 
 def test_product_presets_name_product_builders_only():
-    from pipelines.config import MODEL_PRESETS as INFERENCE_PRESETS
-    from pipelines.train_config import MODEL_PRESETS
+    from pipelines.inference.config import MODEL_PRESETS as INFERENCE_PRESETS
+    from pipelines.training.train_config import MODEL_PRESETS
 
     assert all(path.split(".")[0] == "vrshq" for path in MODEL_PRESETS.values()), MODEL_PRESETS
     assert not any(name.startswith("learn") for name in (*MODEL_PRESETS, *INFERENCE_PRESETS))
@@ -93,7 +93,7 @@ def test_jobs_and_the_committed_checkpoint_load_without_the_research_wing():
     code = (
         "import sys\n"
         "import jobs.demo, jobs.evaluate, jobs.export, jobs.infer, jobs.report, jobs.train\n"
-        "import pipelines.inference, pipelines.training, pipelines.train_loop\n"
+        "import pipelines.inference.run, pipelines.training.run, pipelines.training.train_loop\n"
         "from vrshq.checkpoint.load import load_vrshq_config\n"
         f"load_vrshq_config({str(ROOT / 'checkpoints' / 'tiny-synthetic')!r})\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'research', 'benchmarks', 'scripts'})\n"

@@ -20,8 +20,8 @@ from pycocotools import mask as mask_utils
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pipelines.segment_actor import segment_video_item
-from pipelines.video_io import item_to_json
+from pipelines.inference.segment_actor import segment_video_item
+from pipelines.inference.video_io import item_to_json
 from vrshq.builders import build_vrshq, tiny_config
 from vrshq.data.records import ExpressionRecord, VideoRecord
 from vrshq.model.lazy_masks import LazyMasks

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.manifest import (
+from pipelines.inference.manifest import (
     ManifestError,
     manifest_to_records,
     read_manifest,

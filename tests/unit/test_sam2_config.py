@@ -120,7 +120,7 @@ def test_a_model_folder_gives_its_sam2_and_a_folder_without_one_is_named(tmp_pat
     committed = str(pathlib.Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-synthetic")
     expected = {k.removeprefix("sam2.sam2."): v for k, v in load_file(f"{committed}/model.safetensors").items()
                 if k.startswith("sam2.sam2.")}
-    from pipelines.train_config import ModelSpec, model_config_from_spec
+    from pipelines.training.train_config import ModelSpec, model_config_from_spec
     from research.presets import model_preset
 
     torch.manual_seed(0)

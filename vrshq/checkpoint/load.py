@@ -304,7 +304,7 @@ def inspect_checkpoint(uri: str, *, storage_options: Mapping[str, Any] | None = 
     )
 
 
-# Deprecated private name used by pipelines/model_loader.py before inspect_checkpoint existed.
+# Deprecated private name used by pipelines/inference/model_loader.py before inspect_checkpoint existed.
 _open_weight_files = open_weight_files
 
 

@@ -4,7 +4,7 @@ Video ids, frame names, mp4 names and output file names come from data (a meta J
 id in a table), and data must never choose where the job reads or writes. :func:`contained_uri`
 is the one place where such a value becomes part of a path, for local folders and object stores
 alike; readers (:mod:`vrshq.data.readers`, :mod:`vrshq.data.frames`) and writers
-(:mod:`pipelines.writers`, :mod:`pipelines.output_lock`) all build their data-derived paths with it.
+(:mod:`pipelines.io.writers`, :mod:`pipelines.io.output_lock`) all build their data-derived paths with it.
 
 The rule is lexical, so it is the same on S3 (where ``..`` is an ordinary key character that some
 clients normalise away and others do not) and on local disk:

@@ -323,7 +323,7 @@ class VrshqModel(nn.Module):
                 bilinearly straight to it and thresholded there (method §5.3 step 6), instead of
                 thresholding at the working size and upsampling the binary masks.
             masks_on_device: return the masks as bool tensors on the compute device (no host copy: the
-                caller encodes them there, e.g. ``pipelines.rle.encode_masks``) instead of numpy arrays.
+                caller encodes them there, e.g. ``pipelines.io.rle.encode_masks``) instead of numpy arrays.
 
         Returns:
             One `SegmentationResult` per expression, in order: (T, H, W) bool masks (logits > 0 after

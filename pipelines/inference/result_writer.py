@@ -1,9 +1,9 @@
 """The last stage of the inference pipeline: score against ground truth and write, per batch of videos.
 
 A small CPU actor pool (``map_batches(ResultWriter, batch_size=videos_per_file, ...)``) turns the
-model stage's rows (:data:`pipelines.segment_actor.RESULT_SCHEMA`) into MASKS, SCORES and ERRORS
-rows, scores them with :func:`pipelines.scoring.score_video_masks` (``vrshq.metrics`` J, F, A, R)
-where the manifest names ground truth, and writes them with :func:`pipelines.writers.write_batch`
+model stage's rows (:data:`pipelines.inference.segment_actor.RESULT_SCHEMA`) into MASKS, SCORES and ERRORS
+rows, scores them with :func:`pipelines.evaluation.scoring.score_video_masks` (``vrshq.metrics`` J, F, A, R)
+where the manifest names ground truth, and writes them with :func:`pipelines.io.writers.write_batch`
 (atomic per file, scores last). It returns one small summary row per video, which is all the
 driver ever sees: the driver's memory does not grow with the number of videos or frames.
 
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import InferenceConfig
-from pipelines.rle import decode_masks
-from pipelines.video_io import item_from_json
-from pipelines.writers import batch_id_for, write_batch
+from pipelines.inference.config import InferenceConfig
+from pipelines.io.rle import decode_masks
+from pipelines.inference.video_io import item_from_json
+from pipelines.io.writers import batch_id_for, write_batch
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA
 
 __all__ = ["SUMMARY_SCHEMA", "ResultWriter", "rows_for_video"]
@@ -110,7 +110,7 @@ def rows_for_video(
     A (video, expression) gets masks and scores rows only when it fully succeeded (model and
     scoring); otherwise it gets an errors row, so it stays pending and a rerun retries it.
     """
-    from pipelines.scoring import score_video_masks
+    from pipelines.evaluation.scoring import score_video_masks
 
     video = item_from_json(result["item_json"])
     keys = {"dataset": video.dataset, "split": video.split, "video_id": video.video_id}

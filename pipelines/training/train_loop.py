@@ -1,4 +1,4 @@
-"""The training step and its state, shared by the Ray Train worker loop (``pipelines.training``) and
+"""The training step and its state, shared by the Ray Train worker loop (``pipelines.training.run``) and
 the plain single-process loop of ``research.learnability``.
 
 * :func:`build_training_model` - seeded build of the preset (+ optional base weights), train mode.
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from pipelines.train_config import ModelSpec, OptimConfig, model_config_from_spec
+from pipelines.training.train_config import ModelSpec, OptimConfig, model_config_from_spec
 
 if TYPE_CHECKING:
     import torch
@@ -72,7 +72,7 @@ class TrainState:
     Attributes:
         step: optimiser steps done.
         next_sample_id: data position: the first sample id not yet trained on (clip sampling is a
-            pure function of the sample id, ``pipelines.clip_sampling``).
+            pure function of the sample id, ``pipelines.training.clip_sampling``).
         wall_seconds: training time so far (all attempts).
     """
 
@@ -288,7 +288,7 @@ def save_train_checkpoint(
 
     import torch
 
-    from pipelines.storage import filesystem_for, join_uri, write_json
+    from pipelines.io.storage import filesystem_for, join_uri, write_json
     from vrshq.checkpoint.save import save_vrshq_checkpoint
 
     save_vrshq_checkpoint(model, folder, storage_options=storage_options, trainable_only=True, tokenizer=None)
@@ -319,7 +319,7 @@ def load_train_checkpoint(
 
     import torch
 
-    from pipelines.storage import filesystem_for
+    from pipelines.io.storage import filesystem_for
     from vrshq.checkpoint.load import load_vrshq_checkpoint
     from vrshq.checkpoint.weight_files import CheckpointMismatchError
 

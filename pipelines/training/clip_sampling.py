@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.train_config import SamplingConfig
+from pipelines.training.train_config import SamplingConfig
 
 __all__ = [
     "ClipSample",

@@ -4,7 +4,7 @@ Layout: ``<base>/dataset=<d>/split=<s>/<name>.parquet``; the files hold every sc
 the partition columns (standard hive, what Ray Data's ``write_parquet(partition_cols=...)``,
 DuckDB and Spark write). Readers accept files with or without the partition columns inside.
 Every table is validated against its schema after it is read. The one writer of these tables is
-:func:`pipelines.writers.write_batch` (validated, atomic per file).
+:func:`pipelines.io.writers.write_batch` (validated, atomic per file).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.storage import filesystem_for, join_uri
+from pipelines.io.storage import filesystem_for, join_uri
 from schemas import PARTITION_COLUMNS, validate_table
 
 __all__ = [
@@ -114,7 +114,7 @@ def read_table(
     """Read (a partition of) an output dataset and validate it against ``schema``.
 
     Use only for tables that fit in memory (scores, errors); stream masks with
-    :func:`pipelines.scoring.iter_video_masks`.
+    :func:`pipelines.evaluation.scoring.iter_video_masks`.
     """
     arrow_dataset = open_dataset(base_uri, storage_options=storage_options)
     table = arrow_dataset.to_table(filter=partition_filter(dataset, split))

@@ -3,21 +3,21 @@
 Ray Data streams every stage; the driver only plans and counts::
 
     manifest Parquet (or a dataset reader's records, as one in memory)
-      -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.planning)
+      -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.inference.planning)
       -> one work item per video, many videos per block       CPU tasks, one per manifest row group
-      -> read + decode + resize frames                        CPU tasks   (pipelines.video_io)
-      -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.segment_actor)
-      -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.result_writer)
+      -> read + decode + resize frames                        CPU tasks   (pipelines.inference.video_io)
+      -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.inference.segment_actor)
+      -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.inference.result_writer)
       -> one summary row per video                            driver: progress lines, counts
 
-Guarantees (see :mod:`pipelines.writers` and :mod:`pipelines.resume`):
+Guarantees (see :mod:`pipelines.io.writers` and :mod:`pipelines.inference.resume`):
 
 * idempotent and resumable: a rerun skips (video, expression) pairs that have a scores row; a
   killed run loses at most the videos in flight; a manifest of new videos appends;
 * bad input becomes ``errors/`` rows naming video, expression and cause; the run finishes the
   other videos and reports the count (``jobs.infer`` exits nonzero);
 * a bad config or checkpoint fails in :func:`preflight`, before any Ray work;
-* one writer per output: ``<output>/_lock.json`` (:mod:`pipelines.output_lock`);
+* one writer per output: ``<output>/_lock.json`` (:mod:`pipelines.io.output_lock`);
 * bounded memory: nothing collects the dataset on the driver; frames travel at the model's
   working resolution, and videos too large even then are read by the model actor itself.
 """
@@ -37,20 +37,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.compaction import finish_compaction
-from pipelines.config import InferenceConfig, is_safe_partition_value, read_dataset
-from pipelines.input_check import (
+from pipelines.io.compaction import finish_compaction
+from pipelines.inference.config import InferenceConfig, is_safe_partition_value, read_dataset
+from pipelines.inference.input_check import (
     AnnotationFileError,
     check_annotations,
     manifest_video_problems,
     problem_rows,
     video_error_rows,
 )
-from pipelines.output_lock import OutputLock
-from pipelines.resume import PairKey, remove_orphans
-from pipelines.run_records import mark_interrupted, run_record_uri
-from pipelines.storage import filesystem_for, join_uri, write_bytes_atomic
-from pipelines.writers import batch_id_for, write_batch
+from pipelines.io.output_lock import OutputLock
+from pipelines.inference.resume import PairKey, remove_orphans
+from pipelines.io.run_records import mark_interrupted, run_record_uri
+from pipelines.io.storage import filesystem_for, join_uri, write_bytes_atomic
+from pipelines.io.writers import batch_id_for, write_batch
 from schemas import ERRORS_SCHEMA, MANIFEST_SCHEMA, validate_table
 
 __all__ = [
@@ -65,7 +65,7 @@ __all__ = [
     "run_inference",
 ]
 
-_LOG = logging.getLogger("pipelines.inference")
+_LOG = logging.getLogger("pipelines.inference.run")
 
 #: Rows per row group of the in-memory manifest of a dataset input (one manifest-reading task each).
 _PLAN_ROW_GROUP_ROWS = 20_000
@@ -187,7 +187,7 @@ def load_input(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]]:
     Reads the dataset's meta (or the manifest) and its annotation files once. Bad records (empty
     text, unknown type, malformed ids, no frames, bad sizes, ids or names that would leave their
     root) and expressions without ground truth in the annotation become rows
-    (:mod:`pipelines.input_check`); the rest runs.
+    (:mod:`pipelines.inference.input_check`); the rest runs.
 
     Raises:
         PreflightError: when the input cannot be read at all: a meta or manifest file that is missing
@@ -228,7 +228,7 @@ def _load_records(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]
 
 def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | None = None) -> WorkPlan:
     """Work items for the pending (video, expression) pairs, one item per video."""
-    from pipelines.video_io import item_to_json
+    from pipelines.inference.video_io import item_to_json
 
     items, total, skipped = [], 0, 0
     for video in records:
@@ -257,8 +257,8 @@ def preflight(cfg: InferenceConfig) -> Any:
     Raises:
         PreflightError: listing every problem found.
     """
-    from pipelines.model_loader import ModelLoadError, check_model_source
-    from pipelines.output_probe import missing_folders, out_inside_root, probe_output, remove_new_folders
+    from pipelines.inference.model_loader import ModelLoadError, check_model_source
+    from pipelines.inference.output_probe import missing_folders, out_inside_root, probe_output, remove_new_folders
 
     problems: list[str] = []
     model_cfg = None
@@ -289,7 +289,7 @@ def preflight(cfg: InferenceConfig) -> Any:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{name} {uri!r} is not readable: {exc}")
     if not problems:
-        from pipelines.resume import other_models
+        from pipelines.inference.resume import other_models
 
         try:
             others = other_models(cfg.out, cfg.model_name, storage_options=cfg.storage_options)
@@ -321,16 +321,16 @@ def build_dataset(
 ) -> Any:
     """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows.
 
-    ``items`` is a :class:`pipelines.planning.ManifestPlan` (the manifest streams in: one task per
+    ``items`` is a :class:`pipelines.inference.planning.ManifestPlan` (the manifest streams in: one task per
     row group, blocks of many videos) or a list of work-item dicts (one block per video).
     """
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from pipelines.planning import ManifestPlan, manifest_items
-    from pipelines.result_writer import ResultWriter
-    from pipelines.segment_actor import SegmentActor
-    from pipelines.video_io import read_frames_batch
+    from pipelines.inference.planning import ManifestPlan, manifest_items
+    from pipelines.inference.result_writer import ResultWriter
+    from pipelines.inference.segment_actor import SegmentActor
+    from pipelines.inference.video_io import read_frames_batch
 
     compute = cfg.compute
     if isinstance(items, ManifestPlan):
@@ -382,15 +382,15 @@ def build_dataset(
 
 def _plan(cfg: InferenceConfig, run_id: str,
           loaded: tuple[list[Any], list[dict[str, Any]]] | None) -> tuple[Any, list[dict[str, Any]]]:
-    """The run's :class:`pipelines.planning.ManifestPlan` and the input errors.
+    """The run's :class:`pipelines.inference.planning.ManifestPlan` and the input errors.
 
     Records already read (``loaded``: a dataset input, always read by its ``vrshq.data`` reader, or a
     manifest a caller read) become a manifest Parquet in memory, which reaches the manifest-reading
     tasks through the object store; a manifest not read streams from its files. Both inputs then
     flow into the pipeline the same way.
     """
-    from pipelines.manifest import records_to_manifest
-    from pipelines.planning import ManifestPlanError, plan_manifest
+    from pipelines.inference.manifest import records_to_manifest
+    from pipelines.inference.planning import ManifestPlanError, plan_manifest
 
     manifest: str | bytes | None = cfg.manifest
     input_errors: list[dict[str, Any]] = []
@@ -477,9 +477,9 @@ def run_inference(
 
     Raises:
         PreflightError: bad input, checkpoint or output, before any Ray work.
-        pipelines.output_lock.OutputLockedError: another run writes the same output.
+        pipelines.io.output_lock.OutputLockedError: another run writes the same output.
     """
-    from pipelines.video_io import working_max_side
+    from pipelines.inference.video_io import working_max_side
 
     say = log or _LOG.info
     started = time.perf_counter()
@@ -496,7 +496,7 @@ def run_inference(
         "config": cfg.public_dict(), "counts": {},
     }
     # A dataset's records are read here unless the caller read them before Ray started; a manifest
-    # that was not read streams from its Parquet files into the pipeline (pipelines.planning).
+    # that was not read streams from its Parquet files into the pipeline (pipelines.inference.planning).
     loaded = loaded_input if loaded_input is not None or cfg.manifest is not None else load_input(cfg)
     with OutputLock(cfg.out, run_id=run_id, storage_options=cfg.storage_options,
                     stale_after_s=cfg.lock_stale_after_s, break_lock=cfg.break_lock) as lock:
@@ -611,7 +611,7 @@ def _execute(cfg: InferenceConfig, plan: Any, summary: InferenceSummary, *, max_
             summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
             write_failures = []
     summary.errors_rows += _try_write_errors(cfg, write_failures, run_fields)
-    from pipelines.planning import count_input_errors  # rows the manifest-reading tasks wrote (bad expressions)
+    from pipelines.inference.planning import count_input_errors  # rows the manifest-reading tasks wrote (bad expressions)
 
     summary.errors_rows += count_input_errors(cfg.out, run_fields["run_id"], storage_options=cfg.storage_options)
 

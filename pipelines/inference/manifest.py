@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.storage import filesystem_for
+from pipelines.io.storage import filesystem_for
 from schemas import EXPRESSION_TYPES, MANIFEST_SCHEMA, validate_table
 from vrshq.data import ExpressionRecord, VideoRecord
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import MODEL_PRESETS, InferenceConfig
+from pipelines.inference.config import MODEL_PRESETS, InferenceConfig
 
 if TYPE_CHECKING:
     import torch
@@ -137,7 +137,7 @@ def check_model_source(cfg: InferenceConfig) -> "VrshqConfig":
     except Exception as exc:  # noqa: BLE001 - any failure here is a config problem to report
         raise ModelLoadError(f"cannot get the model config (preset={cfg.preset!r}, checkpoint={cfg.checkpoint!r}): {exc}") from exc
     if cfg.checkpoint is not None and release is None:
-        from pipelines.storage import filesystem_for
+        from pipelines.io.storage import filesystem_for
 
         try:
             fs, path = filesystem_for(cfg.checkpoint, cfg.storage_options)

@@ -2,14 +2,14 @@
 and fault tolerance in a local or ``s3://`` run folder.
 
 Data: the training split's ``VideoRecord``s are read on the driver; the dataset is the range of
-sample ids still to train on, and :func:`pipelines.clip_sampling.sample_clip_rows` turns each id
+sample ids still to train on, and :func:`pipelines.training.clip_sampling.sample_clip_rows` turns each id
 into a clip (frames decoded, masks unioned, prompts drawn) in Ray Data CPU tasks. Each worker
 reads its share with ``ray.train.get_dataset_shard("train")`` (an equal streaming split, so every
 rank runs the same number of steps).
 
 Worker loop (:func:`train_loop_per_worker`): the seeded model build (identical on every rank), DDP
 (gloo on CPU, NCCL on GPU; bf16 autocast on GPU inside the model), AdamW with per-group learning
-rates, warm-up + linear decay, gradient accumulation and clipping (``pipelines.train_loop``). Every
+rates, warm-up + linear decay, gradient accumulation and clipping (``pipelines.training.train_loop``). Every
 ``log_every`` steps all ranks ``ray.train.report`` the loss terms and throughput; every
 ``checkpoint_every`` steps (and at the end) rank 0 attaches a checkpoint folder
 ``step-<8 digits>/`` with the trainable weights (safetensors), optimiser + scheduler state,
@@ -40,9 +40,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.storage import filesystem_for, join_uri, write_json
-from pipelines.train_config import TrainConfig
-from pipelines.train_guard import STAGE_CHECKPOINT, STAGE_DATA, STAGE_START, STAGE_STEP, report_stage
+from pipelines.io.storage import filesystem_for, join_uri, write_json
+from pipelines.training.train_config import TrainConfig
+from pipelines.training.train_guard import STAGE_CHECKPOINT, STAGE_DATA, STAGE_START, STAGE_STEP, report_stage
 
 __all__ = [
     "CHECKPOINT_PREFIX",
@@ -108,7 +108,7 @@ def read_split(fmt: str, root: str, split: str, storage_options: Mapping[str, An
 
 def latest_checkpoint(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
     """The complete checkpoint (``train_state.json`` present) with the highest step under ``run_uri``."""
-    from pipelines.train_loop import TRAIN_STATE_NAME
+    from pipelines.training.train_loop import TRAIN_STATE_NAME
 
     fs, root = filesystem_for(run_uri, storage_options)
     fs.invalidate_cache()  # s3fs caches listings per process: checkpoints appear while we train
@@ -125,7 +125,7 @@ def latest_checkpoint(run_uri: str, storage_options: Mapping[str, Any] | None = 
 
 
 def _read_state(uri: str, storage_options: Mapping[str, Any] | None):
-    from pipelines.train_loop import TRAIN_STATE_NAME, TrainState
+    from pipelines.training.train_loop import TRAIN_STATE_NAME, TrainState
 
     fs, root = filesystem_for(uri, storage_options)
     with fs.open(f"{root.rstrip('/')}/{TRAIN_STATE_NAME}", "r") as f:
@@ -133,7 +133,7 @@ def _read_state(uri: str, storage_options: Mapping[str, Any] | None):
 
 
 def _sample_rows(row: Mapping[str, Any], *, offset: int, **kwargs: Any) -> list[dict[str, Any]]:
-    from pipelines.clip_sampling import sample_clip_rows
+    from pipelines.training.clip_sampling import sample_clip_rows
 
     return sample_clip_rows({"sample_id": int(row["id"]) + offset}, **kwargs)
 
@@ -223,7 +223,7 @@ def run_training(cfg: TrainConfig, *, log: Callable[[str], None] = _LOG.info,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.train_guard import ProgressBoard, StallWatchdog
+    from pipelines.training.train_guard import ProgressBoard, StallWatchdog
 
     records = read_split(cfg.data.format, cfg.data.root, cfg.data.split, cfg.storage_options)
     usable = [r for r in records if r.num_frames >= cfg.data.sampling.min_video_frames
@@ -359,8 +359,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
     from ray.train import Checkpoint
 
-    from pipelines.clip_sampling import rows_to_batch
-    from pipelines.train_loop import (
+    from pipelines.training.clip_sampling import rows_to_batch
+    from pipelines.training.train_loop import (
         TrainState,
         build_optimizer,
         build_scheduler,
@@ -378,7 +378,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     on_step: StepHook | None = config.get("on_step")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    board = config.get("progress")  # pipelines.train_guard: the driver's stall watchdog reads it
+    board = config.get("progress")  # pipelines.training.train_guard: the driver's stall watchdog reads it
     report_stage(board, rank, STAGE_START, -1)
     device = ray.train.torch.get_device() if cfg.use_gpu else torch.device("cpu")
     if not cfg.use_gpu:

@@ -1,9 +1,9 @@
 """What an output URI already holds, so that ``infer`` reruns only the missing work.
 
 A (video, expression) pair is *done* when the scores table has its row (scores are written last in
-every batch, see :mod:`pipelines.writers`), in a fresh part or in a compacted file
-(:mod:`pipelines.compaction`). ``infer`` plans with Arrow kernels on the key columns
-(:mod:`pipelines.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms.
+every batch, see :mod:`pipelines.io.writers`), in a fresh part or in a compacted file
+(:mod:`pipelines.io.compaction`). ``infer`` plans with Arrow kernels on the key columns
+(:mod:`pipelines.inference.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms.
 Pairs that failed (``errors/`` rows only) are not done: a rerun tries them again, which also retries
 transient storage failures.
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipelines.storage import filesystem_for
-from pipelines.writers import list_parts, read_output
+from pipelines.io.storage import filesystem_for
+from pipelines.io.writers import list_parts, read_output
 
 __all__ = ["PairKey", "done_pairs", "drop_done", "other_models", "remove_orphans"]
 
@@ -52,14 +52,14 @@ def other_models(output: str, model: str, *, storage_options: Mapping[str, Any] 
 def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Delete masks files whose batch has no scores file (left by a crash); return their paths.
 
-    Must only run while the caller holds the output lock (:mod:`pipelines.output_lock`): a batch
+    Must only run while the caller holds the output lock (:mod:`pipelines.io.output_lock`): a batch
     of a live run is an orphan for the short time between its masks and its scores write.
     """
     committed = {(p.dataset, p.split, p.batch_id) for p in list_parts(output, "scores", storage_options=storage_options)}
     orphans = [
         part
         for part in list_parts(output, "masks", storage_options=storage_options)
-        # compacted files hold committed rows only (pipelines.compaction); their batch ids differ per table
+        # compacted files hold committed rows only (pipelines.io.compaction); their batch ids differ per table
         if (part.dataset, part.split, part.batch_id) not in committed and not part.batch_id.startswith("compact-")
     ]
     if orphans:

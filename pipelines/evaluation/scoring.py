@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-from pipelines.png_masks import MissingPredictionError, read_png_masks
-from pipelines.table_io import open_dataset, partition_filter
+from pipelines.evaluation.png_masks import MissingPredictionError, read_png_masks
+from pipelines.io.table_io import open_dataset, partition_filter
 from schemas import EXPRESSION_TYPES
 from vrshq import metrics
 from vrshq.data import (
@@ -468,7 +468,7 @@ def score_with_ray(
     udf_kwargs: dict[str, Any] = {"records": list(records), "storage_options": storage_options}
     ds: ray.data.Dataset
     if masks_uri is not None:
-        from pipelines.table_io import dataset_files, ray_filesystem
+        from pipelines.io.table_io import dataset_files, ray_filesystem
 
         files = dataset_files(masks_uri, dataset=first.dataset, split=first.split, storage_options=storage_options)
         if not files:

@@ -10,7 +10,7 @@ background thread refreshes. A lock is stale, and is taken over, when its heartb
 ``stale_after_s`` or when it was written on this host by a process that no longer exists.
 ``break_lock=True`` takes over any lock (the operator says the holder is dead). The lock records of
 the runs taken over are kept in :attr:`OutputLock.taken_over`, so the new run can mark their run
-records ``interrupted`` (:func:`pipelines.run_records.mark_interrupted`).
+records ``interrupted`` (:func:`pipelines.io.run_records.mark_interrupted`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.storage import filesystem_for
+from pipelines.io.storage import filesystem_for
 from vrshq.data.paths import contained_uri
 
 __all__ = ["LOCK_NAME", "OutputLock", "OutputLockedError"]

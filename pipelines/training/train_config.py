@@ -1,4 +1,4 @@
-"""Typed configuration of the training pipeline (``jobs.train``, ``pipelines.training``).
+"""Typed configuration of the training pipeline (``jobs.train``, ``pipelines.training.run``).
 
 Model hyperparameters live in ``vrshq/config.py``; this file holds the *training* settings: the
 model preset and trainable set, the optimiser and schedule (method §6), clip sampling (method §1.4),

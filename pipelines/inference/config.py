@@ -48,7 +48,7 @@ MODEL_PRESETS: dict[str, str] = {
     # The 7B sizes, random init, with the tokenizer built in code (benchmarks without LLaMA files).
     "vrshq-7b-tinytok": "vrshq_7b_tinytok_config",
 }
-#: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.model_loader``.
+#: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.inference.model_loader``.
 MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 #: Dataset name -> reader function of ``vrshq.data`` (``reader(root, split=..., storage_options=...)``).

@@ -18,7 +18,7 @@ Atomicity. One call of :func:`write_batch` writes the rows of one batch of video
    ``.``-name (which dataset readers skip) and renamed; on object stores a PUT is atomic;
 3. ``scores`` is written last and is the batch's commit record. A (video, expression) pair is
    *done* when it has a scores row; a masks file whose batch has no scores file is an orphan of a
-   crash, which :func:`pipelines.resume.remove_orphans` deletes before a rerun writes the pair again;
+   crash, which :func:`pipelines.inference.resume.remove_orphans` deletes before a rerun writes the pair again;
 4. the batch id is a hash of the run id and the batch's keys, so a retried Ray task overwrites its
    own files instead of adding duplicates.
 """
@@ -37,7 +37,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, PARTITION_COLUMNS, SCORES_SCHEMA, validate_table
-from pipelines.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
+from pipelines.io.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
 from vrshq.data.paths import contained_uri
 
 __all__ = [
@@ -121,7 +121,7 @@ def write_batch(
         raise ValueError(f"write_batch got unknown table(s) {unknown}; known: {sorted(OUTPUT_SCHEMAS)}")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", batch_id):
         raise ValueError(f"batch_id {batch_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
-    from pipelines.config import is_safe_partition_value
+    from pipelines.inference.config import is_safe_partition_value
 
     validated = {
         name: validate_table(table, OUTPUT_SCHEMAS[name], what=f"{name} rows for {output}")

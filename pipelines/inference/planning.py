@@ -18,7 +18,7 @@ still takes one video per call). No per-pair Python object is ever built on the 
 
 A video whose manifest rows are not contiguous (or straddle two slices) becomes two work items;
 both are correct (each pair is segmented once), only the frames are read twice. Manifests written
-by :func:`pipelines.manifest.write_manifest` list each video's rows together.
+by :func:`pipelines.inference.manifest.write_manifest` list each video's rows together.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.storage import arrow_filesystem, filesystem_for
+from pipelines.io.storage import arrow_filesystem, filesystem_for
 from schemas import MANIFEST_SCHEMA, validate_table
 
 __all__ = ["ITEM_SCHEMA", "KEY_COLUMNS", "ManifestPlan", "ManifestPlanError", "count_input_errors", "done_keys",
@@ -90,7 +90,7 @@ def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None, 
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipelines.writers import list_parts
+    from pipelines.io.writers import list_parts
 
     parts = list_parts(output, "scores", storage_options=storage_options)
     schema = pa.schema([pa.field(c, pa.string()) for c in KEY_COLUMNS])
@@ -181,7 +181,7 @@ def _open(path: str, filesystem: Any, data: bytes | None) -> pq.ParquetFile:
 def _read_keys(fs: Any, files: list[str], uri: str, data: bytes | None = None) -> _Keys:
     """Read the KEY_COLUMNS row group by row group, keeping only two joined string columns (the pair and the
     video), so the driver never holds the four columns and their decode buffers of the whole manifest."""
-    from pipelines.config import is_safe_partition_value
+    from pipelines.inference.config import is_safe_partition_value
 
     keys = _Keys()
     filesystem = arrow_filesystem(fs) if fs is not None else None
@@ -333,7 +333,7 @@ def manifest_items(
     """Ray Data UDF over ``ManifestPlan.chunks``: the work items (:data:`ITEM_SCHEMA`) of each row group.
 
     Reads ``rows_per_block`` manifest rows at a time, keeps the pending ones, groups them by video
-    with :func:`pipelines.inference.records_from_manifest` (which also turns invalid expression rows
+    with :func:`pipelines.inference.run.records_from_manifest` (which also turns invalid expression rows
     into error rows, written here under :func:`input_error_tag`) and yields one block per slice.
     ``pending_rows`` is the plan's row array or an ``ObjectRef`` to it; ``manifest_data`` the in-memory
     manifest's bytes (or a reference to them) when the plan was made from bytes.
@@ -381,8 +381,8 @@ def _split_last_video(table: pa.Table) -> tuple[pa.Table, pa.Table | None]:
 
 def _items(table: pa.Table, *, path: str, tag: str, output: str, run_fields: Mapping[str, str],
            storage_options: Mapping[str, Any] | None) -> Iterator[pa.Table]:
-    from pipelines.inference import plan_work, records_from_manifest
-    from pipelines.writers import write_batch
+    from pipelines.inference.run import plan_work, records_from_manifest
+    from pipelines.io.writers import write_batch
     from schemas import ERRORS_SCHEMA
 
     table = validate_table(table, MANIFEST_SCHEMA, what=path)
@@ -397,7 +397,7 @@ def _items(table: pa.Table, *, path: str, tag: str, output: str, run_fields: Map
 
 def count_input_errors(output: str, run_id: str, *, storage_options: Mapping[str, Any] | None = None) -> int:
     """Rows of the errors parts :func:`manifest_items` wrote for ``run_id`` (from Parquet footers only)."""
-    from pipelines.writers import list_parts
+    from pipelines.io.writers import list_parts
 
     tag = input_error_tag(run_id)
     fs, _ = filesystem_for(output, storage_options)

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.png_masks import ANNOTATIONS_DIR, encode_png_mask, png_mask_path
-from pipelines.scoring import iter_video_masks, masks_from_table
-from pipelines.storage import filesystem_for
+from pipelines.evaluation.png_masks import ANNOTATIONS_DIR, encode_png_mask, png_mask_path
+from pipelines.evaluation.scoring import iter_video_masks, masks_from_table
+from pipelines.io.storage import filesystem_for
 from vrshq.data import DataError, VideoRecord, decode_rle
 
 __all__ = ["LAYOUTS", "ExportSummary", "export_zip"]

@@ -4,7 +4,7 @@ Before: :func:`check_train_fits` refuses a config the cluster can never run. Ray
 their CPUs for the whole run, and the clip-sampling tasks of Ray Data must still fit beside them;
 otherwise the workers wait for samples that no task can produce (Ray Data shows the task as
 "backpressured" with 0 rows) and the run sits at step 0 forever. ``jobs.infer`` checks the same way
-(:func:`pipelines.inference.check_cluster_fits`).
+(:func:`pipelines.inference.run.check_cluster_fits`).
 
 After: every worker tells a :class:`ProgressBoard` (a zero-CPU actor, so it is scheduled even on a
 full cluster) which stage it is in and at which step; :class:`StallWatchdog`, a driver thread,

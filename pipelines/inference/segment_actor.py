@@ -5,7 +5,7 @@ batch (``batch_size=1``), runs ``VrshqModel.segment_video`` for all its pending 
 together (the model shares the per-video work: SAM2 image features, CLIP features) under
 ``torch.inference_mode``. The model resizes its mask logits straight to the original frame size
 (``output_hw``: the frames it sees are downscaled) and thresholds them on its device; the masks
-are RLE-encoded there (:func:`pipelines.rle.encode_masks`), so only compact rows (a few bytes per
+are RLE-encoded there (:func:`pipelines.io.rle.encode_masks`), so only compact rows (a few bytes per
 frame) leave the device and the actor. The masks are built and encoded chunk by chunk
 (``SegmentationResult.iter_mask_chunks``), so a video's full-size masks never exist at once.
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import InferenceConfig
-from pipelines.rle import encode_masks
-from pipelines.video_io import FrameReadError, item_from_json, read_video
+from pipelines.inference.config import InferenceConfig
+from pipelines.io.rle import encode_masks
+from pipelines.inference.video_io import FrameReadError, item_from_json, read_video
 
 __all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
 
@@ -117,7 +117,7 @@ def segment_video_item(
 
     Args:
         model: a ``VrshqModel`` (``segment_video(frames_uint8, expressions)``).
-        item_json: the work item (:func:`pipelines.video_io.item_to_json`).
+        item_json: the work item (:func:`pipelines.inference.video_io.item_to_json`).
         frames: uint8 ``(T, h, w, 3)`` at the working resolution, or None to read them here
             (videos too large for the object store).
         original_hw: the original frame size (the masks' output size).
@@ -194,14 +194,14 @@ class SegmentActor:
         max_side: the working resolution of the frames (for videos this actor reads itself).
 
     Raises:
-        pipelines.model_loader.ModelLoadError: from ``__init__`` when the model cannot be built;
+        pipelines.inference.model_loader.ModelLoadError: from ``__init__`` when the model cannot be built;
             Ray Data then fails the job before any video is processed.
     """
 
     def __init__(self, cfg: InferenceConfig, *, max_side: int):
         import torch
 
-        from pipelines.model_loader import build_model, resolve_device
+        from pipelines.inference.model_loader import build_model, resolve_device
 
         self._cfg = cfg
         self._max_side = max_side

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.storage import filesystem_for, join_uri, write_json
+from pipelines.io.storage import filesystem_for, join_uri, write_json
 from vrshq.data.paths import PathEscapeError, contained_uri
 
 __all__ = ["RUNS_FOLDER", "mark_interrupted", "run_record_uri"]

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.storage import filesystem_for, is_local
+from pipelines.io.storage import filesystem_for, is_local
 from vrshq.data.paths import contained_uri, is_within
 
 __all__ = ["canonical_location", "missing_folders", "out_inside_root", "probe_output", "remove_new_folders"]

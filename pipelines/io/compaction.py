@@ -11,7 +11,7 @@ collection leaves hundreds of thousands of small files, and every reader lists a
 * only committed rows: a masks part whose batch has no scores part (an interrupted ``infer`` batch)
   is left as it is, for ``infer``'s orphan cleanup;
 * files of about ``target_bytes`` each, named ``part-compact-<generation>-<n>.parquet`` (a batch id
-  that :func:`pipelines.resume.remove_orphans` knows is committed);
+  that :func:`pipelines.inference.resume.remove_orphans` knows is committed);
 * the sort runs in DuckDB over a stream of Arrow batches, spilling to disk: memory stays bounded
   whatever the partition's size.
 
@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipelines.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
-from pipelines.writers import OUTPUT_SCHEMAS, PartFile, list_parts, part_uri
+from pipelines.io.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
+from pipelines.io.writers import OUTPUT_SCHEMAS, PartFile, list_parts, part_uri
 from schemas import PARTITION_COLUMNS
 
 __all__ = [
@@ -170,7 +170,7 @@ def _sorted_batches(fs: Any, paths: list[str], table: str, spill_dir: str,
         con.execute(f"SET temp_directory = '{spill_dir}'")
         con.execute("SET memory_limit = '1GB'")
         con.execute("SET preserve_insertion_order = false")
-        # A stream of batches, not the dataset itself: see pipelines.scoring.iter_video_masks.
+        # A stream of batches, not the dataset itself: see pipelines.evaluation.scoring.iter_video_masks.
         con.register("parts", pa.RecordBatchReader.from_batches(schema, dataset.to_batches(batch_size=batch_rows)))
         order = ", ".join(f"{c} NULLS FIRST" for c in SORT_COLUMNS[table])
         relation = con.sql(f"SELECT * FROM parts ORDER BY {order}")

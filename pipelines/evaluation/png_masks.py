@@ -18,7 +18,7 @@ import fsspec
 import numpy as np
 from PIL import Image
 
-from pipelines.storage import filesystem_for
+from pipelines.io.storage import filesystem_for
 
 __all__ = [
     "ANNOTATIONS_DIR",
