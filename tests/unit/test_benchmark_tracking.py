@@ -10,7 +10,7 @@ from vrshq.model import projected_memory
 
 def test_tracking_benchmark_compares_projected_with_stock_on_cpu(capsys):
     args = argparse.Namespace(device="cpu", sam2="tiny", image_size=64, precision="fp32", frames=10, objects=3,
-                              repeats=1, seed=0)
+                              repeats=1, seed=0, rows_per_call=None, profile=False)
     rows = tracking_speed.run(args)
     assert [r["variant"] for r in rows] == ["stock", "projected"]  # no cuDNN variant without CUDA
     assert all(r["best_s"] > 0 and r["first_s"] > 0 for r in rows)

@@ -246,7 +246,7 @@ def test_no_mask_dict(revos):
         (lambda v: v.pop("frames"), ["key 'frames' is missing"]),
         (lambda v: v.update(frames=[]), ["key 'frames' is empty"]),
         (lambda v: v.update(frames=[0, 1]), ["key 'frames' must be a list"]),
-        (lambda v: v.update(height="64"), ["key 'height' must be a positive int"]),
+        (lambda v: v.update(height="64"), ["key 'height' must be an int in 1..65536"]),
         (lambda v: v.pop("expressions"), ["key 'expressions' is missing"]),
         (lambda v: v.update(expressions=[]), ["key 'expressions' must be an object"]),
     ],
