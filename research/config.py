@@ -6,11 +6,11 @@ its config and raises one ``ValueError`` listing them, as the product's training
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from jobs._cli import ConfigError
+from pipelines.training.train_config import _is_int, _is_number, _problems_to_error  # one validation style
 
 __all__ = [
     "LR_SCHEDULES",
@@ -28,17 +28,6 @@ LR_SCHEDULES = ("linear", "constant")
 """Stage G's learning-rate schedules after the warm-up (``GroundingPretrainConfig.lr_schedule``)."""
 
 
-def _problems_to_error(owner: str, problems: list[str]) -> None:
-    if problems:
-        raise ValueError(f"{owner}: " + "; ".join(problems))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _range_problems(config: Any, *, ints: tuple[tuple[str, int], ...] = (),
