@@ -16,21 +16,6 @@ from typing import Any
 
 import pytest
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` are skipped where torch sees no CUDA device (CI's CPU machines); on a GPU
-    host ``bash scripts/gpu_tests.sh`` runs them (``-m gpu``)."""
-    gpu_items = [item for item in items if "gpu" in item.keywords]
-    if not gpu_items:
-        return
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device (run bash scripts/gpu_tests.sh on a GPU host)")
-    for item in gpu_items:
-        item.add_marker(skip)
-
-
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -86,12 +71,23 @@ _ON_DEMAND_MARKERS = ("fuzz", "long")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip ``fuzz``/``long`` tests unless the ``-m`` expression names their marker."""
+    """Skip ``fuzz``/``long`` tests unless the ``-m`` expression names their marker, and tests marked ``gpu``
+    where torch sees no CUDA device (CI's CPU machines; on a GPU host ``bash scripts/gpu_tests.sh`` runs them)."""
     selected = config.getoption("-m") or ""
     for item in items:
         for marker in _ON_DEMAND_MARKERS:
             if marker in item.keywords and marker not in selected:
                 item.add_marker(pytest.mark.skip(reason=f"on demand: select with -m {marker}"))
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run bash scripts/gpu_tests.sh on a GPU host)")
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
