@@ -365,7 +365,7 @@ def manifest_items(
             if table.num_rows:
                 yield from _items(table, path=str(path), tag=f"{error_tag}-" + hashlib.sha1(
                     f"{path}\x1f{row_group}\x1f{row}".encode()).hexdigest()[:16], output=output,
-                    run_fields=run_fields, storage_options=storage_options)
+                    run_fields=run_fields, storage_options=storage_options, check_annotation_files=data is None)
             record_batch = following
 
 
@@ -380,13 +380,21 @@ def _split_last_video(table: pa.Table) -> tuple[pa.Table, pa.Table | None]:
 
 
 def _items(table: pa.Table, *, path: str, tag: str, output: str, run_fields: Mapping[str, str],
-           storage_options: Mapping[str, Any] | None) -> Iterator[pa.Table]:
+           storage_options: Mapping[str, Any] | None, check_annotation_files: bool) -> Iterator[pa.Table]:
+    """Work items of ``table``'s videos; bad rows and, for a manifest read from its files
+    (``check_annotation_files``), expressions whose annotation file is unreadable or lacks their ground
+    truth become error rows here, before any model work (a dataset's records were checked on the driver)."""
+    from pipelines.inference.input_check import check_annotations
     from pipelines.inference.run import plan_work, records_from_manifest
     from pipelines.io.writers import write_batch
     from schemas import ERRORS_SCHEMA
 
     table = validate_table(table, MANIFEST_SCHEMA, what=path)
     records, errors = records_from_manifest(table)
+    if check_annotation_files:
+        records, annotation_errors = check_annotations(records, storage_options=storage_options,
+                                                       unreadable_files="rows")
+        errors = errors + annotation_errors
     if errors:
         rows = pa.Table.from_pylist([{**e, **run_fields} for e in errors], schema=ERRORS_SCHEMA)
         write_batch(output, {"errors": rows}, batch_id=tag, storage_options=storage_options)
