@@ -72,11 +72,26 @@ def cluster_node_ports() -> dict[str, int]:
     return ports
 
 
+def _ephemeral_port_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux: ip_local_port_range; else 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            return int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port_range(size: int) -> tuple[int, int]:
-    """A range of ``size`` ports that are all free now (random start, so parallel heads differ)."""
+    """A range of ``size`` ports that are all free now (random start, so parallel heads differ).
+
+    Below the ephemeral range: there, any outgoing connection of the test session (gRPC, S3, HTTP) may
+    hold a worker's port for a moment, and a worker that cannot bind its port dies before its actor
+    starts ("actor died during initialization").
+    """
     rng = random.Random(os.getpid() ^ time.time_ns())
+    top = max(20000 + 2 * size, min(60000, _ephemeral_port_start()))
     for _ in range(200):
-        start = rng.randrange(20000, 60000 - size)
+        start = rng.randrange(20000, top - size)
         try:
             for port in range(start, start + size, max(1, size // 10)):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -183,7 +198,8 @@ class RayHead:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if not os.environ.get("VRSHQ_KEEP_RAY_LOGS"):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
