@@ -16,6 +16,11 @@ from typing import Any
 
 import pytest
 
+# The test heads run without token authentication. Ray reads the auth mode once per process, and a job
+# run in this process that starts a local cluster (the demo) would switch it to tokens for the whole
+# session (jobs._ray_console.choose_local_auth_mode), after which every test head rejects this driver.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 _AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
