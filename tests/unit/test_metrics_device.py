@@ -33,3 +33,20 @@ def test_bad_input():
         jaccard_tensor(torch.zeros(2, 3, 4, dtype=torch.bool), torch.zeros(2, 4, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         boundary_f_tensor(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize("radius", [1.0, 5.0, 12.0, 2.5])
+def test_dilation_equals_cv2(radius):
+    """Both dilation paths (centred runs of an integer-radius disk; pooled runs otherwise) equal cv2."""
+    import cv2
+
+    from vrshq.metrics.boundary import disk_footprint
+    from vrshq.metrics.device import _dilate
+
+    rng = np.random.default_rng(int(radius * 10))
+    maps = rng.random((3, 57, 91)) < 0.02
+    maps[1, 0, :] = True  # touches the frame's edge
+    footprint = disk_footprint(radius)
+    expected = np.stack([cv2.dilate(m.astype(np.uint8), footprint) > 0 for m in maps])
+    got = _dilate(torch.from_numpy(maps), torch.from_numpy(footprint)).numpy()
+    assert np.array_equal(got, expected)
