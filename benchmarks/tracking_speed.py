@@ -11,7 +11,9 @@ random init, on pre-encoded features, in three variants measured in one run:
   values projected and rotated at every frame that reads it), as the official predictor and the serial
   reference (:mod:`benchmarks.serial_reference`) run it;
 * **projected**: ``vrshq.model.projected_memory`` with one attention call of all rows;
-* **projected + cuDNN**: the default, cuDNN attention in calls of ``CUDNN_ROWS_PER_CALL`` rows (CUDA only).
+* **projected + cuDNN**: the default, cuDNN attention in calls of ``CUDNN_ROWS_PER_CALL`` rows (CUDA only);
+* **+ compiled layer work** (``--compile``): the same with the layers' norms, projections, RoPE and MLP
+  under ``torch.compile`` (``projected_memory.COMPILE_LAYER_WORK``; CUDA only).
 
 The table gives the best of ``--repeats`` calls after one warm-up, the ratio stock / variant, and the
 agreement of each variant's masks with stock's (share of masks with IoU >= 0.99, max logit difference):
@@ -67,6 +69,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     if device.type == "cuda":
         for chunk in args.rows_per_call or [projected_memory.CUDNN_ROWS_PER_CALL]:
             variants.append((f"projected + cuDNN ({chunk} rows/call)", True, chunk))
+    if device.type == "cuda" and args.compile:
+        variants.append((f"+ compiled layer work ({variants[-1][2]} rows/call)", True, variants[-1][2]))
     default_chunk = projected_memory.CUDNN_ROWS_PER_CALL
     rows, results = [], {}
     try:
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             features = seg.encode_video(torch.rand(args.frames, 3, size, size, device=device))
             for name, once, chunk in variants:
                 projected_memory.CUDNN_ROWS_PER_CALL = chunk
+                projected_memory.COMPILE_LAYER_WORK = name.startswith("+ compiled")
                 times = []
                 for _ in range(args.repeats + 1):
                     sync()
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(_profile(lambda: seg.track(features, keyframes, masks), device))
     finally:
         projected_memory.CUDNN_ROWS_PER_CALL = default_chunk
+        projected_memory.COMPILE_LAYER_WORK = False
     stock = results["stock"]
     for row in rows:
         logits = results[row["variant"]]
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows-per-call", type=lambda v: [int(x) for x in v.split(",")], default=None,
                         help="CUDA: comma list of cuDNN rows per call to compare (default: the library's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="CUDA: add a variant with the memory attention's layer work compiled (torch.compile)")
     parser.add_argument("--profile", action="store_true", help="print the kernels of one call of the last variant")
     args = parser.parse_args(argv)
     if args.objects < 1 or args.frames < 2 or args.repeats < 1:

@@ -73,3 +73,23 @@ def test_projected_memory_agrees_with_stock_in_bf16(sam2_large):
     assert float((iou >= 0.99).float().mean()) >= 0.75
     assert float(iou.mean()) >= 0.9
     assert torch.isfinite(ours).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_layer_work_against_eager(sam2_large, exact_float32, dtype, monkeypatch):
+    """``COMPILE_LAYER_WORK`` (the layers' work between attention calls under ``torch.compile``) against
+    the eager path it replaces: float32 identical masks; bf16 the same floor as projected vs stock."""
+    segmenter = sam2_large if dtype == torch.float32 else copy.deepcopy(sam2_large).to(dtype)
+    images, masks = _inputs(segmenter, dtype)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    with torch.inference_mode(), autocast:
+        features = segmenter.encode_video(images)
+        eager = segmenter.track(features, _KEYFRAMES, masks).low_res_logits.float()
+        monkeypatch.setattr(projected_memory, "COMPILE_LAYER_WORK", True)
+        monkeypatch.setattr(projected_memory, "_COMPILED", {})
+        compiled = segmenter.track(features, _KEYFRAMES, masks).low_res_logits.float()
+    iou = mask_iou(eager, compiled)
+    if dtype == torch.float32:
+        assert float(iou.min()) == 1.0
+    else:
+        assert float((iou >= 0.99).float().mean()) >= 0.75 and float(iou.mean()) >= 0.9

@@ -159,6 +159,28 @@ def test_projected_memory_in_fixed_row_chunks_with_padding_is_unchanged(monkeypa
     assert (chunked.low_res_logits - plain.low_res_logits).abs().max() < 1e-5
 
 
+def test_compiled_layer_work_equals_eager_layers(monkeypatch):
+    """The layer work that ``COMPILE_LAYER_WORK`` hands to ``torch.compile`` (real-valued RoPE, the
+    norms, projections and MLP between the attention calls) equals the eager layers, as the functions
+    themselves on CPU; ``tests/gpu/test_gpu_tracking.py`` runs them through inductor on CUDA."""
+    from vrshq.model import projected_memory
+
+    seg, feats, keyframes, masks = _five_objects_on_24_frames()
+    plain = seg.track(feats, keyframes, masks)
+    monkeypatch.setattr(projected_memory, "CUDNN_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(projected_memory, "CUDNN_ROWS_PER_CALL", 2)
+    monkeypatch.setattr(projected_memory, "COMPILE_LAYER_WORK", True)
+    monkeypatch.setattr(projected_memory, "_COMPILED", {})
+    monkeypatch.setattr(projected_memory, "_compiled", lambda fn: fn)
+    used = []
+    layer_compiled = projected_memory._layer_compiled
+    monkeypatch.setattr(projected_memory, "_layer_compiled", lambda *a: used.append(1) or layer_compiled(*a))
+    compiled = seg.track(feats, keyframes, masks)
+    assert used  # the compiled path ran
+    assert (compiled.low_res_logits - plain.low_res_logits).abs().max() < 1e-4
+    assert torch.equal(compiled.low_res_logits > 0, plain.low_res_logits > 0)
+
+
 def test_projected_memory_is_off_where_it_cannot_apply():
     seg = make_segmenter()
     assert projected_memory_supported(seg)

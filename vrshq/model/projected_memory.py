@@ -39,7 +39,7 @@ from sam2.modeling.position_encoding import apply_rotary_enc
 from sam2.modeling.sam.transformer import RoPEAttention
 from sam2.modeling.sam2_utils import get_1d_sine_pe, select_closest_cond_frames
 
-__all__ = ["PROJECTED_KEY", "USE_PROJECTED_MEMORY", "condition_on_projected_memory", "supports_projected_memory"]
+__all__ = ["COMPILE_LAYER_WORK", "PROJECTED_KEY", "USE_PROJECTED_MEMORY", "condition_on_projected_memory", "supports_projected_memory"]
 
 #: Key of an ``output_dict`` that asks for this path (``True``); the stock code ignores it.
 USE_PROJECTED_MEMORY = "use_projected_memory"
@@ -271,6 +271,66 @@ def _concat_rows(parts: list[torch.Tensor], rows: int, padded: int) -> torch.Ten
     return out
 
 
+#: ``torch.compile`` the memory attention's per-layer work between its attention calls (norms,
+#: projections, RoPE, residuals, MLP), on CUDA only: inductor fuses the elementwise kernels that
+#: dominate a tracking step besides attention. Off by default (compilation costs start-up time).
+COMPILE_LAYER_WORK: bool = False
+_COMPILED: dict[str, Any] = {}
+
+
+def _rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as real arithmetic (the complex product ``apply_rotary_enc`` computes, in float32), which
+    inductor can fuse; ``cos``/``sin`` (N, C/2)."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
+
+
+def _self_attention_inputs(layer: Any, tgt: torch.Tensor, query_pos: torch.Tensor, cos: torch.Tensor,
+                           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    attn = layer.self_attn
+    tgt2 = layer.norm1(tgt)
+    q = k = tgt2 + query_pos if layer.pos_enc_at_attn else tgt2
+    q = _rope_real(attn._separate_heads(attn.q_proj(q), attn.num_heads), cos, sin)
+    k = _rope_real(attn._separate_heads(attn.k_proj(k), attn.num_heads), cos, sin)
+    return q, k, attn._separate_heads(attn.v_proj(tgt2), attn.num_heads)
+
+
+def _self_output_cross_queries(layer: Any, tgt: torch.Tensor, out: torch.Tensor, query_pos: torch.Tensor,
+                               cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    tgt = tgt + layer.dropout1(layer.self_attn.out_proj(layer.self_attn._recombine_heads(out)))
+    attn = layer.cross_attn_image
+    tgt2 = layer.norm2(tgt)
+    queries = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
+    return tgt, _rope_real(attn._separate_heads(queries, attn.num_heads), cos, sin)
+
+
+def _cross_output_mlp(layer: Any, tgt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    attn = layer.cross_attn_image
+    tgt = tgt + layer.dropout2(attn.out_proj(attn._recombine_heads(out)))
+    hidden = layer.norm3(tgt)
+    return tgt + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(hidden)))))
+
+
+def _compiled(fn: Any) -> Any:
+    compiled = _COMPILED.get(fn.__name__)
+    if compiled is None:
+        compiled = _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+    return compiled
+
+
+def _layer_compiled(layer: Any, output: torch.Tensor, query_pos: torch.Tensor, keys: torch.Tensor,
+                    values: torch.Tensor, rows: int) -> torch.Tensor:
+    """One memory-attention layer with its non-attention work compiled (:data:`COMPILE_LAYER_WORK`)."""
+    num_tokens, device = output.shape[1], output.device
+    sa = torch.view_as_real(_rope_freqs(layer.self_attn, num_tokens, device))
+    ca = torch.view_as_real(_rope_freqs(layer.cross_attn_image, num_tokens, device))
+    q, k, v = _compiled(_self_attention_inputs)(layer, output, query_pos, sa[..., 0], sa[..., 1])
+    output, queries = _compiled(_self_output_cross_queries)(
+        layer, output, _attend(q, k, v, rows), query_pos, ca[..., 0], ca[..., 1])
+    return _compiled(_cross_output_mlp)(layer, output, _attend(queries, keys, values, rows))
+
+
 def condition_on_projected_memory(
     model: Any,
     *,
@@ -318,11 +378,13 @@ def condition_on_projected_memory(
         if pointers is not None:
             keys.append(attn._separate_heads(attn.k_proj(ptrs + ptr_pos), attn.num_heads))
             values.append(attn._separate_heads(attn.v_proj(ptrs), attn.num_heads))
-        output = _self_attention(layer, output, query_pos)
         padded = _padded_rows(batch, device)
-        output = _cross_attention(
-            layer, output, query_pos, _concat_rows(keys, batch, padded), _concat_rows(values, batch, padded)
-        )
+        keys, values = _concat_rows(keys, batch, padded), _concat_rows(values, batch, padded)
+        if COMPILE_LAYER_WORK and device.type in CUDNN_DEVICE_TYPES:
+            output = _layer_compiled(layer, output, query_pos, keys, values, batch)
+            continue
+        output = _self_attention(layer, output, query_pos)
+        output = _cross_attention(layer, output, query_pos, keys, values)
         hidden = layer.norm3(output)
         output = output + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(hidden)))))
     output = attention.norm(output)
