@@ -82,6 +82,11 @@ class Sam2Config:
         encode_chunk_size: Frames per image-encoder batch in ``encode_video``.
         offload_features_to_cpu: Keep per-frame backbone features on the CPU and move one
             frame to the device when it is used (long videos; method §9 item 8).
+        offload_features_min_frames: Videos of at least this many frames offload their features and
+            tracked logits to the CPU whatever ``offload_features_to_cpu`` says (None: never on
+            length alone). At SAM2-L, 1024 px, bf16 a frame's features take 8.4 MB and its logits
+            256 KB per expression: 2,000 frames with 24 expressions would hold 17 GB + 12.6 GB of
+            device memory beside the 7B model and the tracking memory, and did not fit on 80 GB.
         offload_memory_to_cpu: Keep the tracking memory bank on the CPU.
         memory_dtype: Storage dtype of memory features during tracking (``None`` = the
             compute dtype). ``"bfloat16"`` reproduces the stock predictor, which stores memory
@@ -102,12 +107,23 @@ class Sam2Config:
     checkpoint_storage_options: Mapping[str, Any] | None = None
     encode_chunk_size: int = 8
     offload_features_to_cpu: bool = False
+    offload_features_min_frames: int | None = 600
     offload_memory_to_cpu: bool = False
     memory_dtype: str | None = None
     gate_masks_in_training: bool = False
     max_objects_per_track: int = 64
 
+    def offloads_features(self, num_frames: int) -> bool:
+        """Whether a video of ``num_frames`` frames keeps its features and tracked logits on the CPU."""
+        by_length = self.offload_features_min_frames is not None and num_frames >= self.offload_features_min_frames
+        return self.offload_features_to_cpu or by_length
+
     def __post_init__(self) -> None:
+        if self.offload_features_min_frames is not None and (
+            not isinstance(self.offload_features_min_frames, int) or self.offload_features_min_frames < 1
+        ):
+            raise ValueError(f"Sam2Config.offload_features_min_frames={self.offload_features_min_frames!r}: "
+                             "must be an int >= 1 or None")
         if not isinstance(self.config_name, str) or not self.config_name.endswith(".yaml"):
             raise ValueError(
                 f"Sam2Config.config_name={self.config_name!r}: expected a sam2 package YAML "

@@ -308,6 +308,16 @@ def test_offloaded_features_live_on_cpu_and_give_the_same_result():
     assert (a - b).abs().max() < 1e-4
 
 
+def test_long_videos_offload_their_features_by_length():
+    """Past ``offload_features_min_frames`` frames a video's features and logits go to the CPU."""
+    cfg = sam2_tiny(image_size=SIZE, offload_features_min_frames=600)
+    assert not cfg.offloads_features(599) and cfg.offloads_features(600)
+    assert sam2_tiny(image_size=SIZE, offload_features_to_cpu=True).offloads_features(1)
+    assert not sam2_tiny(image_size=SIZE, offload_features_min_frames=None).offloads_features(10**6)
+    with pytest.raises(ValueError, match="offload_features_min_frames"):
+        sam2_tiny(image_size=SIZE, offload_features_min_frames=0)
+
+
 @pytest.mark.parametrize("max_area", [1, 2, 8, 20])
 def test_hole_filling_on_device_equals_connected_components(max_area):
     """The sync-free hole filling used on GPUs without sam2._C equals the OpenCV components version."""

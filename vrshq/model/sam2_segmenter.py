@@ -244,7 +244,9 @@ class Sam2Segmenter(Sam2TrainForward, nn.Module):
         one copy of the features plus one chunk.
         """
         device = self.device
-        store = torch.device("cpu") if self.cfg.offload_features_to_cpu else device
+        offload = self.cfg.offloads_features(num_frames)
+        store = torch.device("cpu") if offload else device
+        pin = offload and device.type == "cuda"  # page-locked: each step's frames copy asynchronously
         levels: list[torch.Tensor] = []
         pos_enc: list[torch.Tensor] = []
         filled = 0
@@ -252,7 +254,7 @@ class Sam2Segmenter(Sam2TrainForward, nn.Module):
             out = self._forward_image(chunk.to(device, non_blocking=True).float())
             if not levels:
                 levels = [
-                    torch.empty((num_frames, *f.shape[1:]), dtype=f.dtype, device=store)
+                    torch.empty((num_frames, *f.shape[1:]), dtype=f.dtype, device=store, pin_memory=pin)
                     for f in out["backbone_fpn"]
                 ]
                 pos_enc = [p[:1].to(store) for p in out["vision_pos_enc"]]

@@ -292,9 +292,9 @@ class VrshqModel(nn.Module):
         result = temporal_dynamic_aggregation(seg_pad, tak, alpha=self.cfg.method.tda_alpha, frame_mask=mask)
         return seg_pad, mask, result
 
-    def _offload_device(self) -> torch.device | None:
-        """CPU when the SAM2 config offloads features (long videos), else the compute device (None)."""
-        return torch.device("cpu") if self.sam2.cfg.offload_features_to_cpu else None
+    def _offload_device(self, num_frames: int) -> torch.device | None:
+        """CPU when the SAM2 config offloads this video's features (long videos), else the compute device (None)."""
+        return torch.device("cpu") if self.sam2.cfg.offloads_features(num_frames) else None
 
     # -------------------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -355,7 +355,8 @@ class VrshqModel(nn.Module):
                 keyframes, key_masks, scores = self._select_keyframes(features, frame_sets, tda)
             # 5. propagate all expressions together from their keyframe masks (§5.3 steps 3-5)
             with stage("track"):
-                track = self.sam2.track(features, keyframes, key_masks, output_device=self._offload_device())
+                offload = self._offload_device(int(frames.shape[0]))
+                track = self.sam2.track(features, keyframes, key_masks, output_device=offload)
             del features
             # 6. crop the letterbox, resize to output_hw, threshold (§5.3 step 6)
             object_scores = track.object_score_logits.float().cpu().numpy()  # one copy for all expressions
