@@ -28,26 +28,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrshq.presets import PRESETS
+
 __all__ = [
     "ComputeConfig",
     "ConfigError",
     "DatasetConfig",
     "InferenceConfig",
     "MODEL_DTYPES",
-    "MODEL_PRESETS",
     "DATASET_READERS",
     "is_safe_partition_value",
     "read_dataset",
     "redact",
 ]
 
-#: Model preset name -> function of ``vrshq.builders`` that returns its ``VrshqConfig``.
-MODEL_PRESETS: dict[str, str] = {
-    "tiny": "tiny_config",
-    "vrshq-7b": "vrshq_7b_config",
-    # The 7B sizes, random init, with the tokenizer built in code (benchmarks without LLaMA files).
-    "vrshq-7b-tinytok": "vrshq_7b_tinytok_config",
-}
 #: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.inference.model_loader``.
 MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -219,7 +213,7 @@ class InferenceConfig:
         default=None, metadata={"help": "manifest Parquet URI (MANIFEST_SCHEMA); or give --dataset.*"}
     )
     dataset: DatasetConfig | None = field(default=None, metadata={"help": "dataset input; or give --manifest"})
-    preset: str = field(default="tiny", metadata={"help": f"model preset: {sorted(MODEL_PRESETS)}"})
+    preset: str = field(default="tiny", metadata={"help": f"model preset (vrshq.presets.PRESETS): {sorted(PRESETS)}"})
     checkpoint: str | None = field(
         default=None,
         metadata={"help": "checkpoint URI (local, s3://, hf://<repo>): a vrshq checkpoint, or the released VRS-HQ "
@@ -297,8 +291,8 @@ class InferenceConfig:
             elif value is not None and self.checkpoint is None:
                 problems.append(f"{name}={value!r} applies to a released checkpoint (--checkpoint <release folder>); "
                                 "without a checkpoint every weight is random")
-        if self.preset not in MODEL_PRESETS:
-            problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
+        if self.preset not in PRESETS:
+            problems.append(f"preset={self.preset!r} is unknown; known: {sorted(PRESETS)}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             problems.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:<i>")
         if self.dtype not in MODEL_DTYPES:

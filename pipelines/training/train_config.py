@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrshq.presets import PRESETS, is_function_path, preset_config
+
 __all__ = [
-    "MODEL_PRESETS",
     "ModelSpec",
     "OptimConfig",
     "SamplingConfig",
@@ -32,12 +33,6 @@ __all__ = [
     "model_config_from_spec",
 ]
 
-#: Preset name -> function returning its ``VrshqConfig``. ``ModelSpec.preset`` also takes a
-#: ``package.module:function`` path of such a function (the research presets are given that way).
-MODEL_PRESETS: dict[str, str] = {
-    "tiny": "vrshq.builders:tiny_config",
-    "vrshq-7b": "vrshq.builders:vrshq_7b_config",
-}
 _TRAINABLE = ("all", "lora")
 _FORMATS = ("revos", "mevis")
 
@@ -55,22 +50,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_function_path(value: Any) -> bool:
-    """Whether ``value`` reads ``package.module:function`` (dotted identifiers, one colon)."""
-    if not isinstance(value, str) or value.count(":") != 1:
-        return False
-    module, func = value.split(":")
-    return bool(module) and all(part.isidentifier() for part in module.split(".")) and func.isidentifier()
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model trains and what of it trains (method §6)."""
 
     preset: str = field(
         default="tiny",
-        metadata={"help": f"model preset: {' | '.join(MODEL_PRESETS)}, or package.module:function returning a "
-                          "VrshqConfig"},
+        metadata={"help": f"model preset (vrshq.presets.PRESETS): {' | '.join(PRESETS)}, or "
+                          "package.module:function returning a VrshqConfig"},
     )
     trainable: str = field(default="all", metadata={"help": "all (from scratch, no LoRA) | lora (method §6)"})
     object_weight: float | None = field(
@@ -92,8 +79,8 @@ class ModelSpec:
         problems = []
         if self.train_window is not None and (not _is_int(self.train_window) or self.train_window < 1):
             problems.append(f"train_window={self.train_window!r}: must be a positive int or null")
-        if self.preset not in MODEL_PRESETS and not _is_function_path(self.preset):
-            problems.append(f"preset={self.preset!r}: must be one of {list(MODEL_PRESETS)} or a "
+        if self.preset not in PRESETS and not is_function_path(self.preset):
+            problems.append(f"preset={self.preset!r}: must be one of {list(PRESETS)} or a "
                             "package.module:function path")
         if self.trainable not in _TRAINABLE:
             problems.append(f"trainable={self.trainable!r}: must be one of {list(_TRAINABLE)}")
@@ -106,10 +93,7 @@ class ModelSpec:
 
 def model_config_from_spec(spec: ModelSpec):
     """The ``VrshqConfig`` of a preset with the spec's trainable set and object weight applied."""
-    import importlib
-
-    module_name, func_name = MODEL_PRESETS.get(spec.preset, spec.preset).split(":")
-    cfg = getattr(importlib.import_module(module_name), func_name)()
+    cfg = preset_config(spec.preset)
     cfg = dataclasses.replace(cfg, trainable=dataclasses.replace(cfg.trainable, mode=spec.trainable))
     if spec.object_weight is not None:
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, object_weight=float(spec.object_weight)))
