@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, log_config, new_run_id, parse_config, setup_logging
+from jobs._cli import ConfigError, validate, log_config, new_run_id, parse_config, setup_logging
 
 __all__ = ["CompactConfig", "main", "run_compact"]
 
@@ -51,6 +51,10 @@ class CompactConfig:
         default=300.0, metadata={"help": "a lock whose heartbeat is older than this is stale"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not self.out:
             problems.append("out is required (output URI)")
@@ -60,8 +64,7 @@ class CompactConfig:
             problems.append(f"row_group_rows={self.row_group_rows}: must be >= 1")
         if self.lock_stale_after_s <= 0:
             problems.append(f"lock_stale_after_s={self.lock_stale_after_s}: must be > 0")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
 
 def run_compact(cfg: CompactConfig) -> list[Any]:

@@ -35,6 +35,7 @@ from jobs._cli import (
     parse_config,
     read_dataset,
     setup_logging,
+    validate,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +73,10 @@ class EvaluateConfig:
     ray_address: str | None = dataclasses.field(default=None, metadata={"help": "Ray address (default: auto)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not self.out:
             problems.append("out is required (output URI)")
@@ -82,8 +87,7 @@ class EvaluateConfig:
         for name in ("concurrency", "progress_every", "flush_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}={getattr(self, name)}: must be >= 1")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
 
 def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:

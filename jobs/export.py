@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
+from jobs._cli import ConfigError, validate, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
 
 __all__ = ["ExportConfig", "main", "run_export"]
 
@@ -53,6 +53,10 @@ class ExportConfig:
         default=6, metadata={"help": "PNG zlib level 0-9 (6: smallest zip; 1: ~3x faster)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         from pipelines.evaluation.export import LAYOUTS
 
         problems = []
@@ -68,8 +72,7 @@ class ExportConfig:
             problems.append(f"progress_every={self.progress_every}: must be >= 1")
         if not 0 <= self.png_compress_level <= 9:
             problems.append(f"png_compress_level={self.png_compress_level}: must be in 0..9")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
 
 def _preflight(cfg: ExportConfig) -> tuple[str, list[Any] | None, str | None, str | None]:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs._cli import ConfigError, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
+from jobs._cli import ConfigError, validate, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
 
 __all__ = ["ReportConfig", "build_report", "main"]
 
@@ -63,6 +63,10 @@ class ReportConfig:
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace a report already at --out"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not self.scores:
             problems.append("scores is required (scores table URI)")
@@ -77,8 +81,7 @@ class ReportConfig:
             problems.append(f"overlay_frames={self.overlay_frames}: must be >= 1")
         if self.bins < 1:
             problems.append(f"bins={self.bins}: must be >= 1")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
 
 def _write(cfg: ReportConfig, name: str, data: bytes | str) -> str:

@@ -2,9 +2,9 @@
 
 Model hyperparameters live in ``vrshq/config.py``; this file holds only *runtime* settings: where
 the input and output are, which model preset/checkpoint to load, and how many Ray actors and tasks
-to run. Every field is read by the pipeline; every check runs in ``__post_init__`` and reports all
-problems of a config at once (as ``jobs._cli`` expects), so a bad command line fails before any
-Ray work starts.
+to run. Every field is read by the pipeline; each config lists its problems (``problems()``) and
+``__post_init__`` raises them all at once in one ``vrshq.validation.ConfigError`` (as ``jobs._cli``
+expects), so a bad command line fails before any Ray work starts.
 
 The dataset spec (:class:`DatasetConfig`: ``dataset.format / dataset.root / dataset.split /
 dataset.name``) lives here, not in ``jobs/``, because ``pipelines/`` must not import ``jobs/``; the
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vrshq.presets import PRESETS
+from vrshq.validation import ConfigError, validate
 
 __all__ = [
     "ComputeConfig",
@@ -72,20 +73,6 @@ def redact(value: Any) -> Any:
     return value
 
 
-class ConfigError(ValueError):
-    """One or more problems in a job's configuration; ``problems`` lists each one.
-
-    Raised by the shared config parts' ``__post_init__`` (each problem reported on its own line,
-    prefixed with the field's dotted path by ``jobs._cli``); ``jobs._cli`` re-exports it.
-    """
-
-    def __init__(self, problems: Sequence[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__(
-            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
-        )
-
-
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which dataset split to read (frames and ground truth): ``--dataset.format/root/split/name``."""
@@ -96,6 +83,10 @@ class DatasetConfig:
     name: str | None = field(default=None, metadata={"help": "dataset name in the tables (default: the format)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if self.format not in DATASET_READERS:
             problems.append(f"format={self.format!r}: must be one of {list(DATASET_READERS)}")
@@ -103,8 +94,7 @@ class DatasetConfig:
             problems.append("root is required (the dataset root URI)")
         if not self.split:
             problems.append("split must be non-empty")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
     @property
     def table_name(self) -> str:
@@ -170,6 +160,10 @@ class ComputeConfig:
     )
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file", "manifest_rows_per_block"):
             value = getattr(self, name)
@@ -190,8 +184,7 @@ class ComputeConfig:
             problems.append(
                 f"compute.max_inline_frame_bytes must be a positive integer, got {self.max_inline_frame_bytes!r}"
             )
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -204,8 +197,8 @@ class InferenceConfig:
     ``checkpoint`` URI.
 
     Raises:
-        ValueError: listing every problem of the config (no input or two inputs, unknown dataset or
-            preset, unsafe partition names, non-positive sizes...).
+        ConfigError: (a ValueError) listing every problem of the config (no input or two inputs, unknown
+            dataset or preset, unsafe partition names, non-positive sizes...).
     """
 
     out: str = field(metadata={"help": "output URI (local path or s3://bucket/prefix)"})
@@ -269,6 +262,10 @@ class InferenceConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems: list[str] = []
         if not isinstance(self.out, str) or not self.out.strip():
             problems.append(f"out must be a non-empty URI, got {self.out!r}")
@@ -309,8 +306,7 @@ class InferenceConfig:
             problems.append(f"run_id={self.run_id!r} must match {_PARTITION_VALUE.pattern}")
         if self.lock_stale_after_s <= 0:
             problems.append(f"lock_stale_after_s must be > 0, got {self.lock_stale_after_s!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
     @property
     def model_name(self) -> str:
