@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "config_problems",
+    "int_problems",
     "is_int",
     "is_number",
     "range_problems",
@@ -108,6 +109,19 @@ def range_problems(config: Any, *, ints: Iterable[tuple[str, int]] = (), non_neg
                 continue
             if not is_number(value) or bad(value):
                 problems.append(f"{name}={value!r}: must be a finite number {rule}{' or null' if name in skip else ''}")
+    return problems
+
+
+def int_problems(config: Any, names: Iterable[str], *, minimum: int = 1) -> list[str]:
+    """One message per field of ``config`` in ``names`` that is not an int (a :func:`type_problem`) or is below
+    ``minimum`` (the model configs' sizes: ``"hidden_size must be >= 1, got 0"``)."""
+    problems = []
+    for name in names:
+        value = getattr(config, name)
+        if not is_int(value):
+            problems.append(type_problem(f"{name} must be an int, got {type(value).__name__} {value!r}"))
+        elif value < minimum:
+            problems.append(f"{name} must be >= {minimum}, got {value}")
     return problems
 
 

@@ -19,7 +19,8 @@ Example:
     'revos'
     >>> InferenceConfig(out="/tmp/out")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    ValueError: give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)
+    vrshq.validation.ConfigError: invalid InferenceConfig:
+      - give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)
 """
 from __future__ import annotations
 
