@@ -32,7 +32,8 @@ from collections.abc import Sequence
 from jobs._cli import ConfigError, log_config, parse_config, setup_logging, validate
 from vrshq.validation import is_int
 
-__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main", "read_task_file"]
+__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main",
+           "read_task_file"]
 
 TASK_FILE = "learnability.json"
 """In a checkpoint folder trained on synthetic videos: the task it learnt and its held-out scores (written by

@@ -323,8 +323,9 @@ class LearnabilityConfig:
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
-        problems = range_problems(self, ints=(("steps", 1), ("videos_per_step", 1), ("video_frames", 1), ("video_size", 1),
-                                              ("heldout_videos", 1), ("eval_every", 1), ("log_every", 1)))
+        problems = range_problems(self, ints=(("steps", 1), ("videos_per_step", 1), ("video_frames", 1),
+                                              ("video_size", 1), ("heldout_videos", 1), ("eval_every", 1),
+                                              ("log_every", 1)))
         if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
             problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
         from research.aids import TRAIN_KEYFRAME_RULES

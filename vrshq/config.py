@@ -168,8 +168,9 @@ class LossConfig:
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
-        return range_problems(self, non_negative=("ce_weight", "bce_weight", "dice_weight", "object_weight", "dice_eps"),
-                              positive=("dice_scale",))
+        return range_problems(
+            self, non_negative=("ce_weight", "bce_weight", "dice_weight", "object_weight", "dice_eps"),
+            positive=("dice_scale",))
 
 
 @dataclass(frozen=True)
@@ -249,8 +250,9 @@ class VrshqConfig:
             ("loss", LossConfig),
             ("trainable", TrainableConfig),
         ):
-            if not isinstance(getattr(self, name), cls):
-                problems.append(type_problem(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}"))
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                problems.append(type_problem(f"{name} must be a {cls.__name__}, got {type(value).__name__}"))
         if self.autocast_dtype not in _DTYPES:
             problems.append(f"autocast_dtype must be one of {_DTYPES}, got {self.autocast_dtype!r}")
         if not isinstance(self.name, str) or not self.name:

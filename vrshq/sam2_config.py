@@ -117,7 +117,8 @@ class Sam2Config:
         problems = []
         if not isinstance(self.config_name, str) or not self.config_name.endswith(".yaml"):
             problems.append(
-                f"config_name={self.config_name!r}: expected a sam2 package YAML such as 'configs/sam2/sam2_hiera_l.yaml'"
+                f"config_name={self.config_name!r}: expected a sam2 package YAML such as "
+                "'configs/sam2/sam2_hiera_l.yaml'"
             )
         if not isinstance(self.image_size, int) or self.image_size <= 0 or self.image_size % 64:
             problems.append(
