@@ -53,7 +53,7 @@ import yaml
 # InferenceConfig can nest the same DatasetConfig that evaluate/report/export use. One error type and one
 # validator for every config: vrshq.validation.
 from pipelines.inference.config import DatasetConfig, read_dataset
-from vrshq.validation import ConfigError, validate
+from vrshq.validation import ConfigError, range_problems, validate
 
 __all__ = [
     "ConfigError",
@@ -65,6 +65,7 @@ __all__ = [
     "new_run_id",
     "init_ray",
     "parse_config",
+    "range_problems",
     "read_dataset",
     "setup_logging",
     "log_config",

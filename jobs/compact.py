@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, validate, log_config, new_run_id, parse_config, setup_logging
+from jobs._cli import ConfigError, range_problems, validate, log_config, new_run_id, parse_config, setup_logging
 
 __all__ = ["CompactConfig", "main", "run_compact"]
 
@@ -58,12 +58,8 @@ class CompactConfig:
         problems = []
         if not self.out:
             problems.append("out is required (output URI)")
-        if self.target_bytes < 1:
-            problems.append(f"target_bytes={self.target_bytes}: must be >= 1")
-        if self.row_group_rows < 1:
-            problems.append(f"row_group_rows={self.row_group_rows}: must be >= 1")
-        if self.lock_stale_after_s <= 0:
-            problems.append(f"lock_stale_after_s={self.lock_stale_after_s}: must be > 0")
+        problems += range_problems(self, ints=(("target_bytes", 1), ("row_group_rows", 1)),
+                                   positive=("lock_stale_after_s",))
         return problems
 
 

@@ -33,6 +33,7 @@ from jobs._cli import (
     log_config,
     new_run_id,
     parse_config,
+    range_problems,
     read_dataset,
     setup_logging,
     validate,
@@ -84,9 +85,7 @@ class EvaluateConfig:
             problems.append("give exactly one of masks (masks table) or pngs (PNG folder)")
         if self.engine not in _ENGINES:
             problems.append(f"engine={self.engine!r}: must be one of {list(_ENGINES)}")
-        for name in ("concurrency", "progress_every", "flush_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
+        problems += range_problems(self, ints=(("concurrency", 1), ("progress_every", 1), ("flush_every", 1)))
         return problems
 
 

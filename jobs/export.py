@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, validate, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
+from jobs._cli import ConfigError, range_problems, validate, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
 
 __all__ = ["ExportConfig", "main", "run_export"]
 
@@ -68,8 +68,7 @@ class ExportConfig:
             problems.append(f"out={self.out!r}: must end with .zip")
         if self.layout not in LAYOUTS:
             problems.append(f"layout={self.layout!r}: must be one of {sorted(LAYOUTS)}")
-        if self.progress_every < 1:
-            problems.append(f"progress_every={self.progress_every}: must be >= 1")
+        problems += range_problems(self, ints=(("progress_every", 1),))
         if not 0 <= self.png_compress_level <= 9:
             problems.append(f"png_compress_level={self.png_compress_level}: must be in 0..9")
         return problems

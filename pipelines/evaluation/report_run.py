@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.inference.config import DatasetConfig, read_dataset
-from vrshq.validation import ConfigError, validate
+from vrshq.validation import ConfigError, range_problems, validate
 
 __all__ = ["ReportConfig", "build_report"]
 
@@ -66,10 +66,7 @@ class ReportConfig:
                 problems.append(f"overlay={item!r}: expected video_id:exp_id")
         if self.overlay and (self.masks is None or self.dataset is None):
             problems.append("overlay needs --masks and --dataset.* (frames and ground truth)")
-        if self.overlay_frames < 1:
-            problems.append(f"overlay_frames={self.overlay_frames}: must be >= 1")
-        if self.bins < 1:
-            problems.append(f"bins={self.bins}: must be >= 1")
+        problems += range_problems(self, ints=(("overlay_frames", 1), ("bins", 1)))
         return problems
 
 

@@ -19,7 +19,8 @@ from vrshq.model.projected_memory import PROJECTED_KEY, USE_PROJECTED_MEMORY
 from vrshq.model.sam2_model import VrshqSam2, fill_holes
 from vrshq.model.sam2_video_features import FrameInputs, MemoryPlacement, TrackResult, VideoFeatures
 
-__all__ = ["LockstepBank", "insert_keyframe_masks", "lockstep_is_exact", "memory_reach", "track_lockstep"]
+__all__ = ["LockstepBank", "insert_keyframe_masks", "lockstep_is_exact", "memory_reach", "track_from_memory",
+           "track_lockstep"]
 
 
 def memory_reach(model: VrshqSam2) -> int:
@@ -138,6 +139,34 @@ def insert_keyframe_masks(
     return out
 
 
+def track_from_memory(
+    model: VrshqSam2,
+    output_dict: dict[str, Any],
+    feats: list[torch.Tensor],
+    pos: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    *,
+    frame_idx: int,
+    num_frames: int,
+    reverse: bool = False,
+) -> dict[str, Any]:
+    """One ``track_step`` of a frame without a prompt: it reads the memory bank ``output_dict`` and encodes its own
+    memory (both trackers' propagation step)."""
+    return model.track_step(
+        frame_idx=frame_idx,
+        is_init_cond_frame=False,
+        current_vision_feats=feats,
+        current_vision_pos_embeds=pos,
+        feat_sizes=sizes,
+        point_inputs=None,
+        mask_inputs=None,
+        output_dict=output_dict,
+        num_frames=num_frames,
+        track_in_reverse=reverse,
+        run_mem_encoder=True,
+    )
+
+
 def track_lockstep(
     model: VrshqSam2,
     features: VideoFeatures,
@@ -206,19 +235,8 @@ def track_lockstep(
         feats, pos, sizes = frame_inputs.rows(
             frames_dev[distance - 1, :active], frames_host[distance - 1, :active]
         )
-        out = model.track_step(
-            frame_idx=distance,
-            is_init_cond_frame=False,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=None,
-            mask_inputs=None,
-            output_dict=bank.output_dict,
-            num_frames=num_frames,
-            track_in_reverse=False,
-            run_mem_encoder=True,
-        )
+        out = track_from_memory(model, bank.output_dict, feats, pos, sizes, frame_idx=distance,
+                                num_frames=num_frames)
         bank.store(distance, out, memory_dtype=memory.dtype, memory_device=memory.device)
         bank.prune(distance, reach=reach)
         index = (row_obj_out[:active], frames_out[distance - 1, :active])

@@ -59,7 +59,13 @@ from typing import Any
 
 import torch
 
-from vrshq.model.sam2_lockstep import insert_keyframe_masks, lockstep_is_exact, memory_reach, track_lockstep
+from vrshq.model.sam2_lockstep import (
+    insert_keyframe_masks,
+    lockstep_is_exact,
+    memory_reach,
+    track_from_memory,
+    track_lockstep,
+)
 from vrshq.model.sam2_model import VrshqSam2, fill_holes
 from vrshq.model.sam2_video_features import FrameInputs, MemoryPlacement, TrackResult, VideoFeatures, expand_rows
 
@@ -273,19 +279,8 @@ def _propagate_direction(
         feats1, pos1, sizes = frame_inputs(frame_idx)  # moved and flattened once for all groups
         for group in active:
             num = len(group.object_indices)
-            out = model.track_step(
-                frame_idx=frame_idx,
-                is_init_cond_frame=False,
-                current_vision_feats=expand_rows(feats1, num),
-                current_vision_pos_embeds=expand_rows(pos1, num),
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=None,
-                output_dict=group.output_dict,
-                num_frames=num_frames,
-                track_in_reverse=reverse,
-                run_mem_encoder=True,
-            )
+            out = track_from_memory(model, group.output_dict, expand_rows(feats1, num), expand_rows(pos1, num), sizes,
+                                    frame_idx=frame_idx, num_frames=num_frames, reverse=reverse)
             group.store(frame_idx, out, is_cond=False, memory_dtype=memory.dtype, memory_device=memory.device)
             group.prune(frame_idx, reach=reach, reverse=reverse)
             # hole filling of tracked frames happens once on the whole result (track_objects)
