@@ -65,6 +65,7 @@ __all__ = [
     "new_run_id",
     "init_ray",
     "parse_config",
+    "parse_job_config",
     "range_problems",
     "read_dataset",
     "setup_logging",
@@ -476,6 +477,17 @@ def parse_config(
         _build(cls, data, "", others)
         raise ConfigError(renamed + [p for p in others if p not in renamed])
     return build_config(cls, data)
+
+
+def parse_job_config(cls: type[T], argv: Sequence[str] | None, *, module: str, doc: str | None) -> T:
+    """:func:`parse_config` for the job ``python -m <module>``: its ``--help`` shows the first paragraph of the
+    module docstring ``doc`` as the description and the rest as the epilog.
+
+    Raises:
+        ConfigError: as :func:`parse_config`.
+    """
+    description, _, epilog = (doc or "").partition("\n\n")
+    return parse_config(cls, argv, prog=f"python -m {module}", description=description, epilog=epilog or None)
 
 
 def code_version() -> str:

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, range_problems, validate, log_config, new_run_id, parse_config, setup_logging
+from jobs._cli import ConfigError, log_config, new_run_id, parse_job_config, range_problems, setup_logging, validate
 
 __all__ = ["CompactConfig", "main", "run_compact"]
 
@@ -92,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        cfg = parse_config(CompactConfig, argv, prog="python -m jobs.compact",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(CompactConfig, argv, module="jobs.compact", doc=__doc__)
         log_config(cfg, logger=_LOG, secret_keys=("storage_options",))
         results = run_compact(cfg)
     except ConfigError as exc:

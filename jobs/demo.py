@@ -29,7 +29,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, log_config, parse_config, setup_logging, validate
+from jobs._cli import ConfigError, log_config, parse_job_config, setup_logging, validate
 from vrshq.validation import is_int
 
 __all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main",
@@ -209,7 +209,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """The shared job parser (``jobs._cli``) on :class:`DemoConfig`; sizes and type ids come back parsed.
     A bad command line exits with status 2, listing every problem."""
     try:
-        cfg = parse_config(DemoConfig, argv, prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
+        cfg = parse_job_config(DemoConfig, argv, module="jobs.demo", doc=__doc__)
     except ConfigError as exc:
         print(f"jobs.demo: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -32,7 +32,7 @@ from jobs._cli import (
     init_ray,
     log_config,
     new_run_id,
-    parse_config,
+    parse_job_config,
     range_problems,
     read_dataset,
     setup_logging,
@@ -178,8 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, evaluate, print the summary; returns the exit status."""
     setup_logging()
     try:
-        cfg = parse_config(EvaluateConfig, argv, prog="python -m jobs.evaluate",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(EvaluateConfig, argv, module="jobs.evaluate", doc=__doc__)
         log_config(cfg)
         summary = evaluate(cfg)
     except ConfigError as exc:

@@ -25,7 +25,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, range_problems, validate, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
+from jobs._cli import (
+    ConfigError,
+    DatasetConfig,
+    log_config,
+    parse_job_config,
+    range_problems,
+    read_dataset,
+    setup_logging,
+    validate,
+)
 
 __all__ = ["ExportConfig", "main", "run_export"]
 
@@ -132,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
     setup_logging()
     try:
-        cfg = parse_config(ExportConfig, argv, prog="python -m jobs.export",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(ExportConfig, argv, module="jobs.export", doc=__doc__)
         log_config(cfg)
         summary = run_export(cfg)
     except ConfigError as exc:

@@ -21,7 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, log_config, parse_config, setup_logging
+from jobs._cli import ConfigError, log_config, parse_job_config, setup_logging
 from pipelines.evaluation.report_run import ReportConfig, build_report
 
 __all__ = ["ReportConfig", "build_report", "main"]
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        cfg = parse_config(ReportConfig, argv, prog="python -m jobs.report",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(ReportConfig, argv, module="jobs.report", doc=__doc__)
         log_config(cfg)
         result = build_report(cfg)
     except ConfigError as exc:
