@@ -52,14 +52,16 @@ def _git_sha() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=("vrshq-7b", "tiny"), default="vrshq-7b")
+    from vrshq.presets import PRESETS
+
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="vrshq-7b")
     parser.add_argument("--out", help="optional Parquet file for the rows")
     args = parser.parse_args(argv)
 
-    from vrshq.builders import build_vrshq, tiny_config, vrshq_7b_config
+    from vrshq.builders import build_vrshq
     from vrshq.checkpoint.config_io import config_to_dict
 
-    cfg = vrshq_7b_config() if args.preset == "vrshq-7b" else tiny_config()
+    cfg = PRESETS[args.preset]()
     model = build_vrshq(cfg, device=torch.device("meta"))
     counts = count_parameters_by_part(model)
     config_hash = hashlib.sha256(json.dumps(config_to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]

@@ -4,7 +4,7 @@
 the model has no tokenizer and cannot run ``segment_video``. A GPU benchmark host has no LLaMA
 files and no network, so ``--preset vrshq-7b`` runs the library's ``vrshq-7b-tinytok`` preset
 (``vrshq.builders.vrshq_7b_tinytok_config``: every 7B size, random init, the tiny tokenizer built
-in code). The preset is registered in ``pipelines.inference.config.MODEL_PRESETS`` by the library itself, so
+in code). The preset is registered in ``vrshq.presets.PRESETS`` by the library itself, so
 Ray workers need no registration hook: they only need the repository on their ``PYTHONPATH``.
 """
 from __future__ import annotations
@@ -23,12 +23,11 @@ def resolve_preset(preset: str) -> str:
     Raises:
         ValueError: an unknown preset, or one without a tokenizer that has no tinytok variant.
     """
-    import pipelines.inference.config as pipeline_config
-    import vrshq.builders as builders
+    from vrshq.presets import PRESETS
 
-    if preset not in pipeline_config.MODEL_PRESETS:
-        raise ValueError(f"--preset {preset!r} is unknown; known: {sorted(pipeline_config.MODEL_PRESETS)}")
-    cfg = getattr(builders, pipeline_config.MODEL_PRESETS[preset])()
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r} is unknown; known: {sorted(PRESETS)}")
+    cfg = PRESETS[preset]()
     if cfg.llm.tokenizer == "llama" and cfg.llm.tokenizer_path is None:
         if preset == "vrshq-7b":
             return BENCH_7B_PRESET

@@ -17,7 +17,8 @@ so a user fixes a bad command line in one go instead of one error per run.
 Config dataclasses follow two conventions:
 
 * a field's ``metadata={"help": "..."}`` is its ``--help`` text;
-* ``__post_init__`` collects its problems in a list and raises ``ConfigError(problems)`` once.
+* ``problems()`` lists the problems of its own fields and ``__post_init__`` calls ``validate(self)``
+  (:mod:`vrshq.validation`), which raises them, and those of nested configs, in one ``ConfigError``.
 
 Example::
 
@@ -25,6 +26,12 @@ Example::
     class MyConfig:
         out: str = field(metadata={"help": "output URI"})
         every: int = field(default=10, metadata={"help": "log a line every N videos"})
+
+        def problems(self) -> list[str]:
+            return [] if self.every >= 1 else [f"every={self.every}: must be >= 1"]
+
+        def __post_init__(self) -> None:
+            validate(self)
 
     cfg = parse_config(MyConfig, ["--out", "/tmp/x", "every=5"], prog="jobs.my", description="...")
 """
@@ -42,9 +49,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-# One dataset spec and one error type for every job; they live in pipelines/ (which must not import
-# jobs/) so that InferenceConfig can nest the same DatasetConfig that evaluate/report/export use.
-from pipelines.inference.config import ConfigError, DatasetConfig, read_dataset
+# One dataset spec for every job; it lives in pipelines/ (which must not import jobs/) so that
+# InferenceConfig can nest the same DatasetConfig that evaluate/report/export use. One error type and one
+# validator for every config: vrshq.validation.
+from pipelines.inference.config import DatasetConfig, read_dataset
+from vrshq.validation import ConfigError, range_problems, validate
 
 __all__ = [
     "ConfigError",
@@ -56,9 +65,12 @@ __all__ = [
     "new_run_id",
     "init_ray",
     "parse_config",
+    "parse_job_config",
+    "range_problems",
     "read_dataset",
     "setup_logging",
     "log_config",
+    "validate",
 ]
 
 T = TypeVar("T")
@@ -220,7 +232,8 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str, problems: list[st
     try:
         config = cls(**kwargs)
     except ConfigError as exc:
-        problems.extend(p for p in (f"{prefix}{p}" for p in exc.problems) if p not in problems)
+        paths = (p if p.startswith(prefix) else f"{prefix}{p}" for p in exc.problems)
+        problems.extend(p for p in paths if p not in problems)
         return None
     except (TypeError, ValueError, AttributeError) as exc:
         if not failed:  # otherwise a consequence of a problem already reported
@@ -464,6 +477,17 @@ def parse_config(
         _build(cls, data, "", others)
         raise ConfigError(renamed + [p for p in others if p not in renamed])
     return build_config(cls, data)
+
+
+def parse_job_config(cls: type[T], argv: Sequence[str] | None, *, module: str, doc: str | None) -> T:
+    """:func:`parse_config` for the job ``python -m <module>``: its ``--help`` shows the first paragraph of the
+    module docstring ``doc`` as the description and the rest as the epilog.
+
+    Raises:
+        ConfigError: as :func:`parse_config`.
+    """
+    description, _, epilog = (doc or "").partition("\n\n")
+    return parse_config(cls, argv, prog=f"python -m {module}", description=description, epilog=epilog or None)
 
 
 def code_version() -> str:

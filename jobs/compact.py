@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, log_config, new_run_id, parse_config, setup_logging
+from jobs._cli import ConfigError, log_config, new_run_id, parse_job_config, range_problems, setup_logging, validate
 
 __all__ = ["CompactConfig", "main", "run_compact"]
 
@@ -51,17 +51,16 @@ class CompactConfig:
         default=300.0, metadata={"help": "a lock whose heartbeat is older than this is stale"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not self.out:
             problems.append("out is required (output URI)")
-        if self.target_bytes < 1:
-            problems.append(f"target_bytes={self.target_bytes}: must be >= 1")
-        if self.row_group_rows < 1:
-            problems.append(f"row_group_rows={self.row_group_rows}: must be >= 1")
-        if self.lock_stale_after_s <= 0:
-            problems.append(f"lock_stale_after_s={self.lock_stale_after_s}: must be > 0")
-        if problems:
-            raise ConfigError(problems)
+        problems += range_problems(self, ints=(("target_bytes", 1), ("row_group_rows", 1)),
+                                   positive=("lock_stale_after_s",))
+        return problems
 
 
 def run_compact(cfg: CompactConfig) -> list[Any]:
@@ -93,8 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging()
     try:
-        cfg = parse_config(CompactConfig, argv, prog="python -m jobs.compact",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(CompactConfig, argv, module="jobs.compact", doc=__doc__)
         log_config(cfg, logger=_LOG, secret_keys=("storage_options",))
         results = run_compact(cfg)
     except ConfigError as exc:

@@ -29,9 +29,11 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import setup_logging
+from jobs._cli import ConfigError, log_config, parse_job_config, setup_logging, validate
+from vrshq.validation import is_int
 
-__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoData", "demo_data", "local_compute_args", "main", "read_task_file"]
+__all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main",
+           "read_task_file"]
 
 TASK_FILE = "learnability.json"
 """In a checkpoint folder trained on synthetic videos: the task it learnt and its held-out scores (written by
@@ -139,37 +141,81 @@ def local_compute_args(videos: int, *, cpus: int | None = None) -> list[str]:
             "--compute.read-num-cpus", "0.25", "--compute.writer-num-cpus", "0.25"]
 
 
+def _frame_size(text: str | None) -> tuple[int, int] | None:
+    """``"128x160"`` -> ``(128, 160)``; None stays None. Raises ValueError on any other text."""
+    if text is None:
+        return None
+    size = tuple(int(v) for v in str(text).lower().split("x"))
+    if len(size) != 2:
+        raise ValueError(text)
+    return size  # type: ignore[return-value]
+
+
+def _type_ids(text: str | None) -> tuple[int, ...] | None:
+    """``"1,0"`` -> ``(0, 1)``; None stays None. Raises ValueError on any other text."""
+    if text is None:
+        return None
+    return tuple(sorted({int(t) for t in str(text).split(",")}))
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The demo's settings (``python -m jobs.demo --help``); every default is a runnable demo."""
+
+    out: str = dataclasses.field(default="out/demo", metadata={"help": "folder for data, run and report"})
+    videos: int = dataclasses.field(default=16, metadata={"help": "synthetic videos"})
+    frames: int | None = dataclasses.field(
+        default=None, metadata={"help": f"frames per video (null: the checkpoint's {TASK_FILE}, else 16)"})
+    size: str | None = dataclasses.field(
+        default=None, metadata={"help": f"frame HxW, e.g. 128x160 (null: the checkpoint's {TASK_FILE}, else 128x160)"})
+    expression_types: str | None = dataclasses.field(
+        default=None, metadata={"help": "comma-separated type ids: 0 referring, 1 reasoning, 2 no-target "
+                                        f"(null: the checkpoint's {TASK_FILE}, else 0,1,2)"})
+    seed: int = dataclasses.field(default=2025, metadata={"help": "seed of the synthetic data"})
+    checkpoint: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": f"model checkpoint (null: {DEFAULT_CHECKPOINT.name} if present, else random init)"})
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = []
+        if not self.out:
+            problems.append("out is required (the demo folder)")
+        if not is_int(self.videos) or self.videos < 1:
+            problems.append(f"videos={self.videos!r}: must be positive")
+        if self.frames is not None and (not is_int(self.frames) or self.frames < 1):
+            problems.append(f"frames={self.frames!r}: must be positive")
+        try:
+            size = _frame_size(self.size)
+        except ValueError:
+            problems.append(f"size={self.size!r}: must look like 128x160")
+        else:
+            if size is not None and min(size) < 1:
+                problems.append(f"size={self.size!r}: must be positive")
+        try:
+            types = _type_ids(self.expression_types)
+        except ValueError:
+            problems.append(f"expression_types={self.expression_types!r}: must look like 0,1")
+        else:
+            if types is not None and not set(types) <= {0, 1, 2}:
+                problems.append(f"expression_types={self.expression_types!r}: must be among 0, 1, 2")
+        return problems
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="out/demo", help="folder for data, run and report (default: out/demo)")
-    parser.add_argument("--videos", type=int, default=16, help="synthetic videos (default: 16)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help=f"frames per video (default: the checkpoint's {TASK_FILE}, else 16)")
-    parser.add_argument("--size", default=None, help=f"frame HxW (default: the checkpoint's {TASK_FILE}, else 128x160)")
-    parser.add_argument("--expression-types", default=None,
-                        help="comma-separated type ids: 0 referring, 1 reasoning, 2 no-target "
-                             f"(default: the checkpoint's {TASK_FILE}, else 0,1,2)")
-    parser.add_argument("--seed", type=int, default=2025, help="seed of the synthetic data (default: 2025)")
-    parser.add_argument("--checkpoint", default=None,
-                        help=f"model checkpoint (default: {DEFAULT_CHECKPOINT.name} if present, else random init)")
-    args = parser.parse_args(argv)
-    if args.size is not None:
-        try:
-            args.size = tuple(int(v) for v in args.size.lower().split("x"))
-            if len(args.size) != 2:
-                raise ValueError
-        except ValueError:
-            parser.error(f"--size must look like 128x160, got {args.size!r}")
-    if args.expression_types is not None:
-        try:
-            args.expression_types = tuple(sorted({int(t) for t in args.expression_types.split(",")}))
-        except ValueError:
-            parser.error(f"--expression-types must look like 0,1 got {args.expression_types!r}")
-        if not set(args.expression_types) <= {0, 1, 2}:
-            parser.error(f"--expression-types must be among 0, 1, 2, got {args.expression_types}")
-    if min(args.videos, args.frames or 1, *(args.size or (1,))) < 1:
-        parser.error("--videos, --frames and --size must be positive")
-    return args
+    """The shared job parser (``jobs._cli``) on :class:`DemoConfig`; sizes and type ids come back parsed.
+    A bad command line exits with status 2, listing every problem."""
+    try:
+        cfg = parse_job_config(DemoConfig, argv, module="jobs.demo", doc=__doc__)
+    except ConfigError as exc:
+        print(f"jobs.demo: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    log_config(cfg, logger=_LOG)
+    return argparse.Namespace(**{**dataclasses.asdict(cfg), "size": _frame_size(cfg.size),
+                                 "expression_types": _type_ids(cfg.expression_types)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

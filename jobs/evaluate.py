@@ -32,9 +32,11 @@ from jobs._cli import (
     init_ray,
     log_config,
     new_run_id,
-    parse_config,
+    parse_job_config,
+    range_problems,
     read_dataset,
     setup_logging,
+    validate,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +74,10 @@ class EvaluateConfig:
     ray_address: str | None = dataclasses.field(default=None, metadata={"help": "Ray address (default: auto)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not self.out:
             problems.append("out is required (output URI)")
@@ -79,11 +85,8 @@ class EvaluateConfig:
             problems.append("give exactly one of masks (masks table) or pngs (PNG folder)")
         if self.engine not in _ENGINES:
             problems.append(f"engine={self.engine!r}: must be one of {list(_ENGINES)}")
-        for name in ("concurrency", "progress_every", "flush_every"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)}: must be >= 1")
-        if problems:
-            raise ConfigError(problems)
+        problems += range_problems(self, ints=(("concurrency", 1), ("progress_every", 1), ("flush_every", 1)))
+        return problems
 
 
 def _preflight(cfg: EvaluateConfig) -> tuple[list[Any], str | None, str | None]:
@@ -175,8 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, evaluate, print the summary; returns the exit status."""
     setup_logging()
     try:
-        cfg = parse_config(EvaluateConfig, argv, prog="python -m jobs.evaluate",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(EvaluateConfig, argv, module="jobs.evaluate", doc=__doc__)
         log_config(cfg)
         summary = evaluate(cfg)
     except ConfigError as exc:

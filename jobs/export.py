@@ -25,7 +25,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, DatasetConfig, log_config, parse_config, read_dataset, setup_logging
+from jobs._cli import (
+    ConfigError,
+    DatasetConfig,
+    log_config,
+    parse_job_config,
+    range_problems,
+    read_dataset,
+    setup_logging,
+    validate,
+)
 
 __all__ = ["ExportConfig", "main", "run_export"]
 
@@ -53,6 +62,10 @@ class ExportConfig:
         default=6, metadata={"help": "PNG zlib level 0-9 (6: smallest zip; 1: ~3x faster)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         from pipelines.evaluation.export import LAYOUTS
 
         problems = []
@@ -64,12 +77,10 @@ class ExportConfig:
             problems.append(f"out={self.out!r}: must end with .zip")
         if self.layout not in LAYOUTS:
             problems.append(f"layout={self.layout!r}: must be one of {sorted(LAYOUTS)}")
-        if self.progress_every < 1:
-            problems.append(f"progress_every={self.progress_every}: must be >= 1")
+        problems += range_problems(self, ints=(("progress_every", 1),))
         if not 0 <= self.png_compress_level <= 9:
             problems.append(f"png_compress_level={self.png_compress_level}: must be in 0..9")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
 
 def _preflight(cfg: ExportConfig) -> tuple[str, list[Any] | None, str | None, str | None]:
@@ -130,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
     setup_logging()
     try:
-        cfg = parse_config(ExportConfig, argv, prog="python -m jobs.export",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(ExportConfig, argv, module="jobs.export", doc=__doc__)
         log_config(cfg)
         summary = run_export(cfg)
     except ConfigError as exc:

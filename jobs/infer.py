@@ -53,7 +53,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, code_version, init_ray, log_config, parse_config, setup_logging
+from jobs._cli import ConfigError, code_version, init_ray, log_config, parse_job_config, setup_logging
 from pipelines.inference.config import InferenceConfig
 
 __all__ = ["EXIT_ERRORS", "EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, check everything, run the pipeline; return the exit status."""
     setup_logging()
     try:
-        cfg = parse_config(InferenceConfig, argv, prog="python -m jobs.infer",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(InferenceConfig, argv, module="jobs.infer", doc=__doc__)
     except ConfigError as exc:
         print(f"jobs.infer: {exc}", file=sys.stderr)
         return EXIT_USAGE

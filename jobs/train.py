@@ -24,7 +24,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, init_ray, log_config, parse_config, setup_logging
+from jobs._cli import ConfigError, init_ray, log_config, parse_job_config, setup_logging
 from pipelines.training.train_config import TrainConfig
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main", "preflight"]
@@ -69,8 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, check it, train; return the exit status."""
     setup_logging()
     try:
-        cfg = parse_config(TrainConfig, argv, prog="python -m jobs.train",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(TrainConfig, argv, module="jobs.train", doc=__doc__)
     except ConfigError as exc:
         print(f"jobs.train: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,16 +1,15 @@
 """Typed configuration of the learnability run and its pretraining stages (``research.learnability``).
 
 Stage 0 tracks (``research.track_pretrain``), stage V pretrains the vision tower (``research.vision_pretrain``),
-stage G grounds the text path (``research.grounding_pretrain``). Each ``__post_init__`` collects every problem of
-its config and raises one ``ValueError`` listing them, as the product's training configs do.
+stage G grounds the text path (``research.grounding_pretrain``). Each config lists its problems (``problems()``) and
+``__post_init__`` raises them all in one ``vrshq.validation.ConfigError``, as the product's training configs do.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs._cli import ConfigError
-from pipelines.training.train_config import _is_int, _is_number, _problems_to_error  # one validation style
+from vrshq.validation import is_int, is_number, range_problems, validate
 
 __all__ = [
     "LR_SCHEDULES",
@@ -30,22 +29,6 @@ LR_SCHEDULES = ("linear", "constant")
 
 
 
-def _range_problems(config: Any, *, ints: tuple[tuple[str, int], ...] = (),
-                    non_negative: tuple[str, ...] = ()) -> list[str]:
-    """One message per field of ``config`` out of range: ``ints`` are ``(name, minimum)`` of int fields,
-    ``non_negative`` names the fields that must be finite numbers >= 0 (the pretraining stages' configs)."""
-    problems = []
-    for name, minimum in ints:
-        value = getattr(config, name)
-        if not _is_int(value) or value < minimum:
-            problems.append(f"{name}={value!r}: must be an int >= {minimum}")
-    for name in non_negative:
-        value = getattr(config, name)
-        if not _is_number(value) or value < 0:
-            problems.append(f"{name}={value!r}: must be a finite number >= 0")
-    return problems
-
-
 def focus_problems(kinds: Any, share: Any) -> list[str]:
     """What is wrong with a focus setting (``pipelines.training.clip_sampling.focused_video``): kinds the synthetic grammar
     does not have, a share outside [0, 1], a share without kinds. Stage G's and stage 1's settings share it."""
@@ -54,7 +37,7 @@ def focus_problems(kinds: Any, share: Any) -> list[str]:
     problems = []
     if unknown := [k for k in kinds if k not in EXPRESSION_KINDS]:
         problems.append(f"focus_kinds={list(kinds)!r}: unknown kinds {unknown}, must be among {list(EXPRESSION_KINDS)}")
-    if not _is_number(share) or not 0 <= share <= 1:
+    if not is_number(share) or not 0 <= share <= 1:
         problems.append(f"focus_share={share!r}: must be a number in [0, 1]")
     elif share and not kinds:
         problems.append(f"focus_share={share}: needs focus_kinds")
@@ -85,10 +68,14 @@ class TrackPretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        problems = _range_problems(
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
+        problems = range_problems(
             self, ints=(("steps", 0), ("warmup_steps", 0), ("window", 2), ("clips_per_step", 1)),
             non_negative=("lr", "bce_weight", "dice_weight", "object_weight", "clip_grad_norm", "attribute_weight"))
-        _problems_to_error("TrackPretrainConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -105,11 +92,15 @@ class VisionPretrainConfig:
     log_every: int = field(default=100, metadata={"help": "log a line every N steps"})
 
     def __post_init__(self) -> None:
-        problems = _range_problems(
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
+        problems = range_problems(
             self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("probe_videos", 2),
                         ("log_every", 1)),
             non_negative=("lr", "position_weight"))
-        _problems_to_error("VisionPretrainConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -162,27 +153,31 @@ class GroundingPretrainConfig:
     )
 
     def __post_init__(self) -> None:
-        problems = _range_problems(
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
+        problems = range_problems(
             self, ints=(("steps", 0), ("warmup_steps", 0), ("videos_per_step", 1), ("eval_every", 1),
                         ("heldout_videos", 1)))
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule={self.lr_schedule!r}: must be one of {list(LR_SCHEDULES)}")
         if self.target_loss not in TARGET_LOSSES:
             problems.append(f"target_loss={self.target_loss!r}: must be one of {list(TARGET_LOSSES)}")
-        if not _is_int(self.head_seed):
+        if not is_int(self.head_seed):
             problems.append(f"head_seed={self.head_seed!r}: must be an int")
-        problems += _range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))
+        problems += range_problems(self, non_negative=("lr", "ce_weight", "clip_grad_norm"))
         problems += focus_problems(self.focus_kinds, self.focus_share)
-        if not _is_int(self.focus_steps) or self.focus_steps < 0:
+        if not is_int(self.focus_steps) or self.focus_steps < 0:
             problems.append(f"focus_steps={self.focus_steps!r}: must be an int >= 0")
-        if not _is_number(self.focus_share_after) or not 0 <= self.focus_share_after <= 1:
+        if not is_number(self.focus_share_after) or not 0 <= self.focus_share_after <= 1:
             problems.append(f"focus_share_after={self.focus_share_after!r}: must be a number in [0, 1]")
         elif self.focus_share_after and not self.focus_steps:
             problems.append(f"focus_share_after={self.focus_share_after} has no effect without focus_steps "
                             "(focus_share holds for every step)")
         elif self.focus_share_after and not self.focus_kinds:
             problems.append(f"focus_share_after={self.focus_share_after}: needs focus_kinds")
-        _problems_to_error("GroundingPretrainConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -324,12 +319,13 @@ class LearnabilityConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("steps", "videos_per_step", "video_frames", "video_size", "heldout_videos", "eval_every",
-                     "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r}: must be a positive int")
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
+        problems = range_problems(self, ints=(("steps", 1), ("videos_per_step", 1), ("video_frames", 1),
+                                              ("video_size", 1), ("heldout_videos", 1), ("eval_every", 1),
+                                              ("log_every", 1)))
         if not isinstance(self.train_window, int) or isinstance(self.train_window, bool) or not 1 <= self.train_window <= 8:
             problems.append(f"train_window={self.train_window!r}: must be an int in [1, 8] (clips have >= 8 frames)")
         from research.aids import TRAIN_KEYFRAME_RULES
@@ -379,5 +375,4 @@ class LearnabilityConfig:
             problems.append(f"grounding.focus_share={self.grounding.focus_share} / grounding.focus_steps="
                             f"{self.grounding.focus_steps} have no effect with grounding.steps=0 "
                             "(they shape stage G's clips)")
-        if problems:
-            raise ConfigError(problems)
+        return problems

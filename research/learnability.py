@@ -75,7 +75,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-from jobs._cli import ConfigError, log_config, parse_config, setup_logging
+from jobs._cli import ConfigError, log_config, parse_job_config, setup_logging
 from jobs.demo import TASK_FILE  # written into every exported model/: the task it learnt (jobs.demo reads it)
 from research.config import LearnabilityConfig
 
@@ -547,8 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configuration."""
     setup_logging()
     try:
-        cfg = parse_config(LearnabilityConfig, argv, prog="python -m research.learnability",
-                           description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
+        cfg = parse_job_config(LearnabilityConfig, argv, module="research.learnability", doc=__doc__)
     except ConfigError as exc:
         print(f"research.learnability: {exc}", file=sys.stderr)
         return 2

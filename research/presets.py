@@ -1,12 +1,15 @@
 """The model presets of the learnability research: the tiny classes at the sizes the from-scratch runs use.
 
-Each preset is a function returning a ``VrshqConfig``. The product's training config takes one as
+Each preset is a function returning a ``VrshqConfig``; :data:`PRESETS` maps their names to them, as
+``vrshq.presets.PRESETS`` does for the product's. The product's training config takes one as
 ``ModelSpec(preset=model_preset("learn-256-pos"))``: a ``package.module:function`` path, so the product
 never imports this package.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 __all__ = [
     "PRESETS",
@@ -157,26 +160,29 @@ def learnability_model_config_t7(*, object_weight: float = 0.5, trainable: str =
     return learnability_model_config(object_weight=object_weight, trainable=trainable, cluster_counts=(4, 2, 1))
 
 
-#: Preset name -> ``package.module:function`` of its ``VrshqConfig`` (what ``ModelSpec.preset`` takes).
-PRESETS: dict[str, str] = {
-    "learn": "research.presets:learnability_model_config",
-    "learn-t14": "research.presets:learnability_model_config_t14",
-    "learn-t7": "research.presets:learnability_model_config_t7",
-    "learn-256": "research.presets:learnability_model_config_256",
-    "learn-256-wide": "research.presets:learnability_model_config_256_wide",
-    "learn-256-pos": "research.presets:learnability_model_config_256_pos",
-    "learn-256-wide-pos": "research.presets:learnability_model_config_256_wide_pos",
-    "learn-256-pos-k2": "research.presets:learnability_model_config_256_pos_k2",
-    "learn-256-wide-pos-k2": "research.presets:learnability_model_config_256_wide_pos_k2",
-    "learn-256-pos-p4": "research.presets:learnability_model_config_256_pos_p4",
-    "learn-256-wide-pos-p4": "research.presets:learnability_model_config_256_wide_pos_p4",
-}
+#: Preset name -> the builder of its ``VrshqConfig`` (``model_preset`` gives its ``package.module:function`` path).
+PRESETS: Mapping[str, Callable[[], object]] = MappingProxyType({
+    "learn": learnability_model_config,
+    "learn-t14": learnability_model_config_t14,
+    "learn-t7": learnability_model_config_t7,
+    "learn-256": learnability_model_config_256,
+    "learn-256-wide": learnability_model_config_256_wide,
+    "learn-256-pos": learnability_model_config_256_pos,
+    "learn-256-wide-pos": learnability_model_config_256_wide_pos,
+    "learn-256-pos-k2": learnability_model_config_256_pos_k2,
+    "learn-256-wide-pos-k2": learnability_model_config_256_wide_pos_k2,
+    "learn-256-pos-p4": learnability_model_config_256_pos_p4,
+    "learn-256-wide-pos-p4": learnability_model_config_256_wide_pos_p4,
+})
 
 
 def model_preset(name: str) -> str:
     """What ``ModelSpec.preset`` takes for ``name``: a research preset's function path, else ``name`` itself
     (a product preset such as ``tiny``, which ``ModelSpec`` checks)."""
-    return PRESETS.get(name, name)
+    if name not in PRESETS:
+        return name
+    builder = PRESETS[name]
+    return f"{builder.__module__}:{builder.__name__}"
 
 
 def research_model_config(name: str):
@@ -187,4 +193,4 @@ def research_model_config(name: str):
     """
     if name not in PRESETS:
         raise ValueError(f"unknown research preset {name!r}; known: {list(PRESETS)}")
-    return globals()[PRESETS[name].split(":")[1]]()
+    return PRESETS[name]()

@@ -1,4 +1,5 @@
-"""Arrow schemas of every vrshq table, and their validation. Imports only pyarrow."""
+"""Arrow schemas of every vrshq table (stored, and passed between pipeline stages), and their validation. Imports
+only pyarrow."""
 from schemas._validate import SchemaValidationError, empty_table, schema_version, validate_table
 from schemas.tables import (
     ERRORS_SCHEMA,
@@ -8,6 +9,7 @@ from schemas.tables import (
     PARTITION_COLUMNS,
     SCORES_SCHEMA,
 )
+from schemas.stages import SEGMENT_RESULT_SCHEMA, VIDEO_SCORES_SCHEMA, WRITE_SUMMARY_SCHEMA
 
 __all__ = [
     "ERRORS_SCHEMA",
@@ -16,7 +18,10 @@ __all__ = [
     "MASKS_SCHEMA",
     "PARTITION_COLUMNS",
     "SCORES_SCHEMA",
+    "SEGMENT_RESULT_SCHEMA",
     "SchemaValidationError",
+    "VIDEO_SCORES_SCHEMA",
+    "WRITE_SUMMARY_SCHEMA",
     "empty_table",
     "schema_version",
     "validate_table",

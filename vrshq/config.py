@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vrshq.sam2_config import Sam2Config
+from vrshq.validation import int_problems, range_problems, type_problem, validate
 from vrshq.vision_config import AnchorConfig, VisionTowerConfig
 
 __all__ = [
@@ -24,16 +25,6 @@ __all__ = [
 ]
 
 _DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _positive_int(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}.{name} must be a positive int, got {value!r}")
-
-
-def _finite_nonneg(owner: str, name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -69,42 +60,36 @@ class LlmConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        owner = "LlmConfig"
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-        ):
-            _positive_int(owner, name, getattr(self, name))
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings")
+        problems = int_problems(self, sizes)
+        problems += range_problems(self, non_negative=("rms_norm_eps", "rope_theta"))
+        if self.attn_implementation not in ("sdpa", "eager"):
+            problems.append(f"attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
+        if self.tokenizer not in ("llama", "tiny"):
+            problems.append(f"tokenizer must be 'llama' or 'tiny', got {self.tokenizer!r}")
+        if self.tokenizer_path is not None and (not isinstance(self.tokenizer_path, str) or not self.tokenizer_path):
+            problems.append(f"tokenizer_path must be a non-empty local path or None, got {self.tokenizer_path!r}")
+        elif self.tokenizer == "tiny" and self.tokenizer_path is not None:
+            problems.append("tokenizer='tiny' is built in code; tokenizer_path must be None")
+        if problems:  # the head checks below need valid sizes
+            return problems
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"{owner}: hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
+            problems.append(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}"
             )
+        elif (self.hidden_size // self.num_attention_heads) % 2:
+            problems.append(f"the head size {self.hidden_size // self.num_attention_heads} must be even (RoPE)")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
-                f"{owner}: num_attention_heads={self.num_attention_heads} must be a multiple of "
+            problems.append(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
-        if (self.hidden_size // self.num_attention_heads) % 2:
-            head = self.hidden_size // self.num_attention_heads
-            raise ValueError(f"{owner}: the head size {head} must be even (RoPE)")
-        _finite_nonneg(owner, "rms_norm_eps", self.rms_norm_eps)
-        _finite_nonneg(owner, "rope_theta", self.rope_theta)
-        if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(f"{owner}.attn_implementation must be 'sdpa' or 'eager', got {self.attn_implementation!r}")
-        if self.tokenizer not in ("llama", "tiny"):
-            raise ValueError(f"{owner}.tokenizer must be 'llama' or 'tiny', got {self.tokenizer!r}")
-        if self.tokenizer_path is not None and (not isinstance(self.tokenizer_path, str) or not self.tokenizer_path):
-            raise ValueError(
-                f"{owner}.tokenizer_path must be a non-empty local path or None, got {self.tokenizer_path!r}"
-            )
-        if self.tokenizer == "tiny" and self.tokenizer_path is not None:
-            raise ValueError(f"{owner}: tokenizer='tiny' is built in code; tokenizer_path must be None")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -135,31 +120,29 @@ class MethodConfig:
     train_num_frames: tuple[int, int] = (8, 12)
 
     def __post_init__(self) -> None:
-        owner = "MethodConfig"
-        _finite_nonneg(owner, "tda_alpha", self.tda_alpha)
-        _positive_int(owner, "max_frames", self.max_frames)
-        if self.max_frames < 2:
-            raise ValueError(f"{owner}.max_frames must be >= 2 (stride ceil(T/(max_frames-1))), got {self.max_frames}")
-        _positive_int(owner, "train_window", self.train_window)
-        _finite_nonneg(owner, "tks_sam_weight", self.tks_sam_weight)
-        _finite_nonneg(owner, "tks_token_weight", self.tks_token_weight)
-        if self.tks_sam_weight == 0 and self.tks_token_weight == 0:
-            raise ValueError(f"{owner}: tks_sam_weight and tks_token_weight cannot both be 0")
-        _positive_int(owner, "seg_embed_dim", self.seg_embed_dim)
-        if not 0 <= self.seg_head_dropout < 1:
-            raise ValueError(f"{owner}.seg_head_dropout must be in [0, 1), got {self.seg_head_dropout!r}")
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = range_problems(self, non_negative=("tda_alpha", "tks_sam_weight", "tks_token_weight"))
+        problems += int_problems(self, ("train_window", "seg_embed_dim"))
+        problems += int_problems(self, ("max_frames",), minimum=2)  # stride ceil(T/(max_frames-1))
+        if not problems and self.tks_sam_weight == 0 and self.tks_token_weight == 0:
+            problems.append("tks_sam_weight and tks_token_weight cannot both be 0")
+        if not isinstance(self.seg_head_dropout, (int, float)) or not 0 <= self.seg_head_dropout < 1:
+            problems.append(f"seg_head_dropout must be in [0, 1), got {self.seg_head_dropout!r}")
         if not isinstance(self.mask_threshold, (int, float)) or not math.isfinite(self.mask_threshold):
-            raise ValueError(f"{owner}.mask_threshold must be finite, got {self.mask_threshold!r}")
+            problems.append(f"mask_threshold must be finite, got {self.mask_threshold!r}")
         lo_hi = self.train_num_frames
         if (
             not isinstance(lo_hi, tuple)
             or len(lo_hi) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in lo_hi)
+            or not isinstance(self.train_window, int)
             or not self.train_window <= lo_hi[0] <= lo_hi[1]
         ):
-            raise ValueError(
-                f"{owner}.train_num_frames must be (min, max) ints with train_window <= min <= max, got {lo_hi!r}"
-            )
+            problems.append(f"train_num_frames must be (min, max) ints with train_window <= min <= max, got {lo_hi!r}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -181,10 +164,13 @@ class LossConfig:
     dice_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("ce_weight", "bce_weight", "dice_weight", "object_weight", "dice_eps"):
-            _finite_nonneg("LossConfig", name, getattr(self, name))
-        if not isinstance(self.dice_scale, (int, float)) or not self.dice_scale > 0:
-            raise ValueError(f"LossConfig.dice_scale must be > 0, got {self.dice_scale!r}")
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        return range_problems(
+            self, non_negative=("ce_weight", "bce_weight", "dice_weight", "object_weight", "dice_eps"),
+            positive=("dice_scale",))
 
 
 @dataclass(frozen=True)
@@ -207,17 +193,19 @@ class TrainableConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __post_init__(self) -> None:
-        owner = "TrainableConfig"
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = []
         if self.mode not in ("lora", "all", "none"):
-            raise ValueError(f"{owner}.mode must be 'lora', 'all' or 'none', got {self.mode!r}")
-        _positive_int(owner, "lora_r", self.lora_r)
-        _positive_int(owner, "lora_alpha", self.lora_alpha)
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"{owner}.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+            problems.append(f"mode must be 'lora', 'all' or 'none', got {self.mode!r}")
+        problems += int_problems(self, ("lora_r", "lora_alpha"))
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not isinstance(self.lora_target_modules, tuple) or not self.lora_target_modules:
-            raise ValueError(
-                f"{owner}.lora_target_modules must be a non-empty tuple of names, got {self.lora_target_modules!r}"
-            )
+            problems.append(f"lora_target_modules must be a non-empty tuple of names, got {self.lora_target_modules!r}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -248,7 +236,11 @@ class VrshqConfig:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        owner = "VrshqConfig"
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields and of how the parts fit together (``vrshq.validation``)."""
+        problems = []
         for name, cls in (
             ("vision", VisionTowerConfig),
             ("anchor", AnchorConfig),
@@ -258,19 +250,23 @@ class VrshqConfig:
             ("loss", LossConfig),
             ("trainable", TrainableConfig),
         ):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"{owner}.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                problems.append(type_problem(f"{name} must be a {cls.__name__}, got {type(value).__name__}"))
+        if self.autocast_dtype not in _DTYPES:
+            problems.append(f"autocast_dtype must be one of {_DTYPES}, got {self.autocast_dtype!r}")
+        if not isinstance(self.name, str) or not self.name:
+            problems.append(f"name must be a non-empty string, got {self.name!r}")
+        if problems:  # the checks below read the parts
+            return problems
         if self.vision.projector_out_dim != self.llm.hidden_size:
-            raise ValueError(
-                f"{owner}: vision.projector_out_dim={self.vision.projector_out_dim} must equal "
+            problems.append(
+                f"vision.projector_out_dim={self.vision.projector_out_dim} must equal "
                 f"llm.hidden_size={self.llm.hidden_size} (the projector feeds the LLM)"
             )
         if self.anchor.max_frames != self.method.max_frames:
-            raise ValueError(
-                f"{owner}: anchor.max_frames={self.anchor.max_frames} and method.max_frames={self.method.max_frames} "
+            problems.append(
+                f"anchor.max_frames={self.anchor.max_frames} and method.max_frames={self.method.max_frames} "
                 "must agree (both are the MLLM frame cap of method §1.4)"
             )
-        if self.autocast_dtype not in _DTYPES:
-            raise ValueError(f"{owner}.autocast_dtype must be one of {_DTYPES}, got {self.autocast_dtype!r}")
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"{owner}.name must be a non-empty string, got {self.name!r}")
+        return problems

@@ -19,6 +19,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from vrshq.validation import range_problems, type_problem, validate
+
 __all__ = [
     "Sam2Config",
     "VRSHQ_SAM2_OVERRIDES",
@@ -119,57 +121,45 @@ class Sam2Config:
         return self.offload_features_to_cpu or by_length
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = []
         if self.offload_features_min_frames is not None and (
             not isinstance(self.offload_features_min_frames, int) or self.offload_features_min_frames < 1
         ):
-            raise ValueError(f"Sam2Config.offload_features_min_frames={self.offload_features_min_frames!r}: "
-                             "must be an int >= 1 or None")
+            problems.append(f"offload_features_min_frames={self.offload_features_min_frames!r}: "
+                            "must be an int >= 1 or None")
         if not isinstance(self.config_name, str) or not self.config_name.endswith(".yaml"):
-            raise ValueError(
-                f"Sam2Config.config_name={self.config_name!r}: expected a sam2 package YAML "
-                "such as 'configs/sam2/sam2_hiera_l.yaml'"
+            problems.append(
+                f"config_name={self.config_name!r}: expected a sam2 package YAML such as "
+                "'configs/sam2/sam2_hiera_l.yaml'"
             )
         if not isinstance(self.image_size, int) or self.image_size <= 0 or self.image_size % 64:
-            raise ValueError(
-                f"Sam2Config.image_size={self.image_size!r}: must be a positive multiple of 64 "
+            problems.append(
+                f"image_size={self.image_size!r}: must be a positive multiple of 64 "
                 "(Hiera stride 32 plus the SAM2 4x/16x feature pyramid)"
             )
         for name in ("size_overrides", "method_overrides"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-                raise TypeError(f"Sam2Config.{name} must be a tuple of str, got {value!r}")
+                problems.append(type_problem(f"{name} must be a tuple of str, got {value!r}"))
+                continue
             bad = [v for v in value if "=" not in v]
             if bad:
-                raise ValueError(
-                    f"Sam2Config.{name} has entries that are not Hydra overrides "
-                    f"('key=value'): {bad}"
-                )
+                problems.append(f"{name} has entries that are not Hydra overrides ('key=value'): {bad}")
             clash = [v for v in value if v.lstrip("+~").startswith(("model.image_size=", "model._target_="))]
             if clash:
-                raise ValueError(
-                    f"Sam2Config.{name} must not set model.image_size or model._target_ "
-                    f"(use Sam2Config.image_size): {clash}"
+                problems.append(
+                    f"{name} must not set model.image_size or model._target_ (use Sam2Config.image_size): {clash}"
                 )
-        if self.checkpoint_uri is not None and (
-            not isinstance(self.checkpoint_uri, str) or not self.checkpoint_uri
-        ):
-            raise ValueError(
-                f"Sam2Config.checkpoint_uri={self.checkpoint_uri!r}: expected a non-empty "
-                "URI or None for random init"
-            )
-        if not isinstance(self.encode_chunk_size, int) or self.encode_chunk_size < 1:
-            raise ValueError(
-                f"Sam2Config.encode_chunk_size={self.encode_chunk_size!r}: must be an int >= 1"
-            )
-        if not isinstance(self.max_objects_per_track, int) or isinstance(self.max_objects_per_track, bool) \
-                or self.max_objects_per_track < 1:
-            raise ValueError(
-                f"Sam2Config.max_objects_per_track={self.max_objects_per_track!r}: must be an int >= 1"
-            )
+        if self.checkpoint_uri is not None and (not isinstance(self.checkpoint_uri, str) or not self.checkpoint_uri):
+            problems.append(f"checkpoint_uri={self.checkpoint_uri!r}: expected a non-empty URI or None for random init")
+        problems += range_problems(self, ints=(("encode_chunk_size", 1), ("max_objects_per_track", 1)))
         if self.memory_dtype not in _MEMORY_DTYPES:
-            raise ValueError(
-                f"Sam2Config.memory_dtype={self.memory_dtype!r}: expected one of {_MEMORY_DTYPES}"
-            )
+            problems.append(f"memory_dtype={self.memory_dtype!r}: expected one of {_MEMORY_DTYPES}")
+        return problems
 
     def hydra_overrides(self) -> list[str]:
         """All Hydra overrides for ``compose``: target class, image size, RoPE grid, sizes, method.

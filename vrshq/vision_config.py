@@ -1,6 +1,6 @@
 """Typed configs for the MLLM's visual path and the CLIP-336 anchor-frame scorer.
 
-Three frozen dataclasses, each validated in ``__post_init__``:
+Three frozen dataclasses, each validated in ``__post_init__`` (``vrshq.validation``):
 
 - :class:`TokenMergeConfig`: Chat-UniVi's parameter-free DPC-KNN merge (cluster counts and k per level).
 - :class:`VisionTowerConfig`: the CLIP ViT tower of the MLLM (sizes, the hidden-state layer that is read,
@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from vrshq.validation import int_problems, type_problem, validate
 
 __all__ = [
     "CLIP_MEAN",
@@ -41,16 +43,13 @@ CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _check_int(owner: str, name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{owner}.{name} must be >= {minimum}, got {value}")
-
-
-def _check_optional_path(owner: str, name: str, value: object) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise TypeError(f"{owner}.{name} must be a non-empty local directory path or None, got {value!r}")
+def _optional_path_problems(config: object, *names: str) -> list[str]:
+    problems = []
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(type_problem(f"{name} must be a non-empty local directory path or None, got {value!r}"))
+    return problems
 
 
 def effective_knn_k(knn_k: int, num_clusters: int) -> int:
@@ -91,36 +90,47 @@ class TokenMergeConfig:
     centroid_position_scale: float = 0.0
 
     def __post_init__(self) -> None:
-        owner = "TokenMergeConfig"
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = []
         scale = self.centroid_position_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"{owner}.centroid_position_scale must be a finite number >= 0, got {scale!r}")
+            problems.append(f"centroid_position_scale must be a finite number >= 0, got {scale!r}")
         for name in ("cluster_counts", "knn_k"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or not value:
-                raise TypeError(f"{owner}.{name} must be a non-empty tuple of ints, got {value!r}")
-            for item in value:
-                _check_int(owner, name + "[...]", item, minimum=1)
+                problems.append(type_problem(f"{name} must be a non-empty tuple of ints, got {value!r}"))
+                continue
+            for index, item in enumerate(value):
+                if isinstance(item, bool) or not isinstance(item, int):
+                    problems.append(type_problem(f"{name}[{index}] must be an int, got {type(item).__name__} {item!r}"))
+                elif item < 1:
+                    problems.append(f"{name}[{index}] must be >= 1, got {item}")
+        if problems:  # the level checks below need tuples of ints
+            return problems
         if len(self.cluster_counts) != len(self.knn_k):
-            raise ValueError(
-                f"{owner}: cluster_counts {self.cluster_counts} and knn_k {self.knn_k} must have one entry "
+            problems.append(
+                f"cluster_counts {self.cluster_counts} and knn_k {self.knn_k} must have one entry "
                 "per merge level (same length)"
             )
         for level in range(1, len(self.cluster_counts)):
             previous, current = self.cluster_counts[level - 1], self.cluster_counts[level]
             if current > previous:
-                raise ValueError(
-                    f"{owner}.cluster_counts[{level}]={current} exceeds the {previous} tokens of level "
+                problems.append(
+                    f"cluster_counts[{level}]={current} exceeds the {previous} tokens of level "
                     f"{level - 1}; each level must merge into at most as many clusters as it receives"
                 )
+        return problems
 
     @property
     def tokens_per_frame(self) -> int:
         """Number of visual tokens per frame fed to the LLM (sum over levels; 112 for Chat-UniVi)."""
         return sum(self.cluster_counts)
 
-    def check_input_tokens(self, num_tokens: int, *, owner: str = "TokenMergeConfig") -> None:
-        """Raise ValueError if ``num_tokens`` input tokens cannot feed these levels.
+    def input_token_problems(self, num_tokens: int) -> list[str]:
+        """Why ``num_tokens`` input tokens cannot feed these levels (empty when they can).
 
         Every level needs at least as many input tokens as clusters, and at least the effective k
         input tokens for its k-nearest-neighbour density.
@@ -128,17 +138,19 @@ class TokenMergeConfig:
         available = num_tokens
         for level, (count, k) in enumerate(zip(self.cluster_counts, self.knn_k, strict=True)):
             if count > available:
-                raise ValueError(
-                    f"{owner}: merge level {level} asks for {count} clusters but receives only "
-                    f"{available} tokens; lower cluster_counts or raise the patch count"
-                )
+                return [f"merge level {level} asks for {count} clusters but receives only "
+                        f"{available} tokens; lower cluster_counts or raise the patch count"]
             k_used = effective_knn_k(k, count)
             if k_used > available:
-                raise ValueError(
-                    f"{owner}: merge level {level} uses k={k_used} nearest neighbours but receives only "
-                    f"{available} tokens; lower knn_k"
-                )
+                return [f"merge level {level} uses k={k_used} nearest neighbours but receives only "
+                        f"{available} tokens; lower knn_k"]
             available = count
+        return []
+
+    def check_input_tokens(self, num_tokens: int, *, owner: str = "TokenMergeConfig") -> None:
+        """Raise ValueError if ``num_tokens`` input tokens cannot feed these levels (:meth:`input_token_problems`)."""
+        for problem in self.input_token_problems(num_tokens):
+            raise ValueError(f"{owner}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -155,20 +167,23 @@ class ClipImageConfig:
     std: tuple[float, float, float] = CLIP_STD
 
     def __post_init__(self) -> None:
-        owner = "ClipImageConfig"
-        _check_int(owner, "shortest_edge", self.shortest_edge, minimum=1)
-        _check_int(owner, "crop_size", self.crop_size, minimum=1)
-        if self.crop_size > self.shortest_edge:
-            raise ValueError(
-                f"{owner}: crop_size={self.crop_size} must be <= shortest_edge={self.shortest_edge} "
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = int_problems(self, ("shortest_edge", "crop_size"))
+        if not problems and self.crop_size > self.shortest_edge:
+            problems.append(
+                f"crop_size={self.crop_size} must be <= shortest_edge={self.shortest_edge} "
                 "(the crop is taken from the resized frame, it never pads)"
             )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != 3:
-                raise TypeError(f"{owner}.{name} must be a tuple of 3 floats (RGB), got {value!r}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"{owner}.std must be positive, got {self.std}")
+                problems.append(type_problem(f"{name} must be a tuple of 3 floats (RGB), got {value!r}"))
+            elif name == "std" and any(s <= 0 for s in value):
+                problems.append(f"std must be positive, got {self.std}")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -205,46 +220,40 @@ class VisionTowerConfig:
     merge: TokenMergeConfig = field(default_factory=TokenMergeConfig)
 
     def __post_init__(self) -> None:
-        owner = "VisionTowerConfig"
-        for name in (
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "patch_size",
-            "image_size",
-            "projector_out_dim",
-        ):
-            _check_int(owner, name, getattr(self, name), minimum=1)
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields and of how image, patches and merge fit together (``vrshq.validation``)."""
+        problems = int_problems(self, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                       "patch_size", "image_size", "projector_out_dim"))
+        if isinstance(self.select_layer, bool) or not isinstance(self.select_layer, int):
+            problems.append(type_problem(f"select_layer must be an int, got {self.select_layer!r}"))
+        problems += _optional_path_problems(self, "weights_path")
+        if not isinstance(self.image, ClipImageConfig):
+            problems.append(type_problem(f"image must be a ClipImageConfig, got {type(self.image).__name__}"))
+        if not isinstance(self.merge, TokenMergeConfig):
+            problems.append(type_problem(f"merge must be a TokenMergeConfig, got {type(self.merge).__name__}"))
+        if problems:  # the checks below need valid sizes and parts
+            return problems
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"{owner}: hidden_size={self.hidden_size} must be divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
+            problems.append(
+                f"hidden_size={self.hidden_size} must be divisible by num_attention_heads={self.num_attention_heads}"
             )
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"{owner}: image_size={self.image_size} must be a multiple of patch_size={self.patch_size}"
-            )
-        if isinstance(self.select_layer, bool) or not isinstance(self.select_layer, int):
-            raise TypeError(f"{owner}.select_layer must be an int, got {self.select_layer!r}")
+            problems.append(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         num_states = self.num_hidden_layers + 1
         if not -num_states <= self.select_layer < num_states:
-            raise ValueError(
-                f"{owner}.select_layer={self.select_layer} is out of range for {num_states} hidden states "
+            problems.append(
+                f"select_layer={self.select_layer} is out of range for {num_states} hidden states "
                 f"(num_hidden_layers={self.num_hidden_layers} + embeddings); use a value in "
                 f"[{-num_states}, {num_states - 1}]"
             )
-        _check_optional_path(owner, "weights_path", self.weights_path)
-        if not isinstance(self.image, ClipImageConfig):
-            raise TypeError(f"{owner}.image must be a ClipImageConfig, got {type(self.image).__name__}")
         if self.image.crop_size != self.image_size:
-            raise ValueError(
-                f"{owner}: image.crop_size={self.image.crop_size} must equal image_size={self.image_size} "
+            problems.append(
+                f"image.crop_size={self.image.crop_size} must equal image_size={self.image_size} "
                 "(the tower's position embeddings are built for image_size)"
             )
-        if not isinstance(self.merge, TokenMergeConfig):
-            raise TypeError(f"{owner}.merge must be a TokenMergeConfig, got {type(self.merge).__name__}")
-        self.merge.check_input_tokens(self.num_patches, owner=owner)
+        return problems + self.merge.input_token_problems(self.num_patches)
 
     @property
     def num_patches(self) -> int:
@@ -310,60 +319,48 @@ class AnchorConfig:
     image: ClipImageConfig = field(default_factory=lambda: ClipImageConfig(shortest_edge=336, crop_size=336))
 
     def __post_init__(self) -> None:
-        owner = "AnchorConfig"
-        for name in (
-            "text_vocab_size",
-            "text_hidden_size",
-            "text_intermediate_size",
-            "text_num_hidden_layers",
-            "text_num_attention_heads",
-            "text_max_position_embeddings",
-            "vision_hidden_size",
-            "vision_intermediate_size",
-            "vision_num_hidden_layers",
-            "vision_num_attention_heads",
-            "vision_patch_size",
-            "vision_image_size",
-            "projection_dim",
-            "max_frames",
-            "text_max_length",
-            "image_batch_size",
-        ):
-            _check_int(owner, name, getattr(self, name), minimum=1)
-        for name in ("text_bos_token_id", "text_eos_token_id", "text_pad_token_id"):
-            _check_int(owner, name, getattr(self, name), minimum=0)
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields and of how text, vision and image fit together (``vrshq.validation``)."""
+        problems = int_problems(self, (
+            "text_vocab_size", "text_hidden_size", "text_intermediate_size", "text_num_hidden_layers",
+            "text_num_attention_heads", "text_max_position_embeddings", "vision_hidden_size",
+            "vision_intermediate_size", "vision_num_hidden_layers", "vision_num_attention_heads", "vision_patch_size",
+            "vision_image_size", "projection_dim", "max_frames", "text_max_length", "image_batch_size"))
+        problems += int_problems(self, ("text_bos_token_id", "text_eos_token_id", "text_pad_token_id"), minimum=0)
+        problems += _optional_path_problems(self, "weights_path", "tokenizer_path")
+        if not isinstance(self.image, ClipImageConfig):
+            problems.append(type_problem(f"image must be a ClipImageConfig, got {type(self.image).__name__}"))
+        if not isinstance(self.logit_scale_init_value, (int, float)) or not math.isfinite(self.logit_scale_init_value):
+            problems.append(f"logit_scale_init_value must be finite, got {self.logit_scale_init_value}")
+        if problems:  # the checks below need valid sizes and parts
+            return problems
         for prefix in ("text", "vision"):
             hidden = getattr(self, f"{prefix}_hidden_size")
             heads = getattr(self, f"{prefix}_num_attention_heads")
             if hidden % heads:
-                raise ValueError(
-                    f"{owner}: {prefix}_hidden_size={hidden} must be divisible by {prefix}_num_attention_heads={heads}"
+                problems.append(
+                    f"{prefix}_hidden_size={hidden} must be divisible by {prefix}_num_attention_heads={heads}"
                 )
         if self.vision_image_size % self.vision_patch_size:
-            raise ValueError(
-                f"{owner}: vision_image_size={self.vision_image_size} must be a multiple of "
+            problems.append(
+                f"vision_image_size={self.vision_image_size} must be a multiple of "
                 f"vision_patch_size={self.vision_patch_size}"
             )
         if self.text_max_length > self.text_max_position_embeddings:
-            raise ValueError(
-                f"{owner}: text_max_length={self.text_max_length} exceeds the text model's "
+            problems.append(
+                f"text_max_length={self.text_max_length} exceeds the text model's "
                 f"text_max_position_embeddings={self.text_max_position_embeddings}; texts longer than the "
                 "position table crash CLIP (method §9 item 7)"
             )
         if self.text_max_length < 2:
-            raise ValueError(
-                f"{owner}.text_max_length must leave room for BOS and EOS (>= 2), got {self.text_max_length}"
-            )
-        _check_optional_path(owner, "weights_path", self.weights_path)
-        _check_optional_path(owner, "tokenizer_path", self.tokenizer_path)
-        if not isinstance(self.image, ClipImageConfig):
-            raise TypeError(f"{owner}.image must be a ClipImageConfig, got {type(self.image).__name__}")
+            problems.append(f"text_max_length must leave room for BOS and EOS (>= 2), got {self.text_max_length}")
         if self.image.crop_size != self.vision_image_size:
-            raise ValueError(
-                f"{owner}: image.crop_size={self.image.crop_size} must equal vision_image_size={self.vision_image_size}"
+            problems.append(
+                f"image.crop_size={self.image.crop_size} must equal vision_image_size={self.vision_image_size}"
             )
-        if not math.isfinite(self.logit_scale_init_value):
-            raise ValueError(f"{owner}.logit_scale_init_value must be finite, got {self.logit_scale_init_value}")
+        return problems
 
     @property
     def resolved_tokenizer_path(self) -> str | None:

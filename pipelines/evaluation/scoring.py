@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 from pipelines.evaluation.png_masks import MissingPredictionError, read_png_masks
 from pipelines.io.table_io import open_dataset, partition_filter
-from schemas import EXPRESSION_TYPES
+from schemas import EXPRESSION_TYPES, VIDEO_SCORES_SCHEMA
 from vrshq import metrics
 from vrshq.data import (
     DataError,
@@ -423,7 +423,8 @@ class _ScorePngVideos:
 
 
 def _rows_table(video_id: str, result: VideoScores, *, model: str | None = None) -> pa.Table:
-    """Score and error rows of one video as a table (kind, video_id, model, row as JSON).
+    """Score and error rows of one video as a ``schemas.VIDEO_SCORES_SCHEMA`` table (kind, video_id, model, row
+    as JSON).
 
     The two outputs have different schemas; carrying them as JSON through one Ray dataset avoids
     running the pipeline twice, and the rows are small (one per expression). ``model`` is the
@@ -433,10 +434,8 @@ def _rows_table(video_id: str, result: VideoScores, *, model: str | None = None)
 
     kinds = ["score"] * len(result.scores) + ["error"] * len(result.errors)
     payload = [json.dumps(r) for r in (*result.scores, *result.errors)]
-    return pa.table({"kind": pa.array(kinds, pa.string()),
-                     "video_id": pa.array([video_id] * len(kinds), pa.string()),
-                     "model": pa.array([model] * len(kinds), pa.string()),
-                     "row": pa.array(payload, pa.string())})
+    return pa.table({"kind": kinds, "video_id": [video_id] * len(kinds), "model": [model] * len(kinds),
+                     "row": payload}, schema=VIDEO_SCORES_SCHEMA)
 
 
 def score_with_ray(

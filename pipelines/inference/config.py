@@ -2,9 +2,9 @@
 
 Model hyperparameters live in ``vrshq/config.py``; this file holds only *runtime* settings: where
 the input and output are, which model preset/checkpoint to load, and how many Ray actors and tasks
-to run. Every field is read by the pipeline; every check runs in ``__post_init__`` and reports all
-problems of a config at once (as ``jobs._cli`` expects), so a bad command line fails before any
-Ray work starts.
+to run. Every field is read by the pipeline; each config lists its problems (``problems()``) and
+``__post_init__`` raises them all at once in one ``vrshq.validation.ConfigError`` (as ``jobs._cli``
+expects), so a bad command line fails before any Ray work starts.
 
 The dataset spec (:class:`DatasetConfig`: ``dataset.format / dataset.root / dataset.split /
 dataset.name``) lives here, not in ``jobs/``, because ``pipelines/`` must not import ``jobs/``; the
@@ -19,7 +19,8 @@ Example:
     'revos'
     >>> InferenceConfig(out="/tmp/out")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
-    ValueError: give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)
+    vrshq.validation.ConfigError: invalid InferenceConfig:
+      - give exactly one input: manifest=<uri> or dataset.root=<uri> (with dataset.format, dataset.split)
 """
 from __future__ import annotations
 
@@ -28,26 +29,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrshq.presets import PRESETS
+from vrshq.validation import ConfigError, validate
+
 __all__ = [
     "ComputeConfig",
     "ConfigError",
     "DatasetConfig",
     "InferenceConfig",
     "MODEL_DTYPES",
-    "MODEL_PRESETS",
     "DATASET_READERS",
     "is_safe_partition_value",
     "read_dataset",
     "redact",
 ]
 
-#: Model preset name -> function of ``vrshq.builders`` that returns its ``VrshqConfig``.
-MODEL_PRESETS: dict[str, str] = {
-    "tiny": "tiny_config",
-    "vrshq-7b": "vrshq_7b_config",
-    # The 7B sizes, random init, with the tokenizer built in code (benchmarks without LLaMA files).
-    "vrshq-7b-tinytok": "vrshq_7b_tinytok_config",
-}
 #: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.inference.model_loader``.
 MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -78,20 +74,6 @@ def redact(value: Any) -> Any:
     return value
 
 
-class ConfigError(ValueError):
-    """One or more problems in a job's configuration; ``problems`` lists each one.
-
-    Raised by the shared config parts' ``__post_init__`` (each problem reported on its own line,
-    prefixed with the field's dotted path by ``jobs._cli``); ``jobs._cli`` re-exports it.
-    """
-
-    def __init__(self, problems: Sequence[str] | str):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__(
-            "invalid configuration:\n" + "\n".join(f"  - {problem}" for problem in self.problems)
-        )
-
-
 @dataclass(frozen=True)
 class DatasetConfig:
     """Which dataset split to read (frames and ground truth): ``--dataset.format/root/split/name``."""
@@ -102,6 +84,10 @@ class DatasetConfig:
     name: str | None = field(default=None, metadata={"help": "dataset name in the tables (default: the format)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if self.format not in DATASET_READERS:
             problems.append(f"format={self.format!r}: must be one of {list(DATASET_READERS)}")
@@ -109,8 +95,7 @@ class DatasetConfig:
             problems.append("root is required (the dataset root URI)")
         if not self.split:
             problems.append("split must be non-empty")
-        if problems:
-            raise ConfigError(problems)
+        return problems
 
     @property
     def table_name(self) -> str:
@@ -176,6 +161,10 @@ class ComputeConfig:
     )
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         for name in ("num_actors", "read_concurrency", "num_writers", "videos_per_file", "manifest_rows_per_block"):
             value = getattr(self, name)
@@ -196,8 +185,7 @@ class ComputeConfig:
             problems.append(
                 f"compute.max_inline_frame_bytes must be a positive integer, got {self.max_inline_frame_bytes!r}"
             )
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
 
 @dataclass(frozen=True)
@@ -210,8 +198,8 @@ class InferenceConfig:
     ``checkpoint`` URI.
 
     Raises:
-        ValueError: listing every problem of the config (no input or two inputs, unknown dataset or
-            preset, unsafe partition names, non-positive sizes...).
+        ConfigError: (a ValueError) listing every problem of the config (no input or two inputs, unknown
+            dataset or preset, unsafe partition names, non-positive sizes...).
     """
 
     out: str = field(metadata={"help": "output URI (local path or s3://bucket/prefix)"})
@@ -219,7 +207,7 @@ class InferenceConfig:
         default=None, metadata={"help": "manifest Parquet URI (MANIFEST_SCHEMA); or give --dataset.*"}
     )
     dataset: DatasetConfig | None = field(default=None, metadata={"help": "dataset input; or give --manifest"})
-    preset: str = field(default="tiny", metadata={"help": f"model preset: {sorted(MODEL_PRESETS)}"})
+    preset: str = field(default="tiny", metadata={"help": f"model preset (vrshq.presets.PRESETS): {sorted(PRESETS)}"})
     checkpoint: str | None = field(
         default=None,
         metadata={"help": "checkpoint URI (local, s3://, hf://<repo>): a vrshq checkpoint, or the released VRS-HQ "
@@ -275,6 +263,10 @@ class InferenceConfig:
     compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems: list[str] = []
         if not isinstance(self.out, str) or not self.out.strip():
             problems.append(f"out must be a non-empty URI, got {self.out!r}")
@@ -297,8 +289,8 @@ class InferenceConfig:
             elif value is not None and self.checkpoint is None:
                 problems.append(f"{name}={value!r} applies to a released checkpoint (--checkpoint <release folder>); "
                                 "without a checkpoint every weight is random")
-        if self.preset not in MODEL_PRESETS:
-            problems.append(f"preset={self.preset!r} is unknown; known: {sorted(MODEL_PRESETS)}")
+        if self.preset not in PRESETS:
+            problems.append(f"preset={self.preset!r} is unknown; known: {sorted(PRESETS)}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             problems.append(f"device={self.device!r} must be auto, cpu, cuda or cuda:<i>")
         if self.dtype not in MODEL_DTYPES:
@@ -315,8 +307,7 @@ class InferenceConfig:
             problems.append(f"run_id={self.run_id!r} must match {_PARTITION_VALUE.pattern}")
         if self.lock_stale_after_s <= 0:
             problems.append(f"lock_stale_after_s must be > 0, got {self.lock_stale_after_s!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
     @property
     def model_name(self) -> str:

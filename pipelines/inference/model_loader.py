@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipelines.inference.config import MODEL_PRESETS, InferenceConfig
+from pipelines.inference.config import InferenceConfig
+from vrshq.presets import PRESETS
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +73,7 @@ def resolve_dtype(name: "str | torch.dtype", device: "torch.device") -> "torch.d
 
 
 def _preset_config(cfg: InferenceConfig) -> "VrshqConfig":
-    import vrshq.builders as builders
-
-    return getattr(builders, MODEL_PRESETS[cfg.preset])()
+    return PRESETS[cfg.preset]()
 
 
 def model_config(cfg: InferenceConfig) -> "VrshqConfig":

@@ -26,26 +26,14 @@ from pipelines.inference.config import InferenceConfig
 from pipelines.io.rle import decode_masks
 from pipelines.inference.video_io import item_from_json
 from pipelines.io.writers import batch_id_for, write_batch
-from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA
+from schemas import ERRORS_SCHEMA, MASKS_SCHEMA, SCORES_SCHEMA, WRITE_SUMMARY_SCHEMA
 
 __all__ = ["SUMMARY_SCHEMA", "ResultWriter", "rows_for_video"]
 
 _LOG = logging.getLogger(__name__)
 
-#: One row per video: what the driver counts.
-SUMMARY_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string()),
-        pa.field("split", pa.string()),
-        pa.field("video_id", pa.string()),
-        pa.field("num_expressions", pa.int32()),
-        pa.field("masks_rows", pa.int64()),
-        pa.field("scores_rows", pa.int64()),
-        pa.field("errors_rows", pa.int64()),
-        pa.field("write_error", pa.string()),  # "" when the batch was written
-        pa.field("pending_exp_ids", pa.list_(pa.string())),  # the expressions a failed write costs
-    ]
-)
+#: One row per video: what the driver counts (defined in ``schemas``).
+SUMMARY_SCHEMA = WRITE_SUMMARY_SCHEMA
 
 _CACHE_SIZE = 2  # parsed annotation files kept per actor (one split at a time, plus one)
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 from pipelines.inference.config import InferenceConfig
 from pipelines.io.rle import encode_masks
 from pipelines.inference.video_io import FrameReadError, item_from_json, read_video
+from schemas import SEGMENT_RESULT_SCHEMA
 
 __all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
 
@@ -65,32 +66,8 @@ def _chaos_maybe_exit() -> None:
 #: 32 costs ~350 MB of temporaries on the device (float logits at S×S and at 720p, then bool masks).
 DEFAULT_MASK_CHUNK_FRAMES = 32
 
-#: One row per video: what the model stage hands to the writer stage.
-RESULT_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string()),
-        pa.field("split", pa.string()),
-        pa.field("video_id", pa.string()),
-        pa.field("item_json", pa.string()),  # the VideoRecord with its pending expressions
-        pa.field("height", pa.int32()),  # original frame size (RLE size)
-        pa.field("width", pa.int32()),
-        pa.field(
-            "results",
-            pa.list_(
-                pa.struct(
-                    [
-                        pa.field("exp_id", pa.string()),
-                        pa.field("rle_counts", pa.list_(pa.binary())),  # one per frame
-                        pa.field("object_scores", pa.list_(pa.float32())),  # one per frame
-                        pa.field("keyframe_index", pa.int32()),
-                        pa.field("seconds", pa.float64()),
-                    ]
-                )
-            ),
-        ),
-        pa.field("errors_json", pa.string()),  # JSON list of ERRORS fragments (exp_id, stage, ...)
-    ]
-)
+#: One row per video: what the model stage hands to the writer stage (defined in ``schemas``).
+RESULT_SCHEMA = SEGMENT_RESULT_SCHEMA
 
 
 def _error(exp_id: str | None, stage: str, exc: BaseException, uri: str | None = None) -> dict[str, Any]:

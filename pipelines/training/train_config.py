@@ -3,8 +3,8 @@
 Model hyperparameters live in ``vrshq/config.py``; this file holds the *training* settings: the
 model preset and trainable set, the optimiser and schedule (method §6), clip sampling (method §1.4),
 the data and validation splits, checkpointing, Ray Train scaling and fault tolerance. Every field is
-read by the pipeline. Each ``__post_init__`` collects all problems of its config and raises one
-``ValueError`` listing them (``jobs._cli`` turns it into a ``ConfigError``).
+read by the pipeline. Each config lists its problems (``problems()``) and ``__post_init__`` raises them all
+in one ``vrshq.validation.ConfigError``.
 
 Example:
     >>> cfg = TrainConfig(storage_path="/tmp/runs", data=TrainDataConfig(root="/data/ReVOS", split="train"))
@@ -16,13 +16,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vrshq.presets import PRESETS, is_function_path, preset_config
+from vrshq.validation import is_int, is_number, range_problems, validate
+
 __all__ = [
-    "MODEL_PRESETS",
     "ModelSpec",
     "OptimConfig",
     "SamplingConfig",
@@ -32,35 +33,10 @@ __all__ = [
     "model_config_from_spec",
 ]
 
-#: Preset name -> function returning its ``VrshqConfig``. ``ModelSpec.preset`` also takes a
-#: ``package.module:function`` path of such a function (the research presets are given that way).
-MODEL_PRESETS: dict[str, str] = {
-    "tiny": "vrshq.builders:tiny_config",
-    "vrshq-7b": "vrshq.builders:vrshq_7b_config",
-}
 _TRAINABLE = ("all", "lora")
 _FORMATS = ("revos", "mevis")
 
 
-def _problems_to_error(owner: str, problems: list[str]) -> None:
-    if problems:
-        raise ValueError(f"{owner}: " + "; ".join(problems))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_function_path(value: Any) -> bool:
-    """Whether ``value`` reads ``package.module:function`` (dotted identifiers, one colon)."""
-    if not isinstance(value, str) or value.count(":") != 1:
-        return False
-    module, func = value.split(":")
-    return bool(module) and all(part.isidentifier() for part in module.split(".")) and func.isidentifier()
 
 
 @dataclass(frozen=True)
@@ -69,8 +45,8 @@ class ModelSpec:
 
     preset: str = field(
         default="tiny",
-        metadata={"help": f"model preset: {' | '.join(MODEL_PRESETS)}, or package.module:function returning a "
-                          "VrshqConfig"},
+        metadata={"help": f"model preset (vrshq.presets.PRESETS): {' | '.join(PRESETS)}, or "
+                          "package.module:function returning a VrshqConfig"},
     )
     trainable: str = field(default="all", metadata={"help": "all (from scratch, no LoRA) | lora (method §6)"})
     object_weight: float | None = field(
@@ -89,27 +65,28 @@ class ModelSpec:
     )
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
-        if self.train_window is not None and (not _is_int(self.train_window) or self.train_window < 1):
+        if self.train_window is not None and (not is_int(self.train_window) or self.train_window < 1):
             problems.append(f"train_window={self.train_window!r}: must be a positive int or null")
-        if self.preset not in MODEL_PRESETS and not _is_function_path(self.preset):
-            problems.append(f"preset={self.preset!r}: must be one of {list(MODEL_PRESETS)} or a "
+        if self.preset not in PRESETS and not is_function_path(self.preset):
+            problems.append(f"preset={self.preset!r}: must be one of {list(PRESETS)} or a "
                             "package.module:function path")
         if self.trainable not in _TRAINABLE:
             problems.append(f"trainable={self.trainable!r}: must be one of {list(_TRAINABLE)}")
-        if self.object_weight is not None and (not _is_number(self.object_weight) or self.object_weight < 0):
+        if self.object_weight is not None and (not is_number(self.object_weight) or self.object_weight < 0):
             problems.append(f"object_weight={self.object_weight!r}: must be a finite number >= 0 or null")
-        if not _is_int(self.seed):
+        if not is_int(self.seed):
             problems.append(f"seed={self.seed!r}: must be an int")
-        _problems_to_error("ModelSpec", problems)
+        return problems
 
 
 def model_config_from_spec(spec: ModelSpec):
     """The ``VrshqConfig`` of a preset with the spec's trainable set and object weight applied."""
-    import importlib
-
-    module_name, func_name = MODEL_PRESETS.get(spec.preset, spec.preset).split(":")
-    cfg = getattr(importlib.import_module(module_name), func_name)()
+    cfg = preset_config(spec.preset)
     cfg = dataclasses.replace(cfg, trainable=dataclasses.replace(cfg.trainable, mode=spec.trainable))
     if spec.object_weight is not None:
         cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, object_weight=float(spec.object_weight)))
@@ -143,30 +120,34 @@ class OptimConfig:
     clip_grad_norm: float = field(default=1.0, metadata={"help": "max global gradient norm (0: no clipping)"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         for name in ("lr", "sam2_lr", "text_lr"):
             value = getattr(self, name)
             if value is None and name != "lr":
                 continue
-            if not _is_number(value) or value <= 0:
+            if not is_number(value) or value <= 0:
                 problems.append(f"{name}={value!r}: must be a finite number > 0")
         if (
             not isinstance(self.betas, tuple)
             or len(self.betas) != 2
-            or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+            or not all(is_number(b) and 0 <= b < 1 for b in self.betas)
         ):
             problems.append(f"betas={self.betas!r}: must be two numbers in [0, 1)")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"weight_decay={self.weight_decay!r}: must be >= 0")
-        if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
             problems.append(f"warmup_steps={self.warmup_steps!r}: must be an int >= 0")
-        if self.decay_steps is not None and (not _is_int(self.decay_steps) or self.decay_steps < 1):
+        if self.decay_steps is not None and (not is_int(self.decay_steps) or self.decay_steps < 1):
             problems.append(f"decay_steps={self.decay_steps!r}: must be a positive int or null")
-        if not _is_int(self.grad_accum_steps) or self.grad_accum_steps < 1:
+        if not is_int(self.grad_accum_steps) or self.grad_accum_steps < 1:
             problems.append(f"grad_accum_steps={self.grad_accum_steps!r}: must be a positive int")
-        if not _is_number(self.clip_grad_norm) or self.clip_grad_norm < 0:
+        if not is_number(self.clip_grad_norm) or self.clip_grad_norm < 0:
             problems.append(f"clip_grad_norm={self.clip_grad_norm!r}: must be >= 0 (0 disables clipping)")
-        _problems_to_error("OptimConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -202,18 +183,22 @@ class SamplingConfig:
     )
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
-        if not (_is_int(self.min_frames) and _is_int(self.max_frames) and 1 <= self.min_frames <= self.max_frames):
+        if not (is_int(self.min_frames) and is_int(self.max_frames) and 1 <= self.min_frames <= self.max_frames):
             problems.append(f"min_frames/max_frames=({self.min_frames!r}, {self.max_frames!r}): need 1 <= min <= max")
-        if not _is_int(self.max_expressions) or self.max_expressions < 1:
+        if not is_int(self.max_expressions) or self.max_expressions < 1:
             problems.append(f"max_expressions={self.max_expressions!r}: must be a positive int")
         if not isinstance(self.expression_types, tuple) or not self.expression_types or not set(
             self.expression_types
         ) <= {0, 1, 2}:
             problems.append(f"expression_types={self.expression_types!r}: must be a non-empty subset of (0, 1, 2)")
-        if not _is_int(self.min_video_frames) or self.min_video_frames < 1:
+        if not is_int(self.min_video_frames) or self.min_video_frames < 1:
             problems.append(f"min_video_frames={self.min_video_frames!r}: must be a positive int")
-        if not _is_number(self.image_ratio) or not 0 <= self.image_ratio <= 1:
+        if not is_number(self.image_ratio) or not 0 <= self.image_ratio <= 1:
             problems.append(f"image_ratio={self.image_ratio!r}: must be a number in [0, 1]")
         if not isinstance(self.image_expression_types, tuple) or not self.image_expression_types or not set(
             self.image_expression_types
@@ -221,7 +206,7 @@ class SamplingConfig:
             problems.append(
                 f"image_expression_types={self.image_expression_types!r}: must be a non-empty subset of (0, 1, 2)"
             )
-        _problems_to_error("SamplingConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -237,6 +222,10 @@ class TrainDataConfig:
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs per clip-sampling task"})
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if self.format not in _FORMATS:
             problems.append(f"format={self.format!r}: must be one of {list(_FORMATS)}")
@@ -244,15 +233,14 @@ class TrainDataConfig:
             problems.append("root is required (the training dataset root URI)")
         if not isinstance(self.split, str) or not self.split:
             problems.append("split must be non-empty")
-        if not _is_int(self.videos_per_batch) or self.videos_per_batch < 1:
-            problems.append(f"videos_per_batch={self.videos_per_batch!r}: must be a positive int")
+        problems += range_problems(self, ints=(("videos_per_batch", 1),))
         if not isinstance(self.sampling, SamplingConfig):
             problems.append("sampling must be a SamplingConfig")
-        if not _is_int(self.shuffle_seed):
+        if not is_int(self.shuffle_seed):
             problems.append(f"shuffle_seed={self.shuffle_seed!r}: must be an int")
-        if not _is_number(self.num_cpus_per_task) or self.num_cpus_per_task <= 0:
+        if not is_number(self.num_cpus_per_task) or self.num_cpus_per_task <= 0:
             problems.append(f"num_cpus_per_task={self.num_cpus_per_task!r}: must be > 0")
-        _problems_to_error("TrainDataConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -269,18 +257,22 @@ class ValidationConfig:
     )
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
-        if not _is_int(self.every_steps) or self.every_steps < 0:
+        if not is_int(self.every_steps) or self.every_steps < 0:
             problems.append(f"every_steps={self.every_steps!r}: must be an int >= 0")
         if self.format not in _FORMATS:
             problems.append(f"format={self.format!r}: must be one of {list(_FORMATS)}")
         if self.every_steps and not self.root:
             problems.append("root is required when every_steps > 0")
-        if self.max_videos is not None and (not _is_int(self.max_videos) or self.max_videos < 1):
+        if self.max_videos is not None and (not is_int(self.max_videos) or self.max_videos < 1):
             problems.append(f"max_videos={self.max_videos!r}: must be a positive int or null")
         if not isinstance(self.expression_types, tuple) or not set(self.expression_types) <= {0, 1, 2}:
             problems.append(f"expression_types={self.expression_types!r}: must be a subset of (0, 1, 2)")
-        _problems_to_error("ValidationConfig", problems)
+        return problems
 
 
 @dataclass(frozen=True)
@@ -316,6 +308,10 @@ class TrainConfig:
     export_uri: str | None = field(default=None, metadata={"help": "final model folder (null: <run>/final)"})
     resume: bool = field(default=True, metadata={"help": "continue from the run's latest checkpoint if any"})
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
         if not isinstance(self.storage_path, str) or not self.storage_path:
             problems.append("storage_path is required (local path or s3://bucket/prefix)")
@@ -327,19 +323,14 @@ class TrainConfig:
                            ("validation", ValidationConfig)):
             if not isinstance(getattr(self, fname), cls):
                 problems.append(f"{fname} must be a {cls.__name__}")
-        for fname in ("max_steps", "checkpoint_every", "log_every", "num_workers"):
-            value = getattr(self, fname)
-            if not _is_int(value) or value < 1:
-                problems.append(f"{fname}={value!r}: must be a positive int")
-        if self.num_to_keep is not None and (not _is_int(self.num_to_keep) or self.num_to_keep < 1):
-            problems.append(f"num_to_keep={self.num_to_keep!r}: must be a positive int or null")
-        if not _is_number(self.cpus_per_worker) or self.cpus_per_worker <= 0:
+        problems += range_problems(
+            self, ints=(("max_steps", 1), ("checkpoint_every", 1), ("log_every", 1), ("num_workers", 1),
+                        ("num_to_keep", 1), ("max_failures", 0)), optional=("num_to_keep",))
+        if not is_number(self.cpus_per_worker) or self.cpus_per_worker <= 0:
             problems.append(f"cpus_per_worker={self.cpus_per_worker!r}: must be > 0")
-        if not _is_number(self.stall_timeout_s) or self.stall_timeout_s < 0:
+        if not is_number(self.stall_timeout_s) or self.stall_timeout_s < 0:
             problems.append(f"stall_timeout_s={self.stall_timeout_s!r}: must be a number >= 0 (0: no watchdog)")
-        if not _is_int(self.max_failures) or self.max_failures < 0:
-            problems.append(f"max_failures={self.max_failures!r}: must be an int >= 0")
-        _problems_to_error("TrainConfig", problems)
+        return problems
 
     @property
     def run_uri(self) -> str:

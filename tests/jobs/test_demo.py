@@ -111,3 +111,16 @@ def test_a_local_demo_runs_one_model_actor_per_core_and_a_submitted_one_keeps_th
     assert demo.local_compute_args(3, cpus=8)[:2] == ["--compute.num-actors", "3"]  # no more actors than videos
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     assert demo.local_compute_args(16, cpus=8) == []
+
+
+def test_the_demo_parses_its_flags_with_the_shared_job_parser(capsys):
+    args = demo._parse(["--size", "48x80", "--expression-types", "1,0", "--frames", "8", "--out", "o"])
+    assert (args.size, args.expression_types, args.frames, args.videos, args.seed, args.out) == (
+        (48, 80), (0, 1), 8, 16, 2025, "o")
+    defaults = demo._parse([])
+    assert (defaults.out, defaults.size, defaults.expression_types, defaults.checkpoint) == ("out/demo", None, None, None)
+    with pytest.raises(SystemExit) as info:
+        demo._parse(["--size", "12", "--expression-types", "0,5", "--videos", "0"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "size='12'" in err and "expression_types='0,5'" in err and "videos=0" in err  # every problem at once

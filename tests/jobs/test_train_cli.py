@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.job_help import assert_help_lists_every_setting
+
 
 def test_train_rejects_a_bad_command_line_with_every_problem(capsys, monkeypatch):
     import jobs.train as train
@@ -39,13 +41,32 @@ def test_yaml_exponent_numbers_without_a_dot_are_floats(tmp_path):
         parse_config(TrainConfig, ["--config", str(config)], prog="t", description="t")
 
 
-@pytest.mark.parametrize("job", ["jobs.train"])
+@pytest.mark.parametrize("job", ["jobs.train", "jobs.infer", "jobs.evaluate", "jobs.report", "jobs.export",
+                                 "jobs.compact", "jobs.demo"])
 def test_help_lists_every_setting(job, capsys):
-    """argparse formats help strings with %: a bare % in a field's help breaks --help of the whole job."""
-    import importlib
+    """Every job parses with the shared parser, whose --help lists each setting."""
+    assert_help_lists_every_setting(job, capsys)
 
-    with pytest.raises(SystemExit) as info:
-        importlib.import_module(job).main(["--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "usage:" in out and "--" in out
+
+def test_the_revos_recipe_parses_validates_and_holds_the_methods_numbers():
+    """``jobs/configs/train_revos.yaml`` is what ``python -m jobs.train --config`` reads; nothing trains here."""
+    import pathlib
+
+    from jobs._cli import parse_config
+    from pipelines.training.train_config import TrainConfig, model_config_from_spec
+
+    recipe = pathlib.Path(__file__).resolve().parents[2] / "jobs" / "configs" / "train_revos.yaml"
+    cfg = parse_config(TrainConfig, ["--config", str(recipe)], prog="python -m jobs.train", description="")
+    assert (cfg.model.preset, cfg.model.trainable, cfg.model.train_window) == ("vrshq-7b", "lora", 3)
+    optim = cfg.optim
+    assert (optim.lr, optim.betas, optim.weight_decay, optim.warmup_steps, optim.clip_grad_norm) == (
+        3e-4, (0.9, 0.95), 0.0, 100, 1.0)
+    assert cfg.num_workers * optim.grad_accum_steps * cfg.data.videos_per_batch == 128  # samples a step
+    assert (cfg.max_steps, cfg.decay_steps) == (15000, 15000)
+    sampling = cfg.data.sampling
+    assert (sampling.min_frames, sampling.max_frames, sampling.max_expressions) == (8, 12, 3)
+    assert (cfg.data.format, cfg.data.split, cfg.validation.split, cfg.validation.expression_types) == (
+        "revos", "train", "valid", (0, 1))
+    assert cfg.use_gpu and cfg.validation.every_steps > 0
+    lora = model_config_from_spec(cfg.model).trainable  # the preset's LoRA, method §6
+    assert (lora.mode, lora.lora_r, lora.lora_alpha, lora.lora_dropout) == ("lora", 8, 16, 0.05)

@@ -470,12 +470,12 @@ def test_model_dtype_auto_is_float32_on_cpu_and_bf16_is_the_rounded_float32_mode
 def test_7b_tinytok_preset_is_registered_with_the_7b_sizes():
     import torch
 
-    from pipelines.inference.config import MODEL_PRESETS
     from pipelines.inference.model_loader import model_config
-    from vrshq.builders import build_vrshq, vrshq_7b_config
+    from vrshq.builders import build_vrshq, vrshq_7b_config, vrshq_7b_tinytok_config
+    from vrshq.presets import PRESETS
 
     cfg = model_config(InferenceConfig(out="o", manifest="m", preset="vrshq-7b-tinytok"))
-    assert MODEL_PRESETS["vrshq-7b-tinytok"] == "vrshq_7b_tinytok_config"
+    assert PRESETS["vrshq-7b-tinytok"] is vrshq_7b_tinytok_config
     seven = vrshq_7b_config()
     assert (cfg.llm.tokenizer, cfg.llm.tokenizer_path, cfg.name) == ("tiny", None, "vrshq-7b-tinytok")
     assert dataclasses.replace(cfg.llm, tokenizer="llama") == seven.llm

@@ -80,11 +80,26 @@ def test_the_checker_sees_research_imports():
 
 
 def test_product_presets_name_product_builders_only():
-    from pipelines.inference.config import MODEL_PRESETS as INFERENCE_PRESETS
-    from pipelines.training.train_config import MODEL_PRESETS
+    from vrshq.presets import PRESETS
 
-    assert all(path.split(".")[0] == "vrshq" for path in MODEL_PRESETS.values()), MODEL_PRESETS
-    assert not any(name.startswith("learn") for name in (*MODEL_PRESETS, *INFERENCE_PRESETS))
+    assert all(builder.__module__.split(".")[0] == "vrshq" for builder in PRESETS.values()), dict(PRESETS)
+    assert not any(name.startswith("learn") for name in PRESETS)
+
+
+def test_one_preset_registry_serves_inference_training_and_benchmarks():
+    """Every product preset name works in inference and training, which read the one registry."""
+    from benchmarks.presets import resolve_preset
+    from pipelines.inference.config import InferenceConfig
+    from pipelines.training.train_config import ModelSpec
+    from vrshq.presets import PRESETS
+
+    assert set(PRESETS) == {"tiny", "vrshq-7b", "vrshq-7b-tinytok"}
+    for name in PRESETS:
+        assert InferenceConfig(out="o", manifest="m", preset=name).preset == name
+        assert ModelSpec(preset=name).preset == name
+        assert resolve_preset(name) in PRESETS
+    with pytest.raises(ValueError, match="learn"):
+        InferenceConfig(out="o", manifest="m", preset="learn")
 
 
 def test_jobs_and_the_committed_checkpoint_load_without_the_research_wing():

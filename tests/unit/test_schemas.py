@@ -72,3 +72,19 @@ def test_validate_rejects_null_items_inside_required_lists():
         validate_table(pa.Table.from_pylist([row]), MANIFEST_SCHEMA)
     row["frame_names"] = ["a", "b"]
     assert validate_table(pa.Table.from_pylist([row]), MANIFEST_SCHEMA).num_rows == 1
+
+
+def test_the_tables_between_pipeline_stages_are_versioned_schemas_the_stages_build_against():
+    from pipelines.evaluation.scoring import VideoScores, _rows_table
+    from pipelines.inference import result_writer, segment_actor
+
+    stages = {"segment_result": schemas.SEGMENT_RESULT_SCHEMA, "write_summary": schemas.WRITE_SUMMARY_SCHEMA,
+              "video_scores": schemas.VIDEO_SCORES_SCHEMA}
+    for name, schema in stages.items():
+        assert schemas.schema_version(schema) == f"{name}@1"
+    assert segment_actor.RESULT_SCHEMA is schemas.SEGMENT_RESULT_SCHEMA
+    assert result_writer.SUMMARY_SCHEMA is schemas.WRITE_SUMMARY_SCHEMA
+    table = _rows_table("UVO/all/x", VideoScores([{"exp_id": "0", "jf": 0.5}], [{"exp_id": "1"}]), model="tiny")
+    assert table.schema.equals(schemas.VIDEO_SCORES_SCHEMA, check_metadata=True)
+    assert table.column("kind").to_pylist() == ["score", "error"]
+    assert _rows_table("v", VideoScores([], [])).schema.equals(schemas.VIDEO_SCORES_SCHEMA, check_metadata=True)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from vrshq.validation import validate
+
 __all__ = [
     "SHAPES",
     "COLOURS",
@@ -113,29 +115,37 @@ class SyntheticSceneConfig:
     max_attempts: int = 50
 
     def __post_init__(self) -> None:
+        validate(self)
+
+    def problems(self) -> list[str]:
+        """Every problem of these fields (``vrshq.validation``)."""
+        problems = []
         lo, hi = self.num_objects
         if not 1 <= lo <= hi <= len(SHAPES) * len(COLOURS) * len(SIZES):
-            raise ValueError(f"num_objects must be (low, high) with 1 <= low <= high <= 24, got {self.num_objects}")
+            problems.append(f"num_objects must be (low, high) with 1 <= low <= high <= 24, got {self.num_objects}")
+        radii_ok = True
         for name in ("small_radius", "large_radius"):
             a, b = getattr(self, name)
             if not 0 < a <= b < 0.3:
-                raise ValueError(f"{name} must be (low, high) with 0 < low <= high < 0.3, got {(a, b)}")
-        if self.small_radius[1] * 1.3 >= self.large_radius[0]:
-            raise ValueError(
+                radii_ok = False
+                problems.append(f"{name} must be (low, high) with 0 < low <= high < 0.3, got {(a, b)}")
+        if radii_ok and self.small_radius[1] * 1.3 >= self.large_radius[0]:
+            problems.append(
                 f"small_radius {self.small_radius} and large_radius {self.large_radius} must be well apart "
                 "(small high * 1.3 < large low) so that 'small' and 'large' are unambiguous"
             )
         if not 0 < self.speeds[0] < self.speeds[1] < self.speeds[2]:
-            raise ValueError(f"speeds must be increasing and positive (slow, medium, fast), got {self.speeds}")
+            problems.append(f"speeds must be increasing and positive (slow, medium, fast), got {self.speeds}")
         for name in ("p_static", "p_fast", "p_occlusion", "hidden_fraction", "min_visible_frames", "speed_jitter"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.fastest_ratio < 1:
-            raise ValueError(f"fastest_ratio must be >= 1, got {self.fastest_ratio}")
+            problems.append(f"fastest_ratio must be >= 1, got {self.fastest_ratio}")
         if not set(self.expression_types) <= {0, 1, 2} or not self.expression_types:
-            raise ValueError(f"expression_types must be a non-empty subset of (0, 1, 2), got {self.expression_types}")
+            problems.append(f"expression_types must be a non-empty subset of (0, 1, 2), got {self.expression_types}")
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+            problems.append(f"max_attempts must be >= 1, got {self.max_attempts}")
+        return problems
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 from vrshq.model.projected_memory import PROJECTED_KEY, USE_PROJECTED_MEMORY
 from vrshq.model.sam2_model import VrshqSam2, fill_holes
-from vrshq.model.sam2_video_features import FrameInputs, TrackResult, VideoFeatures
+from vrshq.model.sam2_video_features import FrameInputs, MemoryPlacement, TrackResult, VideoFeatures
 
-__all__ = ["LockstepBank", "insert_keyframe_masks", "lockstep_is_exact", "memory_reach", "track_lockstep"]
+__all__ = ["LockstepBank", "insert_keyframe_masks", "lockstep_is_exact", "memory_reach", "track_from_memory",
+           "track_lockstep"]
 
 
 def memory_reach(model: VrshqSam2) -> int:
@@ -83,15 +84,8 @@ class LockstepBank:
         memory_dtype: torch.dtype | None,
         memory_device: torch.device,
     ) -> None:
-        feats = out["maskmem_features"]
-        if memory_dtype is not None:
-            feats = feats.to(memory_dtype)
-        self.output_dict["non_cond_frame_outputs"][distance] = {
-            "maskmem_features": feats.to(memory_device, non_blocking=True),
-            "maskmem_pos_enc": self.maskmem_pos_enc,
-            "obj_ptr": out["obj_ptr"],
-            "object_score_logits": out["object_score_logits"],
-        }
+        placement = MemoryPlacement(memory_dtype, memory_device)
+        self.output_dict["non_cond_frame_outputs"][distance] = placement.entry(out, self.maskmem_pos_enc)
 
     def prune(self, distance: int, *, reach: int) -> None:
         """Drop the entries no later distance reads (the next one reads ``reach`` back)."""
@@ -145,6 +139,34 @@ def insert_keyframe_masks(
     return out
 
 
+def track_from_memory(
+    model: VrshqSam2,
+    output_dict: dict[str, Any],
+    feats: list[torch.Tensor],
+    pos: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+    *,
+    frame_idx: int,
+    num_frames: int,
+    reverse: bool = False,
+) -> dict[str, Any]:
+    """One ``track_step`` of a frame without a prompt: it reads the memory bank ``output_dict`` and encodes its own
+    memory (both trackers' propagation step)."""
+    return model.track_step(
+        frame_idx=frame_idx,
+        is_init_cond_frame=False,
+        current_vision_feats=feats,
+        current_vision_pos_embeds=pos,
+        feat_sizes=sizes,
+        point_inputs=None,
+        mask_inputs=None,
+        output_dict=output_dict,
+        num_frames=num_frames,
+        track_in_reverse=reverse,
+        run_mem_encoder=True,
+    )
+
+
 def track_lockstep(
     model: VrshqSam2,
     features: VideoFeatures,
@@ -152,9 +174,7 @@ def track_lockstep(
     masks: torch.Tensor,
     result: TrackResult,
     *,
-    memory_dtype: torch.dtype | None,
-    memory_device: torch.device,
-    project_memory_once: bool,
+    memory: MemoryPlacement,
 ) -> None:
     """Both passes of every object in one batch per distance from the keyframes.
 
@@ -194,22 +214,16 @@ def track_lockstep(
     row_obj_out = row_obj.to(out_device)
     # every row's memory starts from its object's keyframe output
     pick = row_obj.to(inserted["maskmem_features"].device)
-    cond_feats = inserted["maskmem_features"].index_select(0, pick)
-    if memory_dtype is not None:
-        cond_feats = cond_feats.to(memory_dtype)
     bank = LockstepBank(
         # projections live beside the memory, so only when the memory stays on the compute device
         output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {},
-                     USE_PROJECTED_MEMORY: project_memory_once and memory_device == device},
+                     USE_PROJECTED_MEMORY: memory.project_once and memory.device == device},
         maskmem_pos_enc=[p.index_select(0, pick) for p in inserted["maskmem_pos_enc"]],
         rows=len(rows),
     )
-    bank.output_dict["cond_frame_outputs"][0] = {
-        "maskmem_features": cond_feats.to(memory_device, non_blocking=True),
-        "maskmem_pos_enc": bank.maskmem_pos_enc,
-        "obj_ptr": inserted["obj_ptr"].index_select(0, pick),
-        "object_score_logits": inserted["object_score_logits"].index_select(0, pick),
-    }
+    bank.output_dict["cond_frame_outputs"][0] = memory.entry(
+        inserted, bank.maskmem_pos_enc, **{key: inserted[key].index_select(0, pick)
+                                           for key in ("maskmem_features", "obj_ptr", "object_score_logits")})
     del inserted
     frame_inputs = FrameInputs(model, features)
     reach = memory_reach(model)
@@ -221,20 +235,9 @@ def track_lockstep(
         feats, pos, sizes = frame_inputs.rows(
             frames_dev[distance - 1, :active], frames_host[distance - 1, :active]
         )
-        out = model.track_step(
-            frame_idx=distance,
-            is_init_cond_frame=False,
-            current_vision_feats=feats,
-            current_vision_pos_embeds=pos,
-            feat_sizes=sizes,
-            point_inputs=None,
-            mask_inputs=None,
-            output_dict=bank.output_dict,
-            num_frames=num_frames,
-            track_in_reverse=False,
-            run_mem_encoder=True,
-        )
-        bank.store(distance, out, memory_dtype=memory_dtype, memory_device=memory_device)
+        out = track_from_memory(model, bank.output_dict, feats, pos, sizes, frame_idx=distance,
+                                num_frames=num_frames)
+        bank.store(distance, out, memory_dtype=memory.dtype, memory_device=memory.device)
         bank.prune(distance, reach=reach)
         index = (row_obj_out[:active], frames_out[distance - 1, :active])
         result.low_res_logits.index_put_(index, out["pred_masks"][:, 0].float().to(out_device))

@@ -59,9 +59,15 @@ from typing import Any
 
 import torch
 
-from vrshq.model.sam2_lockstep import insert_keyframe_masks, lockstep_is_exact, memory_reach, track_lockstep
+from vrshq.model.sam2_lockstep import (
+    insert_keyframe_masks,
+    lockstep_is_exact,
+    memory_reach,
+    track_from_memory,
+    track_lockstep,
+)
 from vrshq.model.sam2_model import VrshqSam2, fill_holes
-from vrshq.model.sam2_video_features import FrameInputs, TrackResult, VideoFeatures, expand_rows
+from vrshq.model.sam2_video_features import FrameInputs, MemoryPlacement, TrackResult, VideoFeatures, expand_rows
 
 __all__ = ["ObjectGroupMemory", "track_objects"]
 
@@ -99,19 +105,12 @@ class ObjectGroupMemory:
         memory_device: torch.device,
     ) -> None:
         """Keep what later frames read; position encodings are shared, features cast/offloaded."""
-        feats = out["maskmem_features"]
-        if memory_dtype is not None:
-            feats = feats.to(memory_dtype)
         if self.maskmem_pos_enc is None:
             # one shared copy per bank, kept on the compute device (it is read every step)
             self.maskmem_pos_enc = list(out["maskmem_pos_enc"])
         key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
-        self.output_dict[key][frame_idx] = {
-            "maskmem_features": feats.to(memory_device, non_blocking=True),
-            "maskmem_pos_enc": self.maskmem_pos_enc,
-            "obj_ptr": out["obj_ptr"],
-            "object_score_logits": out["object_score_logits"],
-        }
+        placement = MemoryPlacement(memory_dtype, memory_device)
+        self.output_dict[key][frame_idx] = placement.entry(out, self.maskmem_pos_enc)
 
     def prune(self, frame_idx: int, *, reach: int, reverse: bool) -> None:
         """Drop non-conditioning memories that no later frame of this pass can read.
@@ -132,15 +131,14 @@ def _insert_keyframe_mask(
     masks: torch.Tensor,
     *,
     num_frames: int,
-    memory_dtype: torch.dtype | None,
-    memory_device: torch.device,
+    memory: MemoryPlacement,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``add_new_mask`` + the memory encoding of ``propagate_in_video_preflight``, batched (the mask
     is the output as is, no memory is read: the same computation as :func:`insert_keyframe_masks`)."""
     keyframes = torch.full((len(group.object_indices),), group.keyframe, dtype=torch.long)
     out = insert_keyframe_masks(model, frame_inputs, keyframes, masks, num_frames=num_frames)
     pred = out["pred_masks"]
-    group.store(group.keyframe, out, is_cond=True, memory_dtype=memory_dtype, memory_device=memory_device)
+    group.store(group.keyframe, out, is_cond=True, memory_dtype=memory.dtype, memory_device=memory.device)
     return pred, out["object_score_logits"]
 
 
@@ -239,15 +237,14 @@ def _propagate_direction(
     *,
     num_frames: int,
     reverse: bool,
-    memory_dtype: torch.dtype | None,
-    memory_device: torch.device,
+    memory: MemoryPlacement,
 ) -> None:
     """One pass (forward or backward) of every group from its keyframe, raw logits recorded."""
     reach = memory_reach(model)
     for group in groups:
         pred, scores = _insert_keyframe_mask(
             model, frame_inputs, group, keyframe_masks[group.object_indices],
-            num_frames=num_frames, memory_dtype=memory_dtype, memory_device=memory_device,
+            num_frames=num_frames, memory=memory,
         )
         _record(result, group, group.keyframe, pred, scores)
     if reverse:
@@ -265,7 +262,7 @@ def _propagate_direction(
             # groups whose whole reach lies after (before) their keyframe share one layout
             saturated = [g for g in active if abs(frame_idx - g.keyframe) > reach]
             if len(saturated) > 1:
-                _wait_for_offloaded_memory(memory_device, frame_inputs.device)
+                _wait_for_offloaded_memory(memory.device, frame_inputs.device)
                 merged = _merge_saturated(saturated, reverse=reverse)
                 if len(merged) > 1 and not warned:
                     warned = True
@@ -282,22 +279,9 @@ def _propagate_direction(
         feats1, pos1, sizes = frame_inputs(frame_idx)  # moved and flattened once for all groups
         for group in active:
             num = len(group.object_indices)
-            out = model.track_step(
-                frame_idx=frame_idx,
-                is_init_cond_frame=False,
-                current_vision_feats=expand_rows(feats1, num),
-                current_vision_pos_embeds=expand_rows(pos1, num),
-                feat_sizes=sizes,
-                point_inputs=None,
-                mask_inputs=None,
-                output_dict=group.output_dict,
-                num_frames=num_frames,
-                track_in_reverse=reverse,
-                run_mem_encoder=True,
-            )
-            group.store(
-                frame_idx, out, is_cond=False, memory_dtype=memory_dtype, memory_device=memory_device
-            )
+            out = track_from_memory(model, group.output_dict, expand_rows(feats1, num), expand_rows(pos1, num), sizes,
+                                    frame_idx=frame_idx, num_frames=num_frames, reverse=reverse)
+            group.store(frame_idx, out, is_cond=False, memory_dtype=memory.dtype, memory_device=memory.device)
             group.prune(frame_idx, reach=reach, reverse=reverse)
             # hole filling of tracked frames happens once on the whole result (track_objects)
             _record(result, group, frame_idx, out["pred_masks"], out["object_score_logits"])
@@ -395,10 +379,8 @@ def track_objects(
     # bookkeeping than no_grad. The result tensors are made outside, so callers get ordinary
     # tensors; only the memory banks, local to this call, are inference tensors.
     with torch.inference_mode():
-        _track_into(
-            model, features, by_keyframe, masks, result,
-            memory_dtype=memory_dtype, memory_device=memory_device, project_memory_once=project_memory_once,
-        )
+        _track_into(model, features, by_keyframe, masks, result,
+                    memory=MemoryPlacement(memory_dtype, memory_device, project_memory_once))
     return result
 
 
@@ -409,9 +391,7 @@ def _track_into(
     masks: torch.Tensor,
     result: TrackResult,
     *,
-    memory_dtype: torch.dtype | None,
-    memory_device: torch.device,
-    project_memory_once: bool,
+    memory: MemoryPlacement,
 ) -> None:
     """Both passes of :func:`track_objects` and the hole filling, written into ``result``."""
     num_frames = features.num_frames
@@ -420,10 +400,7 @@ def _track_into(
         for k, objs in by_keyframe.items():
             for obj in objs:
                 keyframe_idx[obj] = k
-        track_lockstep(
-            model, features, keyframe_idx, masks, result,
-            memory_dtype=memory_dtype, memory_device=memory_device, project_memory_once=project_memory_once,
-        )
+        track_lockstep(model, features, keyframe_idx, masks, result, memory=memory)
         _fill_holes_in_place(model, result.low_res_logits)
         return
     frame_inputs = FrameInputs(model, features)
@@ -439,6 +416,6 @@ def _track_into(
         if groups:
             _propagate_direction(
                 model, frame_inputs, groups, masks, result, num_frames=num_frames,
-                reverse=reverse, memory_dtype=memory_dtype, memory_device=memory_device,
+                reverse=reverse, memory=memory,
             )
     _fill_holes_in_place(model, result.low_res_logits)

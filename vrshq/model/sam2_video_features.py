@@ -12,7 +12,7 @@ import torch
 
 from vrshq.model.sam2_model import VrshqSam2
 
-__all__ = ["FrameInputs", "TrackResult", "VideoFeatures", "expand_rows"]
+__all__ = ["FrameInputs", "MemoryPlacement", "TrackResult", "VideoFeatures", "expand_rows"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +118,38 @@ class FrameInputs:
         backbone_out = {"backbone_fpn": fpn, "vision_pos_enc": self._pos}
         _, feats, pos, sizes = self._model._prepare_backbone_features(backbone_out)
         return feats, expand_rows(pos, int(frames.shape[0])), sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPlacement:
+    """How a tracker keeps its memory features; both trackers (lockstep and per keyframe group) take one.
+
+    Attributes:
+        dtype: storage dtype of memory features (None: the compute dtype).
+        device: where memory features are kept (the compute device, or the CPU when offloaded).
+        project_once: in lockstep tracking, project each memory frame's attention keys and values once
+            (``vrshq.model.projected_memory``) instead of at every frame that reads it; used only when
+            ``device`` is the compute device.
+    """
+
+    dtype: torch.dtype | None
+    device: torch.device
+    project_once: bool = True
+
+    def entry(self, out: dict, maskmem_pos_enc: list[torch.Tensor], **picked: torch.Tensor) -> dict:
+        """The memory-bank entry of a track-step output ``out``: its features cast to ``dtype`` and moved to
+        ``device``, the shared position encodings, its object pointers and scores (``picked`` replaces any
+        of ``maskmem_features``, ``obj_ptr``, ``object_score_logits`` taken from ``out``)."""
+        values = {key: picked.get(key, out[key]) for key in ("maskmem_features", "obj_ptr", "object_score_logits")}
+        feats = values["maskmem_features"]
+        if self.dtype is not None:
+            feats = feats.to(self.dtype)
+        return {
+            "maskmem_features": feats.to(self.device, non_blocking=True),
+            "maskmem_pos_enc": maskmem_pos_enc,
+            "obj_ptr": values["obj_ptr"],
+            "object_score_logits": values["object_score_logits"],
+        }
 
 
 def expand_rows(flat: list[torch.Tensor], batch: int) -> list[torch.Tensor]:
