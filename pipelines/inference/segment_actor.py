@@ -9,6 +9,12 @@ are RLE-encoded there (:func:`pipelines.io.rle.encode_masks`), so only compact r
 frame) leave the device and the actor. The masks are built and encoded chunk by chunk
 (``SegmentationResult.iter_mask_chunks``), so a video's full-size masks never exist at once.
 
+With ``compute.score_on = "actor"`` (the default) each chunk is also scored there, on the device,
+against the ground truth of videos that have one (:mod:`pipelines.inference.device_scoring`): the
+row carries per-frame J and F and the pixel counts of A and R per expression, and the writers only
+reduce them. Each row also carries the video's time split (``stage_seconds_json``: the model's
+stages, ``masks_rle``, ``score`` and ``gt_load``; CUDA-event times on a GPU) for the run's summary.
+
 Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
 never raise out of ``__call__``: they become error entries of the row, so one bad video cannot
 fail the job or kill the actor (and Ray's actor restarts stay for real crashes).
@@ -25,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.inference.config import InferenceConfig
+from pipelines.inference.device_scoring import ActorGroundTruth
 from pipelines.io.rle import encode_masks
 from pipelines.inference.video_io import FrameReadError, item_from_json, read_video
 
@@ -84,13 +91,25 @@ RESULT_SCHEMA = pa.schema(
                         pa.field("object_scores", pa.list_(pa.float32())),  # one per frame
                         pa.field("keyframe_index", pa.int32()),
                         pa.field("seconds", pa.float64()),
+                        # scored in the actor (pipelines.inference.device_scoring); null: the writers score
+                        pa.field("frame_scores", pa.struct([
+                            pa.field("j", pa.list_(pa.float64())),  # one per frame
+                            pa.field("f", pa.list_(pa.float64())),
+                            pa.field("mismatches", pa.int64()),
+                            pa.field("false_positives", pa.int64()),
+                            pa.field("target_pixels", pa.int64()),
+                        ])),
                     ]
                 )
             ),
         ),
         pa.field("errors_json", pa.string()),  # JSON list of ERRORS fragments (exp_id, stage, ...)
+        pa.field("stage_seconds_json", pa.string()),  # JSON {stage: seconds} of this video in the actor
     ]
 )
+
+#: Stage of the actor's time split: full-size masks built from the logits and RLE-encoded.
+MASKS_STAGE = "masks_rle"
 
 
 def _error(exp_id: str | None, stage: str, exc: BaseException, uri: str | None = None) -> dict[str, Any]:
@@ -112,6 +131,7 @@ def segment_video_item(
     max_side: int,
     storage_options: dict[str, Any] | None = None,
     mask_chunk_frames: int = DEFAULT_MASK_CHUNK_FRAMES,
+    ground_truth: ActorGroundTruth | None = None,
 ) -> dict[str, Any]:
     """Segment every pending expression of one work item; returns a :data:`RESULT_SCHEMA` row.
 
@@ -125,8 +145,12 @@ def segment_video_item(
         storage_options: fsspec options, used when the frames are read here.
         mask_chunk_frames: frames whose full-size masks are built and RLE-encoded at a time
             (``SegmentationResult.iter_mask_chunks``): memory for masks is O(chunk), not O(T).
+        ground_truth: scores each chunk against the video's ground truth on the masks' device
+            (``compute.score_on = "actor"``); None leaves scoring to the writers.
     """
     import torch
+
+    from vrshq.model.stage_timer import StageTimer
 
     video = item_from_json(item_json)
     row: dict[str, Any] = {
@@ -141,41 +165,49 @@ def segment_video_item(
         texts = [e.text for e in video.expressions]
         start = time.perf_counter()
         expected = (int(frames.shape[0]), row["height"], row["width"])
-        with torch.inference_mode():
-            # Logits are resized bilinearly to the original size and thresholded on the model's
-            # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
-            results = model.segment_video(
-                # torch wants a writable array: copy only when the frames are read-only or not uint8/C order
-                torch.from_numpy(np.require(frames, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])),
-                texts,
-                output_hw=expected[1:],
-                masks_on_device=True,
-            )
-            if len(results) != len(texts):
-                raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
-            encoded = []
-            for expression, result in zip(video.expressions, results):
-                if result.mask_shape != expected:
-                    errors.append(_error(expression.exp_id, "model", ValueError(
-                        f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
-                    continue
-                # Chunk by chunk: a long video's full-size masks never exist at once (on GPU or host).
-                rle_counts = [
-                    counts
-                    for _, chunk in result.iter_mask_chunks(mask_chunk_frames)
-                    for counts in encode_masks(chunk)
-                ]
-                encoded.append((expression, result, rle_counts))
-        elapsed = time.perf_counter() - start
+        video_gt = ground_truth.for_video(video) if ground_truth is not None else None
+        timer = StageTimer(torch.device(getattr(model, "device", "cpu")))
+        if hasattr(model, "stage_timer"):
+            model.stage_timer = timer
+        try:
+            with torch.inference_mode():
+                # Logits are resized bilinearly to the original size and thresholded on the model's
+                # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
+                results = model.segment_video(
+                    # torch wants a writable array: copy only when the frames are read-only or not uint8/C order
+                    torch.from_numpy(np.require(frames, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])),
+                    texts,
+                    output_hw=expected[1:],
+                    masks_on_device=True,
+                )
+                if len(results) != len(texts):
+                    raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
+                encoded = []
+                for expression, result in zip(video.expressions, results):
+                    if result.mask_shape != expected:
+                        errors.append(_error(expression.exp_id, "model", ValueError(
+                            f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
+                        continue
+                    job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
+                    rle_counts = _encode_and_score(result, mask_chunk_frames, job, timer)
+                    encoded.append((expression, result, rle_counts,
+                                    job.result(timer) if job is not None else None))
+        finally:
+            if hasattr(model, "stage_timer"):
+                model.stage_timer = None
+        # the expressions' model time, without the time spent scoring them
+        elapsed = time.perf_counter() - start - (video_gt.host_seconds if video_gt is not None else 0.0)
         per_expression = elapsed / max(len(texts), 1)
-        for expression, result, rle_counts in encoded:
+        for expression, result, rle_counts, frame_scores in encoded:
             row["results"].append({
                 "exp_id": expression.exp_id,
                 "rle_counts": rle_counts,
                 "object_scores": np.asarray(result.object_scores, dtype=np.float32).reshape(-1).tolist(),
                 "keyframe_index": int(result.keyframe_idx),
                 "seconds": per_expression,
+                "frame_scores": frame_scores,
             })
+        row["stage_seconds_json"] = json.dumps(timer.seconds())
     except FrameReadError as exc:
         errors.append({"exp_id": None, **exc.to_dict()})
     except Exception as exc:  # noqa: BLE001 - one bad video becomes an error row, the job goes on
@@ -183,6 +215,26 @@ def segment_video_item(
         errors.append(_error(None, "model", exc, uri=video.frames_uri or video.video_uri))
     row["errors_json"] = json.dumps(errors)
     return row
+
+
+def _encode_and_score(result: Any, chunk_frames: int, job: Any, timer: Any) -> list[bytes]:
+    """RLE counts of every frame of ``result``, built chunk by chunk; each chunk scored by ``job`` (if any).
+
+    Chunk by chunk, a long video's full-size masks never exist at once (on the device or the host).
+    """
+    chunks = result.iter_mask_chunks(chunk_frames)
+    rle_counts: list[bytes] = []
+    while True:
+        with timer.stage(MASKS_STAGE):
+            item = next(chunks, None)
+            if item is None:
+                break
+            start, chunk = item
+            rle_counts += encode_masks(chunk)
+        if job is not None:
+            job.add(start, chunk, timer)
+        del chunk
+    return rle_counts
 
 
 class SegmentActor:
@@ -209,6 +261,8 @@ class SegmentActor:
         if self._device.type == "cpu":
             torch.set_num_threads(max(1, int(cfg.compute.num_cpus_per_actor)))
         self._model = build_model(cfg, device=self._device)
+        self._ground_truth = (ActorGroundTruth(cfg.storage_options)
+                              if cfg.compute.score_on == "actor" else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         _chaos_maybe_exit()
@@ -232,5 +286,6 @@ class SegmentActor:
                 original_hw=(int(batch["height"][i]), int(batch["width"][i])),
                 max_side=self._max_side,
                 storage_options=self._cfg.storage_options,
+                ground_truth=self._ground_truth,
             ))
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)

@@ -1,0 +1,168 @@
+"""Scoring in the model actor: J, F and the pixel counts of A and R, on its device, as the masks are made.
+
+The actor builds each expression's full-size masks a chunk of frames at a time to RLE-encode them
+(:mod:`pipelines.inference.segment_actor`). With ``compute.score_on = "actor"`` the same chunks are
+scored right there against the ground truth with :class:`vrshq.metrics.device.ExpressionScorer`, so a
+mask is never decoded again on a CPU for scoring. The ground truth is decoded on the actor's host a
+chunk of frames at a time (``vrshq.data.load_expression_masks(frame_indices=...)``) and copied to the
+device, so neither side ever holds a whole video of full-size masks. What leaves the actor is
+:class:`vrshq.metrics.FrameScores` per expression (two float64 per frame, three counts); the writers
+reduce them to the scores row (``vrshq.metrics.score_from_frames``, the same numbers as scoring the masks
+on the CPU) and add R's foreground count.
+
+Anything that keeps an expression from being scored here (an unreadable ``mask_dict.json``, a ground
+truth of another size than the masks, an anno_id missing from it) leaves it unscored: the writers then
+score its masks from the RLE as with ``score_on = "writer"`` and so report the problem in exactly the same
+errors rows.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from vrshq.metrics import FrameScores
+
+__all__ = ["ActorGroundTruth", "ExpressionJob", "VideoGroundTruth", "frame_scores_row", "frame_scores_from_row"]
+
+_LOG = logging.getLogger(__name__)
+
+#: Stage names of the actor's time split (``RESULT_SCHEMA.stage_seconds_json``): host time decoding the
+#: ground truth, and device time scoring (copying the ground truth there included).
+GT_STAGE = "gt_load"
+SCORE_STAGE = "score"
+
+
+def frame_scores_row(scores: FrameScores) -> dict[str, Any]:
+    """The ``frame_scores`` struct of a ``RESULT_SCHEMA`` result (the shape is the result's own)."""
+    return {"j": scores.j_frames.tolist(), "f": scores.f_frames.tolist(), "mismatches": scores.mismatches,
+            "false_positives": scores.false_positives, "target_pixels": scores.target_pixels}
+
+
+def frame_scores_from_row(row: Mapping[str, Any] | None, shape: tuple[int, int, int]) -> FrameScores | None:
+    """:class:`vrshq.metrics.FrameScores` of a ``frame_scores`` struct, or None when the actor did not score."""
+    if row is None:
+        return None
+    return FrameScores(j_frames=np.asarray(row["j"], dtype=np.float64), f_frames=np.asarray(row["f"], dtype=np.float64),
+                       mismatches=int(row["mismatches"]), false_positives=int(row["false_positives"]),
+                       target_pixels=int(row["target_pixels"]), shape=shape)
+
+
+class ExpressionJob:
+    """One expression's scoring: ``add`` each chunk of predicted masks in frame order, then ``result``."""
+
+    def __init__(self, video_gt: "VideoGroundTruth", expression: Any, shape: tuple[int, int, int]):
+        from vrshq.metrics.device import ExpressionScorer
+
+        self._video_gt = video_gt
+        self._expression = expression
+        self._scorer = ExpressionScorer(shape)
+        self._failed: BaseException | None = None
+
+    def add(self, start: int, pred: torch.Tensor | np.ndarray, timer: Any) -> None:
+        """Score frames ``start .. start + len(pred)``: bool (n, H, W) masks on the actor's device."""
+        if self._failed is not None:
+            return
+        from vrshq.data import load_expression_masks
+
+        pred = torch.as_tensor(pred)
+        gt_ = self._video_gt
+        began = time.perf_counter()
+        try:
+            gt = load_expression_masks(gt_.video, self._expression, mask_dict=gt_.mask_dict,
+                                       storage_options=gt_.storage_options, frame_size=gt_.frame_size,
+                                       frame_indices=range(start, start + int(pred.shape[0])))
+            loaded = time.perf_counter()
+            timer.add(GT_STAGE, loaded - began)
+            with timer.stage(SCORE_STAGE):
+                self._scorer.add(torch.from_numpy(gt).to(pred.device), pred.bool())
+        except Exception as exc:  # noqa: BLE001 - the writers score this expression and report why
+            self._failed = exc
+            _LOG.info("video %s expression %s left to the writers: %s: %s", gt_.video.video_id,
+                      self._expression.exp_id, type(exc).__name__, exc)
+        finally:
+            gt_.host_seconds += time.perf_counter() - began
+
+    def result(self, timer: Any) -> dict[str, Any] | None:
+        """The ``frame_scores`` struct, or None when the expression is left to the writers."""
+        if self._failed is not None:
+            return None
+        began = time.perf_counter()
+        try:
+            with timer.stage(SCORE_STAGE):
+                return frame_scores_row(self._scorer.result())
+        except Exception as exc:  # noqa: BLE001 - e.g. the chunks did not cover the video's frames
+            _LOG.info("video %s expression %s left to the writers: %s: %s", self._video_gt.video.video_id,
+                      self._expression.exp_id, type(exc).__name__, exc)
+            return None
+        finally:
+            self._video_gt.host_seconds += time.perf_counter() - began
+
+
+class VideoGroundTruth:
+    """A video's ground truth as the actor reads it: the split's parsed ``mask_dict.json`` and the frame size.
+
+    Attributes:
+        host_seconds: host time spent scoring this video so far (ground-truth decode, queuing device work).
+    """
+
+    def __init__(self, video: Any, mask_dict: Any, frame_size: tuple[int, int],
+                 storage_options: dict[str, Any] | None):
+        self.video = video
+        self.mask_dict = mask_dict
+        self.frame_size = frame_size
+        self.storage_options = storage_options
+        self.host_seconds = 0.0
+
+    def job(self, expression: Any, mask_shape: tuple[int, int, int]) -> ExpressionJob | None:
+        """A scoring job for masks of ``mask_shape``, or None when the ground truth has another shape."""
+        expected = (len(self.video.frame_names), *self.frame_size)
+        if tuple(mask_shape) != expected or min(expected) < 1:
+            return None  # the writers report the mismatch
+        return ExpressionJob(self, expression, expected)
+
+
+class ActorGroundTruth:
+    """Per model actor: the parsed ``mask_dict.json`` files it has read (a small LRU, by URI).
+
+    Args:
+        storage_options: fsspec options for the annotation files.
+        cache_size: annotation files kept (one split at a time, plus one).
+    """
+
+    def __init__(self, storage_options: dict[str, Any] | None = None, *, cache_size: int = 2):
+        self.storage_options = storage_options
+        self._cache_size = cache_size
+        self._mask_dicts: OrderedDict[str, Any] = OrderedDict()
+
+    def _mask_dict(self, uri: str) -> Any:
+        from vrshq.data import load_mask_dict
+
+        if uri in self._mask_dicts:
+            self._mask_dicts.move_to_end(uri)
+            return self._mask_dicts[uri]
+        value = load_mask_dict(uri, storage_options=self.storage_options)
+        self._mask_dicts[uri] = value
+        while len(self._mask_dicts) > self._cache_size:
+            self._mask_dicts.popitem(last=False)
+        return value
+
+    def for_video(self, video: Any) -> VideoGroundTruth | None:
+        """The video's ground truth, or None when it has none or it cannot be read (the writers then score)."""
+        from vrshq.data.frames import probe_frame_size
+
+        if video.mask_dict_uri is None:
+            return None
+        try:
+            mask_dict = self._mask_dict(video.mask_dict_uri)
+            frame_size = probe_frame_size(video, storage_options=self.storage_options)
+        except Exception as exc:  # noqa: BLE001 - the writers read it again and report the problem
+            _LOG.info("video %s left to the writers: ground truth unreadable: %s: %s", video.video_id,
+                      type(exc).__name__, exc)
+            return None
+        return VideoGroundTruth(video, mask_dict, (int(frame_size[0]), int(frame_size[1])), self.storage_options)
