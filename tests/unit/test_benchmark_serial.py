@@ -106,6 +106,15 @@ def test_workload_has_the_requested_shape_and_is_reused(tmp_path):
     assert workload.num_masks == sum(v.num_frames * len(v.expressions) for v in workload.videos)
     again = write_workload(str(tmp_path), cfg)
     assert again.videos == workload.videos
+    # every expression has ground truth the pipeline can score (J, F, A, R)
+    from vrshq.data import load_expression_masks, load_foreground_masks
+
+    for video in workload.videos:
+        assert video.mask_dict_uri and video.foreground_uri
+        gts = [load_expression_masks(video, e) for e in video.expressions]
+        assert all(gt.shape == (video.num_frames, 40, 48) for gt in gts)
+        assert any(e.anno_ids for e in video.expressions) and any(gt.any() for gt in gts)
+        assert load_foreground_masks(video)[0].shape == (video.num_frames, 40, 48)
 
 
 def test_run_benchmark_extrapolates_the_serial_path_and_merges_invocations(tmp_path):
