@@ -345,7 +345,7 @@ def roofline_lines(rows: dict[str, ResultRow], device_name: str) -> list[str]:
 
 
 #: Stages of the pipeline's time split that are not the model's own (``InferenceSummary.stage_seconds``).
-_ACTOR_SCORE, _ACTOR_GT, _ACTOR_MASKS = "score", "gt_load", "masks_rle"
+_ACTOR_SCORE = "score"
 _WRITER_STAGES = ("writer_score", "writer_write")
 
 
@@ -353,14 +353,14 @@ def pipeline_split_lines(stage_seconds: dict[str, float], *, masks: int) -> list
     """The pipeline's time split, summed over its videos: is scoring under a tenth of the GPU time?
 
     The GPU time that made the masks is the model actor's model stages plus ``masks_rle`` (CUDA-event
-    times on a GPU); scoring in the actor is ``score`` (device) and ``gt_load`` (the ground truth decoded
-    on the actor's host); the writers' are host times of their CPU actors.
+    times on a GPU); scoring in the actor is ``score`` (the ground truth built from its RLE on the device,
+    then J, F and the A/R counts); the writers' are host times of their CPU actors.
     """
     if not stage_seconds:
         return []
-    other = {_ACTOR_SCORE, _ACTOR_GT, *_WRITER_STAGES}
+    other = {_ACTOR_SCORE, *_WRITER_STAGES}
     making = sum(v for k, v in stage_seconds.items() if k not in other)
-    score, gt_load = stage_seconds.get(_ACTOR_SCORE, 0.0), stage_seconds.get(_ACTOR_GT, 0.0)
+    score = stage_seconds.get(_ACTOR_SCORE, 0.0)
     per_mask = 1e3 / max(masks, 1)
     lines = ["", "pipeline time split (summed over videos; the actor's stages are CUDA-event times on a GPU):",
              "  " + ", ".join(f"{k} {v:.2f} s" for k, v in stage_seconds.items())]
@@ -368,7 +368,7 @@ def pipeline_split_lines(stage_seconds: dict[str, float], *, masks: int) -> list
         verdict = "within" if score <= 0.1 * making else "OVER"
         lines.append(f"  scoring in the actor: {score:.3f} s on the device = {100 * score / making:.1f}% of the "
                      f"{making:.2f} s that made the masks ({verdict} the one-tenth rule; {per_mask * score:.3f} vs "
-                     f"{per_mask * making:.3f} ms per mask), plus {gt_load:.3f} s decoding ground truth on its host")
+                     f"{per_mask * making:.3f} ms per mask, its ground truth built there included)")
     lines.append(f"  writers: scoring {stage_seconds.get(_WRITER_STAGES[0], 0.0):.3f} s, writing "
                  f"{stage_seconds.get(_WRITER_STAGES[1], 0.0):.3f} s (CPU actors, beside the model actor)")
     return lines

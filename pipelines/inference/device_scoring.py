@@ -3,9 +3,10 @@
 The actor builds each expression's full-size masks a chunk of frames at a time to RLE-encode them
 (:mod:`pipelines.inference.segment_actor`). With ``compute.score_on = "actor"`` the same chunks are
 scored right there against the ground truth with :class:`vrshq.metrics.device.ExpressionScorer`, so a
-mask is never decoded again on a CPU for scoring. The ground truth is decoded on the actor's host a
-chunk of frames at a time (``vrshq.data.load_expression_masks(frame_indices=...)``) and copied to the
-device, so neither side ever holds a whole video of full-size masks. What leaves the actor is
+mask is never decoded again on a CPU for scoring. The ground truth is built on the device too, a chunk of
+frames at a time (:func:`ground_truth_chunk`: the host parses each RLE string into its run lengths, a few
+numbers per frame, and the device expands them), so no full-size ground truth is decoded on a CPU or
+copied over, and no whole video of full-size masks exists at once. What leaves the actor is
 :class:`vrshq.metrics.FrameScores` per expression (two float64 per frame, three counts); the writers
 reduce them to the scores row (``vrshq.metrics.score_from_frames``, the same numbers as scoring the masks
 on the CPU) and add R's foreground count.
@@ -28,13 +29,13 @@ import torch
 
 from vrshq.metrics import FrameScores
 
-__all__ = ["ActorGroundTruth", "ExpressionJob", "VideoGroundTruth", "frame_scores_row", "frame_scores_from_row"]
+__all__ = ["ActorGroundTruth", "ExpressionJob", "VideoGroundTruth", "frame_scores_from_row", "frame_scores_row",
+           "ground_truth_chunk"]
 
 _LOG = logging.getLogger(__name__)
 
-#: Stage names of the actor's time split (``RESULT_SCHEMA.stage_seconds_json``): host time decoding the
-#: ground truth, and device time scoring (copying the ground truth there included).
-GT_STAGE = "gt_load"
+#: Stage of the actor's time split (``RESULT_SCHEMA.stage_seconds_json``): building the ground truth on the
+#: device from its RLE and scoring it there (device time; CUDA-event time on a GPU).
 SCORE_STAGE = "score"
 
 
@@ -53,6 +54,72 @@ def frame_scores_from_row(row: Mapping[str, Any] | None, shape: tuple[int, int, 
                        target_pixels=int(row["target_pixels"]), shape=shape)
 
 
+def _runs_if_simple(entry: Any, height: int, width: int) -> np.ndarray | None:
+    """Run lengths of a per-frame RLE in the usual form (one dict, compressed counts) that ``decode_rle``
+    accepts; None for any other form (the caller decodes those with ``decode_rle``, which also rejects)."""
+    from vrshq.data.masks import compressed_rle_counts
+
+    if not isinstance(entry, dict):
+        return None
+    size, counts = entry.get("size"), entry.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(type(n) is int for n in size)
+            and size == [height, width] and isinstance(counts, (str, bytes))):
+        return None
+    runs = compressed_rle_counts(counts.encode("ascii", "replace") if isinstance(counts, str) else counts)
+    if runs is None or int(runs.sum()) != height * width:
+        return None
+    return runs
+
+
+def _expand_runs(runs: list[np.ndarray], height: int, width: int, device: torch.device) -> torch.Tensor:
+    """bool (len(runs), H, W) masks of COCO run lengths (zeros first, column-major), expanded on ``device``."""
+    lengths = torch.from_numpy(np.concatenate(runs)).to(device)
+    values = torch.from_numpy(np.concatenate([np.arange(len(r), dtype=np.uint8) & 1 for r in runs])).to(device)
+    flat = torch.repeat_interleave(values, lengths, output_size=len(runs) * height * width)
+    return flat.view(len(runs), width, height).transpose(1, 2) != 0
+
+
+def ground_truth_chunk(video: Any, expression: Any, mask_dict: Mapping[str, Any], frame_size: tuple[int, int],
+                       frame_indices: range, device: torch.device) -> torch.Tensor:
+    """``vrshq.data.load_expression_masks(..., frame_indices=...)`` built on ``device``: bool (n, H, W).
+
+    The host only parses each RLE string into run lengths (a few numbers per frame) and the device
+    expands them, instead of decoding every full-size frame on a CPU and copying it over. The masks are
+    the same, and so are the checks: whatever ``load_expression_masks`` rejects raises here too
+    (``vrshq.data.DataError``); RLEs in a less usual form (uncompressed counts, a list of parts) are
+    decoded on the host by ``vrshq.data.decode_rle``.
+    """
+    from vrshq.data import DataError, decode_rle
+
+    height, width = frame_size
+    uri = video.mask_dict_uri or "<mask_dict>"
+    prefix = f"video {video.video_id!r}, expression {expression.exp_id!r}: "
+    out = torch.zeros((len(frame_indices), height, width), dtype=torch.bool, device=device)
+    for anno_id in expression.anno_ids:
+        per_frame = mask_dict.get(str(anno_id))
+        if per_frame is None:
+            raise DataError(uri, f"{prefix}anno_id {anno_id} is not in the mask dict")
+        if not isinstance(per_frame, list) or len(per_frame) != video.num_frames:
+            raise DataError(uri, f"{prefix}anno_id {anno_id} does not have one mask per frame")
+        rows, runs = [], []
+        for row, index in enumerate(frame_indices):
+            entry = per_frame[index]
+            if entry is None:
+                continue
+            simple = _runs_if_simple(entry, height, width)
+            if simple is None:
+                mask = decode_rle(entry, height=height, width=width, uri=uri,
+                                  where=f"{prefix}anno_id {anno_id}, frame {index}")
+                out[row] |= torch.from_numpy(mask).to(device)
+            else:
+                rows.append(row)
+                runs.append(simple)
+        if runs:
+            index = torch.tensor(rows, device=device)
+            out[index] = out[index] | _expand_runs(runs, height, width, device)
+    return out
+
+
 class ExpressionJob:
     """One expression's scoring: ``add`` each chunk of predicted masks in frame order, then ``result``."""
 
@@ -65,22 +132,20 @@ class ExpressionJob:
         self._failed: BaseException | None = None
 
     def add(self, start: int, pred: torch.Tensor | np.ndarray, timer: Any) -> None:
-        """Score frames ``start .. start + len(pred)``: bool (n, H, W) masks on the actor's device."""
+        """Score frames ``start .. start + len(pred)``: bool (n, H, W) masks on the actor's device.
+
+        The ground truth is built on the masks' device and scored there, as stage ``score``.
+        """
         if self._failed is not None:
             return
-        from vrshq.data import load_expression_masks
-
         pred = torch.as_tensor(pred)
         gt_ = self._video_gt
         began = time.perf_counter()
         try:
-            gt = load_expression_masks(gt_.video, self._expression, mask_dict=gt_.mask_dict,
-                                       storage_options=gt_.storage_options, frame_size=gt_.frame_size,
-                                       frame_indices=range(start, start + int(pred.shape[0])))
-            loaded = time.perf_counter()
-            timer.add(GT_STAGE, loaded - began)
             with timer.stage(SCORE_STAGE):
-                self._scorer.add(torch.from_numpy(gt).to(pred.device), pred.bool())
+                gt = ground_truth_chunk(gt_.video, self._expression, gt_.mask_dict, gt_.frame_size,
+                                        range(start, start + int(pred.shape[0])), pred.device)
+                self._scorer.add(gt, pred.bool())
         except Exception as exc:  # noqa: BLE001 - the writers score this expression and report why
             self._failed = exc
             _LOG.info("video %s expression %s left to the writers: %s: %s", gt_.video.video_id,

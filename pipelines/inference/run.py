@@ -108,7 +108,7 @@ class InferenceSummary:
     orphans_removed: int = 0
     seconds: float = 0.0
     #: seconds per stage summed over the videos: the model actor's (its model stages, ``masks_rle``,
-    #: ``score``, ``gt_load``; CUDA-event times on a GPU) and the writers' (``writer_score``, ``writer_write``)
+    #: ``score``; CUDA-event times on a GPU) and the writers' (``writer_score``, ``writer_write``)
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property

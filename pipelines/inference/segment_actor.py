@@ -13,7 +13,7 @@ With ``compute.score_on = "actor"`` (the default) each chunk is also scored ther
 against the ground truth of videos that have one (:mod:`pipelines.inference.device_scoring`): the
 row carries per-frame J and F and the pixel counts of A and R per expression, and the writers only
 reduce them. Each row also carries the video's time split (``stage_seconds_json``: the model's
-stages, ``masks_rle``, ``score`` and ``gt_load``; CUDA-event times on a GPU) for the run's summary.
+stages, ``masks_rle`` and ``score``; CUDA-event times on a GPU) for the run's summary.
 
 Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
 never raise out of ``__call__``: they become error entries of the row, so one bad video cannot

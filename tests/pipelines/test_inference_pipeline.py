@@ -110,7 +110,7 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
             assert row["keyframe_index"] == result.keyframe_idx and row["num_frames"] == video.num_frames
             assert row["model"] == "tiny-seed3" and row["code_version"] == "test-sha"
     # the time split reaches the summary: the actor's stages (its scoring included) and the writers'
-    assert {"masks_rle", "score", "gt_load", "writer_score", "writer_write"} <= set(summary.stage_seconds)
+    assert {"masks_rle", "score", "writer_score", "writer_write"} <= set(summary.stage_seconds)
     assert all(seconds >= 0 for seconds in summary.stage_seconds.values())
     keyframes = read_output(output, "masks").filter(pc.field("is_keyframe"))
     assert keyframes.num_rows == len(expected_pairs)  # exactly one keyframe per (video, expression)
