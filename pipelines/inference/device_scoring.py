@@ -72,25 +72,41 @@ def _runs_if_simple(entry: Any, height: int, width: int) -> np.ndarray | None:
 
 
 def _expand_runs(runs: list[np.ndarray], height: int, width: int, device: torch.device) -> torch.Tensor:
-    """bool (len(runs), H, W) masks of COCO run lengths (zeros first, column-major), expanded on ``device``."""
-    lengths = torch.from_numpy(np.concatenate(runs)).to(device)
-    values = torch.from_numpy(np.concatenate([np.arange(len(r), dtype=np.uint8) & 1 for r in runs])).to(device)
-    flat = torch.repeat_interleave(values, lengths, output_size=len(runs) * height * width)
-    return flat.view(len(runs), width, height).transpose(1, 2) != 0
+    """bool (len(runs), H, W) masks of COCO run lengths (zeros first, column-major), expanded on ``device``.
+
+    A pixel is 1 when an odd number of run boundaries lie at or before it: one scatter of the boundaries
+    (run ends but the frame's last, from the host) and one cumulative sum per frame, whatever the run
+    lengths (``repeat_interleave`` gives each run to one thread, and a background run is most of a frame).
+    """
+    pixels = height * width
+    positions = []
+    for frame, lengths in enumerate(runs):
+        ends = np.cumsum(lengths)[:-1]
+        positions.append(ends[ends < pixels] + frame * pixels)
+    flat = torch.from_numpy(np.concatenate(positions)).to(device)
+    toggles = torch.zeros(len(runs) * pixels, dtype=torch.int32, device=device)
+    toggles.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    parity = torch.cumsum(toggles.view(len(runs), pixels), dim=1, dtype=torch.int32) & 1
+    return parity.view(len(runs), width, height).transpose(1, 2) != 0
 
 
 def ground_truth_chunk(video: Any, expression: Any, mask_dict: Mapping[str, Any], frame_size: tuple[int, int],
-                       frame_indices: range, device: torch.device) -> torch.Tensor:
+                       frame_indices: range, device: torch.device, *, expand_runs: bool | None = None
+                       ) -> torch.Tensor:
     """``vrshq.data.load_expression_masks(..., frame_indices=...)`` built on ``device``: bool (n, H, W).
 
-    The host only parses each RLE string into run lengths (a few numbers per frame) and the device
-    expands them, instead of decoding every full-size frame on a CPU and copying it over. The masks are
-    the same, and so are the checks: whatever ``load_expression_masks`` rejects raises here too
-    (``vrshq.data.DataError``); RLEs in a less usual form (uncompressed counts, a list of parts) are
-    decoded on the host by ``vrshq.data.decode_rle``.
+    With ``expand_runs`` the host only parses each RLE string into run lengths (a few numbers per frame)
+    and the device expands them, instead of decoding every full-size frame on a CPU and copying it over.
+    The masks are the same, and so are the checks: whatever ``load_expression_masks`` rejects raises here
+    too (``vrshq.data.DataError``); RLEs in a less usual form (uncompressed counts, a list of parts) are
+    decoded on the host by ``vrshq.data.decode_rle``. ``expand_runs=None`` expands on accelerators only:
+    on a CPU, pycocotools' decoder (``load_expression_masks`` itself) is faster.
     """
-    from vrshq.data import DataError, decode_rle
+    from vrshq.data import DataError, decode_rle, load_expression_masks
 
+    if not (device.type != "cpu" if expand_runs is None else expand_runs):
+        return torch.from_numpy(load_expression_masks(video, expression, mask_dict=mask_dict, frame_size=frame_size,
+                                                      frame_indices=frame_indices)).to(device)
     height, width = frame_size
     uri = video.mask_dict_uri or "<mask_dict>"
     prefix = f"video {video.video_id!r}, expression {expression.exp_id!r}: "

@@ -50,19 +50,23 @@ def _uncompressed(mask: np.ndarray) -> list[int]:
     return ([0] + runs) if flat[0] else runs
 
 
+@pytest.mark.parametrize("expand_runs", [True, None])  # run lengths expanded as on a GPU; pycocotools on a CPU
 @pytest.mark.parametrize("anno_ids", [(1,), (2,), (1, 2, 3), ()])
 @pytest.mark.parametrize("frames", [range(0, T), range(0, 3), range(3, 7), range(5, 6)])
-def test_equal_to_load_expression_masks(anno_ids, frames):
+def test_equal_to_load_expression_masks(anno_ids, frames, expand_runs):
     video, expression = _record(anno_ids)
     mask_dict = _mask_dict()
     want = load_expression_masks(video, expression, mask_dict=mask_dict, frame_indices=frames)
-    got = ground_truth_chunk(video, expression, mask_dict, (H, W), frames, torch.device("cpu"))
+    got = ground_truth_chunk(video, expression, mask_dict, (H, W), frames, torch.device("cpu"),
+                             expand_runs=expand_runs)
     assert got.dtype == torch.bool and got.shape == (len(frames), H, W)
     np.testing.assert_array_equal(got.numpy(), want)
 
 
 @pytest.mark.parametrize("bad", ["missing_anno", "short_list", "wrong_size", "bad_counts", "float_size"])
 def test_rejects_what_load_expression_masks_rejects(bad):
+    """The run-length path checks what ``load_expression_masks`` checks (the actor then leaves the expression
+    to the writers, which report it)."""
     video, expression = _record((1,))
     mask_dict = _mask_dict()
     if bad == "missing_anno":
@@ -78,4 +82,4 @@ def test_rejects_what_load_expression_masks_rejects(bad):
     with pytest.raises(DataError):
         load_expression_masks(video, expression, mask_dict=mask_dict, frame_indices=range(T))
     with pytest.raises(DataError):
-        ground_truth_chunk(video, expression, mask_dict, (H, W), range(T), torch.device("cpu"))
+        ground_truth_chunk(video, expression, mask_dict, (H, W), range(T), torch.device("cpu"), expand_runs=True)

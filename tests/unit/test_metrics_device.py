@@ -41,15 +41,17 @@ def test_bad_input():
         boundary_f_tensor(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
 
 
+@pytest.mark.parametrize("numpy_on_cpu", [False, True])
 @pytest.mark.parametrize("shape,chunk", [((13, 48, 85), 4), ((7, 61, 40), 7), ((5, 30, 31), 1)])
-def test_expression_scorer_reduces_to_score_expression_bit_for_bit(shape, chunk):
-    """Chunks scored as the actor scores them give exactly ``score_expression``'s J, F, J&F, A, R and area."""
+def test_expression_scorer_reduces_to_score_expression_bit_for_bit(shape, chunk, numpy_on_cpu):
+    """Chunks scored as the actor scores them give exactly ``score_expression``'s J, F, J&F, A, R and area
+    (tensor operations, or vrshq.metrics as on a CPU device)."""
     gt, pred = random_blob_masks(*shape, seed=3 * sum(shape), num_lines=1, empty_probability=0.3)
     gt[0] = True
     pred[2] = False
     rng = np.random.default_rng(sum(shape))
     foreground = gt | (rng.random(shape) < 0.05)
-    scorer = ExpressionScorer(shape)
+    scorer = ExpressionScorer(shape, numpy_on_cpu=numpy_on_cpu)
     for start in range(0, shape[0], chunk):
         scorer.add(torch.from_numpy(gt[start : start + chunk]), torch.from_numpy(pred[start : start + chunk]))
     frames = scorer.result()
