@@ -21,10 +21,12 @@ fail the job or kill the actor (and Ray's actor restarts stay for real crashes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -167,34 +169,27 @@ def segment_video_item(
         expected = (int(frames.shape[0]), row["height"], row["width"])
         video_gt = ground_truth.for_video(video) if ground_truth is not None else None
         timer = StageTimer(torch.device(getattr(model, "device", "cpu")))
-        if hasattr(model, "stage_timer"):
-            model.stage_timer = timer
-        try:
-            with torch.inference_mode():
-                # Logits are resized bilinearly to the original size and thresholded on the model's
-                # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
-                results = model.segment_video(
-                    # torch wants a writable array: copy only when the frames are read-only or not uint8/C order
-                    torch.from_numpy(np.require(frames, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])),
-                    texts,
-                    output_hw=expected[1:],
-                    masks_on_device=True,
-                )
-                if len(results) != len(texts):
-                    raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
-                encoded = []
-                for expression, result in zip(video.expressions, results):
-                    if result.mask_shape != expected:
-                        errors.append(_error(expression.exp_id, "model", ValueError(
-                            f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
-                        continue
-                    job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
-                    rle_counts = _encode_and_score(result, mask_chunk_frames, job, timer)
-                    encoded.append((expression, result, rle_counts,
-                                    job.result(timer) if job is not None else None))
-        finally:
-            if hasattr(model, "stage_timer"):
-                model.stage_timer = None
+        with _timed(model, timer), torch.inference_mode():
+            # Logits are resized bilinearly to the original size and thresholded on the model's
+            # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
+            results = model.segment_video(
+                # torch wants a writable array: copy only when the frames are read-only or not uint8/C order
+                torch.from_numpy(np.require(frames, dtype=np.uint8, requirements=["C_CONTIGUOUS", "WRITEABLE"])),
+                texts,
+                output_hw=expected[1:],
+                masks_on_device=True,
+            )
+            if len(results) != len(texts):
+                raise RuntimeError(f"segment_video returned {len(results)} results for {len(texts)} expressions")
+            encoded = []
+            for expression, result in zip(video.expressions, results):
+                if result.mask_shape != expected:
+                    errors.append(_error(expression.exp_id, "model", ValueError(
+                        f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
+                    continue
+                job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
+                rle_counts = _encode_and_score(result, mask_chunk_frames, job, timer)
+                encoded.append((expression, result, rle_counts, job.result(timer) if job is not None else None))
         # the expressions' model time, without the time spent scoring them
         elapsed = time.perf_counter() - start - (video_gt.host_seconds if video_gt is not None else 0.0)
         per_expression = elapsed / max(len(texts), 1)
@@ -215,6 +210,19 @@ def segment_video_item(
         errors.append(_error(None, "model", exc, uri=video.frames_uri or video.video_uri))
     row["errors_json"] = json.dumps(errors)
     return row
+
+
+@contextlib.contextmanager
+def _timed(model: Any, timer: Any) -> Iterator[None]:
+    """The model times its stages with ``timer`` during the block (``VrshqModel.stage_timer``; others: nothing)."""
+    if not hasattr(model, "stage_timer"):
+        yield
+        return
+    model.stage_timer = timer
+    try:
+        yield
+    finally:
+        model.stage_timer = None
 
 
 def _encode_and_score(result: Any, chunk_frames: int, job: Any, timer: Any) -> list[bytes]:
