@@ -83,3 +83,27 @@ def test_rejects_what_load_expression_masks_rejects(bad):
         load_expression_masks(video, expression, mask_dict=mask_dict, frame_indices=range(T))
     with pytest.raises(DataError):
         ground_truth_chunk(video, expression, mask_dict, (H, W), range(T), torch.device("cpu"), expand_runs=True)
+
+
+def test_parse_compressed_many_equals_compressed_rle_counts_on_good_and_bad_strings():
+    from pipelines.inference.device_scoring import parse_compressed_many
+    from vrshq.data.masks import compressed_rle_counts
+
+    rng = np.random.default_rng(0)
+    good = [encode_rle(m)["counts"].encode() for m in np.concatenate([_masks(5), _masks(6)])]
+    bad = [b"", good[0][:-1], good[1] + b"0", b"\x7f" + good[2], good[3][:5] + b"~" + good[3][5:],
+           b"o" * 13 + b"0", good[4] + good[4]]
+    for _ in range(40):  # random corruptions of good strings
+        data = bytearray(good[int(rng.integers(len(good)))])
+        data[int(rng.integers(len(data)))] = int(rng.integers(48, 112))
+        bad.append(bytes(data))
+    strings = [s for pair in zip(good * 4, bad) for s in pair]
+    got = parse_compressed_many(strings, H * W)
+    assert sum(r is not None for r in got) >= len(good)
+    for data, runs in zip(strings, got):
+        want = compressed_rle_counts(data)
+        if want is None or int(want.sum()) != H * W:
+            assert runs is None, data
+        else:
+            np.testing.assert_array_equal(runs, want)
+    assert parse_compressed_many([], H * W) == [] and parse_compressed_many([b""], H * W) == [None]
