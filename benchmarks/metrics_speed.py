@@ -11,8 +11,9 @@ frame, which defeats the object crop of vrshq.metrics (its worst case).
 
 With ``--device`` two more rows time what the inference actor does per expression
 (``compute.score_on = "actor"``), chunk by chunk of 32 frames, starting from the ground truth as
-``mask_dict.json`` holds it (RLE): ``actor`` builds the ground truth on the device from the RLE run lengths
-(``pipelines.inference.device_scoring.ground_truth_chunk``) and scores it there
+``mask_dict.json`` holds it (RLE): ``actor`` decodes the ground truth on the device from the RLE strings
+(``pipelines.inference.device_scoring.ground_truth_chunk``; with pycocotools when the device is a CPU) and
+scores it there
 (``vrshq.metrics.device.ExpressionScorer``); ``actor, GT decoded on host`` decodes the ground truth with
 pycocotools on the CPU and copies it over instead.
 """
@@ -73,7 +74,7 @@ def _actor_paths(gt: np.ndarray, pred: Any, device: Any, chunk: int = 32) -> dic
         return scores.j_frames, scores.f_frames
 
     def on_device(frames: range) -> Any:
-        return ground_truth_chunk(video, expression, mask_dict, (height, width), frames, device)
+        return ground_truth_chunk(video, expression, mask_dict, (height, width), frames, device)[0]
 
     def on_host(frames: range) -> Any:
         return torch.from_numpy(union_anno_masks(mask_dict, (0,), num_frames=num, height=height, width=width,

@@ -4,9 +4,10 @@ The actor builds each expression's full-size masks a chunk of frames at a time t
 (:mod:`pipelines.inference.segment_actor`). With ``compute.score_on = "actor"`` the same chunks are
 scored right there against the ground truth with :class:`vrshq.metrics.device.ExpressionScorer`, so a
 mask is never decoded again on a CPU for scoring. The ground truth is built on the device too, a chunk of
-frames at a time (:func:`ground_truth_chunk`: the host parses each RLE string into its run lengths, a few
-numbers per frame, and the device expands them), so no full-size ground truth is decoded on a CPU or
-copied over, and no whole video of full-size masks exists at once. What leaves the actor is
+frames at a time (:func:`ground_truth_chunk`: only the RLE strings' bytes, about a kilobyte per frame, are
+copied, and the device decodes them without a host sync), so no full-size ground truth is decoded on a CPU
+or copied over, and no whole video of full-size masks exists at once. On a CPU device pycocotools decodes
+it (faster there). What leaves the actor is
 :class:`vrshq.metrics.FrameScores` per expression (two float64 per frame, three counts); the writers
 reduce them to the scores row (``vrshq.metrics.score_from_frames``, the same numbers as scoring the masks
 on the CPU) and add R's foreground count.
@@ -30,7 +31,7 @@ import torch
 from vrshq.metrics import FrameScores
 
 __all__ = ["ActorGroundTruth", "ExpressionJob", "VideoGroundTruth", "frame_scores_from_row", "frame_scores_row",
-           "ground_truth_chunk", "parse_compressed_many"]
+           "decode_compressed_on_device", "ground_truth_chunk"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -61,136 +62,147 @@ def _compressed_form(entry: Any, height: int, width: int) -> bytes | None:
         return None
     size, counts = entry.get("size"), entry.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(type(n) is int for n in size)
-            and size == [height, width] and isinstance(counts, (str, bytes))):
+            and size == [height, width] and isinstance(counts, (str, bytes)) and counts):
         return None
     return counts.encode("ascii", "replace") if isinstance(counts, str) else counts
 
 
-def parse_compressed_many(datas: list[bytes], pixels: int) -> list[np.ndarray | None]:
-    """``vrshq.data.masks.compressed_rle_counts`` of many compressed COCO RLE strings in one numpy pass.
+def decode_compressed_on_device(datas: list[bytes], height: int, width: int, device: torch.device
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode compressed COCO RLE strings of (height, width) frames on ``device``, without a host sync.
 
-    Each string's run lengths, or None where ``decode_rle`` would refuse it (malformed, or its runs do
-    not add up to ``pixels``). One pass over a chunk's strings instead of some ten numpy calls per
-    frame: at 720p that is most of the host's share of scoring.
+    Only the strings' bytes (a few per frame) are copied; the device parses them as pycocotools'
+    ``rleFrString`` does (5-bit groups, ``0x20`` continues a number, ``0x10`` of the last group is the
+    sign, from the fourth number on a delta to the count two before) and expands the run lengths: a
+    pixel is 1 when an odd number of run ends (but the frame's last) lie at or before it, which is one
+    scatter and one cumulative sum per frame whatever the run lengths. Each step is a fixed-size tensor
+    operation over the chunk's characters, so the host never waits for the device.
+
+    Returns:
+        ``(masks, valid)``: bool (len(datas), H, W) masks, and a 0-d bool tensor on ``device`` that is
+        False when a string is one ``vrshq.data.decode_rle`` refuses (malformed, or runs that do not
+        cover H x W pixels; see ``vrshq.data.masks.compressed_rle_counts``): the masks of such a string
+        are not meaningful, and the caller must not use them.
     """
     from vrshq.data.masks import _MAX_RLE_CHARS_PER_NUMBER
 
-    num = len(datas)
-    out: list[np.ndarray | None] = [None] * num
-    lens = np.fromiter((len(d) for d in datas), dtype=np.int64, count=num)
-    if num == 0 or not lens.any():
-        return out
-    chars = np.frombuffer(b"".join(datas), dtype=np.uint8).astype(np.int64) - 48
-    owner = np.repeat(np.arange(num), lens)
-    ok = (lens > 0) & (np.bincount(owner, weights=(chars < 0) | (chars > 63), minlength=num) == 0)
-    nonempty = np.flatnonzero(lens > 0)
-    last = (np.cumsum(lens) - 1)[nonempty]
-    ok[nonempty] &= (chars[last] & 0x20) == 0  # a string must end a number
-    is_end = (chars & 0x20) == 0
-    is_end[last] = True  # numbers never run from one string into the next
-    ends = np.flatnonzero(is_end)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    lengths = ends - starts + 1
-    number_owner = owner[ends]
-    ok &= np.bincount(number_owner, weights=lengths > _MAX_RLE_CHARS_PER_NUMBER, minlength=num) == 0
-    shift = np.minimum(5 * (np.arange(chars.size) - np.repeat(starts, lengths)), 63)
-    values = np.add.reduceat((chars & 0x1F) << shift, starts)
-    negative = (chars[ends] & 0x10) != 0
-    values[negative] |= -1 << np.minimum(5 * lengths[negative], 63)
-    # From the fourth number of a string on, each is a delta to the count two before it: a cumulative
-    # sum per (string, chain), chains being the first number, the odd-indexed ones and the rest.
-    first = np.searchsorted(number_owner, np.arange(num))
-    index = np.arange(ends.size) - first[number_owner]
-    chain = number_owner * 3 + np.where(index == 0, 0, 2 - index % 2)
-    order = np.argsort(chain, kind="stable")
-    ordered = values[order]
-    running = np.cumsum(ordered)
-    chain_sorted = chain[order]
-    heads = np.flatnonzero(np.concatenate([[True], chain_sorted[1:] != chain_sorted[:-1]]))
-    base = np.repeat((running - ordered)[heads], np.diff(np.concatenate([heads, [ends.size]])))
-    counts = np.empty_like(values)
-    counts[order] = running - base
-    ok &= np.bincount(number_owner, weights=counts < 0, minlength=num) == 0
-    totals = np.zeros(num, dtype=np.int64)
-    totals[nonempty] = np.add.reduceat(counts, first[nonempty])
-    stops = np.concatenate([first[1:], [ends.size]])
-    for i in np.flatnonzero(ok & (totals == pixels)):
-        out[i] = counts[first[i] : stops[i]]
-    return out
-
-
-def _expand_runs(runs: list[np.ndarray], height: int, width: int, device: torch.device) -> torch.Tensor:
-    """bool (len(runs), H, W) masks of COCO run lengths (zeros first, column-major), expanded on ``device``.
-
-    A pixel is 1 when an odd number of run boundaries lie at or before it: one scatter of the boundaries
-    (run ends but the frame's last, from the host) and one cumulative sum per frame, whatever the run
-    lengths (``repeat_interleave`` gives each run to one thread, and a background run is most of a frame).
-    """
-    pixels = height * width
-    sizes = np.fromiter((len(r) for r in runs), dtype=np.int64, count=len(runs))
-    lengths = np.concatenate(runs)
-    ends = np.cumsum(lengths)
-    firsts = np.cumsum(sizes) - sizes  # each frame's first run
-    within = ends - np.repeat(ends[firsts] - lengths[firsts], sizes)  # run ends within their frame
-    frame = np.repeat(np.arange(len(runs)), sizes)
-    keep = within < pixels  # the frame's last end is pixels: no boundary there
-    flat = torch.from_numpy(within[keep] + frame[keep] * pixels).to(device)
-    toggles = torch.zeros(len(runs) * pixels, dtype=torch.int32, device=device)
-    toggles.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
-    parity = torch.cumsum(toggles.view(len(runs), pixels), dim=1, dtype=torch.int32) & 1
-    return parity.view(len(runs), width, height).transpose(1, 2) != 0
+    num, pixels = len(datas), height * width
+    lens = torch.tensor([len(d) for d in datas], dtype=torch.int64).to(device)
+    joined = np.frombuffer(b"".join(datas), dtype=np.uint8)
+    if joined.size == 0 or min(len(d) for d in datas) == 0:
+        raise ValueError("decode_compressed_on_device needs non-empty strings")
+    chars = torch.from_numpy(joined.copy()).to(device).long() - 48
+    total = chars.numel()
+    pos = torch.arange(total, device=device)
+    stops = torch.cumsum(lens, 0)
+    first_char, last_char = stops - lens, stops - 1
+    owner = torch.searchsorted(stops, pos, right=True)  # string of each char
+    bad = torch.zeros(num + 1, dtype=torch.int64, device=device)  # per string (+ a dummy); > 0: refused
+    bad.index_add_(0, owner, ((chars < 0) | (chars > 63)).long())
+    code = chars.clamp(0, 63)
+    is_end = (code & 0x20) == 0
+    bad[:num] += (~is_end[last_char]).long()  # a string must end a number
+    is_end[last_char] = True  # numbers never run from one string into the next
+    ends_long = is_end.long()
+    slot = torch.cumsum(ends_long, 0) - ends_long  # the number each char belongs to
+    real = pos < ends_long.sum()  # slots that hold a number (the rest stay zero)
+    last_end = torch.cummax(torch.where(is_end, pos, torch.full_like(pos, -1)), 0).values
+    previous_end = torch.cat([torch.full_like(pos[:1], -1), last_end[:-1]])
+    digit = pos - previous_end - 1  # position of the char within its number
+    values = torch.zeros(total, dtype=torch.int64, device=device)
+    values.index_add_(0, slot, torch.bitwise_left_shift(code & 0x1F, (5 * digit).clamp(max=63)))
+    # per-number facts, written by each number's last char (other chars write to a dummy slot)
+    end_slot = torch.where(is_end, slot, torch.full_like(slot, total))
+    number_owner = torch.full((total + 1,), num, dtype=torch.int64, device=device)
+    number_owner.scatter_(0, end_slot, owner)
+    number_owner = number_owner[:total]
+    length = torch.zeros(total + 1, dtype=torch.int64, device=device).scatter_(0, end_slot, digit + 1)[:total]
+    negative = torch.zeros(total + 1, dtype=torch.bool, device=device).scatter_(
+        0, end_slot, (code & 0x10) != 0)[:total]
+    is_last = torch.zeros(total + 1, dtype=torch.bool, device=device).scatter_(
+        0, end_slot, pos == last_char[owner])[:total]
+    bad.index_add_(0, number_owner, (real & (length > _MAX_RLE_CHARS_PER_NUMBER)).long())
+    sign = torch.bitwise_left_shift(torch.full_like(length, -1), (5 * length).clamp(max=63))
+    values = torch.where(negative, values | sign, values)
+    # index of each number within its string; the deltas sum along the odd and the even (>= 2) chains
+    first_slot = torch.cat([slot[first_char], torch.zeros(1, dtype=torch.int64, device=device)])
+    index = pos - first_slot[number_owner]
+    odd = real & (index % 2 == 1)
+    even = real & (index >= 2) & (index % 2 == 0)
+    counts = torch.where(real & (index == 0), values, torch.zeros_like(values))
+    for chain in (odd, even):
+        part = torch.where(chain, values, torch.zeros_like(values))
+        running = torch.cumsum(part, 0)
+        before = torch.cat([(running - part)[first_slot[:num]], torch.zeros(1, dtype=torch.int64, device=device)])
+        counts = torch.where(chain, running - before[number_owner], counts)
+    bad.index_add_(0, number_owner, (real & (counts < 0)).long())
+    covered = torch.zeros(num + 1, dtype=torch.int64, device=device).index_add_(0, number_owner, counts)
+    ok = (bad == 0) & (covered == pixels)
+    valid = ok[:num].all()
+    # run ends within each frame; a boundary at every end but the frame's last
+    running = torch.cumsum(counts, 0)
+    before = torch.cat([(running - counts)[first_slot[:num]], torch.zeros(1, dtype=torch.int64, device=device)])
+    within = running - before[number_owner]
+    toggle = real & ~is_last & ok[number_owner] & (within >= 0) & (within < pixels)
+    target = torch.where(toggle, number_owner.clamp(max=num - 1) * pixels + within, torch.zeros_like(within))
+    toggles = torch.zeros(num * pixels, dtype=torch.int32, device=device)
+    toggles.index_add_(0, target, toggle.int())
+    parity = torch.cumsum(toggles.view(num, pixels), dim=1, dtype=torch.int32) & 1
+    return parity.view(num, width, height).transpose(1, 2) != 0, valid
 
 
 def ground_truth_chunk(video: Any, expression: Any, mask_dict: Mapping[str, Any], frame_size: tuple[int, int],
-                       frame_indices: range, device: torch.device, *, expand_runs: bool | None = None
-                       ) -> torch.Tensor:
+                       frame_indices: range, device: torch.device, *, decode_on_device: bool | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``vrshq.data.load_expression_masks(..., frame_indices=...)`` built on ``device``: bool (n, H, W).
 
-    With ``expand_runs`` the host only parses each RLE string into run lengths (a few numbers per frame)
-    and the device expands them, instead of decoding every full-size frame on a CPU and copying it over.
-    The masks are the same, and so are the checks: whatever ``load_expression_masks`` rejects raises here
-    too (``vrshq.data.DataError``); RLEs in a less usual form (uncompressed counts, a list of parts) are
-    decoded on the host by ``vrshq.data.decode_rle``. ``expand_runs=None`` expands on accelerators only:
-    on a CPU, pycocotools' decoder (``load_expression_masks`` itself) is faster.
+    With ``decode_on_device`` only the RLE strings' bytes are copied and the device decodes them
+    (:func:`decode_compressed_on_device`), instead of decoding every full-size frame on a CPU and copying
+    it over. The masks are the same, and so are the checks: what ``load_expression_masks`` rejects either
+    raises here (``vrshq.data.DataError``: a missing anno_id, a wrong frame count, an RLE of another size
+    or form, which ``vrshq.data.decode_rle`` decodes on the host or refuses), or, for a malformed
+    compressed string, turns the returned flag False. ``decode_on_device=None`` decodes on accelerators
+    only: on a CPU, pycocotools' decoder (``load_expression_masks`` itself) is faster.
+
+    Returns:
+        ``(masks, valid)``: ``valid`` is a 0-d bool tensor on ``device`` (read it once the work is done,
+        it costs a sync), or None when nothing was decoded there.
     """
     from vrshq.data import DataError, decode_rle, load_expression_masks
 
-    if not (device.type != "cpu" if expand_runs is None else expand_runs):
+    if not (device.type != "cpu" if decode_on_device is None else decode_on_device):
         return torch.from_numpy(load_expression_masks(video, expression, mask_dict=mask_dict, frame_size=frame_size,
-                                                      frame_indices=frame_indices)).to(device)
+                                                      frame_indices=frame_indices)).to(device), None
     height, width = frame_size
     uri = video.mask_dict_uri or "<mask_dict>"
     prefix = f"video {video.video_id!r}, expression {expression.exp_id!r}: "
     out = torch.zeros((len(frame_indices), height, width), dtype=torch.bool, device=device)
+    valid: torch.Tensor | None = None
     for anno_id in expression.anno_ids:
         per_frame = mask_dict.get(str(anno_id))
         if per_frame is None:
             raise DataError(uri, f"{prefix}anno_id {anno_id} is not in the mask dict")
         if not isinstance(per_frame, list) or len(per_frame) != video.num_frames:
             raise DataError(uri, f"{prefix}anno_id {anno_id} does not have one mask per frame")
-        rows, datas, host_rows = [], [], []
+        rows, datas = [], []
         for row, index in enumerate(frame_indices):
             entry = per_frame[index]
             if entry is None:
                 continue
             data = _compressed_form(entry, height, width)
-            if data is None:
-                host_rows.append(row)
+            if data is None:  # another form, or one decode_rle refuses (and says why)
+                mask = decode_rle(entry, height=height, width=width, uri=uri,
+                                  where=f"{prefix}anno_id {anno_id}, frame {index}")
+                out[row] |= torch.from_numpy(mask).to(device)
             else:
                 rows.append(row)
                 datas.append(data)
-        runs = parse_compressed_many(datas, height * width)
-        host_rows += [row for row, r in zip(rows, runs) if r is None]  # decode_rle names the problem
-        rows, runs = [row for row, r in zip(rows, runs) if r is not None], [r for r in runs if r is not None]
-        for row in sorted(host_rows):
-            index = frame_indices[row]
-            mask = decode_rle(per_frame[index], height=height, width=width, uri=uri,
-                              where=f"{prefix}anno_id {anno_id}, frame {index}")
-            out[row] |= torch.from_numpy(mask).to(device)
-        if runs:
+        if datas:
+            masks, ok = decode_compressed_on_device(datas, height, width, device)
             index = torch.tensor(rows, device=device)
-            out[index] = out[index] | _expand_runs(runs, height, width, device)
-    return out
+            out[index] = out[index] | masks
+            valid = ok if valid is None else valid & ok
+    return out, valid
 
 
 class ExpressionJob:
@@ -203,6 +215,7 @@ class ExpressionJob:
         self._expression = expression
         self._scorer = ExpressionScorer(shape)
         self._failed: BaseException | None = None
+        self._valid: torch.Tensor | None = None  # on the device: False once a ground-truth RLE was refused
 
     def add(self, start: int, pred: torch.Tensor | np.ndarray, timer: Any) -> None:
         """Score frames ``start .. start + len(pred)``: bool (n, H, W) masks on the actor's device.
@@ -216,8 +229,11 @@ class ExpressionJob:
         began = time.perf_counter()
         try:
             with timer.stage(SCORE_STAGE):
-                gt = ground_truth_chunk(gt_.video, self._expression, gt_.mask_dict, gt_.frame_size,
-                                        range(start, start + int(pred.shape[0])), pred.device)
+                gt, valid = ground_truth_chunk(gt_.video, self._expression, gt_.mask_dict, gt_.frame_size,
+                                               range(start, start + int(pred.shape[0])), pred.device,
+                                               decode_on_device=gt_.decode_on_device)
+                if valid is not None:
+                    self._valid = valid if self._valid is None else self._valid & valid
                 self._scorer.add(gt, pred.bool())
         except Exception as exc:  # noqa: BLE001 - the writers score this expression and report why
             self._failed = exc
@@ -233,7 +249,10 @@ class ExpressionJob:
         began = time.perf_counter()
         try:
             with timer.stage(SCORE_STAGE):
-                return frame_scores_row(self._scorer.result())
+                scores = self._scorer.result()
+                if self._valid is not None and not bool(self._valid):
+                    raise ValueError("a ground-truth RLE is malformed")  # the writers decode it and say which
+                return frame_scores_row(scores)
         except Exception as exc:  # noqa: BLE001 - e.g. the chunks did not cover the video's frames
             _LOG.info("video %s expression %s left to the writers: %s: %s", self._video_gt.video.video_id,
                       self._expression.exp_id, type(exc).__name__, exc)
@@ -250,11 +269,12 @@ class VideoGroundTruth:
     """
 
     def __init__(self, video: Any, mask_dict: Any, frame_size: tuple[int, int],
-                 storage_options: dict[str, Any] | None):
+                 storage_options: dict[str, Any] | None, *, decode_on_device: bool | None = None):
         self.video = video
         self.mask_dict = mask_dict
         self.frame_size = frame_size
         self.storage_options = storage_options
+        self.decode_on_device = decode_on_device
         self.host_seconds = 0.0
 
     def job(self, expression: Any, mask_shape: tuple[int, int, int]) -> ExpressionJob | None:
@@ -271,10 +291,14 @@ class ActorGroundTruth:
     Args:
         storage_options: fsspec options for the annotation files.
         cache_size: annotation files kept (one split at a time, plus one).
+        decode_on_device: how the ground truth is decoded (``ground_truth_chunk``); None: on the device
+            on accelerators, with pycocotools on a CPU.
     """
 
-    def __init__(self, storage_options: dict[str, Any] | None = None, *, cache_size: int = 2):
+    def __init__(self, storage_options: dict[str, Any] | None = None, *, cache_size: int = 2,
+                 decode_on_device: bool | None = None):
         self.storage_options = storage_options
+        self.decode_on_device = decode_on_device
         self._cache_size = cache_size
         self._mask_dicts: OrderedDict[str, Any] = OrderedDict()
 
@@ -303,4 +327,5 @@ class ActorGroundTruth:
             _LOG.info("video %s left to the writers: ground truth unreadable: %s: %s", video.video_id,
                       type(exc).__name__, exc)
             return None
-        return VideoGroundTruth(video, mask_dict, (int(frame_size[0]), int(frame_size[1])), self.storage_options)
+        return VideoGroundTruth(video, mask_dict, (int(frame_size[0]), int(frame_size[1])), self.storage_options,
+                                decode_on_device=self.decode_on_device)

@@ -22,8 +22,8 @@ def test_device_scores_equal_the_reference(shape, bound_th):
 
 @pytest.mark.parametrize("shape", [(40, 480, 854), (33, 720, 1280)])
 def test_actor_scoring_from_rle_equals_score_expression(shape):
-    """What the inference actor does on its GPU (``compute.score_on = "actor"``): the ground truth built there
-    from the RLE run lengths, scored chunk by chunk, reduces to ``vrshq.metrics.score_expression`` bit for bit."""
+    """What the inference actor does on its GPU (``compute.score_on = "actor"``): the ground truth decoded there
+    from its RLE strings, scored chunk by chunk, reduces to ``vrshq.metrics.score_expression`` bit for bit."""
     from pipelines.inference.device_scoring import ground_truth_chunk
     from vrshq.data.masks import encode_rle
     from vrshq.data.records import ExpressionRecord, VideoRecord
@@ -41,8 +41,8 @@ def test_actor_scoring_from_rle_equals_score_expression(shape):
     scorer = ExpressionScorer(shape)
     for start in range(0, num, 16):
         frames = range(start, min(start + 16, num))
-        chunk = ground_truth_chunk(video, expression, mask_dict, (height, width), frames, pred_cuda.device)
-        assert chunk.is_cuda and np.array_equal(chunk.cpu().numpy(), gt[start : frames.stop])
+        chunk, valid = ground_truth_chunk(video, expression, mask_dict, (height, width), frames, pred_cuda.device)
+        assert chunk.is_cuda and bool(valid) and np.array_equal(chunk.cpu().numpy(), gt[start : frames.stop])
         scorer.add(chunk, pred_cuda[start : frames.stop])
     frames = scorer.result()
     assert score_from_frames(frames) == score_expression(gt, pred)

@@ -50,23 +50,24 @@ def _uncompressed(mask: np.ndarray) -> list[int]:
     return ([0] + runs) if flat[0] else runs
 
 
-@pytest.mark.parametrize("expand_runs", [True, None])  # run lengths expanded as on a GPU; pycocotools on a CPU
+@pytest.mark.parametrize("on_device", [True, None])  # decoded as on a GPU; pycocotools on a CPU
 @pytest.mark.parametrize("anno_ids", [(1,), (2,), (1, 2, 3), ()])
 @pytest.mark.parametrize("frames", [range(0, T), range(0, 3), range(3, 7), range(5, 6)])
-def test_equal_to_load_expression_masks(anno_ids, frames, expand_runs):
+def test_equal_to_load_expression_masks(anno_ids, frames, on_device):
     video, expression = _record(anno_ids)
     mask_dict = _mask_dict()
     want = load_expression_masks(video, expression, mask_dict=mask_dict, frame_indices=frames)
-    got = ground_truth_chunk(video, expression, mask_dict, (H, W), frames, torch.device("cpu"),
-                             expand_runs=expand_runs)
+    got, valid = ground_truth_chunk(video, expression, mask_dict, (H, W), frames, torch.device("cpu"),
+                                    decode_on_device=on_device)
     assert got.dtype == torch.bool and got.shape == (len(frames), H, W)
+    assert (valid is None or bool(valid)) and (on_device or valid is None)
     np.testing.assert_array_equal(got.numpy(), want)
 
 
-@pytest.mark.parametrize("bad", ["missing_anno", "short_list", "wrong_size", "bad_counts", "float_size"])
+@pytest.mark.parametrize("bad", ["missing_anno", "short_list", "wrong_size", "bad_counts", "float_size", "empty"])
 def test_rejects_what_load_expression_masks_rejects(bad):
-    """The run-length path checks what ``load_expression_masks`` checks (the actor then leaves the expression
-    to the writers, which report it)."""
+    """What ``load_expression_masks`` rejects raises here or turns the device's flag False (the actor then
+    leaves the expression to the writers, which report it)."""
     video, expression = _record((1,))
     mask_dict = _mask_dict()
     if bad == "missing_anno":
@@ -77,33 +78,46 @@ def test_rejects_what_load_expression_masks_rejects(bad):
         mask_dict["1"][0] = {**mask_dict["1"][0], "size": [H + 1, W]}
     elif bad == "bad_counts":
         mask_dict["1"][0] = {**mask_dict["1"][0], "counts": mask_dict["1"][0]["counts"][:-2]}
+    elif bad == "empty":
+        mask_dict["1"][0] = {**mask_dict["1"][0], "counts": ""}
     else:
         mask_dict["1"][0] = {**mask_dict["1"][0], "size": [float(H), W]}
     with pytest.raises(DataError):
         load_expression_masks(video, expression, mask_dict=mask_dict, frame_indices=range(T))
-    with pytest.raises(DataError):
-        ground_truth_chunk(video, expression, mask_dict, (H, W), range(T), torch.device("cpu"), expand_runs=True)
+    try:
+        _, valid = ground_truth_chunk(video, expression, mask_dict, (H, W), range(T), torch.device("cpu"),
+                                      decode_on_device=True)
+    except DataError:
+        return
+    assert bad == "bad_counts" and not bool(valid)
 
 
-def test_parse_compressed_many_equals_compressed_rle_counts_on_good_and_bad_strings():
-    from pipelines.inference.device_scoring import parse_compressed_many
-    from vrshq.data.masks import compressed_rle_counts
+def test_device_decoder_equals_pycocotools_and_flags_what_it_refuses():
+    from pipelines.inference.device_scoring import decode_compressed_on_device
+    from vrshq.data.masks import compressed_rle_counts, decode_rle
 
     rng = np.random.default_rng(0)
-    good = [encode_rle(m)["counts"].encode() for m in np.concatenate([_masks(5), _masks(6)])]
-    bad = [b"", good[0][:-1], good[1] + b"0", b"\x7f" + good[2], good[3][:5] + b"~" + good[3][5:],
-           b"o" * 13 + b"0", good[4] + good[4]]
-    for _ in range(40):  # random corruptions of good strings
+    masks = np.concatenate([_masks(5), _masks(6), np.zeros((1, H, W), bool)])
+    good = [encode_rle(m)["counts"].encode() for m in masks]
+    masks_got, valid = decode_compressed_on_device(good, H, W, torch.device("cpu"))
+    assert bool(valid)
+    np.testing.assert_array_equal(masks_got.numpy(), masks)
+    bad = [good[0][:-1], good[1] + b"0", b"\x7f" + good[2], good[3][:5] + b"~" + good[3][5:], b"o" * 13 + b"0",
+           good[4] + good[4]]
+    for _ in range(60):  # random corruptions of good strings
         data = bytearray(good[int(rng.integers(len(good)))])
         data[int(rng.integers(len(data)))] = int(rng.integers(48, 112))
         bad.append(bytes(data))
-    strings = [s for pair in zip(good * 4, bad) for s in pair]
-    got = parse_compressed_many(strings, H * W)
-    assert sum(r is not None for r in got) >= len(good)
-    for data, runs in zip(strings, got):
+    refused = 0
+    for data in bad:
         want = compressed_rle_counts(data)
-        if want is None or int(want.sum()) != H * W:
-            assert runs is None, data
-        else:
-            np.testing.assert_array_equal(runs, want)
-    assert parse_compressed_many([], H * W) == [] and parse_compressed_many([b""], H * W) == [None]
+        accepted = want is not None and int(want.sum()) == H * W
+        got, ok = decode_compressed_on_device([good[7], data, good[8]], H, W, torch.device("cpu"))
+        assert bool(ok) == accepted, data
+        refused += not accepted
+        if accepted:  # a corruption that is still a valid RLE: the same mask as pycocotools
+            np.testing.assert_array_equal(got[1].numpy(), decode_rle({"size": [H, W], "counts": data}, height=H,
+                                                                      width=W))
+        np.testing.assert_array_equal(got[0].numpy(), masks[7])  # the other strings are unaffected
+        np.testing.assert_array_equal(got[2].numpy(), masks[8])
+    assert refused >= len(bad) // 2
