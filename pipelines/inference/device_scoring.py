@@ -7,15 +7,16 @@ mask is never decoded again on a CPU for scoring. The ground truth is built on t
 frames at a time (:func:`ground_truth_chunk`: only the RLE strings' bytes, about a kilobyte per frame, are
 copied, and the device decodes them without a host sync), so no full-size ground truth is decoded on a CPU
 or copied over, and no whole video of full-size masks exists at once. On a CPU device pycocotools decodes
-it (faster there). What leaves the actor is
-:class:`vrshq.metrics.FrameScores` per expression (two float64 per frame, three counts); the writers
-reduce them to the scores row (``vrshq.metrics.score_from_frames``, the same numbers as scoring the masks
-on the CPU) and add R's foreground count.
+it (faster there).
+
+What leaves the actor is :class:`vrshq.metrics.FrameScores` per expression (two float64 per frame, three
+counts); the writers reduce them to the scores row (``vrshq.metrics.score_from_frames``, the same numbers
+as scoring the masks on the CPU) and add R's foreground count.
 
 Anything that keeps an expression from being scored here (an unreadable ``mask_dict.json``, a ground
-truth of another size than the masks, an anno_id missing from it) leaves it unscored: the writers then
-score its masks from the RLE as with ``score_on = "writer"`` and so report the problem in exactly the same
-errors rows.
+truth of another size than the masks, an anno_id missing from it, a malformed RLE) leaves it unscored:
+the writers then score its masks from the RLE as with ``score_on = "writer"`` and so report the problem
+in exactly the same errors rows.
 """
 from __future__ import annotations
 
