@@ -37,7 +37,7 @@ from pipelines.inference.device_scoring import ActorGroundTruth
 from pipelines.io.rle import encode_masks
 from pipelines.inference.video_io import FrameReadError, item_from_json, read_video
 
-__all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
+__all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "encode_and_score", "segment_video_item"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def segment_video_item(
                         f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
                     continue
                 job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
-                rle_counts = _encode_and_score(result, mask_chunk_frames, job, timer)
+                rle_counts = encode_and_score(result, mask_chunk_frames, job, timer)
                 encoded.append((expression, result, rle_counts, job.result(timer) if job is not None else None))
         # the expressions' model time, without the time spent scoring them
         elapsed = time.perf_counter() - start - (video_gt.host_seconds if video_gt is not None else 0.0)
@@ -225,7 +225,7 @@ def _timed(model: Any, timer: Any) -> Iterator[None]:
         model.stage_timer = None
 
 
-def _encode_and_score(result: Any, chunk_frames: int, job: Any, timer: Any) -> list[bytes]:
+def encode_and_score(result: Any, chunk_frames: int, job: Any, timer: Any) -> list[bytes]:
     """RLE counts of every frame of ``result``, built chunk by chunk; each chunk scored by ``job`` (if any).
 
     Chunk by chunk, a long video's full-size masks never exist at once (on the device or the host).
