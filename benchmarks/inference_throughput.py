@@ -326,15 +326,15 @@ def roofline_lines(rows: dict[str, ResultRow], device_name: str) -> list[str]:
         lines.append(f"{key:<24}| {row.masks_per_s:8.1f} | {rate_text} | {share}")
     if model_row and model_row.extra.get("stage_seconds"):
         lines.append("")
-        lines.append("model-only stage split (decode, scoring and writers are host-timed around the model calls; "
-                     "the model's stages are CUDA-event times):")
+        lines.append("model-only stage split (decode and writers are host-timed around the model calls; the model's "
+                     "stages, masks_rle and score are CUDA-event times):")
         lines.append(format_roofline(model_row.extra.get("stage_flops", {}), model_row.extra["stage_seconds"],
                                      peak_tflops=peak))
         stage_seconds = model_row.extra["stage_seconds"]
         total = sum(stage_seconds.values())
         writers = stage_seconds.get("score", 0.0) + stage_seconds.get("writers", 0.0)
         if total > 0:
-            lines.append(f"writers' share (scoring + Parquet): {100 * writers / total:.1f}% of the time; scoring alone "
+            lines.append(f"scoring (as the actor does) + Parquet: {100 * writers / total:.1f}% of the time; scoring alone "
                          f"{1e3 * stage_seconds.get('score', 0.0) / max(model_row.masks, 1):.3f} ms per mask vs "
                          f"{1e3 * stage_seconds.get('track', 0.0) / max(model_row.masks, 1):.3f} ms of tracking")
     pipeline_row = rows.get(PIPELINE)
