@@ -35,8 +35,8 @@ __all__ = [
     "InferenceConfig",
     "MODEL_DTYPES",
     "MODEL_PRESETS",
-    "SCORE_ON",
     "DATASET_READERS",
+    "SCORE_ON",
     "is_safe_partition_value",
     "read_dataset",
     "redact",
@@ -49,8 +49,6 @@ MODEL_PRESETS: dict[str, str] = {
     # The 7B sizes, random init, with the tokenizer built in code (benchmarks without LLaMA files).
     "vrshq-7b-tinytok": "vrshq_7b_tinytok_config",
 }
-#: ``ComputeConfig.score_on`` values: the stage that scores masks against the ground truth.
-SCORE_ON: tuple[str, ...] = ("actor", "writer")
 #: ``InferenceConfig.dtype`` values; ``auto`` is resolved per device by ``pipelines.inference.model_loader``.
 MODEL_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
@@ -133,6 +131,10 @@ def read_dataset(cfg: DatasetConfig, *, storage_options: Mapping[str, Any] | Non
     reader = getattr(data, DATASET_READERS[cfg.format])
     return list(reader(cfg.root, split=cfg.split, storage_options=dict(storage_options or {}) or None,
                        dataset=cfg.table_name, problems=problems))
+
+
+#: ``ComputeConfig.score_on`` values: the stage that scores masks against the ground truth.
+SCORE_ON: tuple[str, ...] = ("actor", "writer")
 
 
 @dataclass(frozen=True)
