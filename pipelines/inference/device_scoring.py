@@ -148,7 +148,7 @@ def decode_compressed_on_device(datas: list[bytes], height: int, width: int, dev
     target = torch.where(toggle, number_owner.clamp(max=num - 1) * pixels + within, torch.zeros_like(within))
     toggles = torch.zeros(num * pixels, dtype=torch.int32, device=device)
     toggles.index_add_(0, target, toggle.int())
-    parity = torch.cumsum(toggles.view(num, pixels), dim=1, dtype=torch.int32) & 1
+    parity = toggles.view(num, pixels).cumsum_(dim=1).bitwise_and_(1)  # in place: one int32 frame stack at a time
     return parity.view(num, width, height).transpose(1, 2) != 0, valid
 
 
