@@ -64,7 +64,7 @@ from benchmarks.throughput_report import (
 )
 from benchmarks.workload import Workload, WorkloadConfig, write_workload
 
-__all__ = ["BenchmarkConfig", "main", "run_benchmark"]
+__all__ = ["BenchmarkConfig", "main", "pipeline_split_lines", "run_benchmark"]
 
 _LOG = logging.getLogger("benchmarks.inference_throughput")
 _BURST_GAP_S = 0.5
@@ -100,6 +100,8 @@ class BenchmarkConfig:
         precision: ``bf16`` (the model as deployed: bf16 weights and autocast on CUDA) or ``fp32``
             (float32 weights and compute, no TF32) for the in-process paths; ``fp32`` checks that
             batched and serial masks agree when rounding is small (the pipeline path stays bf16).
+        score_on: the pipeline's ``compute.score_on``: ``actor`` (J, F, A/R counts on the model actor's
+            device) or ``writer`` (on the writers' CPUs).
         seed: model init seed.
     """
 
@@ -127,10 +129,13 @@ class BenchmarkConfig:
     profile: str = "none"
     sdpa: str | None = None
     precision: str = "bf16"
+    score_on: str = "actor"
     seed: int = 0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.score_on not in ("actor", "writer"):
+            problems.append(f"score_on={self.score_on!r} must be actor or writer")
         if not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             problems.append(f"device={self.device!r} must be cpu, cuda or cuda:<i>")
         if self.budget_s <= 0:
@@ -172,7 +177,7 @@ def _inference_config(cfg: BenchmarkConfig, workload: Workload, preset: str, out
     compute = ComputeConfig(
         num_actors=cfg.num_actors, num_cpus_per_actor=cfg.cpus_per_actor, read_num_cpus=cfg.read_num_cpus,
         read_concurrency=cfg.read_concurrency, num_writers=cfg.num_writers, writer_num_cpus=cfg.writer_num_cpus,
-        videos_per_file=2, num_gpus_per_actor=None if cfg.device != "cpu" else 0.0,
+        videos_per_file=2, num_gpus_per_actor=None if cfg.device != "cpu" else 0.0, score_on=cfg.score_on,
     )
     return InferenceConfig(out=output, manifest=workload.manifest_uri, preset=preset, seed=cfg.seed,
                            device=cfg.device, max_side=cfg.max_side, progress_every=1, compute=compute,
@@ -321,17 +326,51 @@ def roofline_lines(rows: dict[str, ResultRow], device_name: str) -> list[str]:
         lines.append(f"{key:<24}| {row.masks_per_s:8.1f} | {rate_text} | {share}")
     if model_row and model_row.extra.get("stage_seconds"):
         lines.append("")
-        lines.append("model-only stage split (decode, scoring and writers are host-timed around the model calls; "
-                     "the model's stages are CUDA-event times):")
+        lines.append("model-only stage split (decode and writers are host-timed around the model calls; the model's "
+                     "stages, masks_rle and score are CUDA-event times):")
         lines.append(format_roofline(model_row.extra.get("stage_flops", {}), model_row.extra["stage_seconds"],
                                      peak_tflops=peak))
         stage_seconds = model_row.extra["stage_seconds"]
         total = sum(stage_seconds.values())
         writers = stage_seconds.get("score", 0.0) + stage_seconds.get("writers", 0.0)
         if total > 0:
-            lines.append(f"writers' share (scoring + Parquet): {100 * writers / total:.1f}% of the time; scoring alone "
+            lines.append(f"scoring (as the actor does) + Parquet: {100 * writers / total:.1f}% of the time; scoring alone "
                          f"{1e3 * stage_seconds.get('score', 0.0) / max(model_row.masks, 1):.3f} ms per mask vs "
                          f"{1e3 * stage_seconds.get('track', 0.0) / max(model_row.masks, 1):.3f} ms of tracking")
+    pipeline_row = rows.get(PIPELINE)
+    if pipeline_row is not None:
+        lines += pipeline_split_lines((pipeline_row.extra.get("summary") or {}).get("stage_seconds") or {},
+                                      masks=pipeline_row.masks)
+    return lines
+
+
+#: Stages of the pipeline's time split that are not the model's own (``InferenceSummary.stage_seconds``).
+_ACTOR_SCORE = "score"
+_WRITER_STAGES = ("writer_score", "writer_write")
+
+
+def pipeline_split_lines(stage_seconds: dict[str, float], *, masks: int) -> list[str]:
+    """The pipeline's time split, summed over its videos: is scoring under a tenth of the GPU time?
+
+    The GPU time that made the masks is the model actor's model stages plus ``masks_rle`` (CUDA-event
+    times on a GPU); scoring in the actor is ``score`` (the ground truth built from its RLE on the device,
+    then J, F and the A/R counts); the writers' are host times of their CPU actors.
+    """
+    if not stage_seconds:
+        return []
+    other = {_ACTOR_SCORE, *_WRITER_STAGES}
+    making = sum(v for k, v in stage_seconds.items() if k not in other)
+    score = stage_seconds.get(_ACTOR_SCORE, 0.0)
+    per_mask = 1e3 / max(masks, 1)
+    lines = ["", "pipeline time split (summed over videos; the actor's stages are CUDA-event times on a GPU):",
+             "  " + ", ".join(f"{k} {v:.2f} s" for k, v in stage_seconds.items())]
+    if making > 0:
+        verdict = "within" if score <= 0.1 * making else "OVER"
+        lines.append(f"  scoring in the actor: {score:.3f} s on the device = {100 * score / making:.1f}% of the "
+                     f"{making:.2f} s that made the masks ({verdict} the one-tenth rule; {per_mask * score:.3f} vs "
+                     f"{per_mask * making:.3f} ms per mask, its ground truth built there included)")
+    lines.append(f"  writers: scoring {stage_seconds.get(_WRITER_STAGES[0], 0.0):.3f} s, writing "
+                 f"{stage_seconds.get(_WRITER_STAGES[1], 0.0):.3f} s (CPU actors, beside the model actor)")
     return lines
 
 
@@ -513,6 +552,8 @@ def _parser() -> argparse.ArgumentParser:
                         "flash,efficient,math,cudnn (default: the model's inference_sdpa_backends)")
     p.add_argument("--precision", default=d.precision, choices=("bf16", "fp32"),
                    help="in-process paths: bf16 as deployed, or fp32 weights and compute (agreement check)")
+    p.add_argument("--score-on", default=d.score_on, choices=("actor", "writer"),
+                   help="pipeline: score J, F, A, R on the model actor's device or on the writers' CPUs")
     p.add_argument("--seed", type=int, default=d.seed)
     return p
 
@@ -543,7 +584,7 @@ def _config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         writer_num_cpus=0.25 if cpu and args.writer_num_cpus == BenchmarkConfig.writer_num_cpus else args.writer_num_cpus,
         ray_address=args.ray_address, ray_num_cpus=overrides.get("ray_num_cpus", args.ray_num_cpus),
         workload_workers=args.workload_workers, paths=tuple(p.strip() for p in args.paths.split(",") if p.strip()),
-        profile=args.profile, sdpa=args.sdpa, precision=args.precision, seed=args.seed,
+        profile=args.profile, sdpa=args.sdpa, precision=args.precision, score_on=args.score_on, seed=args.seed,
     )
 
 

@@ -131,6 +131,7 @@ class LocalPaths:
         self.max_side = working_max_side(cfg.max_side, self.model.sam2.image_size)
         # per (video_id, exp_id): the discrete choices of each path (see throughput_report.decisions)
         self.decisions: dict[str, dict[tuple[str, str], dict[str, Any]]] = {SERIAL: {}, MODEL_ONLY: {}}
+        self.ground_truth: Any = None  # the actor's ground-truth reader, made on first use
 
     def frames(self, video: Any) -> tuple[np.ndarray, tuple[int, int]]:
         from pipelines.inference.video_io import read_video
@@ -154,10 +155,10 @@ class LocalPaths:
         Around the timed calls it also does, per video, what the pipeline does around them, each
         timed as its own stage (in ``extra["stage_seconds"]``, with the model's own stages from
         :class:`vrshq.model.stage_timer.StageTimer`): ``decode`` (JPEG decode and resize),
-        ``masks_rle`` (logits to full-size masks, RLE on the device), ``score`` (J and F of every
-        mask against a stand-in ground truth, the mask shifted by 3 pixels: the same work as real
-        ground truth; on the device with ``vrshq.metrics.device`` on CUDA, else ``vrshq.metrics``)
-        and ``writers`` (the masks rows as Parquet). ``extra["stage_flops"]`` holds the FLOPs of
+        ``masks_rle`` (logits to full-size masks, RLE on the device), ``score`` (the workload's ground
+        truth decoded on the device and J, F and the A/R counts of every mask, chunk by chunk, as the
+        pipeline's actor does: :func:`pipelines.inference.segment_actor.encode_and_score`) and
+        ``writers`` (the masks rows as Parquet). ``extra["stage_flops"]`` holds the FLOPs of
         the model's stages (:mod:`benchmarks.flops`).
         """
         import torch
@@ -209,31 +210,23 @@ class LocalPaths:
         return row, kept
 
     def _masks_rle_score(self, video: Any, results: Sequence[Any], timer: Any) -> list[list[bytes]]:
-        """Full-size masks RLE-encoded chunk by chunk as the actor does, and J/F of each chunk."""
+        """Full-size masks RLE-encoded and scored chunk by chunk exactly as the actor does (stages
+        ``masks_rle`` and ``score`` of ``timer``; CUDA-event times on a GPU)."""
         import torch
 
-        from pipelines.io.rle import encode_masks
-        from vrshq.metrics import boundary_f, jaccard
-        from vrshq.metrics.device import score_masks_tensor
+        from pipelines.inference.device_scoring import ActorGroundTruth
+        from pipelines.inference.segment_actor import DEFAULT_MASK_CHUNK_FRAMES, encode_and_score
 
-        encoded, score_s = [], 0.0
-        with phase(self.device) as span, torch.inference_mode():
-            for result in results:
-                counts: list[bytes] = []
-                for _, chunk in result.iter_mask_chunks(32):
-                    counts += encode_masks(chunk)
-                    began = time.perf_counter()
-                    gt = torch.roll(chunk, 3, dims=2)  # stand-in ground truth: the mask shifted by 3 px
-                    if self.device.type == "cuda":
-                        score_masks_tensor(gt, chunk)
-                        sync(self.device)
-                    else:
-                        host, gt_host = chunk.cpu().numpy(), gt.cpu().numpy()
-                        jaccard(gt_host, host), boundary_f(gt_host, host)
-                    score_s += time.perf_counter() - began
-                encoded.append(counts)
-        timer.add("masks_rle", span.end - span.start - score_s)
-        timer.add("score", score_s)
+        if self.ground_truth is None:
+            self.ground_truth = ActorGroundTruth()
+        video_gt = self.ground_truth.for_video(video)
+        encoded = []
+        with torch.inference_mode():
+            for expression, result in zip(video.expressions, results):
+                job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
+                encoded.append(encode_and_score(result, DEFAULT_MASK_CHUNK_FRAMES, job, timer))
+                if job is not None and job.result(timer) is None:
+                    raise RuntimeError(f"video {video.video_id} expression {expression.exp_id} was not scored")
         return encoded
 
     def _write_rows(self, video: Any, encoded: Sequence[list[bytes]], hw: tuple[int, int]) -> None:

@@ -8,6 +8,14 @@ Both implementations score the same (gt, pred) pair: per-frame J and F. The numb
 identical (the script exits with status 1 otherwise); the table gives frames per second (best of
 ``--repeats`` runs) and the ratio ours / reference. ``--lines`` adds 1-pixel lines that cross the
 frame, which defeats the object crop of vrshq.metrics (its worst case).
+
+With ``--device`` two more rows time what the inference actor does per expression
+(``compute.score_on = "actor"``), chunk by chunk of 32 frames, starting from the ground truth as
+``mask_dict.json`` holds it (RLE): ``actor`` decodes the ground truth on the device from the RLE strings
+(``pipelines.inference.device_scoring.ground_truth_chunk``; with pycocotools when the device is a CPU) and
+scores it there
+(``vrshq.metrics.device.ExpressionScorer``); ``actor, GT decoded on host`` decodes the ground truth with
+pycocotools on the CPU and copies it over instead.
 """
 from __future__ import annotations
 
@@ -17,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,6 +48,41 @@ def _best_seconds(implementations: dict[str, Callable[[], Result]], repeats: int
             if seconds < best[name][0]:
                 best[name] = (seconds, result)
     return best
+
+
+def _actor_paths(gt: np.ndarray, pred: Any, device: Any, chunk: int = 32) -> dict[str, Callable[[], Result]]:
+    """The actor's scoring of one expression from RLE ground truth: built on the device, or decoded on the host."""
+    import torch
+
+    from pipelines.inference.device_scoring import ground_truth_chunk
+    from vrshq.data.masks import encode_rle, union_anno_masks
+    from vrshq.data.records import ExpressionRecord, VideoRecord
+    from vrshq.metrics.device import ExpressionScorer
+
+    num, height, width = gt.shape
+    mask_dict = {"0": [encode_rle(m) if m.any() else None for m in gt]}
+    expression = ExpressionRecord(exp_id="0", text="target", obj_ids=(0,), anno_ids=(0,), type_id=0)
+    video = VideoRecord(dataset="bench", split="valid", video_id="v", frame_names=tuple(map(str, range(num))),
+                        frames_uri="-", video_uri=None, height=height, width=width, expressions=(expression,))
+
+    def run(build: Callable[[range], Any]) -> Result:
+        scorer = ExpressionScorer(gt.shape)
+        for start in range(0, num, chunk):
+            frames = range(start, min(start + chunk, num))
+            scorer.add(build(frames), pred[start : frames.stop])
+        scores = scorer.result()  # the copy to the host waits for the device
+        return scores.j_frames, scores.f_frames
+
+    def on_device(frames: range) -> Any:
+        return ground_truth_chunk(video, expression, mask_dict, (height, width), frames, device)[0]
+
+    def on_host(frames: range) -> Any:
+        return torch.from_numpy(union_anno_masks(mask_dict, (0,), num_frames=num, height=height, width=width,
+                                                 frame_indices=frames)).to(device)
+
+    run(on_device)  # warm-up
+    return {f"actor ({device.type})": lambda: run(on_device),
+            f"actor, GT decoded on host ({device.type})": lambda: run(on_host)}
 
 
 def _git_sha() -> str:
@@ -88,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         on_device()  # warm-up: kernels, cuDNN plans
         implementations[f"vrshq.metrics.device ({device.type})"] = on_device
+        implementations.update(_actor_paths(gt, pred_t, device))
     timings = _best_seconds(implementations, args.repeats)
     (ref_s, (ref_j, ref_f)), (ours_s, (ours_j, ours_f)) = list(timings.values())[:2]
     identical = all(np.array_equal(ref_j, j) and np.array_equal(ref_f, f) for _, (j, f) in timings.values())
@@ -96,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.frames} frames {args.height}x{args.width}, {args.blobs} blobs + {args.lines} lines, "
         f"target area {gt.mean():.1%}, best of {args.repeats}, cv2 threads {args.cv2_threads}"
     )
-    print(f"{'implementation':<24}{'frames/s':>12}{'mean J':>12}{'mean F':>12}")
+    print(f"{'implementation':<40}{'frames/s':>12}{'mean J':>12}{'mean F':>12}")
     for name, (seconds, (j, f)) in timings.items():
-        print(f"{name:<24}{args.frames / seconds:>12.1f}{j.mean():>12.6f}{f.mean():>12.6f}")
+        print(f"{name:<40}{args.frames / seconds:>12.1f}{j.mean():>12.6f}{f.mean():>12.6f}")
     print(f"ratio ours/reference: {ref_s / ours_s:.2f}x   identical per-frame numbers: {identical}")
     for name, (seconds, _) in list(timings.items())[2:]:
         print(f"ratio {name}/reference: {ref_s / seconds:.1f}x")

@@ -5,8 +5,11 @@ must decode them (JPEG) before the GPU sees them. This module draws each video's
 expression count from ranges (the ReVOS-like defaults: 48-96 frames at 720p, 8-34 expressions),
 renders the frames with :func:`vrshq.data.generate_synthetic_video`, writes them as
 ``<root>/JPEGImages/<video_id>/<frame>.jpg`` and a manifest Parquet (``schemas.MANIFEST_SCHEMA``)
-that ``jobs.infer`` / :func:`pipelines.inference.run.run_inference` read. No ground truth is attached
-(``annotation_uri`` is null): the benchmark times segmentation, not scoring.
+that ``jobs.infer`` / :func:`pipelines.inference.run.run_inference` read. With ``ground_truth`` (the
+default) each video also gets its ``mask_dict.json`` and ``mask_dict_foreground.json`` (the generator's
+exact object masks, under ``<root>/annotations/<video>/``) and the expressions their targets' anno ids
+(the generator's targets, none for its no-target expressions; an added expression one random object), so
+the pipeline scores every mask (J, F, A, R) as it does on ReVOS and the benchmark times scoring too.
 
 A workload folder is reused when its ``workload.json`` matches the requested config, so repeated
 benchmark runs do not re-render hundreds of 720p frames.
@@ -24,6 +27,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,6 +53,7 @@ class WorkloadConfig:
         min_expressions, max_expressions: inclusive range of expressions per video (ReVOS valid: ~8-34).
         jpeg_quality: JPEG quality of the frames.
         seed: random seed.
+        ground_truth: write ground truth (``mask_dict.json``, ``mask_dict_foreground.json``) per video.
     """
 
     num_videos: int = 16
@@ -60,6 +65,7 @@ class WorkloadConfig:
     max_expressions: int = 34
     jpeg_quality: int = 90
     seed: int = 0
+    ground_truth: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -152,13 +158,41 @@ def _write_video(root: str, index: int, cfg: WorkloadConfig) -> VideoRecord:
             handle.write(buffer.tobytes())
     texts = [e.text for e in video.expressions][:num_expressions]
     texts += _extra_expressions(rng, num_expressions - len(texts), set(texts))
-    expressions = tuple(
-        ExpressionRecord(exp_id=str(k), text=text, obj_ids=(), anno_ids=(), type_id=0) for k, text in enumerate(texts)
-    )
+    if not cfg.ground_truth:
+        expressions = tuple(ExpressionRecord(exp_id=str(k), text=text, obj_ids=(), anno_ids=(), type_id=0)
+                            for k, text in enumerate(texts))
+        return VideoRecord(
+            dataset=_DATASET, split=_SPLIT, video_id=video_id, frame_names=names, frames_uri=folder, video_uri=None,
+            height=cfg.height, width=cfg.width, expressions=expressions,
+        )
+    # anno id = obj_id within the video's own mask_dict.json; added expressions target one random object
+    targets = [tuple(e.obj_ids) for e in video.expressions][: len(texts)]
+    targets += [(int(rng.integers(len(video.objects))),) for _ in range(len(texts) - len(targets))]
+    expressions = tuple(ExpressionRecord(exp_id=str(k), text=text, obj_ids=obj_ids, anno_ids=obj_ids, type_id=0)
+                        for k, (text, obj_ids) in enumerate(zip(texts, targets)))
+    mask_dict_uri, foreground_uri = _write_ground_truth(root, index, video_id, video)
     return VideoRecord(
         dataset=_DATASET, split=_SPLIT, video_id=video_id, frame_names=names, frames_uri=folder, video_uri=None,
-        height=cfg.height, width=cfg.width, expressions=expressions,
+        height=cfg.height, width=cfg.width, expressions=expressions, mask_dict_uri=mask_dict_uri,
+        foreground_uri=foreground_uri,
     )
+
+
+def _write_ground_truth(root: str, index: int, video_id: str, video: Any) -> tuple[str, str]:
+    """The video's ``mask_dict.json`` (anno id = obj_id) and ``mask_dict_foreground.json``; returns their paths."""
+    from vrshq.data.masks import encode_rle
+
+    folder = os.path.join(root, "annotations", f"vid{index:04d}")
+    os.makedirs(folder, exist_ok=True)
+    mask_dict = {str(obj.obj_id): [encode_rle(m) if m.any() else None for m in video.object_masks[obj.obj_id]]
+                 for obj in video.objects}
+    foreground = {video_id: {"masks_rle": [encode_rle(m) for m in video.foreground],
+                             "foreground_ratio": [float(m.mean()) for m in video.foreground]}}
+    paths = os.path.join(folder, "mask_dict.json"), os.path.join(folder, "mask_dict_foreground.json")
+    for path, data in zip(paths, (mask_dict, foreground)):
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+    return paths
 
 
 def _load_existing(root: str, cfg: WorkloadConfig) -> Workload | None:

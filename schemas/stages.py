@@ -33,11 +33,20 @@ SEGMENT_RESULT_SCHEMA = pa.schema(
                         pa.field("object_scores", pa.list_(pa.float32())),  # one per frame
                         pa.field("keyframe_index", pa.int32()),
                         pa.field("seconds", pa.float64()),
+                        # scored in the actor (pipelines.inference.device_scoring); null: the writers score
+                        pa.field("frame_scores", pa.struct([
+                            pa.field("j", pa.list_(pa.float64())),  # one per frame
+                            pa.field("f", pa.list_(pa.float64())),
+                            pa.field("mismatches", pa.int64()),
+                            pa.field("false_positives", pa.int64()),
+                            pa.field("target_pixels", pa.int64()),
+                        ])),
                     ]
                 )
             ),
         ),
         pa.field("errors_json", pa.string()),  # JSON list of ERRORS fragments (exp_id, stage, ...)
+        pa.field("stage_seconds_json", pa.string()),  # JSON {stage: seconds} of this video in the actor
     ],
     metadata=_meta("segment_result", 1, "model stage -> writer stage, one row per video"),
 )
@@ -54,6 +63,7 @@ WRITE_SUMMARY_SCHEMA = pa.schema(
         pa.field("errors_rows", pa.int64()),
         pa.field("write_error", pa.string()),  # "" when the batch was written
         pa.field("pending_exp_ids", pa.list_(pa.string())),  # the expressions a failed write costs
+        pa.field("stage_seconds_json", pa.string()),  # JSON {stage: seconds}: the actor's, writer_score, writer_write
     ],
     metadata=_meta("write_summary", 1, "writer stage -> driver, one row per video"),
 )

@@ -93,6 +93,7 @@ def score_video_masks(
     keyframes: Mapping[str, int | None] | None = None,
     seconds: Mapping[str, float | None] | None = None,
     storage_options: dict[str, Any] | None = None,
+    frame_scores: Mapping[str, metrics.FrameScores] | None = None,
 ) -> VideoScores:
     """Score every expression of ``video`` against its ground truth.
 
@@ -106,6 +107,10 @@ def score_video_masks(
             None (then robustness R is null, not a number).
         keyframes: ``exp_id -> TKS keyframe index`` when known (model output), else null.
         seconds: ``exp_id -> model seconds`` when known.
+        frame_scores: ``exp_id -> vrshq.metrics.FrameScores`` of expressions already scored against
+            their ground truth where the masks were made (the inference actor's device); these need
+            neither a prediction nor the ground truth here, and their rows hold the same numbers as
+            scoring the masks here would give. Ignored for videos without ground truth.
 
     Returns:
         :class:`VideoScores`. An expression of ``video`` without a prediction is an error row
@@ -113,21 +118,26 @@ def score_video_masks(
         does not have is an error row too.
     """
     has_gt = mask_dict is not None or video.mask_dict_uri is not None
+    scored_elsewhere = dict(frame_scores or {}) if has_gt else {}
     scores: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    if mask_dict is None and video.mask_dict_uri is not None:
+    if mask_dict is None and video.mask_dict_uri is not None and any(
+            e.exp_id not in scored_elsewhere for e in video.expressions):
         try:  # once per video, not once per expression
             mask_dict = load_mask_dict(video.mask_dict_uri, storage_options=storage_options)
         except (DataError, OSError, ValueError) as exc:
             return VideoScores([], [_error_row(video, e.exp_id, "annotation", exc) for e in video.expressions])
     known = {e.exp_id for e in video.expressions}
-    for exp_id in sorted(set(predictions) - known):
+    for exp_id in sorted((set(predictions) | set(scored_elsewhere)) - known):
         errors.append(_error_row(video, exp_id, "score", ValueError(
             f"prediction for expression {exp_id!r} which video {video.video_id!r} does not have "
             f"(its expressions: {sorted(known)})")))
     for expression in video.expressions:
         exp_id = expression.exp_id
         pred = predictions.get(exp_id)
+        done = scored_elsewhere.get(exp_id)
+        if done is not None:
+            pred = np.broadcast_to(np.False_, done.shape)  # a view of its shape only: the masks were scored already
         if pred is None:
             errors.append(_error_row(video, exp_id, "score", MissingPredictionError(
                 f"no predicted masks for video {video.video_id!r} expression {exp_id!r}", uri=None)))
@@ -157,7 +167,9 @@ def score_video_masks(
             "mean_target_area": None,
             "seconds": (seconds or {}).get(exp_id),
         }
-        if has_gt:
+        if done is not None:
+            row.update(_metrics_from_frames(done, foreground))
+        elif has_gt:
             try:
                 gt = load_expression_masks(video, expression, mask_dict=mask_dict, storage_options=storage_options)
             except (DataError, OSError, ValueError, KeyError) as exc:
@@ -184,6 +196,20 @@ def _expression_metrics(gt: np.ndarray, pred: np.ndarray, foreground: np.ndarray
         "accuracy": float(result.accuracy),
         "robustness": None if result.robustness is None else float(result.robustness),
         "mean_target_area": float(gt.mean()),
+    }
+
+
+def _metrics_from_frames(frames: metrics.FrameScores, foreground: np.ndarray | None) -> dict[str, Any]:
+    """:func:`_expression_metrics` of an expression scored elsewhere (same numbers, same rules)."""
+    if foreground is not None and foreground.shape != frames.shape:
+        foreground = None  # a foreground of another size cannot be this video's: R stays null
+    result = metrics.score_from_frames(
+        frames, foreground_pixels=None if foreground is None else int(np.count_nonzero(foreground)))
+    return {
+        "j": float(result.j), "f": float(result.f), "jf": float(result.jf),
+        "accuracy": float(result.accuracy),
+        "robustness": None if result.robustness is None else float(result.robustness),
+        "mean_target_area": frames.mean_target_area,
     }
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "InferenceConfig",
     "MODEL_DTYPES",
     "DATASET_READERS",
+    "SCORE_ON",
     "is_safe_partition_value",
     "read_dataset",
     "redact",
@@ -117,6 +118,10 @@ def read_dataset(cfg: DatasetConfig, *, storage_options: Mapping[str, Any] | Non
                        dataset=cfg.table_name, problems=problems))
 
 
+#: ``ComputeConfig.score_on`` values: the stage that scores masks against the ground truth.
+SCORE_ON: tuple[str, ...] = ("actor", "writer")
+
+
 @dataclass(frozen=True)
 class ComputeConfig:
     """How much Ray parallelism each stage gets.
@@ -143,6 +148,12 @@ class ComputeConfig:
     read_concurrency: int = field(default=2, metadata={"help": "frame-reading tasks in flight at most"})
     num_writers: int = field(default=1, metadata={"help": "scoring+writing CPU actors"})
     writer_num_cpus: float = field(default=0.5, metadata={"help": "CPUs reserved per scoring+writing actor"})
+    score_on: str = field(
+        default="actor",
+        metadata={"help": "where J, F, A and R are computed against the ground truth: actor (on the model actor's "
+                          "device, chunk by chunk as the masks are made) or writer (on the writers' CPUs from the "
+                          "RLE masks); both give the same scores table"},
+    )
     videos_per_file: int = field(
         default=4,
         metadata={"help": "videos per output Parquet file (also the most a crash can lose per writer)"},
@@ -174,6 +185,8 @@ class ComputeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 problems.append(f"compute.{name} must be a number >= 0, got {value!r}")
+        if self.score_on not in SCORE_ON:
+            problems.append(f"compute.score_on must be one of {' | '.join(SCORE_ON)}, got {self.score_on!r}")
         if self.max_actors is not None and (not isinstance(self.max_actors, int) or isinstance(self.max_actors, bool)
                                             or self.max_actors < self.num_actors):
             problems.append(f"compute.max_actors must be null or an integer >= num_actors, got {self.max_actors!r}")

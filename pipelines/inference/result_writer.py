@@ -7,8 +7,17 @@ where the manifest names ground truth, and writes them with :func:`pipelines.io.
 (atomic per file, scores last). It returns one small summary row per video, which is all the
 driver ever sees: the driver's memory does not grow with the number of videos or frames.
 
+Expressions the model actor already scored on its device (``compute.score_on = "actor"``: the
+result's ``frame_scores``) are neither decoded nor compared with the ground truth here: their per-frame
+J and F and pixel counts are reduced to the scores row (``vrshq.metrics.score_from_frames``, the same
+numbers), and only R's foreground is read here. Expressions it left unscored are scored here from
+their RLE, as with ``score_on = "writer"``.
+
 The split's ``mask_dict.json`` and ``mask_dict_foreground.json`` are parsed once per actor and
-kept (keyed by URI), not once per video.
+kept (keyed by URI), not once per video, and ``mask_dict.json`` only when an expression needs it.
+
+Each summary row carries the video's time split (``stage_seconds_json``): the actor's stages plus
+``writer_score`` (this video's scoring here) and ``writer_write`` (its share of the batch's writes).
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.inference.config import InferenceConfig
+from pipelines.inference.device_scoring import frame_scores_from_row
 from pipelines.io.rle import decode_masks
 from pipelines.inference.video_io import item_from_json
 from pipelines.io.writers import batch_id_for, write_batch
@@ -34,6 +44,10 @@ _LOG = logging.getLogger(__name__)
 
 #: One row per video: what the driver counts (defined in ``schemas``).
 SUMMARY_SCHEMA = WRITE_SUMMARY_SCHEMA
+
+#: Stages of the writers in the time split: scoring (with its ground-truth reads) and writing.
+WRITER_SCORE_STAGE = "writer_score"
+WRITER_WRITE_STAGE = "writer_write"
 
 _CACHE_SIZE = 2  # parsed annotation files kept per actor (one split at a time, plus one)
 
@@ -108,21 +122,26 @@ def rows_for_video(
         return [], [], errors
     height, width = int(result["height"]), int(result["width"])
     predictions: dict[str, Any] = {}
+    frame_scores: dict[str, Any] = {}
     keyframes: dict[str, int] = {}
     seconds: dict[str, float] = {}
     by_exp = {r["exp_id"]: r for r in result["results"]}
     for exp_id, res in by_exp.items():
-        try:
-            predictions[exp_id] = decode_masks(res["rle_counts"], height=height, width=width)
-        except ValueError as exc:
-            predictions[exp_id] = exc
+        scored = frame_scores_from_row(res.get("frame_scores"), (len(res["rle_counts"]), height, width))
+        if scored is not None:  # scored by the model actor: its masks need no decoding here
+            frame_scores[exp_id] = scored
+        else:
+            try:
+                predictions[exp_id] = decode_masks(res["rle_counts"], height=height, width=width)
+            except ValueError as exc:
+                predictions[exp_id] = exc
         keyframes[exp_id] = res["keyframe_index"]
         seconds[exp_id] = res["seconds"]
     done = set(by_exp)
     scored_video = dataclasses.replace(video, expressions=tuple(e for e in video.expressions if e.exp_id in done))
     scores = score_video_masks(
         scored_video, predictions, mask_dict=mask_dict, foreground=foreground, keyframes=keyframes,
-        seconds=seconds, storage_options=storage_options,
+        seconds=seconds, storage_options=storage_options, frame_scores=frame_scores,
     )
     errors += [{**e, **run_fields} for e in scores.errors]
     score_rows = [{**row, **run_fields} for row in scores.scores]
@@ -158,14 +177,15 @@ class ResultWriter:
         self._mask_dicts = _Cache(_CACHE_SIZE)
         self._foregrounds = _Cache(_CACHE_SIZE)
 
-    def _ground_truth(self, video: Any) -> tuple[Any, np.ndarray | None, list[dict[str, Any]]]:
+    def _ground_truth(self, video: Any, *, need_mask_dict: bool = True
+                      ) -> tuple[Any, np.ndarray | None, list[dict[str, Any]]]:
         from vrshq.data import load_foreground_masks, load_mask_dict
         from vrshq.data.masks import load_foreground_dict
 
         options = self._cfg.storage_options
         errors: list[dict[str, Any]] = []
         mask_dict = foreground = None
-        if video.mask_dict_uri is not None:
+        if video.mask_dict_uri is not None and need_mask_dict:
             try:
                 mask_dict = self._mask_dicts.get(
                     video.mask_dict_uri, lambda: load_mask_dict(video.mask_dict_uri, storage_options=options)
@@ -194,11 +214,14 @@ class ResultWriter:
         for result in batch.to_pylist():
             video = item_from_json(result["item_json"])
             counts = [len(masks), len(scores), len(errors)]
+            video_began = time.perf_counter()
             try:
                 mask_dict = foreground = None
                 gt_errors: list[dict[str, Any]] = []
                 if result["results"]:
-                    mask_dict, foreground, gt_errors = self._ground_truth(video)
+                    # the actor's frame_scores need no mask_dict here; only expressions it left unscored do
+                    mask_dict, foreground, gt_errors = self._ground_truth(
+                        video, need_mask_dict=any(r.get("frame_scores") is None for r in result["results"]))
                 m, s, e = rows_for_video(result, run_fields=self._run_fields, mask_dict=mask_dict,
                                          foreground=foreground, storage_options=self._cfg.storage_options,
                                          score_errors=gt_errors)
@@ -217,11 +240,18 @@ class ResultWriter:
             masks += m
             scores += s
             errors += name_expressions(e, video, {row["exp_id"] for row in s})
+            stages = json.loads(result.get("stage_seconds_json") or "{}")
+            stages[WRITER_SCORE_STAGE] = time.perf_counter() - video_began
             summary.append({"dataset": video.dataset, "split": video.split, "video_id": video.video_id,
                             "num_expressions": len(video.expressions), "masks_rows": len(masks) - counts[0],
                             "scores_rows": len(scores) - counts[1], "errors_rows": len(errors) - counts[2],
-                            "write_error": "", "pending_exp_ids": [x.exp_id for x in video.expressions]})
+                            "write_error": "", "pending_exp_ids": [x.exp_id for x in video.expressions],
+                            "stage_seconds_json": stages})
+        scored = time.perf_counter()
         write_error = self._write(masks, scores, errors, summary)
+        write_share = (time.perf_counter() - scored) / max(len(summary), 1)
+        for row in summary:
+            row["stage_seconds_json"] = json.dumps({**row["stage_seconds_json"], WRITER_WRITE_STAGE: write_share})
         if write_error:  # nothing of the batch is committed; the driver records one "write" error per video
             for row in summary:
                 row.update(masks_rows=0, scores_rows=0, errors_rows=0, write_error=write_error)

@@ -107,6 +107,9 @@ class InferenceSummary:
     write_failures: int = 0
     orphans_removed: int = 0
     seconds: float = 0.0
+    #: seconds per stage summed over the videos: the model actor's (its model stages, ``masks_rle``,
+    #: ``score``; CUDA-event times on a GPU) and the writers' (``writer_score``, ``writer_write``)
+    stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -593,6 +596,8 @@ def _execute(cfg: InferenceConfig, plan: Any, summary: InferenceSummary, *, max_
             summary.masks_rows += row["masks_rows"]
             summary.scores_rows += row["scores_rows"]
             summary.errors_rows += row["errors_rows"]
+            for stage, seconds in json.loads(row.get("stage_seconds_json") or "{}").items():
+                summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
             if row["errors_rows"]:
                 summary.videos_with_errors += 1
             if row["write_error"]:

@@ -9,27 +9,36 @@ are RLE-encoded there (:func:`pipelines.io.rle.encode_masks`), so only compact r
 frame) leave the device and the actor. The masks are built and encoded chunk by chunk
 (``SegmentationResult.iter_mask_chunks``), so a video's full-size masks never exist at once.
 
+With ``compute.score_on = "actor"`` (the default) each chunk is also scored there, on the device,
+against the ground truth of videos that have one (:mod:`pipelines.inference.device_scoring`): the
+row carries per-frame J and F and the pixel counts of A and R per expression, and the writers only
+reduce them. Each row also carries the video's time split (``stage_seconds_json``: the model's
+stages, ``masks_rle`` and ``score``; CUDA-event times on a GPU) for the run's summary.
+
 Output rows (:data:`RESULT_SCHEMA`, one per video) go to the CPU scoring/writing stage. Failures
 never raise out of ``__call__``: they become error entries of the row, so one bad video cannot
 fail the job or kill the actor (and Ray's actor restarts stay for real crashes).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipelines.inference.config import InferenceConfig
+from pipelines.inference.device_scoring import ActorGroundTruth
 from pipelines.io.rle import encode_masks
 from pipelines.inference.video_io import FrameReadError, item_from_json, read_video
 from schemas import SEGMENT_RESULT_SCHEMA
 
-__all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "segment_video_item"]
+__all__ = ["DEFAULT_MASK_CHUNK_FRAMES", "RESULT_SCHEMA", "SegmentActor", "encode_and_score", "segment_video_item"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,6 +78,9 @@ DEFAULT_MASK_CHUNK_FRAMES = 32
 #: One row per video: what the model stage hands to the writer stage (defined in ``schemas``).
 RESULT_SCHEMA = SEGMENT_RESULT_SCHEMA
 
+#: Stage of the actor's time split: full-size masks built from the logits and RLE-encoded.
+MASKS_STAGE = "masks_rle"
+
 
 def _error(exp_id: str | None, stage: str, exc: BaseException, uri: str | None = None) -> dict[str, Any]:
     return {
@@ -89,6 +101,7 @@ def segment_video_item(
     max_side: int,
     storage_options: dict[str, Any] | None = None,
     mask_chunk_frames: int = DEFAULT_MASK_CHUNK_FRAMES,
+    ground_truth: ActorGroundTruth | None = None,
 ) -> dict[str, Any]:
     """Segment every pending expression of one work item; returns a :data:`RESULT_SCHEMA` row.
 
@@ -102,8 +115,12 @@ def segment_video_item(
         storage_options: fsspec options, used when the frames are read here.
         mask_chunk_frames: frames whose full-size masks are built and RLE-encoded at a time
             (``SegmentationResult.iter_mask_chunks``): memory for masks is O(chunk), not O(T).
+        ground_truth: scores each chunk against the video's ground truth on the masks' device
+            (``compute.score_on = "actor"``); None leaves scoring to the writers.
     """
     import torch
+
+    from vrshq.model.stage_timer import StageTimer
 
     video = item_from_json(item_json)
     row: dict[str, Any] = {
@@ -118,7 +135,9 @@ def segment_video_item(
         texts = [e.text for e in video.expressions]
         start = time.perf_counter()
         expected = (int(frames.shape[0]), row["height"], row["width"])
-        with torch.inference_mode():
+        video_gt = ground_truth.for_video(video) if ground_truth is not None else None
+        timer = StageTimer(torch.device(getattr(model, "device", "cpu")))
+        with _timed(model, timer), torch.inference_mode():
             # Logits are resized bilinearly to the original size and thresholded on the model's
             # device (method §5.3 step 6); the masks stay there and are RLE-encoded there too.
             results = model.segment_video(
@@ -136,23 +155,22 @@ def segment_video_item(
                     errors.append(_error(expression.exp_id, "model", ValueError(
                         f"segment_video returned masks of shape {result.mask_shape}, expected {expected}")))
                     continue
-                # Chunk by chunk: a long video's full-size masks never exist at once (on GPU or host).
-                rle_counts = [
-                    counts
-                    for _, chunk in result.iter_mask_chunks(mask_chunk_frames)
-                    for counts in encode_masks(chunk)
-                ]
-                encoded.append((expression, result, rle_counts))
-        elapsed = time.perf_counter() - start
+                job = video_gt.job(expression, result.mask_shape) if video_gt is not None else None
+                rle_counts = encode_and_score(result, mask_chunk_frames, job, timer)
+                encoded.append((expression, result, rle_counts, job.result(timer) if job is not None else None))
+        # the expressions' model time, without the time spent scoring them
+        elapsed = time.perf_counter() - start - (video_gt.host_seconds if video_gt is not None else 0.0)
         per_expression = elapsed / max(len(texts), 1)
-        for expression, result, rle_counts in encoded:
+        for expression, result, rle_counts, frame_scores in encoded:
             row["results"].append({
                 "exp_id": expression.exp_id,
                 "rle_counts": rle_counts,
                 "object_scores": np.asarray(result.object_scores, dtype=np.float32).reshape(-1).tolist(),
                 "keyframe_index": int(result.keyframe_idx),
                 "seconds": per_expression,
+                "frame_scores": frame_scores,
             })
+        row["stage_seconds_json"] = json.dumps(timer.seconds())
     except FrameReadError as exc:
         errors.append({"exp_id": None, **exc.to_dict()})
     except Exception as exc:  # noqa: BLE001 - one bad video becomes an error row, the job goes on
@@ -160,6 +178,39 @@ def segment_video_item(
         errors.append(_error(None, "model", exc, uri=video.frames_uri or video.video_uri))
     row["errors_json"] = json.dumps(errors)
     return row
+
+
+@contextlib.contextmanager
+def _timed(model: Any, timer: Any) -> Iterator[None]:
+    """The model times its stages with ``timer`` during the block (``VrshqModel.stage_timer``; others: nothing)."""
+    if not hasattr(model, "stage_timer"):
+        yield
+        return
+    model.stage_timer = timer
+    try:
+        yield
+    finally:
+        model.stage_timer = None
+
+
+def encode_and_score(result: Any, chunk_frames: int, job: Any, timer: Any) -> list[bytes]:
+    """RLE counts of every frame of ``result``, built chunk by chunk; each chunk scored by ``job`` (if any).
+
+    Chunk by chunk, a long video's full-size masks never exist at once (on the device or the host).
+    """
+    chunks = result.iter_mask_chunks(chunk_frames)
+    rle_counts: list[bytes] = []
+    while True:
+        with timer.stage(MASKS_STAGE):
+            item = next(chunks, None)
+            if item is None:
+                break
+            start, chunk = item
+            rle_counts += encode_masks(chunk)
+        if job is not None:
+            job.add(start, chunk, timer)
+        del chunk
+    return rle_counts
 
 
 class SegmentActor:
@@ -186,6 +237,8 @@ class SegmentActor:
         if self._device.type == "cpu":
             torch.set_num_threads(max(1, int(cfg.compute.num_cpus_per_actor)))
         self._model = build_model(cfg, device=self._device)
+        self._ground_truth = (ActorGroundTruth(cfg.storage_options)
+                              if cfg.compute.score_on == "actor" else None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         _chaos_maybe_exit()
@@ -209,5 +262,6 @@ class SegmentActor:
                 original_hw=(int(batch["height"][i]), int(batch["width"][i])),
                 max_side=self._max_side,
                 storage_options=self._cfg.storage_options,
+                ground_truth=self._ground_truth,
             ))
         return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)

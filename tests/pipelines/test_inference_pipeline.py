@@ -104,9 +104,14 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
             gt = load_expression_masks(video, expression, mask_dict=mask_dict)
             reference = metrics.score_expression(gt, want)
             row = scores[key]
-            assert (row["j"], row["f"], row["jf"]) == pytest.approx((reference.j, reference.f, reference.jf))
+            # scored on the model actor's device (compute.score_on = "actor"), bit for bit as vrshq.metrics
+            assert (row["j"], row["f"], row["jf"], row["accuracy"]) == (
+                reference.j, reference.f, reference.jf, reference.accuracy)
             assert row["keyframe_index"] == result.keyframe_idx and row["num_frames"] == video.num_frames
             assert row["model"] == "tiny-seed3" and row["code_version"] == "test-sha"
+    # the time split reaches the summary: the actor's stages (its scoring included) and the writers'
+    assert {"masks_rle", "score", "writer_score", "writer_write"} <= set(summary.stage_seconds)
+    assert all(seconds >= 0 for seconds in summary.stage_seconds.values())
     keyframes = read_output(output, "masks").filter(pc.field("is_keyframe"))
     assert keyframes.num_rows == len(expected_pairs)  # exactly one keyframe per (video, expression)
 

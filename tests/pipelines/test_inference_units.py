@@ -368,6 +368,82 @@ def test_rows_for_video_scores_equal_vrshq_metrics(synthetic_revos_local):
     assert video.expressions[0].exp_id not in {s["exp_id"] for s in scores_b} | {m["exp_id"] for m in masks_b}
 
 
+def _scores_and_errors(output: str) -> tuple[list[dict], list[dict]]:
+    scores = read_output(output, "scores").drop_columns(["seconds"]).to_pylist()
+    errors = read_output(output, "errors").to_pylist()
+    key = lambda r: (r["video_id"], r["exp_id"] or "", r.get("stage", ""))  # noqa: E731
+    return sorted(scores, key=key), sorted(errors, key=key)
+
+
+def test_scoring_in_the_actor_and_in_the_writer_give_the_same_tables(synthetic_revos_local, tmp_path, monkeypatch):
+    """``compute.score_on`` actor vs writer: identical scores and errors tables, float for float."""
+    import pipelines.inference.result_writer as result_writer
+    from pipelines.inference.device_scoring import ActorGroundTruth
+
+    good, broken, no_gt, resized = originals = read_revos(str(synthetic_revos_local), split="valid")[:4]
+    frames = [load_frames(v) for v in originals]
+    # broken: an anno_id missing from the ground truth, and a truncated RLE of another of its anno_ids
+    mask_dict = json.loads(open(broken.mask_dict_uri).read())
+    corrupt = broken.expressions[1].anno_ids[0]
+    frame = next(i for i, rle in enumerate(mask_dict[str(corrupt)]) if rle)
+    mask_dict[str(corrupt)][frame]["counts"] = mask_dict[str(corrupt)][frame]["counts"][:-2]
+    (tmp_path / "mask_dict.json").write_text(json.dumps(mask_dict))
+    broken = dataclasses.replace(broken, mask_dict_uri=str(tmp_path / "mask_dict.json"), expressions=(
+        dataclasses.replace(broken.expressions[0], anno_ids=(987654,)), *broken.expressions[1:]))
+    failing = {broken.expressions[0].exp_id} | {e.exp_id for e in broken.expressions if corrupt in e.anno_ids}
+    no_gt = dataclasses.replace(no_gt, mask_dict_uri=None)
+    resized = dataclasses.replace(resized, height=32)  # its ground truth is not the masks' size
+    videos = [good, broken, no_gt, resized]
+    decoded = []
+    real_decode = result_writer.decode_masks
+    monkeypatch.setattr(result_writer, "decode_masks", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+    summaries, rows_by_mode = {}, {}
+    modes = (("writer", None), ("actor", ActorGroundTruth()),
+             ("actor_gpu_decoder", ActorGroundTruth(decode_on_device=True)))  # the RLE decoded as on a GPU
+    for mode, ground_truth in modes:
+        rows = [segment_video_item(_FakeModel(), item_to_json(v), f, original_hw=(64, 96), max_side=0,
+                                   mask_chunk_frames=4, ground_truth=ground_truth) for v, f in zip(videos, frames)]
+        rows_by_mode[mode] = rows
+        cfg = InferenceConfig(out=str(tmp_path / mode), manifest="unused",
+                              compute=ComputeConfig(score_on=mode.split("_")[0], videos_per_file=4))
+        decoded.clear()
+        summaries[mode] = result_writer.ResultWriter(cfg, run_fields=RUN)(
+            pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)).to_pylist()
+        summaries[mode + "_decoded"] = len(decoded)
+    # The actor scored every expression with readable ground truth of the masks' size, and only those.
+    per_video = {v.video_id: len(v.expressions) for v in videos}
+    assert summaries["writer_decoded"] == sum(per_video.values())
+    assert all(r["frame_scores"] is None for row in rows_by_mode["writer"] for r in row["results"])
+    writer_scores, writer_errors = _scores_and_errors(str(tmp_path / "writer"))
+    for mode in ("actor", "actor_gpu_decoder"):
+        scored = {(row["video_id"], r["exp_id"]) for row in rows_by_mode[mode] for r in row["results"]
+                  if r["frame_scores"] is not None}
+        assert scored == {(v.video_id, e.exp_id) for v in (good, broken) for e in v.expressions} - {
+            (broken.video_id, exp_id) for exp_id in failing}
+        # its writers decoded only the masks it left unscored
+        assert summaries[mode + "_decoded"] == len(failing) + per_video[no_gt.video_id] + per_video[resized.video_id]
+        actor_scores, actor_errors = _scores_and_errors(str(tmp_path / mode))
+        assert actor_scores == writer_scores and actor_errors == writer_errors  # every J, F, J&F, A, R bit for bit
+    assert {(e["video_id"], e["exp_id"]) for e in writer_errors} == {
+        *((broken.video_id, exp_id) for exp_id in failing), *((resized.video_id, e.exp_id) for e in resized.expressions)}
+    assert {e["stage"] for e in writer_errors} == {"annotation", "score"}
+    by_video = {r["video_id"]: r for r in writer_scores}
+    assert by_video[good.video_id]["j"] is not None and by_video[good.video_id]["robustness"] is not None
+    assert by_video[no_gt.video_id]["j"] is None  # no ground truth: null scores either way
+    # The time split: the actor's stages (scoring only in actor mode) and the writers'.
+    for mode in ("writer", "actor", "actor_gpu_decoder"):
+        for row in summaries[mode]:
+            stages = json.loads(row["stage_seconds_json"])
+            assert {"masks_rle", "writer_score", "writer_write"} <= set(stages)
+            assert ("score" in stages) == (mode != "writer" and row["video_id"] in (good.video_id, broken.video_id))
+            assert all(value >= 0 for value in stages.values())
+
+
+def test_score_on_must_be_actor_or_writer():
+    with pytest.raises(ValueError, match="score_on must be one of actor | writer"):
+        ComputeConfig(score_on="gpu")
+
+
 # --------------------------------------------------------------------------- model loading
 
 

@@ -106,6 +106,15 @@ def test_workload_has_the_requested_shape_and_is_reused(tmp_path):
     assert workload.num_masks == sum(v.num_frames * len(v.expressions) for v in workload.videos)
     again = write_workload(str(tmp_path), cfg)
     assert again.videos == workload.videos
+    # every expression has ground truth the pipeline can score (J, F, A, R)
+    from vrshq.data import load_expression_masks, load_foreground_masks
+
+    for video in workload.videos:
+        assert video.mask_dict_uri and video.foreground_uri
+        gts = [load_expression_masks(video, e) for e in video.expressions]
+        assert all(gt.shape == (video.num_frames, 40, 48) for gt in gts)
+        assert any(e.anno_ids for e in video.expressions) and any(gt.any() for gt in gts)
+        assert load_foreground_masks(video)[0].shape == (video.num_frames, 40, 48)
 
 
 def test_run_benchmark_extrapolates_the_serial_path_and_merges_invocations(tmp_path):
@@ -166,3 +175,16 @@ def test_breakdown_counts_object_score_gate_flips_of_same_decisions():
     assert out["same_decisions_gate"] == {"gate_flips": 1, "min_abs_score_at_flip": 1e-3, "masks_same_gate": 2,
                                           "masks_same_gate_iou_ge_099": 1}
     assert "gate differs on 1 frames" in format_breakdown(out)
+
+
+def test_pipeline_split_says_whether_scoring_is_under_a_tenth_of_the_gpu_time():
+    from benchmarks.inference_throughput import pipeline_split_lines
+
+    stages = {"sam2_encode": 3.0, "track": 5.0, "masks_rle": 2.0, "score": 0.8,
+              "writer_score": 0.2, "writer_write": 0.1}
+    text = "\n".join(pipeline_split_lines(stages, masks=1000))
+    assert "0.800 s on the device = 8.0% of the 10.00 s that made the masks (within the one-tenth rule" in text
+    assert "0.800 vs 10.000 ms per mask" in text
+    assert "writers: scoring 0.200 s, writing 0.100 s" in text
+    assert "OVER" in "\n".join(pipeline_split_lines({**stages, "score": 1.5}, masks=1000))
+    assert pipeline_split_lines({}, masks=10) == []

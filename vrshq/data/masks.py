@@ -22,6 +22,7 @@ from vrshq.data.frames import probe_frame_size
 from vrshq.data.records import ExpressionRecord, VideoRecord
 
 __all__ = [
+    "compressed_rle_counts",
     "encode_rle",
     "decode_rle",
     "load_mask_dict",
@@ -91,6 +92,16 @@ def decode_rle(rle: Any, *, height: int, width: int, uri: str = "<rle>", where: 
 
 def _compressed_counts_total(data: bytes) -> int | None:
     """Sum of the run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``), or None if malformed."""
+    counts = compressed_rle_counts(data)
+    return None if counts is None else int(counts.sum())
+
+
+def compressed_rle_counts(data: bytes) -> np.ndarray | None:
+    """The run lengths (int64, zeros first, column-major) of a compressed COCO RLE string, or None if malformed.
+
+    pycocotools' ``rleFrString`` vectorised; :func:`decode_rle` checks their sum against the frame, and
+    a caller that expands them itself (e.g. on an accelerator) gets the same mask as pycocotools.
+    """
     chars = np.frombuffer(data, dtype=np.uint8).astype(np.int64) - 48
     if chars.size == 0 or chars.min() < 0 or chars.max() > 63:
         return None
@@ -111,7 +122,7 @@ def _compressed_counts_total(data: bytes) -> int | None:
     counts[2::2] = np.cumsum(values[2::2])
     if (counts < 0).any():
         return None
-    return int(counts.sum())
+    return counts
 
 
 def load_mask_dict(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:

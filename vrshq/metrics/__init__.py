@@ -15,13 +15,14 @@ Example:
 """
 from vrshq.metrics.aggregate import RevosSummary, SplitScores, summarize_mean, summarize_revos
 from vrshq.metrics.boundary import DEFAULT_BOUND_TH, bound_pixels, boundary_f, boundary_map, disk_footprint
-from vrshq.metrics.expression import ExpressionScore, score_expression
+from vrshq.metrics.expression import ExpressionScore, FrameScores, score_expression, score_from_frames
 from vrshq.metrics.region import jaccard
 from vrshq.metrics.accuracy_robustness import pixel_accuracy, robustness
 
 __all__ = [
     "DEFAULT_BOUND_TH",
     "ExpressionScore",
+    "FrameScores",
     "RevosSummary",
     "SplitScores",
     "bound_pixels",
@@ -32,6 +33,7 @@ __all__ = [
     "pixel_accuracy",
     "robustness",
     "score_expression",
+    "score_from_frames",
     "summarize_mean",
     "summarize_revos",
 ]

@@ -14,6 +14,11 @@ as :mod:`vrshq.metrics` and the per-frame DAVIS code (``tests/unit/test_metrics_
   radius 12 (a 25x25 convolution ran at 1.6 ms per frame pair on an H100, pooling passes at 0.6 ms);
   other footprints take one ``max_pool`` per distinct run;
 * precision, recall, F and J in float64 in the reference's operation order, with its empty-mask rules.
+
+:class:`ExpressionScorer` takes one expression's masks a chunk of frames at a time (as the model
+actor builds them) and keeps per-frame J and F and the pixel counts of A and R on the device; its
+:class:`vrshq.metrics.FrameScores` reduce on the host to the same numbers as
+:func:`vrshq.metrics.score_expression` (:func:`vrshq.metrics.score_from_frames`).
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from vrshq.metrics.boundary import DEFAULT_BOUND_TH, bound_pixels, disk_footprint
+from vrshq.metrics.expression import FrameScores
 
-__all__ = ["boundary_f_tensor", "boundary_map_tensor", "jaccard_tensor", "score_masks_tensor"]
+__all__ = ["ExpressionScorer", "boundary_f_tensor", "boundary_map_tensor", "jaccard_tensor", "score_masks_tensor"]
 
 
 def _check(gt: torch.Tensor, pred: torch.Tensor) -> None:
@@ -161,3 +167,73 @@ def score_masks_tensor(gt: torch.Tensor, pred: torch.Tensor, *, bound_th: float 
         js.append(jaccard_tensor(g, p))
         fs.append(boundary_f_tensor(g, p, bound_th=bound_th))
     return torch.cat(js), torch.cat(fs)
+
+
+class ExpressionScorer:
+    """One expression's J, F, A and R inputs, accumulated chunk by chunk on the masks' device.
+
+    ``add`` queues the chunk's work on the device without waiting for it (no host sync);
+    ``result`` copies the per-frame J and F and three pixel counts to the host once.
+
+    On a CPU the per-frame J and F come from :mod:`vrshq.metrics` (numpy, cropped to the objects: there
+    it is many times faster than these tensor operations, with the same numbers) unless ``numpy_on_cpu``
+    is False.
+
+    Args:
+        shape: (T, H, W) of the expression's masks; the chunks must cover the T frames in order.
+        bound_th: boundary tolerance of F.
+        numpy_on_cpu: score chunks on a CPU with :mod:`vrshq.metrics` instead of the tensor operations.
+
+    Example:
+        >>> gt = torch.zeros(3, 8, 8, dtype=torch.bool); gt[:, 2:5, 2:5] = True
+        >>> scorer = ExpressionScorer((3, 8, 8))
+        >>> scorer.add(gt[:2], gt[:2]); scorer.add(gt[2:], torch.zeros_like(gt[2:]))
+        >>> frames = scorer.result()
+        >>> frames.j_frames.tolist(), frames.mismatches, frames.false_positives, frames.target_pixels
+        ([1.0, 1.0, 0.0], 9, 0, 27)
+    """
+
+    def __init__(self, shape: tuple[int, int, int], *, bound_th: float = DEFAULT_BOUND_TH, numpy_on_cpu: bool = True):
+        self.numpy_on_cpu = numpy_on_cpu
+        self.shape = tuple(int(n) for n in shape)
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"ExpressionScorer needs a (T, H, W) shape with T, H, W >= 1, got {shape}")
+        self.bound_th = bound_th
+        self._frames = 0
+        self._j: list[torch.Tensor] = []
+        self._f: list[torch.Tensor] = []
+        self._counts: torch.Tensor | None = None  # int64 (3,): mismatches, false positives, target pixels
+
+    def add(self, gt: torch.Tensor, pred: torch.Tensor) -> None:
+        """Score the next chunk of frames: bool (n, H, W) target and prediction on one device."""
+        _check(gt, pred)
+        if tuple(gt.shape[1:]) != self.shape[1:] or self._frames + gt.shape[0] > self.shape[0]:
+            raise ValueError(f"chunk of shape {tuple(gt.shape)} after {self._frames} frames does not fit masks of "
+                             f"shape {self.shape}")
+        if self.numpy_on_cpu and gt.device.type == "cpu":
+            from vrshq.metrics import boundary_f, jaccard
+
+            gt_host, pred_host = gt.numpy(), pred.numpy()
+            self._j.append(torch.from_numpy(jaccard(gt_host, pred_host)))
+            self._f.append(torch.from_numpy(boundary_f(gt_host, pred_host, bound_th=self.bound_th)))
+        else:
+            self._j.append(jaccard_tensor(gt, pred))
+            self._f.append(boundary_f_tensor(gt, pred, bound_th=self.bound_th))
+        counts = torch.stack([(gt ^ pred).sum(dtype=torch.int64), (pred & ~gt).sum(dtype=torch.int64),
+                              gt.sum(dtype=torch.int64)])
+        self._counts = counts if self._counts is None else self._counts + counts
+        self._frames += int(gt.shape[0])
+
+    def result(self) -> FrameScores:
+        """The accumulated :class:`vrshq.metrics.FrameScores` (one copy to the host).
+
+        Raises:
+            ValueError: the chunks added do not cover the T frames.
+        """
+        if self._frames != self.shape[0] or self._counts is None:
+            raise ValueError(f"ExpressionScorer got {self._frames} of {self.shape[0]} frames")
+        host = torch.cat([torch.cat(self._j), torch.cat(self._f)]).cpu().numpy()
+        mismatches, false_positives, target = (int(n) for n in self._counts.cpu().tolist())
+        num = self.shape[0]
+        return FrameScores(j_frames=host[:num].copy(), f_frames=host[num:].copy(), mismatches=mismatches,
+                           false_positives=false_positives, target_pixels=target, shape=self.shape)

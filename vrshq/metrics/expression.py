@@ -17,7 +17,7 @@ from vrshq.metrics.boundary import (
 )
 from vrshq.metrics.region import chunk_jaccard
 
-__all__ = ["ExpressionScore", "score_expression"]
+__all__ = ["ExpressionScore", "FrameScores", "score_expression", "score_from_frames"]
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,62 @@ def score_expression(
     f = float(np.mean(f_measure(precision, recall)))
     r = None if foreground is None else robustness_from_counts(false_positives, np.count_nonzero(foreground))
     a = accuracy_from_counts(mismatches, gt.size)
+    return ExpressionScore(j=j, f=f, jf=(j + f) / 2, accuracy=a, robustness=r, num_frames=num_frames)
+
+
+@dataclass(frozen=True)
+class FrameScores:
+    """What :func:`score_expression` reduces, computed elsewhere: per-frame J and F and the pixel counts of A and R.
+
+    The model actor computes these on its device, chunk by chunk, where the masks are made
+    (:class:`vrshq.metrics.device.ExpressionScorer`); only these few numbers per frame travel, and
+    :func:`score_from_frames` reduces them to the same :class:`ExpressionScore` as ``score_expression``.
+
+    Attributes:
+        j_frames: float64 (T,) per-frame J.
+        f_frames: float64 (T,) per-frame F.
+        mismatches: pixels where prediction and target differ, over all frames (for A).
+        false_positives: predicted pixels outside the target, over all frames (for R).
+        target_pixels: target pixels over all frames (the mean target area).
+        shape: (T, H, W) of the masks.
+    """
+
+    j_frames: np.ndarray
+    f_frames: np.ndarray
+    mismatches: int
+    false_positives: int
+    target_pixels: int
+    shape: tuple[int, int, int]
+
+    @property
+    def mean_target_area(self) -> float:
+        """``gt.mean()`` of the target: its pixels over all pixels (exact: both counts are integers)."""
+        return float(np.float64(self.target_pixels) / (self.shape[0] * self.shape[1] * self.shape[2]))
+
+
+def score_from_frames(frames: FrameScores, *, foreground_pixels: int | None = None) -> ExpressionScore:
+    """The :class:`ExpressionScore` of per-frame scores and pixel counts, bit-identical to :func:`score_expression`.
+
+    J and F are the float64 means over the frames in frame order (``np.mean`` of the same arrays as
+    ``score_expression`` takes them); A and R come from the same integer counts.
+
+    Args:
+        frames: the expression's :class:`FrameScores`.
+        foreground_pixels: foreground pixels of the video over all frames (for R); None gives R = None.
+
+    Raises:
+        ValueError: the per-frame arrays do not hold one value per frame, or the masks have no pixel.
+    """
+    j_frames = np.asarray(frames.j_frames, dtype=np.float64)
+    f_frames = np.asarray(frames.f_frames, dtype=np.float64)
+    num_frames, height, width = frames.shape
+    if j_frames.shape != (num_frames,) or f_frames.shape != (num_frames,):
+        raise ValueError(f"FrameScores of shape {frames.shape} needs {num_frames} J and F values, "
+                         f"got {j_frames.shape} and {f_frames.shape}")
+    if num_frames * height * width == 0:
+        raise ValueError(f"score_from_frames needs at least one frame and one pixel, got shape {frames.shape}")
+    j = float(np.mean(j_frames))
+    f = float(np.mean(f_frames))
+    r = None if foreground_pixels is None else robustness_from_counts(frames.false_positives, foreground_pixels)
+    a = accuracy_from_counts(frames.mismatches, num_frames * height * width)
     return ExpressionScore(j=j, f=f, jf=(j + f) / 2, accuracy=a, robustness=r, num_frames=num_frames)
