@@ -65,11 +65,14 @@ def run(args: argparse.Namespace) -> dict[str, float | int | str]:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     rle_runs = 0
+    print(f"built in {built:.1f} s; segmenting {args.frames} frames x {args.expressions} expressions", flush=True)
     with torch.inference_mode():
         results = model.segment_video(frames, texts, output_hw=(args.height, args.width), masks_on_device=True)
-        for result in results:
+        print(f"segment_video: {time.perf_counter() - start:.1f} s", flush=True)  # progress, should a run be cut
+        for index, result in enumerate(results, 1):
             for _, chunk in result.iter_mask_chunks(args.mask_chunk_frames):
                 rle_runs += sum(len(counts) for counts in encode_masks(chunk))
+            print(f"masks of {index}/{len(results)} expressions: {time.perf_counter() - start:.1f} s", flush=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
