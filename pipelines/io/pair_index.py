@@ -1,0 +1,239 @@
+"""The index of an output's committed (video, expression) pairs: resume reads one file, not every scores part.
+
+A pair is committed when the scores table has its row (:mod:`pipelines.io.writers`). Reading the
+key columns of every scores part costs one footer and two column chunks per file: seconds for the
+12,500 parts of a million pairs, minutes for a hundred times that. The index holds the same pairs
+in a few Parquet files under ``<output>/_index/`` (outside every table, so no table reader sees
+them), one row per scores row::
+
+    pair    dataset<US>split<US>video_id<US>exp_id, sorted (the planner's key, see
+            pipelines.inference.planning)
+    part    the scores file that holds the row: its path under scores/, size and version
+            (ETag or mtime), dictionary-encoded
+    model   the row's model, dictionary-encoded (for the one-model check before a run)
+
+The index is a cache that checks itself against the listing of the scores table, so it is never
+wrong, only incomplete:
+
+* an entry counts only while its part is listed with the same size and version: a part that
+  compaction replaced, a user deleted or a retry rewrote drops its entries;
+* a listed part that no index file covers (written since the last fold, by a killed run, or by
+  compaction) is read directly, like any part, compacted or fresh;
+* :func:`read_committed` with ``fold=True`` writes what it read as one new sorted index file
+  (atomically) and then deletes the index files it replaces. A kill in between leaves two files
+  that cover the same parts; each part's entries are then taken from one of them only, so no
+  pair is ever counted twice or lost.
+
+``infer`` folds when it plans (under its output lock) and again at the end of a run, so the next
+resume reads one index file; ``jobs.compact`` folds after compacting. Concurrent folds (there are
+none under the lock) would still leave only correct entries.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.io.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
+from pipelines.io.writers import PartFile, list_parts
+
+__all__ = ["INDEX_FOLDER", "KEY_COLUMNS", "SEP", "Committed", "fold_index", "pair_strings", "read_committed"]
+
+_LOG = logging.getLogger(__name__)
+
+#: The index's folder under the output (a sibling of the tables).
+INDEX_FOLDER = "_index"
+#: The key of a (video, expression) pair in every table.
+KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
+#: Joins the key columns into one string: the unit separator, never part of a partition value.
+SEP = "\x1f"
+_PREFIX, _SUFFIX = "pairs-", ".parquet"
+_SCHEMA = pa.schema([pa.field("pair", pa.string()), pa.field("part", pa.dictionary(pa.int32(), pa.string())),
+                     pa.field("model", pa.dictionary(pa.int32(), pa.string()))])
+
+
+def pair_strings(dataset: Any, split: Any, video_id: Any, exp_id: Any) -> pa.Array:
+    """One ``dataset<US>split<US>video_id<US>exp_id`` string per row (arrays or scalars): one sortable key."""
+    return pc.binary_join_element_wise(dataset, split, video_id, exp_id, SEP)
+
+
+@dataclasses.dataclass
+class Committed:
+    """What :func:`read_committed` found.
+
+    Attributes:
+        pairs: the pair strings of every committed scores row (sorted when ``fold`` was asked or one
+            complete index file was read; duplicates only if the scores table holds a pair twice).
+        models: the models of those rows, sorted (when asked for).
+        parts: scores files listed.
+        parts_read: scores files read directly because no index file covered them.
+        index_files: index files read.
+        stale_rows: index rows dropped because their part is gone or changed.
+        folded: whether a new index file was written.
+    """
+
+    pairs: pa.Array | None
+    models: list[str] | None
+    parts: int = 0
+    parts_read: int = 0
+    index_files: int = 0
+    stale_rows: int = 0
+    folded: bool = False
+
+
+def _index_files(fs: Any, folder: str) -> list[str]:
+    """The committed index files, newest name first (hidden temporary files of an unfinished write are skipped)."""
+    if not fs.exists(folder):
+        return []
+    names = [p for p in fs.find(folder) if p.rsplit("/", 1)[-1].startswith(_PREFIX) and p.endswith(_SUFFIX)]
+    return sorted(names, reverse=True)
+
+
+@dataclasses.dataclass
+class _Rows:
+    """Rows gathered from index files and parts: pair strings, listing positions of their parts, models."""
+
+    pairs: list[pa.Array] = dataclasses.field(default_factory=list)
+    parts: list[np.ndarray] = dataclasses.field(default_factory=list)
+    models: list[pa.Array] = dataclasses.field(default_factory=list)
+
+
+def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, owner: np.ndarray, number: int,
+                rows: _Rows) -> int:
+    """Add the entries of index file ``path`` whose part is listed (``keys``) and not owned by a newer index
+    file; mark the parts it covers as its own. Returns the rows dropped as stale."""
+    table = pq.read_table(path, columns=sorted({"part", *columns}, key=_SCHEMA.names.index), filesystem=filesystem)
+    stale = 0
+    for batch in table.to_batches():
+        part = batch.column("part")
+        if not isinstance(part, pa.DictionaryArray):
+            raise ValueError(f"index file {path}: column 'part' is not dictionary-encoded; delete {INDEX_FOLDER}/")
+        positions = pc.index_in(part.dictionary, value_set=keys).fill_null(-1).to_numpy().astype(np.int64)
+        listed = positions >= 0
+        usable = listed.copy()
+        usable[listed] = (owner[positions[listed]] == -1) | (owner[positions[listed]] == number)
+        owner[positions[usable]] = number
+        indices = part.indices.to_numpy()
+        keep = usable[indices]
+        stale += int((~listed[indices]).sum())
+        mask = pa.array(keep)
+        if "pair" in columns:
+            rows.pairs.append(batch.column("pair").filter(mask))
+        if "model" in columns:
+            rows.models.append(batch.column("model").filter(mask).cast(pa.string()))
+        rows.parts.append(positions[indices][keep])
+    return stale
+
+
+def _read_parts(parts: Sequence[tuple[int, PartFile]], filesystem: Any, columns: list[str], threads: int,
+                rows: _Rows) -> None:
+    """Add the rows of scores files no index covers (their key columns; the partition values from the path)."""
+    wanted = (["video_id", "exp_id"] if "pair" in columns else []) + (["model"] if "model" in columns else [])
+
+    def read(item: tuple[int, PartFile]) -> tuple[int, pa.Table, PartFile]:
+        position, part = item
+        return position, pq.ParquetFile(part.path, filesystem=filesystem).read(columns=wanted), part
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for position, table, part in pool.map(read, parts):
+            if "pair" in columns:
+                rows.pairs.append(pair_strings(part.dataset, part.split, table["video_id"], table["exp_id"]
+                                               ).combine_chunks())
+            if "model" in columns:
+                rows.models.append(table["model"].combine_chunks().cast(pa.string()))
+            rows.parts.append(np.full(table.num_rows, position, dtype=np.int64))
+
+
+def _concat(chunks: list[pa.Array], type_: pa.DataType) -> pa.Array:
+    return pa.chunked_array(chunks, type_).combine_chunks() if chunks else pa.array([], type_)
+
+
+def read_committed(
+    output: str,
+    *,
+    pairs: bool = True,
+    models: bool = False,
+    fold: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    threads: int = 16,
+) -> Committed:
+    """The committed pairs (and/or models) of ``output``: the index's valid entries plus the parts it misses.
+
+    Args:
+        pairs: return the pair strings.
+        models: return the models of the committed rows.
+        fold: write what was read as one new index file when it differs from the index (parts read
+            directly, stale entries, or several index files), then delete the old index files. Run it
+            under the output lock (``infer`` and ``jobs.compact`` do).
+        threads: parts read at once (the latency of object stores overlaps).
+    """
+    columns = ["pair", "part", "model"] if fold else ["pair"] * pairs + ["model"] * models
+    fs, _ = filesystem_for(output, storage_options)
+    filesystem = arrow_filesystem(fs)
+    listing = list_parts(output, "scores", storage_options=storage_options)
+    keys = pa.array([p.key for p in listing], pa.string())
+    owner = np.full(len(listing), -1, dtype=np.int64)
+    folder = filesystem_for(join_uri(output, INDEX_FOLDER), storage_options)[1]
+    index_files = _index_files(fs, folder)
+    rows = _Rows()
+    stale = 0
+    for number, path in enumerate(index_files):
+        stale += _read_index(path, filesystem, columns, keys, owner, number, rows)
+    uncovered = [(i, p) for i, p in enumerate(listing) if owner[i] == -1]
+    from_index = len(rows.parts)
+    _read_parts(uncovered, filesystem, columns, threads, rows)
+    new_rows = sum(len(r) for r in rows.parts[from_index:])
+    result = Committed(pairs=None, models=None, parts=len(listing), parts_read=len(uncovered),
+                       index_files=len(index_files), stale_rows=stale)
+    pair_array = _concat(rows.pairs, pa.string())
+    rows.pairs.clear()
+    changed = bool(new_rows or stale or len(index_files) > 1)
+    if fold and changed:
+        order = pc.sort_indices(pair_array)
+        pair_array = pair_array.take(order)
+        part_ids = np.concatenate(rows.parts) if rows.parts else np.zeros(0, np.int64)
+        model_array = _concat(rows.models, pa.string())
+        _write_index(fs, folder, pa.table({
+            "pair": pair_array,
+            "part": pa.DictionaryArray.from_arrays(pa.array(part_ids.astype(np.int32)).take(order), keys),
+            "model": model_array.take(order).dictionary_encode(),
+        }, schema=_SCHEMA), index_files)
+        result.folded = True
+    if pairs:
+        result.pairs = pair_array
+    if models:
+        result.models = sorted(set(pc.unique(_concat(rows.models, pa.string())).to_pylist()) - {None})
+    return result
+
+
+def _write_index(fs: Any, folder: str, table: pa.Table, replaces: list[str]) -> None:
+    """Write ``table`` as a new index file (atomically), then delete the files it replaces."""
+    import io
+
+    name = f"{_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
+    sink = io.BytesIO()
+    # One row group: the part dictionary is stored once. Sorted pairs share prefixes (DELTA_BYTE_ARRAY).
+    pq.write_table(table, sink, compression="zstd", row_group_size=max(1, table.num_rows),
+                   use_dictionary=["part", "model"], column_encoding={"pair": "DELTA_BYTE_ARRAY"},
+                   dictionary_pagesize_limit=2**30)
+    write_bytes_atomic(fs, f"{folder}/{name}", sink.getvalue())
+    for path in replaces:
+        try:
+            fs.rm(path)
+        except FileNotFoundError:
+            pass
+    _LOG.info("pair index %s: %d committed rows", name, table.num_rows)
+
+
+def fold_index(output: str, *, storage_options: Mapping[str, Any] | None = None) -> Committed:
+    """Bring ``output``'s index up to date with its scores table (see :func:`read_committed`); no pairs returned."""
+    return read_committed(output, pairs=False, fold=True, storage_options=storage_options)
