@@ -80,7 +80,7 @@ class ManifestPlan:
     data: bytes | None = None  # the manifest itself when it was given in memory (a dataset input)
 
 
-def _done_pairs(output: str, storage_options: Mapping[str, Any] | None, fold: bool) -> pa.Array:
+def _done_pairs(output: str, storage_options: Mapping[str, Any] | None, fold: bool) -> pa.ChunkedArray:
     """The committed pair strings of ``output``, from its index and the scores parts it misses
     (:mod:`pipelines.io.pair_index`); ``fold`` brings the index up to date on the way."""
     return read_committed(output, fold=fold, storage_options=storage_options).pairs
@@ -176,10 +176,16 @@ def _is_sorted(values: pa.Array) -> bool:
     return bool(pc.all(pc.less_equal(values.slice(0, len(values) - 1), values.slice(1))).as_py())
 
 
-def _member(needles: pa.Array, ordered: pa.Array) -> np.ndarray:
-    """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search."""
-    positions = np.minimum(pc.search_sorted(ordered, needles).to_numpy(), len(ordered) - 1)
-    return pc.equal(ordered.take(pa.array(positions)), needles).to_numpy(zero_copy_only=False)
+def _member(needles: pa.Array, ordered: pa.Array | pa.ChunkedArray, step: int = 1 << 16) -> np.ndarray:
+    """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search; ``step`` needles at a
+    time, so the strings taken for the comparison stay a few MB whatever the number of pairs."""
+    found = np.zeros(len(needles), dtype=bool)
+    for start in range(0, len(needles), step):
+        chunk = needles.slice(start, step)
+        positions = np.minimum(pc.search_sorted(ordered, chunk).to_numpy(), len(ordered) - 1)
+        found[start:start + len(chunk)] = pc.equal(ordered.take(pa.array(positions)), chunk).to_numpy(
+            zero_copy_only=False)
+    return found
 
 
 def _split_pairs(pairs: pa.Array) -> pa.Table:

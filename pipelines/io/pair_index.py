@@ -8,9 +8,13 @@ them), one row per scores row::
 
     pair    dataset<US>split<US>video_id<US>exp_id, sorted (the planner's key, see
             pipelines.inference.planning)
-    part    the scores file that holds the row: its path under scores/, size and version
-            (ETag or mtime), dictionary-encoded
-    model   the row's model, dictionary-encoded (for the one-model check before a run)
+    part    the scores file that holds the row, as a position in the file list of the footer
+    model   the row's model, dictionary-encoded
+
+and in the footer's key-value metadata the scores files it covers (path under ``scores/``, size
+and version: the ETag on object stores, else the mtime) and their models. A resume whose listing
+still shows every covered file unchanged reads the footer and the ``pair`` column only; the
+one-model check before a run reads the footer only.
 
 The index is a cache that checks itself against the listing of the scores table, so it is never
 wrong, only incomplete:
@@ -31,6 +35,7 @@ none under the lock) would still leave only correct entries.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -57,7 +62,8 @@ KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
 #: Joins the key columns into one string: the unit separator, never part of a partition value.
 SEP = "\x1f"
 _PREFIX, _SUFFIX = "pairs-", ".parquet"
-_SCHEMA = pa.schema([pa.field("pair", pa.string()), pa.field("part", pa.dictionary(pa.int32(), pa.string())),
+_PARTS_KEY, _MODELS_KEY = b"vrshq.pair_index.parts", b"vrshq.pair_index.models"
+_SCHEMA = pa.schema([pa.field("pair", pa.string()), pa.field("part", pa.int32()),
                      pa.field("model", pa.dictionary(pa.int32(), pa.string()))])
 
 
@@ -81,7 +87,7 @@ class Committed:
         folded: whether a new index file was written.
     """
 
-    pairs: pa.Array | None
+    pairs: pa.ChunkedArray | None
     models: list[str] | None
     parts: int = 0
     parts_read: int = 0
@@ -103,34 +109,64 @@ class _Rows:
     """Rows gathered from index files and parts: pair strings, listing positions of their parts, models."""
 
     pairs: list[pa.Array] = dataclasses.field(default_factory=list)
-    parts: list[np.ndarray] = dataclasses.field(default_factory=list)
-    models: list[pa.Array] = dataclasses.field(default_factory=list)
+    parts: list[np.ndarray] = dataclasses.field(default_factory=list)  # for a fold
+    models: list[pa.Array] = dataclasses.field(default_factory=list)  # the distinct models of each source
+    row_models: list[pa.Array] = dataclasses.field(default_factory=list)  # one per row, for a fold
 
 
 def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, owner: np.ndarray, number: int,
-                rows: _Rows) -> int:
+                rows: _Rows, batch_rows: int = 1 << 16) -> int:
     """Add the entries of index file ``path`` whose part is listed (``keys``) and not owned by a newer index
-    file; mark the parts it covers as its own. Returns the rows dropped as stale."""
-    table = pq.read_table(path, columns=sorted({"part", *columns}, key=_SCHEMA.names.index), filesystem=filesystem)
+    file; mark the parts it covers as its own. Returns the rows dropped as stale.
+
+    When every file it covers is listed unchanged (the usual case), only the footer and the ``pair``
+    column are read, ``batch_rows`` at a time and kept as those chunks (no string buffer is grown or
+    copied whole); ``part`` and ``model`` are read when rows must be dropped or for a fold.
+    """
+    handle = pq.ParquetFile(path, filesystem=filesystem)
+    meta = handle.metadata.metadata or {}
+    if _PARTS_KEY not in meta or _MODELS_KEY not in meta:
+        raise ValueError(f"index file {path} lacks its list of scores files; delete it (the next fold rebuilds it)")
+    covered = meta[_PARTS_KEY].decode()
+    covered_keys = pa.array(covered.split("\n") if covered else [], pa.string())
+    positions = pc.index_in(covered_keys, value_set=keys).fill_null(-1).to_numpy(zero_copy_only=False)
+    positions = positions.astype(np.int64)
+    listed = positions >= 0
+    usable = listed.copy()
+    usable[listed] = (owner[positions[listed]] == -1) | (owner[positions[listed]] == number)
+    owner[positions[usable]] = number
+    everything = bool(usable.all())
+    need_codes = not everything or "part" in columns
     stale = 0
-    for batch in table.to_batches():
-        part = batch.column("part")
-        if not isinstance(part, pa.DictionaryArray):
-            raise ValueError(f"index file {path}: column 'part' is not dictionary-encoded; delete {INDEX_FOLDER}/")
-        positions = pc.index_in(part.dictionary, value_set=keys).fill_null(-1).to_numpy().astype(np.int64)
-        listed = positions >= 0
-        usable = listed.copy()
-        usable[listed] = (owner[positions[listed]] == -1) | (owner[positions[listed]] == number)
-        owner[positions[usable]] = number
-        indices = part.indices.to_numpy()
-        keep = usable[indices]
-        stale += int((~listed[indices]).sum())
-        mask = pa.array(keep)
+    for group in range(handle.metadata.num_row_groups):
+        keep = None
+        if need_codes:  # an int32 per row (and the model's), read whole
+            size = max(1, handle.metadata.row_group(group).num_rows)
+            codes = next(handle.iter_batches(batch_size=size, row_groups=[group], columns=["part", "model"],
+                                             use_threads=False))
+            part = codes.column("part").to_numpy()
+            keep = usable[part]
+            stale += int((~listed[part]).sum())
+            if "part" in columns:
+                rows.parts.append(positions[part][keep])
+            model = codes.column("model")
+            if "model" in columns and not everything:  # the distinct models of the kept rows
+                rows.models.append(model.dictionary.take(pa.array(np.unique(model.indices.to_numpy()[keep]),
+                                                                  pa.int64())))
+            if "part" in columns:  # a fold rewrites every row's model
+                rows.row_models.append((model if everything else model.filter(pa.array(keep))).cast(pa.string()))
+            del codes, part, model
         if "pair" in columns:
-            rows.pairs.append(batch.column("pair").filter(mask))
-        if "model" in columns:
-            rows.models.append(batch.column("model").filter(mask).cast(pa.string()))
-        rows.parts.append(positions[indices][keep])
+            start = 0
+            for batch in handle.iter_batches(batch_size=batch_rows, row_groups=[group], columns=["pair"],
+                                             use_threads=False):
+                pairs = batch.column(0)
+                if not everything:
+                    pairs = pairs.filter(pa.array(keep[start:start + len(pairs)]))
+                start += batch.num_rows
+                rows.pairs.append(pairs)
+    if "model" in columns and everything:
+        rows.models.append(pa.array(json.loads(meta[_MODELS_KEY]), pa.string()))
     return stale
 
 
@@ -149,8 +185,12 @@ def _read_parts(parts: Sequence[tuple[int, PartFile]], filesystem: Any, columns:
                 rows.pairs.append(pair_strings(part.dataset, part.split, table["video_id"], table["exp_id"]
                                                ).combine_chunks())
             if "model" in columns:
-                rows.models.append(table["model"].combine_chunks().cast(pa.string()))
-            rows.parts.append(np.full(table.num_rows, position, dtype=np.int64))
+                model = table["model"].combine_chunks().cast(pa.string())
+                rows.models.append(pc.unique(model))
+                if "part" in columns:
+                    rows.row_models.append(model)
+            if "part" in columns:
+                rows.parts.append(np.full(table.num_rows, position, dtype=np.int64))
 
 
 def _concat(chunks: list[pa.Array], type_: pa.DataType) -> pa.Array:
@@ -189,24 +229,27 @@ def read_committed(
     for number, path in enumerate(index_files):
         stale += _read_index(path, filesystem, columns, keys, owner, number, rows)
     uncovered = [(i, p) for i, p in enumerate(listing) if owner[i] == -1]
-    from_index = len(rows.parts)
+    from_index = len(rows.pairs)
     _read_parts(uncovered, filesystem, columns, threads, rows)
-    new_rows = sum(len(r) for r in rows.parts[from_index:])
+    new_rows = sum(len(r) for r in rows.pairs[from_index:])
     result = Committed(pairs=None, models=None, parts=len(listing), parts_read=len(uncovered),
                        index_files=len(index_files), stale_rows=stale)
-    pair_array = _concat(rows.pairs, pa.string())
+    # The index's chunks as they were read (sorted, for one complete index file), the parts' rows as one chunk.
+    chunks = rows.pairs[:from_index] + ([pa.concat_arrays(rows.pairs[from_index:])] if new_rows else [])
+    pair_array = pa.chunked_array(chunks, pa.string())
     rows.pairs.clear()
+    del chunks
     changed = bool(new_rows or stale or len(index_files) > 1)
     if fold and changed:
         order = pc.sort_indices(pair_array)
-        pair_array = pair_array.take(order)
         part_ids = np.concatenate(rows.parts) if rows.parts else np.zeros(0, np.int64)
-        model_array = _concat(rows.models, pa.string())
+        model_array = _concat(rows.row_models, pa.string())
+        pair_array = pair_array.take(order)
         _write_index(fs, folder, pa.table({
             "pair": pair_array,
-            "part": pa.DictionaryArray.from_arrays(pa.array(part_ids.astype(np.int32)).take(order), keys),
+            "part": pa.array(part_ids.astype(np.int32)).take(order),
             "model": model_array.take(order).dictionary_encode(),
-        }, schema=_SCHEMA), index_files)
+        }, schema=_SCHEMA), keys, index_files)
         result.folded = True
     if pairs:
         result.pairs = pair_array
@@ -215,23 +258,27 @@ def read_committed(
     return result
 
 
-def _write_index(fs: Any, folder: str, table: pa.Table, replaces: list[str]) -> None:
-    """Write ``table`` as a new index file (atomically), then delete the files it replaces."""
+def _write_index(fs: Any, folder: str, table: pa.Table, keys: pa.Array, replaces: list[str]) -> None:
+    """Write ``table`` (covering the scores files ``keys``) as a new index file, atomically, then delete the
+    files it replaces."""
     import io
 
     name = f"{_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
     sink = io.BytesIO()
-    # One row group: the part dictionary is stored once. Sorted pairs share prefixes (DELTA_BYTE_ARRAY).
-    pq.write_table(table, sink, compression="zstd", row_group_size=max(1, table.num_rows),
-                   use_dictionary=["part", "model"], column_encoding={"pair": "DELTA_BYTE_ARRAY"},
-                   dictionary_pagesize_limit=2**30)
+    models = sorted(set(table["model"].combine_chunks().dictionary.to_pylist()))
+    # One row group; sorted pairs share long prefixes (DELTA_BYTE_ARRAY: a tenth of the bytes, quick to decode).
+    with pq.ParquetWriter(sink, _SCHEMA, compression="zstd", use_dictionary=["model"],
+                          column_encoding={"pair": "DELTA_BYTE_ARRAY", "part": "PLAIN"}) as writer:
+        writer.write_table(table, row_group_size=max(1, table.num_rows))
+        # In the footer only (not in the stored Arrow schema, which would hold them a second time).
+        writer.add_key_value_metadata({_PARTS_KEY: "\n".join(keys.to_pylist()), _MODELS_KEY: json.dumps(models)})
     write_bytes_atomic(fs, f"{folder}/{name}", sink.getvalue())
     for path in replaces:
         try:
             fs.rm(path)
         except FileNotFoundError:
             pass
-    _LOG.info("pair index %s: %d committed rows", name, table.num_rows)
+    _LOG.info("pair index %s: %d committed rows of %d scores files", name, table.num_rows, len(keys))
 
 
 def fold_index(output: str, *, storage_options: Mapping[str, Any] | None = None) -> Committed:

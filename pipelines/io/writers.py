@@ -61,9 +61,9 @@ _PART_NAME = re.compile(r"^part-(?P<batch>[A-Za-z0-9_-]+)\.parquet$")
 _PARTITION_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in PARTITION_COLUMNS])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PartFile:
-    """One Parquet file of an output table."""
+    """One Parquet file of an output table (slots: an output lists hundreds of thousands of them)."""
 
     table: str
     dataset: str
