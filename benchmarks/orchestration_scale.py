@@ -21,9 +21,9 @@ For each size it prints:
 
 Planning and resume run twice, in a fresh process each: ``reference`` (the per-row Python path of
 :mod:`benchmarks.per_row_reference`: ``done_pairs`` from every scores part into a set of tuples,
-``inference.load_input`` + ``plan_work`` into JSON items) and ``ours`` (:mod:`pipelines.inference.planning`: Arrow anti-joins on the key columns); the ratio is
-printed. A fit of seconds and memory against N (``a + b * N``) is extrapolated to 1M and 10M
-videos.
+``inference.load_input`` + ``plan_work`` into JSON items) and ``ours``
+(:mod:`pipelines.inference.planning`: Arrow anti-joins on the key columns); the ratio is printed. A
+fit of seconds and memory against N (``a + b * N``) is extrapolated to 1M and 10M videos.
 
 Run (CPU; 1k and 10k take a few minutes on 2 cores, 100k pipeline runs take much longer, so the
 pipeline runs have their own size list)::

@@ -111,7 +111,12 @@ class _Rows:
     pairs: list[pa.Array] = dataclasses.field(default_factory=list)
     parts: list[np.ndarray] = dataclasses.field(default_factory=list)  # for a fold
     models: list[pa.Array] = dataclasses.field(default_factory=list)  # the distinct models of each source
-    row_models: list[pa.Array] = dataclasses.field(default_factory=list)  # one per row, for a fold
+    row_models: list[np.ndarray] = dataclasses.field(default_factory=list)  # per row, into model_names (a fold)
+    model_names: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def model_ids(self, names: list[str]) -> np.ndarray:
+        """The positions of ``names`` in :attr:`model_names` (added where new)."""
+        return np.array([self.model_names.setdefault(n, len(self.model_names)) for n in names], dtype=np.int32)
 
 
 def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, owner: np.ndarray, number: int,
@@ -148,13 +153,13 @@ def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, 
             keep = usable[part]
             stale += int((~listed[part]).sum())
             if "part" in columns:
-                rows.parts.append(positions[part][keep])
+                rows.parts.append(positions[part][keep].astype(np.int32))
             model = codes.column("model")
             if "model" in columns and not everything:  # the distinct models of the kept rows
                 rows.models.append(model.dictionary.take(pa.array(np.unique(model.indices.to_numpy()[keep]),
                                                                   pa.int64())))
             if "part" in columns:  # a fold rewrites every row's model
-                rows.row_models.append((model if everything else model.filter(pa.array(keep))).cast(pa.string()))
+                rows.row_models.append(rows.model_ids(model.dictionary.to_pylist())[model.indices.to_numpy()[keep]])
             del codes, part, model
         if "pair" in columns:
             start = 0
@@ -179,18 +184,22 @@ def _read_parts(parts: Sequence[tuple[int, PartFile]], filesystem: Any, columns:
         position, part = item
         return position, pq.ParquetFile(part.path, filesystem=filesystem).read(columns=wanted), part
 
+    window = 8 * max(1, threads)  # files read ahead of the one consumed: bounds the tables held at once
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        for position, table, part in pool.map(read, parts):
-            if "pair" in columns:
-                rows.pairs.append(pair_strings(part.dataset, part.split, table["video_id"], table["exp_id"]
-                                               ).combine_chunks())
-            if "model" in columns:
-                model = table["model"].combine_chunks().cast(pa.string())
-                rows.models.append(pc.unique(model))
+        for start in range(0, len(parts), window):
+            for position, table, part in pool.map(read, parts[start:start + window]):
+                if "pair" in columns:
+                    rows.pairs.append(pair_strings(part.dataset, part.split, table["video_id"], table["exp_id"]
+                                                   ).combine_chunks())
+                if "model" in columns:
+                    model = pc.unique(table["model"]).cast(pa.string())
+                    rows.models.append(model)
+                    if "part" in columns:  # one model per file, as infer writes them: no string per row
+                        codes = (np.full(table.num_rows, rows.model_ids(model.to_pylist())[0], np.int32)
+                                 if len(model) == 1 else rows.model_ids(table["model"].to_pylist()))
+                        rows.row_models.append(codes)
                 if "part" in columns:
-                    rows.row_models.append(model)
-            if "part" in columns:
-                rows.parts.append(np.full(table.num_rows, position, dtype=np.int64))
+                    rows.parts.append(np.full(table.num_rows, position, dtype=np.int32))
 
 
 def _concat(chunks: list[pa.Array], type_: pa.DataType) -> pa.Array:
@@ -242,13 +251,16 @@ def read_committed(
     changed = bool(new_rows or stale or len(index_files) > 1)
     if fold and changed:
         order = pc.sort_indices(pair_array)
-        part_ids = np.concatenate(rows.parts) if rows.parts else np.zeros(0, np.int64)
-        model_array = _concat(rows.row_models, pa.string())
+        part_ids = pa.array(np.concatenate(rows.parts) if rows.parts else np.zeros(0, np.int32))
+        model_ids = pa.array(np.concatenate(rows.row_models) if rows.row_models else np.zeros(0, np.int32))
+        rows.parts.clear()
+        rows.row_models.clear()
         pair_array = pair_array.take(order)
         _write_index(fs, folder, pa.table({
             "pair": pair_array,
-            "part": pa.array(part_ids.astype(np.int32)).take(order),
-            "model": model_array.take(order).dictionary_encode(),
+            "part": part_ids.take(order),
+            "model": pa.DictionaryArray.from_arrays(model_ids.take(order), pa.array(list(rows.model_names),
+                                                                                    pa.string())),
         }, schema=_SCHEMA), keys, index_files)
         result.folded = True
     if pairs:
@@ -265,7 +277,8 @@ def _write_index(fs: Any, folder: str, table: pa.Table, keys: pa.Array, replaces
 
     name = f"{_PREFIX}{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}{_SUFFIX}"
     sink = io.BytesIO()
-    models = sorted(set(table["model"].combine_chunks().dictionary.to_pylist()))
+    model = table["model"].combine_chunks()
+    models = sorted(set(model.dictionary.take(pc.unique(model.indices)).to_pylist()))  # those of some row
     # One row group; sorted pairs share long prefixes (DELTA_BYTE_ARRAY: a tenth of the bytes, quick to decode).
     with pq.ParquetWriter(sink, _SCHEMA, compression="zstd", use_dictionary=["model"],
                           column_encoding={"pair": "DELTA_BYTE_ARRAY", "part": "PLAIN"}) as writer:

@@ -78,7 +78,8 @@ class PartFile:
     def key(self) -> str:
         """``dataset=<d>/split=<s>/part-<b>.parquet<US><size><US><version>``: names this file's current contents
         (:mod:`pipelines.io.pair_index` keys its entries on it, so a rewritten or removed file drops them)."""
-        return f"dataset={self.dataset}/split={self.split}/part-{self.batch_id}.parquet\x1f{self.size}\x1f{self.version}"
+        name = f"dataset={self.dataset}/split={self.split}/part-{self.batch_id}.parquet"
+        return f"{name}\x1f{self.size}\x1f{self.version}"
 
 
 def batch_id_for(run_id: str, keys: Iterable[tuple[str, ...]]) -> str:
