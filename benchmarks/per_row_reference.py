@@ -14,11 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from pipelines.io.writers import read_output
 
-__all__ = ["PairKey", "WorkPlan", "done_pairs", "drop_done", "plan_work"]
+__all__ = ["PairKey", "WorkPlan", "done_pairs", "plan_work"]
 
 #: (dataset, split, video_id, exp_id)
 PairKey = tuple[str, str, str, str]
@@ -31,15 +29,6 @@ def done_pairs(output: str, *, storage_options: Mapping[str, Any] | None = None)
     keys = read_output(output, "scores", columns=_KEY_COLUMNS, storage_options=storage_options)
     columns = [keys.column(name).to_pylist() for name in _KEY_COLUMNS]
     return set(zip(*columns))
-
-
-def drop_done(manifest: pa.Table, done: set[PairKey]) -> pa.Table:
-    """The manifest rows whose (dataset, split, video_id, exp_id) is not in ``done``."""
-    if not done or manifest.num_rows == 0:
-        return manifest
-    columns = [manifest.column(name).to_pylist() for name in _KEY_COLUMNS]
-    keep = [key not in done for key in zip(*columns)]
-    return manifest.filter(pa.array(keep, type=pa.bool_()))
 
 
 @dataclass(frozen=True)
