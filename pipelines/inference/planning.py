@@ -81,9 +81,13 @@ class ManifestPlan:
 
 
 def _done_pairs(output: str, storage_options: Mapping[str, Any] | None, fold: bool) -> pa.ChunkedArray:
-    """The committed pair strings of ``output``, from its index and the scores parts it misses
+    """The committed pair strings of ``output``, sorted, from its index and the scores parts it misses
     (:mod:`pipelines.io.pair_index`); ``fold`` brings the index up to date on the way."""
-    return read_committed(output, fold=fold, storage_options=storage_options).pairs
+    committed = read_committed(output, fold=fold, storage_options=storage_options)
+    done = committed.pairs
+    if not committed.sorted and not _is_sorted(done):
+        done = done.take(pc.sort_indices(done))
+    return done
 
 
 def _manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
@@ -246,8 +250,6 @@ def plan_manifest(
     started = time.perf_counter()
     done = _done_pairs(output, storage_options, fold_index)
     if len(done):
-        if not _is_sorted(done):
-            done = done.take(pc.sort_indices(done))
         is_done = _member(pairs, done)
         pairs_done = int((keep & is_done).sum())
         keep &= ~is_done

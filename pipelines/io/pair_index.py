@@ -85,6 +85,7 @@ class Committed:
         index_files: index files read.
         stale_rows: index rows dropped because their part is gone or changed.
         folded: whether a new index file was written.
+        sorted: whether ``pairs`` is known to be sorted (one complete index file, or a fold).
     """
 
     pairs: pa.ChunkedArray | None
@@ -94,6 +95,7 @@ class Committed:
     index_files: int = 0
     stale_rows: int = 0
     folded: bool = False
+    sorted: bool = False
 
 
 def _index_files(fs: Any, folder: str) -> list[str]:
@@ -249,6 +251,7 @@ def read_committed(
     rows.pairs.clear()
     del chunks
     changed = bool(new_rows or stale or len(index_files) > 1)
+    result.sorted = not changed and len(index_files) == 1  # each index file is written sorted
     if fold and changed:
         order = pc.sort_indices(pair_array)
         part_ids = pa.array(np.concatenate(rows.parts) if rows.parts else np.zeros(0, np.int32))
@@ -262,7 +265,7 @@ def read_committed(
             "model": pa.DictionaryArray.from_arrays(model_ids.take(order), pa.array(list(rows.model_names),
                                                                                     pa.string())),
         }, schema=_SCHEMA), keys, index_files)
-        result.folded = True
+        result.folded = result.sorted = True
     if pairs:
         result.pairs = pair_array
     if models:
