@@ -130,7 +130,8 @@ def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, 
     column are read, ``batch_rows`` at a time and kept as those chunks (no string buffer is grown or
     copied whole); ``part`` and ``model`` are read when rows must be dropped or for a fold.
     """
-    handle = pq.ParquetFile(path, filesystem=filesystem)
+    # The footer lists every covered file (about 85 bytes each): above Arrow's 100 MB default at 1.2M files.
+    handle = pq.ParquetFile(path, filesystem=filesystem, thrift_string_size_limit=2**30)
     meta = handle.metadata.metadata or {}
     if _PARTS_KEY not in meta or _MODELS_KEY not in meta:
         raise ValueError(f"index file {path} lacks its list of scores files; delete it (the next fold rebuilds it)")
