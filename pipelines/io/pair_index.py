@@ -134,7 +134,7 @@ def _read_index(path: str, filesystem: Any, columns: list[str], keys: pa.Array, 
     handle = pq.ParquetFile(path, filesystem=filesystem, thrift_string_size_limit=2**30)
     meta = handle.metadata.metadata or {}
     if _PARTS_KEY not in meta or _MODELS_KEY not in meta:
-        raise ValueError(f"index file {path} lacks its list of scores files; delete it (the next fold rebuilds it)")
+        raise ValueError(f"index file {path} lacks its list of scores files")
     covered = meta[_PARTS_KEY].decode()
     covered_keys = pa.array(covered.split("\n") if covered else [], pa.string())
     positions = pc.index_in(covered_keys, value_set=keys).fill_null(-1).to_numpy(zero_copy_only=False)
@@ -239,7 +239,16 @@ def read_committed(
     rows = _Rows()
     stale = 0
     for number, path in enumerate(index_files):
-        stale += _read_index(path, filesystem, columns, keys, owner, number, rows)
+        before = {name: len(getattr(rows, name)) for name in ("pairs", "parts", "models", "row_models")}
+        owned = owner.copy()
+        try:
+            stale += _read_index(path, filesystem, columns, keys, owner, number, rows)
+        except (OSError, ValueError, pa.ArrowException) as exc:  # the index is a cache: read its parts instead
+            _LOG.warning("pair index file %s is unreadable (%s): its scores files are read directly%s", path, exc,
+                         " and it is replaced" if fold else "")
+            for name, length in before.items():
+                del getattr(rows, name)[length:]
+            owner[:] = owned
     uncovered = [(i, p) for i, p in enumerate(listing) if owner[i] == -1]
     from_index = len(rows.pairs)
     _read_parts(uncovered, filesystem, columns, threads, rows)

@@ -123,6 +123,25 @@ def test_entries_of_deleted_or_rewritten_parts_drop_out(tmp_path):
     assert pairs == _want(out) and (found.parts_read, found.stale_rows) == (0, 0)
 
 
+def test_an_unreadable_index_file_is_replaced_and_an_emptied_output_indexes_nothing(tmp_path):
+    out = str(tmp_path / "out")
+    make_output(out, videos=4, exps=2, per_file=2, orphan=False)
+    fold_index(out)
+    (index,) = _index_files(tmp_path / "out")
+    (tmp_path / "out" / INDEX_FOLDER / index).write_bytes(b"PAR1 not an index PAR1")
+    pairs, found = _got(out, fold=True)
+    assert pairs == _want(out) and found.parts_read == 2 and found.folded
+    assert _index_files(tmp_path / "out") != [index] and len(_index_files(tmp_path / "out")) == 1
+    for part in list_parts(out, "scores"):
+        (tmp_path / "out" / "scores" / f"dataset={part.dataset}" / f"split={part.split}" /
+         f"part-{part.batch_id}.parquet").unlink()
+    pairs, found = _got(out, fold=True)
+    assert pairs == [] and found.stale_rows == 8 and found.folded
+    pairs, found = _got(out)
+    assert pairs == [] and (found.stale_rows, found.index_files, found.parts) == (0, 1, 0)
+    assert other_models(out, "x") == []
+
+
 def test_compaction_keeps_the_index_correct(tmp_path):
     out = str(tmp_path / "out")
     make_output(out, videos=12, exps=3, per_file=2)
