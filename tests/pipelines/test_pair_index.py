@@ -86,6 +86,15 @@ def test_a_kill_between_part_writes_and_the_fold_loses_and_duplicates_nothing(tm
     pairs, found = _got(out)
     assert pairs == _want(out) and (found.parts_read, found.index_files) == (2, 1)
 
+    # A storage error while writing the index costs nothing but the fold: the pairs read stand.
+    def storage_error(fs, path, data):
+        raise OSError("503 Slow Down")
+
+    monkeypatch.setattr(pair_index, "write_bytes_atomic", storage_error)
+    pairs, found = _got(out, fold=True)
+    assert pairs == _want(out) and not found.folded and found.sorted
+    monkeypatch.setattr(pair_index, "write_bytes_atomic", real_write)
+
     # Killed after the new index file is in place, before the old one is deleted: both cover the first
     # parts, whose entries are then taken from one file only.
     def killed_after_writing(fs, path, data):
