@@ -415,7 +415,11 @@ def compact_output(
                 f"{result.bytes_written / 2**20:.1f} MiB in {result.seconds:.1f} s")
     # The sources' index entries are stale now and the new files uncovered: fold, so infer's next resume
     # reads the index alone (without this it would read the compacted scores files and fold then).
-    folded = fold_index(output, storage_options=storage_options)
-    if folded.folded:
-        say(f"pair index: {folded.parts} scores file(s) covered, {folded.parts_read} read for it")
+    try:
+        folded = fold_index(output, storage_options=storage_options)
+    except Exception:  # noqa: BLE001 - the index is a cache: the compaction stands, the next resume folds
+        _LOG.exception("could not fold the compacted scores files into the pair index")
+    else:
+        if folded.folded:
+            say(f"pair index: {folded.parts} scores file(s) covered, {folded.parts_read} read for it")
     return results
