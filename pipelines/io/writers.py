@@ -177,6 +177,14 @@ def _find(fs: Any, root: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+#: The listing fields that change when a file is rewritten, by filesystem (S3, GCS/Azure, local disk, others).
+_VERSION_FIELDS = ("ETag", "etag", "generation", "mtime", "LastModified", "last_modified", "updated", "created")
+
+
+def _version(info: Mapping[str, Any]) -> str:
+    return next((str(info[k]) for k in _VERSION_FIELDS if info.get(k)), "")
+
+
 def list_parts(output: str, table: str, *, storage_options: Mapping[str, Any] | None = None) -> list[PartFile]:
     """Every committed-looking Parquet file of ``table`` (hidden temporary files are skipped)."""
     if table not in OUTPUT_SCHEMAS:
@@ -202,7 +210,7 @@ def list_parts(output: str, table: str, *, storage_options: Mapping[str, Any] | 
                 batch_id=match["batch"],
                 path=path,
                 size=int(info.get("size") or 0),
-                version=str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""),
+                version=_version(info),
             )
         )
     return parts
