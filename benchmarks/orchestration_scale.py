@@ -295,12 +295,12 @@ class _ItemsPlan(list):
         self.videos_pending = len(plan.items)
 
 
-def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list]:
+def reference_plan(cfg: Any, run_id: str, loaded: tuple[list, list] | None = None) -> tuple[Any, list]:
     """``pipelines.inference.run._plan`` as it was: every manifest row and done pair as Python objects."""
     from benchmarks.per_row_reference import done_pairs, plan_work
     from pipelines.inference.run import load_input
 
-    records, errors = load_input(cfg)
+    records, errors = loaded if loaded is not None else load_input(cfg)
     plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
                      max_videos=cfg.max_videos)
     return _ItemsPlan(plan), errors
