@@ -63,6 +63,8 @@ KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
 SEP = "\x1f"
 _PREFIX, _SUFFIX = "pairs-", ".parquet"
 _PARTS_KEY, _MODELS_KEY = b"vrshq.pair_index.parts", b"vrshq.pair_index.models"
+#: Scores files up to this size are read whole (fresh parts are a few KB); larger (compacted) ones by column.
+_WHOLE_FILE_BYTES = 1 << 20
 _SCHEMA = pa.schema([pa.field("pair", pa.string()), pa.field("part", pa.int32()),
                      pa.field("model", pa.dictionary(pa.int32(), pa.string()))])
 
@@ -185,7 +187,12 @@ def _read_parts(parts: Sequence[tuple[int, PartFile]], filesystem: Any, columns:
 
     def read(item: tuple[int, PartFile]) -> tuple[int, pa.Table, PartFile]:
         position, part = item
-        return position, pq.ParquetFile(part.path, filesystem=filesystem).read(columns=wanted), part
+        if 0 <= part.size <= _WHOLE_FILE_BYTES:  # a fresh part: one GET on S3 instead of footer + column chunks
+            with filesystem.open_input_file(part.path) as handle:
+                file = pq.ParquetFile(pa.BufferReader(handle.read()))
+        else:
+            file = pq.ParquetFile(part.path, filesystem=filesystem)
+        return position, file.read(columns=wanted), part
 
     window = 8 * max(1, threads)  # files read ahead of the one consumed: bounds the tables held at once
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
