@@ -35,6 +35,7 @@ pipeline runs have their own size list)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -287,7 +288,7 @@ class NullModelActor:
 
 class _ItemsPlan(list):
     """The per-row planner's result in the shape ``run_inference`` reads: the work-item list (which
-    ``build_dataset`` turns into one block per video) with the plan's counts."""
+    :func:`reference_build_dataset` turns into one block per video) with the plan's counts."""
 
     def __init__(self, plan: Any):
         super().__init__(plan.items)
@@ -304,6 +305,14 @@ def reference_plan(cfg: Any, run_id: str, loaded: tuple[list, list] | None = Non
     plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
                      max_videos=cfg.max_videos)
     return _ItemsPlan(plan), errors
+
+
+def reference_build_dataset(items: list, cfg: Any, *, build: Any, **kwargs: Any) -> Any:
+    """The pipeline as it was fed: the per-row planner's work items, one block per video, then the same stages
+    (``build``: ``pipelines.inference.run.build_dataset``)."""
+    import ray.data
+
+    return build(ray.data.from_items(list(items), override_num_blocks=max(1, len(items))), cfg, **kwargs)
 
 
 def files_of(out: Path) -> dict[str, tuple[int, int]]:
@@ -327,17 +336,18 @@ def measure_run(out: Path, manifest: Path, *, num_videos: int, videos_per_file: 
     from vrshq.builders import tiny_config
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=decode)
-    original, original_plan = segment_actor.SegmentActor, inference._plan
+    original, original_plan, original_build = segment_actor.SegmentActor, inference._plan, inference.build_dataset
     segment_actor.SegmentActor = NullModelActor  # what build_dataset puts in the model stage
     if impl == "reference":
         inference._plan = reference_plan
+        inference.build_dataset = functools.partial(reference_build_dataset, build=original_build)
     try:
         with PeakSampler(ray_address=ray_address) as peak:
             started = time.perf_counter()
             summary = run_inference(cfg, model_config=tiny_config(), log=lambda _: None)
             seconds = time.perf_counter() - started
     finally:
-        segment_actor.SegmentActor, inference._plan = original, original_plan
+        segment_actor.SegmentActor, inference._plan, inference.build_dataset = original, original_plan, original_build
     assert summary.ok and summary.videos_processed == num_videos, summary
     return {"seconds": seconds, "ms_per_video": 1000 * seconds / num_videos, "driver_mib": peak.growth_mib,
             "store_mib": peak.peak_store / MIB, "files": files_of(out), "masks_rows": summary.masks_rows}

@@ -286,7 +286,7 @@ def build_dataset(
     """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows.
 
     ``items`` is a :class:`pipelines.inference.planning.ManifestPlan` (the manifest streams in: one task per
-    row group, blocks of many videos) or a list of work-item dicts (one block per video).
+    row group, blocks of many videos) or a Ray Dataset of work items (``planning.ITEM_SCHEMA`` rows).
     """
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -315,7 +315,7 @@ def build_dataset(
             # the frames of a whole row group's videos one after another
         )
     else:
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = items
     ds = ds.map_batches(
         read_frames_batch,
         batch_size=1,
