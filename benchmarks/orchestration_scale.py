@@ -11,16 +11,19 @@ For each size it prints:
 
 * **plan**: seconds and driver memory to plan N pending videos against an empty output;
 * **resume**: seconds and driver memory to find that nothing is left, against an output that
-  holds the N x 10 committed pairs in ``videos_per_file``-video parts (as ``infer`` writes them),
-  and against the same output after ``jobs.compact``;
+  holds the N x 10 committed pairs in ``videos_per_file``-video parts (as ``infer`` writes them):
+  first with no pair index (the parts of a killed run: every part is read, then folded into the
+  index), then with the index that this left (what a finished run leaves), and against the same
+  output after ``jobs.compact``; each also times the one-model check of ``preflight``
+  (``resume.other_models``), which reads the same index;
 * **run**: the whole pipeline on N pending videos: seconds per video (the orchestration overhead),
   driver peak RSS growth, object store peak, and the files written (count and bytes per table).
 
-Planning and resume run twice, in a fresh process each: ``reference`` (the per-row Python path:
-``resume.done_pairs`` into a set of tuples, ``inference.load_input`` + ``plan_work`` into JSON
-items) and ``ours`` (:mod:`pipelines.inference.planning`: Arrow anti-joins on the key columns); the ratio is
-printed. A fit of seconds and memory against N (``a + b * N``) is extrapolated to 1M and 10M
-videos.
+Planning and resume run twice, in a fresh process each: ``reference`` (the per-row Python path of
+:mod:`benchmarks.per_row_reference`: ``done_pairs`` from every scores part into a set of tuples,
+``inference.load_input`` + ``plan_work`` into JSON items) and ``ours``
+(:mod:`pipelines.inference.planning`: Arrow anti-joins on the key columns); the ratio is printed. A
+fit of seconds and memory against N (``a + b * N``) is extrapolated to 1M and 10M videos.
 
 Run (CPU; 1k and 10k take a few minutes on 2 cores, 100k pipeline runs take much longer, so the
 pipeline runs have their own size list)::
@@ -32,6 +35,7 @@ pipeline runs have their own size list)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -210,8 +214,8 @@ def child_plan(impl: str, out: Path, manifest: Path, videos_per_file: int) -> di
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=False)
     if impl == "reference":
-        from pipelines.inference.run import load_input, plan_work
-        from pipelines.inference.resume import done_pairs
+        from benchmarks.per_row_reference import done_pairs, plan_work
+        from pipelines.inference.run import load_input
 
         gc.collect()
         with PeakSampler() as peak:
@@ -225,13 +229,20 @@ def child_plan(impl: str, out: Path, manifest: Path, videos_per_file: int) -> di
         return {"seconds": seconds, "done_seconds": resumed - started, "driver_mib": peak.growth_mib,
                 "pairs_done": plan.pairs_done, "pairs_pending": plan.pairs_pending, "videos_pending": len(plan.items)}
     from pipelines.inference.planning import plan_manifest
+    from pipelines.inference.resume import other_models
+    from pipelines.io.pair_index import INDEX_FOLDER
 
+    index_before = len(list((out / INDEX_FOLDER).glob("pairs-*.parquet"))) if (out / INDEX_FOLDER).exists() else 0
     gc.collect()
     with PeakSampler() as peak:
         started = time.perf_counter()
-        plan = plan_manifest(str(manifest), cfg.out)
-        seconds = time.perf_counter() - started
-    return {"seconds": seconds, "done_seconds": plan.seconds_done, "driver_mib": peak.growth_mib,
+        others = other_models(cfg.out, "tiny")  # preflight's one-model check: the index's model column
+        checked = time.perf_counter()
+        plan = plan_manifest(str(manifest), cfg.out, fold_index=True)  # as infer plans, under its lock
+        seconds = time.perf_counter() - checked
+    assert others == [], others
+    return {"seconds": seconds, "done_seconds": plan.seconds_done, "check_seconds": checked - started,
+            "driver_mib": peak.growth_mib, "index_files_before": index_before,
             "pairs_done": plan.pairs_done, "pairs_pending": plan.pairs_pending, "videos_pending": plan.videos_pending}
 
 
@@ -277,7 +288,7 @@ class NullModelActor:
 
 class _ItemsPlan(list):
     """The per-row planner's result in the shape ``run_inference`` reads: the work-item list (which
-    ``build_dataset`` turns into one block per video) with the plan's counts."""
+    :func:`reference_build_dataset` turns into one block per video) with the plan's counts."""
 
     def __init__(self, plan: Any):
         super().__init__(plan.items)
@@ -285,15 +296,23 @@ class _ItemsPlan(list):
         self.videos_pending = len(plan.items)
 
 
-def reference_plan(cfg: Any, run_id: str) -> tuple[Any, list]:
+def reference_plan(cfg: Any, run_id: str, loaded: tuple[list, list] | None = None) -> tuple[Any, list]:
     """``pipelines.inference.run._plan`` as it was: every manifest row and done pair as Python objects."""
-    from pipelines.inference.run import load_input, plan_work
-    from pipelines.inference.resume import done_pairs
+    from benchmarks.per_row_reference import done_pairs, plan_work
+    from pipelines.inference.run import load_input
 
-    records, errors = load_input(cfg)
+    records, errors = loaded if loaded is not None else load_input(cfg)
     plan = plan_work(records, done=done_pairs(cfg.out, storage_options=cfg.storage_options),
                      max_videos=cfg.max_videos)
     return _ItemsPlan(plan), errors
+
+
+def reference_build_dataset(items: list, cfg: Any, *, build: Any, **kwargs: Any) -> Any:
+    """The pipeline as it was fed: the per-row planner's work items, one block per video, then the same stages
+    (``build``: ``pipelines.inference.run.build_dataset``)."""
+    import ray.data
+
+    return build(ray.data.from_items(list(items), override_num_blocks=max(1, len(items))), cfg, **kwargs)
 
 
 def files_of(out: Path) -> dict[str, tuple[int, int]]:
@@ -317,17 +336,18 @@ def measure_run(out: Path, manifest: Path, *, num_videos: int, videos_per_file: 
     from vrshq.builders import tiny_config
 
     cfg = _cfg(out, manifest, videos_per_file=videos_per_file, decode=decode)
-    original, original_plan = segment_actor.SegmentActor, inference._plan
+    original, original_plan, original_build = segment_actor.SegmentActor, inference._plan, inference.build_dataset
     segment_actor.SegmentActor = NullModelActor  # what build_dataset puts in the model stage
     if impl == "reference":
         inference._plan = reference_plan
+        inference.build_dataset = functools.partial(reference_build_dataset, build=original_build)
     try:
         with PeakSampler(ray_address=ray_address) as peak:
             started = time.perf_counter()
             summary = run_inference(cfg, model_config=tiny_config(), log=lambda _: None)
             seconds = time.perf_counter() - started
     finally:
-        segment_actor.SegmentActor, inference._plan = original, original_plan
+        segment_actor.SegmentActor, inference._plan, inference.build_dataset = original, original_plan, original_build
     assert summary.ok and summary.videos_processed == num_videos, summary
     return {"seconds": seconds, "ms_per_video": 1000 * seconds / num_videos, "driver_mib": peak.growth_mib,
             "store_mib": peak.peak_store / MIB, "files": files_of(out), "masks_rows": summary.masks_rows}
@@ -404,9 +424,14 @@ def main(argv: list[str] | None = None) -> int:
             if impl == "reference" and n > args.reference_max:
                 continue
             plan = measure_plan(impl, empty, manifest, args.videos_per_file)
+            indexed = None
+            if impl == "ours":  # the parts as a killed run leaves them: no index yet (this resume folds one)
+                shutil.rmtree(done / "_index", ignore_errors=True)
             resume = measure_plan(impl, done, manifest, args.videos_per_file)
-            plan_rows.append((n, impl, plan, resume))
-            print(f"  {n} videos {impl}: plan {plan}  resume {resume}", flush=True)
+            if impl == "ours":  # what a finished run (or the resume above) leaves: the parts and their index
+                indexed = measure_plan(impl, done, manifest, args.videos_per_file)
+            plan_rows.append((n, impl, plan, resume, indexed))
+            print(f"  {n} videos {impl}: plan {plan}  resume {resume}  resume, indexed {indexed}", flush=True)
         if "ours" in args.impls and args.compacted:
             compacted = work / f"done-{n}-compacted"
             if not compacted.exists():
@@ -450,16 +475,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) -> None:
     print("\nplanning (empty output) and resume (output holding every pair), fresh process each:")
+    print("(resume: no pair index, every scores part read; indexed: the index a finished run leaves; "
+          "check: preflight's one-model check, s)")
     print(f"{'videos':>8} {'pairs':>9} {'impl':>10} {'plan s':>8} {'plan MiB':>9} {'resume s':>9} "
-          f"{'resume MiB':>10} {'read done s':>11}")
+          f"{'resume MiB':>10} {'read done s':>11} {'check s':>8} {'indexed s':>10} {'indexed MiB':>11} "
+          f"{'check s':>8}")
     by_impl: dict[str, list] = {}
-    for n, impl, plan, resume in plan_rows:
+    for n, impl, plan, resume, indexed in plan_rows:
         by_impl.setdefault(impl, []).append((n, plan, resume))
+        indexed = indexed or {}
+        errors = [r["error"] for r in (plan, resume, indexed) if "error" in r]
         print(f"{n:>8} {n * exps:>9} {impl:>10} {_fmt(plan.get('seconds')):>8} "
               f"{_fmt(plan.get('driver_mib'), '.0f'):>9} "
               f"{_fmt(resume.get('seconds')):>9} {_fmt(resume.get('driver_mib'), '.0f'):>10} "
-              f"{_fmt(resume.get('done_seconds')):>11}" + (f"  {plan.get('error') or resume.get('error')}"
-                                                          if 'error' in plan or 'error' in resume else ""))
+              f"{_fmt(resume.get('done_seconds')):>11} {_fmt(resume.get('check_seconds')):>8} "
+              f"{_fmt(indexed.get('seconds')):>10} {_fmt(indexed.get('driver_mib'), '.0f'):>11} "
+              f"{_fmt(indexed.get('check_seconds')):>8}" + (f"  {errors}" if errors else ""))
     if "reference" in by_impl and "ours" in by_impl:
         ref = {n: (p, r) for n, p, r in by_impl["reference"]}
         for n, plan, resume in by_impl["ours"]:
@@ -486,7 +517,8 @@ def report(plan_rows: list, run_rows: list, compacted_rows: list, *, exps: int) 
         for n, resume in compacted_rows:
             print(f"{n:>8} {n * exps:>9} {'ours':>10} resume {_fmt(resume.get('seconds'))} s, "
                   f"{_fmt(resume.get('driver_mib'), '.0f')} MiB "
-                  f"(reading the done keys {_fmt(resume.get('done_seconds'))} s)")
+                  f"(reading the done keys {_fmt(resume.get('done_seconds'))} s; one-model check "
+                  f"{_fmt(resume.get('check_seconds'))} s)")
     if run_rows:
         print("\nwhole pipeline, null model (pending videos from an empty output):")
         print(f"{'videos':>8} {'impl':>10} {'seconds':>8} {'ms/video':>9} {'driver MiB':>10} {'store MiB':>9} "

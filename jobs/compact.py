@@ -10,7 +10,9 @@ compacted and fresh parts alike.
 It holds the output lock (``<out>/_lock.json``: no ``infer`` writes meanwhile), works one partition
 at a time, atomically (a journal under ``<out>/_compact/`` is the commit record), and a rerun after
 a kill finishes or rolls back what was interrupted; no row is ever lost or duplicated (see
-:mod:`pipelines.io.compaction`). Run it after ``infer`` on a schedule, e.g. nightly::
+:mod:`pipelines.io.compaction`). At the end it folds the compacted scores files into the output's
+pair index (:mod:`pipelines.io.pair_index`), so ``infer``'s next resume reads the index alone. Run it
+after ``infer`` on a schedule, e.g. nightly::
 
     python -m jobs.compact --out s3://bucket/runs/vrshq-7b-revos
     python -m jobs.compact --out /data/runs/r1 --dataset revos --split valid --target-bytes 134217728

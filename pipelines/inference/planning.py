@@ -1,13 +1,15 @@
 """Planning a run from a manifest Parquet with Arrow kernels, so the driver's cost stays flat.
 
-The driver reads only the four key columns of the manifest and of the scores table (``dataset,
-split, video_id, exp_id``: tens of bytes per pair), joined into one string per pair, and decides
+The driver reads only the four key columns of the manifest and the committed pairs of the output
+(``dataset, split, video_id, exp_id``: tens of bytes per pair), joined into one string per pair, and decides
 with vectorised Arrow operations (sorts and binary searches: Arrow's hash tables of a million
 strings cost several times their size):
 
 * duplicates: a (video, expression) listed twice keeps its first row; the others become error rows;
 * done pairs: the manifest pairs found in the sorted committed scores keys (a pair is done when it
-  has a scores row, whether in a fresh part or in a compacted file) -- an anti-join;
+  has a scores row, whether in a fresh part or in a compacted file) -- an anti-join. The committed
+  keys come from the output's pair index plus the scores parts it does not cover yet
+  (:mod:`pipelines.io.pair_index`): one file to read after a finished run, however many parts;
 * ``max_videos``: the first N pending videos in manifest order.
 
 What leaves the driver is a sorted ``int64`` array of the pending manifest rows (8 bytes per
@@ -34,16 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.io.pair_index import KEY_COLUMNS, SEP as _SEP, pair_strings as _pair_strings, read_committed
 from pipelines.io.storage import arrow_filesystem, filesystem_for
 from schemas import MANIFEST_SCHEMA, validate_table
 
-__all__ = ["ITEM_SCHEMA", "KEY_COLUMNS", "ManifestPlan", "ManifestPlanError", "count_input_errors", "done_keys",
-           "input_error_tag", "manifest_items", "plan_manifest"]
+__all__ = ["ITEM_SCHEMA", "KEY_COLUMNS", "ManifestPlan", "ManifestPlanError", "count_input_errors", "input_error_tag",
+           "manifest_items", "plan_manifest"]
 
 _LOG = logging.getLogger(__name__)
-
-#: The key of a (video, expression) pair in every table.
-KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
 
 #: One work item per video: what the frame-reading stage takes.
 ITEM_SCHEMA = pa.schema([pa.field(name, pa.string()) for name in ("dataset", "split", "video_id", "item_json")])
@@ -80,51 +80,14 @@ class ManifestPlan:
     data: bytes | None = None  # the manifest itself when it was given in memory (a dataset input)
 
 
-def done_keys(output: str, *, storage_options: Mapping[str, Any] | None = None, threads: int = 16) -> pa.Table:
-    """The KEY_COLUMNS of every scores row under ``output`` (an Arrow table; duplicates possible).
-
-    Each part is read on its own (two key columns from the file, the partition values from its path) in
-    ``threads`` threads: the cost is one footer and two column chunks per file, the latency of object
-    stores overlaps, and no dataset-wide scan buffers are held (a fraction of the memory of a
-    ``pyarrow.dataset`` scan). A compacted output has few files, so this is where compaction pays.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pipelines.io.writers import list_parts
-
-    parts = list_parts(output, "scores", storage_options=storage_options)
-    schema = pa.schema([pa.field(c, pa.string()) for c in KEY_COLUMNS])
-    if not parts:
-        return schema.empty_table()
-    filesystem = arrow_filesystem(filesystem_for(output, storage_options)[0])
-
-    def read(part: Any) -> pa.Table:
-        table = pq.ParquetFile(part.path, filesystem=filesystem).read(columns=["video_id", "exp_id"])
-        zeros = pa.array(np.zeros(table.num_rows, dtype=np.int32))
-
-        def constant(value: str) -> pa.Array:  # a column of one value, built in C++ (no Python list)
-            return pa.DictionaryArray.from_arrays(zeros, pa.array([value], pa.string())).cast(pa.string())
-
-        return pa.table({"dataset": constant(part.dataset), "split": constant(part.split),
-                         "video_id": table["video_id"], "exp_id": table["exp_id"]}, schema=schema)
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return pa.concat_tables(pool.map(read, parts)).combine_chunks()
-
-
-_SEP = "\x1f"  # unit separator: never part of a partition value, and ids are joined with it only here
-
-
-def _pair_strings(dataset: Any, split: Any, video_id: Any, exp_id: Any) -> pa.Array:
-    """One ``dataset<US>split<US>video_id<US>exp_id`` string per row: a single hashable key column."""
-    return pc.binary_join_element_wise(dataset, split, video_id, exp_id, _SEP)
-
-
-def _done_pairs(output: str, storage_options: Mapping[str, Any] | None) -> pa.Array:
-    keys = done_keys(output, storage_options=storage_options)
-    if not keys.num_rows:
-        return pa.array([], pa.string())
-    return _pair_strings(*(keys[c] for c in KEY_COLUMNS)).combine_chunks()
+def _done_pairs(output: str, storage_options: Mapping[str, Any] | None, fold: bool) -> pa.ChunkedArray:
+    """The committed pair strings of ``output``, sorted, from its index and the scores parts it misses
+    (:mod:`pipelines.io.pair_index`); ``fold`` brings the index up to date on the way."""
+    committed = read_committed(output, fold=fold, storage_options=storage_options)
+    done = committed.pairs
+    if not committed.sorted and not _is_sorted(done):
+        done = done.take(pc.sort_indices(done))
+    return done
 
 
 def _manifest_files(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
@@ -217,10 +180,16 @@ def _is_sorted(values: pa.Array) -> bool:
     return bool(pc.all(pc.less_equal(values.slice(0, len(values) - 1), values.slice(1))).as_py())
 
 
-def _member(needles: pa.Array, ordered: pa.Array) -> np.ndarray:
-    """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search."""
-    positions = np.minimum(pc.search_sorted(ordered, needles).to_numpy(), len(ordered) - 1)
-    return pc.equal(ordered.take(pa.array(positions)), needles).to_numpy(zero_copy_only=False)
+def _member(needles: pa.Array, ordered: pa.Array | pa.ChunkedArray, step: int = 1 << 16) -> np.ndarray:
+    """Whether each of ``needles`` is in ``ordered`` (sorted ascending), by binary search; ``step`` needles at a
+    time, so the strings taken for the comparison stay a few MB whatever the number of pairs."""
+    found = np.zeros(len(needles), dtype=bool)
+    for start in range(0, len(needles), step):
+        chunk = needles.slice(start, step)
+        positions = np.minimum(pc.search_sorted(ordered, chunk).to_numpy(), len(ordered) - 1)
+        found[start:start + len(chunk)] = pc.equal(ordered.take(pa.array(positions)), chunk).to_numpy(
+            zero_copy_only=False)
+    return found
 
 
 def _split_pairs(pairs: pa.Array) -> pa.Table:
@@ -234,6 +203,7 @@ def plan_manifest(
     *,
     max_videos: int | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    fold_index: bool = False,
 ) -> ManifestPlan:
     """Plan the pending pairs of ``manifest`` against what ``output`` has committed.
 
@@ -243,7 +213,9 @@ def plan_manifest(
     committed pairs, ``max_videos`` takes the first videos of ``unique`` (first-appearance order).
 
     ``manifest`` is a URI, or the bytes of a manifest Parquet file (a dataset input: it then travels
-    to the manifest-reading tasks through the object store, never through storage).
+    to the manifest-reading tasks through the object store, never through storage). ``fold_index``
+    writes the committed pairs read from scores parts into the output's pair index
+    (:mod:`pipelines.io.pair_index`), so the next plan reads one file; ``infer`` asks for it under its lock.
 
     Raises:
         ManifestPlanError: the manifest is missing, not Parquet, or not of ``MANIFEST_SCHEMA``.
@@ -276,10 +248,8 @@ def plan_manifest(
         del order
     pairs_total = int(keep.sum())
     started = time.perf_counter()
-    done = _done_pairs(output, storage_options)
+    done = _done_pairs(output, storage_options, fold_index)
     if len(done):
-        if not _is_sorted(done):
-            done = done.take(pc.sort_indices(done))
         is_done = _member(pairs, done)
         pairs_done = int((keep & is_done).sum())
         keep &= ~is_done
@@ -385,7 +355,8 @@ def _items(table: pa.Table, *, path: str, tag: str, output: str, run_fields: Map
     (``check_annotation_files``), expressions whose annotation file is unreadable or lacks their ground
     truth become error rows here, before any model work (a dataset's records were checked on the driver)."""
     from pipelines.inference.input_check import check_annotations
-    from pipelines.inference.run import plan_work, records_from_manifest
+    from pipelines.inference.run import records_from_manifest
+    from pipelines.inference.video_io import item_to_json
     from pipelines.io.writers import write_batch
     from schemas import ERRORS_SCHEMA
 
@@ -398,7 +369,8 @@ def _items(table: pa.Table, *, path: str, tag: str, output: str, run_fields: Map
     if errors:
         rows = pa.Table.from_pylist([{**e, **run_fields} for e in errors], schema=ERRORS_SCHEMA)
         write_batch(output, {"errors": rows}, batch_id=tag, storage_options=storage_options)
-    items = plan_work(records, done=set()).items
+    items = [{"dataset": r.dataset, "split": r.split, "video_id": r.video_id, "item_json": item_to_json(r)}
+             for r in records if r.expressions]
     if items:
         yield pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
 

@@ -3,7 +3,8 @@
 A (video, expression) pair is *done* when the scores table has its row (scores are written last in
 every batch, see :mod:`pipelines.io.writers`), in a fresh part or in a compacted file
 (:mod:`pipelines.io.compaction`). ``infer`` plans with Arrow kernels on the key columns
-(:mod:`pipelines.inference.planning`); :func:`done_pairs` and :func:`drop_done` are the per-row Python forms.
+(:mod:`pipelines.inference.planning`), which it reads from the output's pair index
+(:mod:`pipelines.io.pair_index`) and the scores parts that index does not cover yet.
 Pairs that failed (``errors/`` rows only) are not done: a rerun tries them again, which also retries
 transient storage failures.
 
@@ -16,37 +17,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import pyarrow as pa
-
+from pipelines.io.pair_index import read_committed
 from pipelines.io.storage import filesystem_for
-from pipelines.io.writers import list_parts, read_output
+from pipelines.io.writers import list_parts
 
-__all__ = ["PairKey", "done_pairs", "drop_done", "other_models", "remove_orphans"]
-
-#: (dataset, split, video_id, exp_id)
-PairKey = tuple[str, str, str, str]
-_KEY_COLUMNS = ["dataset", "split", "video_id", "exp_id"]
-
-
-def done_pairs(output: str, *, storage_options: Mapping[str, Any] | None = None) -> set[PairKey]:
-    """The (dataset, split, video_id, exp_id) keys that have a scores row under ``output``.
-
-    Reads only the four key columns (a few bytes per pair), so it stays cheap for large outputs.
-    """
-    keys = read_output(output, "scores", columns=_KEY_COLUMNS, storage_options=storage_options)
-    columns = [keys.column(name).to_pylist() for name in _KEY_COLUMNS]
-    return set(zip(*columns))
+__all__ = ["other_models", "remove_orphans"]
 
 
 def other_models(output: str, model: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """The models other than ``model`` that have scores rows under ``output`` (sorted; [] for a new output).
 
-    Why: :func:`done_pairs` keys on (dataset, split, video, expression), not on the model, so a run of
+    Why: resume keys on (dataset, split, video, expression), not on the model, so a run of
     another model (other checkpoint, preset or seed) into the same output would skip every pair the
-    first model did and leave one table with two models' rows. Reads only the ``model`` column.
+    first model did and leave one table with two models' rows. Reads the ``model`` column of the pair
+    index (:mod:`pipelines.io.pair_index`) and of the scores parts it does not cover.
     """
-    models = read_output(output, "scores", columns=["model"], storage_options=storage_options).column("model")
-    return sorted(set(models.unique().to_pylist()) - {model})
+    found = read_committed(output, pairs=False, models=True, storage_options=storage_options).models or []
+    return [m for m in found if m != model]
 
 
 def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
@@ -67,13 +54,3 @@ def remove_orphans(output: str, *, storage_options: Mapping[str, Any] | None = N
         for part in orphans:
             fs.rm(part.path)
     return [part.path for part in orphans]
-
-
-def drop_done(manifest: pa.Table, done: set[PairKey]) -> pa.Table:
-    """The manifest rows whose (dataset, split, video_id, exp_id) is not in ``done``."""
-    if not done or manifest.num_rows == 0:
-        return manifest
-    columns = [manifest.column(name).to_pylist() for name in _KEY_COLUMNS]
-    keep = [key not in done for key in zip(*columns)]
-    return manifest.filter(pa.array(keep, type=pa.bool_()))
-

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,15 +39,10 @@ import pyarrow.parquet as pq
 
 from pipelines.io.compaction import finish_compaction
 from pipelines.inference.config import InferenceConfig, is_safe_partition_value, read_dataset
-from pipelines.inference.input_check import (
-    AnnotationFileError,
-    check_annotations,
-    manifest_video_problems,
-    problem_rows,
-    video_error_rows,
-)
+from pipelines.inference.input_check import (AnnotationFileError, check_annotations, manifest_video_problems,
+                                              problem_rows, video_error_rows)
 from pipelines.io.output_lock import OutputLock
-from pipelines.inference.resume import PairKey, remove_orphans
+from pipelines.inference.resume import remove_orphans
 from pipelines.io.run_records import mark_interrupted, run_record_uri
 from pipelines.io.storage import filesystem_for, join_uri, write_bytes_atomic
 from pipelines.io.writers import batch_id_for, write_batch
@@ -56,10 +51,8 @@ from schemas import ERRORS_SCHEMA, MANIFEST_SCHEMA, validate_table
 __all__ = [
     "InferenceSummary",
     "PreflightError",
-    "WorkPlan",
     "build_dataset",
     "load_input",
-    "plan_work",
     "preflight",
     "records_from_manifest",
     "run_inference",
@@ -77,16 +70,6 @@ class PreflightError(ValueError):
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
         super().__init__("inference cannot start:\n" + "\n".join(f"  - {p}" for p in self.problems))
-
-
-@dataclass(frozen=True)
-class WorkPlan:
-    """What a run will do: one work item per video with pending expressions, and the pair counts."""
-
-    items: list[dict[str, str]]  # dataset, split, video_id, item_json
-    pairs_total: int
-    pairs_done: int
-    pairs_pending: int
 
 
 @dataclass
@@ -229,25 +212,6 @@ def _load_records(cfg: InferenceConfig) -> tuple[list[Any], list[dict[str, Any]]
     return records, problem_rows(problems, dataset=spec.table_name, split=spec.split)
 
 
-def plan_work(records: Iterable[Any], *, done: set[PairKey], max_videos: int | None = None) -> WorkPlan:
-    """Work items for the pending (video, expression) pairs, one item per video."""
-    from pipelines.inference.video_io import item_to_json
-
-    items, total, skipped = [], 0, 0
-    for video in records:
-        pending = tuple(e for e in video.expressions
-                        if (video.dataset, video.split, video.video_id, e.exp_id) not in done)
-        total += len(video.expressions)
-        skipped += len(video.expressions) - len(pending)
-        if not pending or (max_videos is not None and len(items) >= max_videos):
-            continue
-        item = dataclasses.replace(video, expressions=pending)
-        items.append({"dataset": video.dataset, "split": video.split, "video_id": video.video_id,
-                      "item_json": item_to_json(item)})
-    pending_pairs = sum(len(json.loads(i["item_json"])["expressions"]) for i in items)
-    return WorkPlan(items=items, pairs_total=total, pairs_done=skipped, pairs_pending=pending_pairs)
-
-
 def preflight(cfg: InferenceConfig) -> Any:
     """Every check of the config that can fail before Ray starts: model source, an output that is
     written to (a probe file written and removed) and not inside the dataset root (unless
@@ -325,7 +289,7 @@ def build_dataset(
     """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows.
 
     ``items`` is a :class:`pipelines.inference.planning.ManifestPlan` (the manifest streams in: one task per
-    row group, blocks of many videos) or a list of work-item dicts (one block per video).
+    row group, blocks of many videos) or a Ray Dataset of work items (``planning.ITEM_SCHEMA`` rows).
     """
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -350,10 +314,11 @@ def build_dataset(
                        "run_fields": dict(run_fields), "storage_options": dict(cfg.storage_options)},
             num_cpus=0,  # Parquet reads of a few MB: never waits for the CPUs the actor pools hold
             compute=TaskPoolStrategy(size=max(1, compute.read_concurrency // 2)),
-            ray_remote_args_fn=_own_tasks,
+            ray_remote_args_fn=dict,  # a stage of its own: fused into the frame readers, one task would read
+            # the frames of a whole row group's videos one after another
         )
     else:
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = items
     ds = ds.map_batches(
         read_frames_batch,
         batch_size=1,
@@ -404,7 +369,8 @@ def _plan(cfg: InferenceConfig, run_id: str,
         del records
         manifest = sink.getvalue()
     try:
-        plan = plan_manifest(manifest, cfg.out, max_videos=cfg.max_videos, storage_options=cfg.storage_options)
+        plan = plan_manifest(manifest, cfg.out, max_videos=cfg.max_videos, storage_options=cfg.storage_options,
+                             fold_index=True)
     except ManifestPlanError as exc:
         raise PreflightError([str(exc)]) from exc
     for key in plan.duplicates.to_pylist():  # only the duplicated rows become Python objects
@@ -415,12 +381,6 @@ def _plan(cfg: InferenceConfig, run_id: str,
         _LOG.warning("manifest %s does not list each video's rows together: a video may be segmented in several "
                      "model calls (correct, but its frames are read more than once); sort it by video", plan.manifest)
     return plan, input_errors
-
-
-def _own_tasks() -> dict[str, Any]:
-    """``ray_remote_args_fn`` of the manifest stage: it keeps the stage from being fused into the frame
-    readers (a fused task would read the frames of a whole row group's videos one after another)."""
-    return {}
 
 
 def _counts(summary: InferenceSummary) -> dict[str, Any]:
@@ -527,6 +487,7 @@ def run_inference(
         try:
             if plan.videos_pending:
                 _execute(cfg, plan, summary, max_side=max_side, run_fields=run_fields, say=say, started=started)
+                _fold_index(cfg, say)
             summary.status = "completed"
         except BaseException:
             summary.status = "failed"
@@ -544,6 +505,17 @@ def run_inference(
         f"{summary.errors_rows} error row(s), {summary.pairs_skipped} pair(s) skipped as already done"
     )
     return summary
+
+
+def _fold_index(cfg: InferenceConfig, say: Callable[[str], None]) -> None:
+    """Fold the run's scores parts into the output's pair index (:mod:`pipelines.io.pair_index`), so the next
+    resume reads one file; a failure costs the next resume time, never the run."""
+    from pipelines.io.pair_index import fold_index
+
+    try:
+        say(f"pair index: {fold_index(cfg.out, storage_options=cfg.storage_options).parts} scores file(s) covered")
+    except Exception:  # noqa: BLE001 - the index is a cache: the next resume reads the parts instead
+        _LOG.exception("could not fold this run's scores parts into the pair index")
 
 
 def _cluster_resources() -> dict[str, float]:

@@ -25,6 +25,10 @@ Protocol (one journal per partition, ``<out>/_compact/dataset=<d>/split=<s>/jour
        sources (masks, errors, then scores, so a masks part
        never outlives its batch's scores part), drop the journal
 
+The pair index (:mod:`pipelines.io.pair_index`) keys its entries on the scores files, so the entries
+of the sources drop out by themselves once they are deleted; :func:`compact_output` folds the
+compacted files into it at the end.
+
 :func:`finish_compaction` (run by ``jobs.compact`` and by ``infer`` under the output lock before
 anything else) rolls every committed journal forward and every planned one back, so a rerun after a
 kill finishes the work and no row is ever lost or duplicated. Readers that do not take the lock
@@ -47,6 +51,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from pipelines.io.pair_index import fold_index
 from pipelines.io.storage import arrow_filesystem, filesystem_for, join_uri, write_bytes_atomic
 from pipelines.io.writers import OUTPUT_SCHEMAS, PartFile, list_parts, part_uri
 from schemas import PARTITION_COLUMNS
@@ -408,4 +413,13 @@ def compact_output(
         else:
             say(f"{dataset}/{split}: files {result.files_before} -> {result.files_after}, rows {result.rows}, "
                 f"{result.bytes_written / 2**20:.1f} MiB in {result.seconds:.1f} s")
+    # The sources' index entries are stale now and the new files uncovered: fold, so infer's next resume
+    # reads the index alone (without this it would read the compacted scores files and fold then).
+    try:
+        folded = fold_index(output, storage_options=storage_options)
+    except Exception:  # noqa: BLE001 - the index is a cache: the compaction stands, the next resume folds
+        _LOG.exception("could not fold the compacted scores files into the pair index")
+    else:
+        if folded.folded:
+            say(f"pair index: {folded.parts} scores file(s) covered, {folded.parts_read} read for it")
     return results

@@ -31,6 +31,7 @@ from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceCo
 from pipelines.inference.run import run_inference
 from pipelines.inference.manifest import records_to_manifest
 from pipelines.io.output_lock import OutputLock, OutputLockedError
+from pipelines.io.pair_index import KEY_COLUMNS, SEP, read_committed
 from pipelines.inference.segment_actor import CHAOS_KILL_FILE_ENV
 from pipelines.io.writers import list_parts, read_output
 from tests.chaos.figures import FIGURES
@@ -159,6 +160,13 @@ def test_driver_killed_then_rerun(chaos_ray, dataset, reference, tmp_path):
     assert partial < DATA["num_videos"] or "0 video(s)" in rerun.stderr + rerun.stdout
     assert_same_rows(canonical(str(output)), reference, "driver kill + rerun")
     assert SECRET not in rerun.stdout + rerun.stderr
+    # The killed run's parts (never folded) were read by the rerun's resume; now the pair index covers every
+    # committed pair exactly once.
+    committed = read_committed(str(output))
+    scores = read_output(str(output), "scores", columns=KEY_COLUMNS)
+    assert committed.parts_read == 0 and committed.index_files == 1
+    assert sorted(committed.pairs.to_pylist()) == sorted(SEP.join(r) for r in zip(*(scores[c].to_pylist()
+                                                                                     for c in KEY_COLUMNS)))
 
 
 def test_transient_and_permanent_s3_faults(chaos_ray, s3_server, reference, tmp_path):

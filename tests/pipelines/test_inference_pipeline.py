@@ -115,6 +115,12 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
     keyframes = read_output(output, "masks").filter(pc.field("is_keyframe"))
     assert keyframes.num_rows == len(expected_pairs)  # exactly one keyframe per (video, expression)
 
+    # -- the run folded its scores parts into the pair index: the next resume reads the index alone
+    from pipelines.io.pair_index import read_committed
+
+    committed = read_committed(output)
+    assert committed.parts_read == 0 and committed.index_files == 1 and len(committed.pairs) == len(expected_pairs)
+
     # -- rerun: done pairs are skipped, failed ones are retried (and fail again), nothing is duplicated
     again = run_inference(cfg)
     assert again.pairs_skipped == len(expected_pairs) and again.scores_rows == 0 and again.masks_rows == 0
@@ -130,3 +136,5 @@ def test_pipeline_outputs_bad_inputs_resume_and_append(ray_on_head, tmp_path):
     final = {(r["video_id"], r["exp_id"]) for r in read_output(output, "scores").to_pylist()}
     assert final == expected_pairs | {(appended.video_id, e.exp_id) for e in appended.expressions}
     _assert_no_duplicates(output)
+    committed = read_committed(output)
+    assert committed.parts_read == 0 and committed.index_files == 1 and len(committed.pairs) == len(final)

@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from pipelines.inference.config import ComputeConfig, DatasetConfig, InferenceConfig, redact
-from pipelines.inference.run import plan_work, records_from_manifest
+from benchmarks.per_row_reference import plan_work
+from pipelines.inference.run import records_from_manifest
 from pipelines.io.output_lock import OutputLock, OutputLockedError
-from pipelines.inference.resume import done_pairs, drop_done, remove_orphans
+from pipelines.inference.resume import remove_orphans
+from pipelines.io.pair_index import read_committed
 from pipelines.io.rle import decode_masks, encode_masks
 from pipelines.inference.segment_actor import RESULT_SCHEMA, segment_video_item
 from pipelines.inference.video_io import (
@@ -144,24 +146,18 @@ def test_crash_between_masks_and_scores_leaves_an_orphan_that_resume_removes(tmp
         write_batch(out, _tables([("v2", "0"), ("v2", "1")]), batch_id="crashed")
     monkeypatch.setattr(writers, "_parquet_bytes", real)
     assert read_output(out, "masks").num_rows == 6  # the orphan is visible until resume cleans it
-    assert done_pairs(out) == {("revos", "valid", "v1", "0")}
+    assert read_committed(out).pairs.to_pylist() == ["revos\x1fvalid\x1fv1\x1f0"]  # only the committed batch
     removed = remove_orphans(out)
     assert [p.rsplit("/", 1)[-1] for p in removed] == ["part-crashed.parquet"]
     assert read_output(out, "masks").num_rows == 2
     assert [p.batch_id for p in list_parts(out, "masks")] == ["good"]
 
 
-def test_drop_done_filters_manifest_rows():
-    table = pa.table({"dataset": ["revos"] * 3, "split": ["valid"] * 3, "video_id": ["a", "a", "b"], "exp_id": ["0", "1", "0"]})
-    kept = drop_done(table, {("revos", "valid", "a", "1")})
-    assert list(zip(kept["video_id"].to_pylist(), kept["exp_id"].to_pylist())) == [("a", "0"), ("b", "0")]
-
-
 def test_write_and_resume_on_s3(s3_server):
     out = s3_server.make_bucket() + "/runs/r1"
     opts = s3_server.storage_options
     write_batch(out, _tables([("v1", "0")]), batch_id="b1", storage_options=opts)
-    assert done_pairs(out, storage_options=opts) == {("revos", "valid", "v1", "0")}
+    assert read_committed(out, storage_options=opts).pairs.to_pylist() == ["revos\x1fvalid\x1fv1\x1f0"]
     assert read_output(out, "masks", storage_options=opts).num_rows == 2
 
 

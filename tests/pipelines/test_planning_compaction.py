@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.per_row_reference import done_pairs, plan_work
 from pipelines.io.compaction import compact_output, finish_compaction
-from pipelines.inference.run import plan_work, records_from_manifest
+from pipelines.inference.run import records_from_manifest
 from pipelines.inference.manifest import records_to_manifest
-from pipelines.inference.planning import done_keys, manifest_items, plan_manifest
+from pipelines.inference.planning import manifest_items, plan_manifest
 from pipelines.inference.video_io import item_from_json
 from pipelines.io.writers import list_parts
 from tests.synthetic_output import all_rows, make_output
@@ -48,8 +49,7 @@ def test_plan_manifest_matches_the_per_row_reference(tmp_path, rows_per_block):
 
     plan = plan_manifest(str(manifest), str(out), max_videos=20)
     records, errors = records_from_manifest(pa.Table.from_pylist(rows, schema=table.schema))
-    done = {tuple(r.values()) for r in done_keys(str(out)).to_pylist()}
-    want = plan_work(records, done=done, max_videos=20)
+    want = plan_work(records, done=done_pairs(str(out)), max_videos=20)
     assert (plan.pairs_total, plan.pairs_done, plan.pairs_pending, plan.videos_pending) == (
         want.pairs_total, want.pairs_done, want.pairs_pending, len(want.items))
     assert plan.duplicates.to_pylist() == [{k: rows[7][k] for k in ("dataset", "split", "video_id", "exp_id")}]
@@ -109,13 +109,13 @@ def test_compaction_keeps_every_row_and_sorts_with_statistics(tmp_path):
     out = str(tmp_path / "out")
     make_output(out, videos=40, per_file=2)
     make_output(out, videos=4, per_file=2, dataset="mevis", split="valid_u", orphan=False, seed=1)
-    keys_before = sorted(map(str, done_keys(out).to_pylist()))
+    keys_before = done_pairs(out)
     want = all_rows(out)
 
     results = compact_output(out, target_bytes=3000, row_group_rows=50)
     assert {(r.dataset, r.split) for r in results} == {("revos", "valid"), ("mevis", "valid_u")}
     assert all_rows(out) == want
-    assert sorted(map(str, done_keys(out).to_pylist())) == keys_before
+    assert done_pairs(out) == keys_before
     assert not any(p.is_file() for p in (tmp_path / "out" / "_compact").rglob("*"))
     masks = [p for p in list_parts(out, "masks") if p.dataset == "revos"]
     assert [p.batch_id for p in masks if not p.batch_id.startswith("compact-")] == ["orphan"]  # left to infer
