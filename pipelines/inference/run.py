@@ -336,7 +336,7 @@ def build_dataset(
     if isinstance(items, ManifestPlan):
         # Blocks of many videos (what the driver puts in the object store is one row per row group and
         # the pending-row array); every later stage still calls its UDF once per video (batch_size=1).
-        ds = ray.data.from_items(items.chunks, override_num_blocks=max(1, len(items.chunks)))
+        ds = _one_row_per_block(ray.data.from_items(items.chunks, override_num_blocks=max(1, len(items.chunks))))
         ds = ds.map_batches(
             manifest_items,
             batch_size=1,
@@ -350,7 +350,7 @@ def build_dataset(
             ray_remote_args_fn=_own_tasks,
         )
     else:
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds = _one_row_per_block(ray.data.from_items(items, override_num_blocks=max(1, len(items))))
     ds = ds.map_batches(
         read_frames_batch,
         batch_size=1,
@@ -378,6 +378,19 @@ def build_dataset(
         compute=ActorPoolStrategy(size=compute.num_writers),
         num_cpus=compute.writer_num_cpus,
     )
+
+
+def _one_row_per_block(ds: Any) -> Any:
+    """``ds``, whose stages emit every output row as a block of its own (one video per block).
+
+    Ray Data merges a task's outputs into blocks of up to its target block size (128 MiB): all the work
+    items of a manifest slice, or the frames of many small videos, would travel as one block, and a pool
+    hands out whole blocks, so one reading task would read them all in turn and one model actor segment
+    them all while the others idle. A target of one byte, which any row exceeds, makes each row a block.
+    The setting is the dataset's own context, inherited by the stages built on it; nothing else changes.
+    """
+    ds.context.target_max_block_size = 1
+    return ds
 
 
 def _plan(cfg: InferenceConfig, run_id: str,
