@@ -111,3 +111,18 @@ def test_a_local_demo_runs_one_model_actor_per_core_and_a_submitted_one_keeps_th
     assert demo.local_compute_args(3, cpus=8)[:2] == ["--compute.num-actors", "3"]  # no more actors than videos
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     assert demo.local_compute_args(16, cpus=8) == []
+
+
+def test_a_local_demo_starts_its_ray_without_the_dashboard_and_a_submitted_one_starts_none(monkeypatch, tmp_path):
+    from jobs import infer
+
+    calls: list[dict] = []
+    monkeypatch.setattr(demo, "init_ray", lambda **options: calls.append(options))
+    monkeypatch.setattr(demo, "local_compute_args", lambda videos: [])
+    monkeypatch.setattr(infer, "main", lambda argv: infer.EXIT_USAGE)  # stop after the Ray start
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert demo.main(["--out", str(tmp_path / "demo"), "--videos", "1"]) == infer.EXIT_USAGE
+    assert calls == [{"include_dashboard": False}]
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # ray job submit: the cluster is given
+    assert demo.main(["--out", str(tmp_path / "demo"), "--videos", "1"]) == infer.EXIT_USAGE
+    assert calls == [{"include_dashboard": False}]
