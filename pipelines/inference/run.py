@@ -4,7 +4,7 @@ Ray Data streams every stage; the driver only plans and counts::
 
     manifest Parquet (or a dataset reader's records, as one in memory)
       -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.inference.planning)
-      -> one work item per video, many videos per block       CPU tasks, one per manifest row group
+      -> one work item per video, one video per block         CPU tasks, one per manifest row group
       -> read + decode + resize frames                        CPU tasks   (pipelines.inference.video_io)
       -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.inference.segment_actor)
       -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.inference.result_writer)
@@ -334,8 +334,9 @@ def build_dataset(
 
     compute = cfg.compute
     if isinstance(items, ManifestPlan):
-        # Blocks of many videos (what the driver puts in the object store is one row per row group and
-        # the pending-row array); every later stage still calls its UDF once per video (batch_size=1).
+        # One row per row group goes in (what the driver puts in the object store is that and the
+        # pending-row array); the work items come out one video per block, and every later stage calls
+        # its UDF once per video (batch_size=1).
         ds = _one_row_per_block(ray.data.from_items(items.chunks, override_num_blocks=max(1, len(items.chunks))))
         ds = ds.map_batches(
             manifest_items,
