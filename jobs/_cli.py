@@ -525,12 +525,14 @@ def new_run_id(prefix: str) -> str:
     return f"{prefix}-{stamp}-{uuid.uuid4().hex[:6]}"
 
 
-def init_ray(address: str | None = None) -> None:
+def init_ray(address: str | None = None, *, include_dashboard: bool | None = None) -> None:
     """Connect to the Ray cluster (``ray job submit`` sets RAY_ADDRESS) or start a local one, with a console
     that shows what a user can act on (``jobs._ray_console``).
 
     A local cluster's processes end with this driver even if it is SIGKILLed: a reaper process
-    (:mod:`pipelines.ray_reaper`) watches the driver and stops them by PID.
+    (:mod:`pipelines.ray_reaper`) watches the driver and stops them by PID. ``include_dashboard=False``
+    starts a local cluster without the dashboard (a dozen Python processes that a short run on a few
+    cores pays for in start-up CPU); give it only when starting one, not when connecting.
     """
     import ray
 
@@ -538,7 +540,8 @@ def init_ray(address: str | None = None) -> None:
 
     if not ray.is_initialized():
         choose_local_auth_mode(address)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        options = {} if include_dashboard is None else {"include_dashboard": include_dashboard}
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, **options)
         from pipelines.ray_reaper import local_ray_pids, start_reaper
 
         try:

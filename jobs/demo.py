@@ -29,7 +29,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, log_config, parse_job_config, setup_logging, validate
+from jobs._cli import ConfigError, init_ray, log_config, parse_job_config, setup_logging, validate
 from vrshq.validation import is_int
 
 __all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main",
@@ -244,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _LOG.info("removing the previous demo run %s", run)
         shutil.rmtree(run)
     model_args = ["--checkpoint", checkpoint] if checkpoint else ["--seed", "0"]
+    if not os.environ.get("RAY_ADDRESS"):
+        # The local cluster infer would start, without the dashboard: nobody watches a one-minute demo there,
+        # and its processes take CPU from the model actors on a small machine. (A cluster this process
+        # already joined, or one given by RAY_ADDRESS, is used as it is.)
+        init_ray(include_dashboard=False)
     status = infer.main(["--dataset.format", "revos", "--dataset.root", str(data), "--dataset.split", "valid",
                          "--out", str(run), "--preset", "tiny", *model_args, *local_compute_args(spec.videos)])
     if status not in (infer.EXIT_OK, infer.EXIT_ERRORS):

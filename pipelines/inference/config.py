@@ -160,8 +160,8 @@ class ComputeConfig:
     )
     manifest_rows_per_block: int = field(
         default=256,
-        metadata={"help": "manifest rows per block of work items (a block holds many videos; the model stage "
-                          "still takes one video per call)"},
+        metadata={"help": "manifest rows a work-item task reads at a time (its videos then travel one per block "
+                          "to the readers and model actors)"},
     )
     max_inline_frame_bytes: int = field(
         default=512 * 2**20,

@@ -15,8 +15,9 @@ strings cost several times their size):
 What leaves the driver is a sorted ``int64`` array of the pending manifest rows (8 bytes per
 pending pair, in the object store) and one small work unit per manifest row group. The rows
 themselves (frame names, expression texts) are read by Ray Data tasks, which turn each slice of
-``rows_per_block`` manifest rows into one block of work items (one row per video: the model stage
-still takes one video per call). No per-pair Python object is ever built on the driver.
+``rows_per_block`` manifest rows into work items (one row per video; the inference dataset makes
+each one a block of its own, so the videos spread over the readers and model actors). No per-pair
+Python object is ever built on the driver.
 
 A video whose manifest rows are not contiguous (or straddle two slices) becomes two work items;
 both are correct (each pair is segmented once), only the frames are read twice. Manifests written

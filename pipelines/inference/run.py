@@ -4,7 +4,7 @@ Ray Data streams every stage; the driver only plans and counts::
 
     manifest Parquet (or a dataset reader's records, as one in memory)
       -> pending pairs: Arrow kernels on the key columns      driver: keys only (pipelines.inference.planning)
-      -> one work item per video, many videos per block       CPU tasks, one per manifest row group
+      -> one work item per video, one video per block         CPU tasks, one per manifest row group
       -> read + decode + resize frames                        CPU tasks   (pipelines.inference.video_io)
       -> VrshqModel.segment_video, RLE inside the actor       actor pool  (pipelines.inference.segment_actor)
       -> score vs ground truth, write masks/errors/scores     CPU actors  (pipelines.inference.result_writer)
@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.io.compaction import finish_compaction
+from pipelines.inference.dataset import build_dataset
 from pipelines.inference.config import InferenceConfig, is_safe_partition_value, read_dataset
 from pipelines.inference.input_check import (AnnotationFileError, check_annotations, manifest_video_problems,
                                               problem_rows, video_error_rows)
@@ -276,76 +277,6 @@ def preflight(cfg: InferenceConfig) -> Any:
 
 
 # --------------------------------------------------------------------------- the Ray Data pipeline
-
-
-def build_dataset(
-    items: Any,
-    cfg: InferenceConfig,
-    *,
-    max_side: int,
-    run_fields: Mapping[str, str],
-    num_gpus: float,
-) -> Any:
-    """The lazy Ray Data pipeline over ``items``; iterating it runs the job and yields summary rows.
-
-    ``items`` is a :class:`pipelines.inference.planning.ManifestPlan` (the manifest streams in: one task per
-    row group, blocks of many videos) or a Ray Dataset of work items (``planning.ITEM_SCHEMA`` rows).
-    """
-    import ray.data
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
-    from pipelines.inference.planning import ManifestPlan, manifest_items
-    from pipelines.inference.result_writer import ResultWriter
-    from pipelines.inference.segment_actor import SegmentActor
-    from pipelines.inference.video_io import read_frames_batch
-
-    compute = cfg.compute
-    if isinstance(items, ManifestPlan):
-        # Blocks of many videos (what the driver puts in the object store is one row per row group and
-        # the pending-row array); every later stage still calls its UDF once per video (batch_size=1).
-        ds = ray.data.from_items(items.chunks, override_num_blocks=max(1, len(items.chunks)))
-        ds = ds.map_batches(
-            manifest_items,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs={"manifest": items.manifest, "pending_rows": ray.put(items.pending_rows),
-                       "manifest_data": None if items.data is None else ray.put(items.data),
-                       "rows_per_block": compute.manifest_rows_per_block, "output": cfg.out,
-                       "run_fields": dict(run_fields), "storage_options": dict(cfg.storage_options)},
-            num_cpus=0,  # Parquet reads of a few MB: never waits for the CPUs the actor pools hold
-            compute=TaskPoolStrategy(size=max(1, compute.read_concurrency // 2)),
-            ray_remote_args_fn=dict,  # a stage of its own: fused into the frame readers, one task would read
-            # the frames of a whole row group's videos one after another
-        )
-    else:
-        ds = items
-    ds = ds.map_batches(
-        read_frames_batch,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs={"max_side": max_side, "max_inline_frame_bytes": compute.max_inline_frame_bytes,
-                   "storage_options": dict(cfg.storage_options)},
-        num_cpus=compute.read_num_cpus,
-        compute=TaskPoolStrategy(size=compute.read_concurrency),
-    )
-    ds = ds.map_batches(
-        SegmentActor,
-        fn_constructor_kwargs={"cfg": cfg, "max_side": max_side},
-        batch_size=1,
-        batch_format="numpy",
-        compute=(ActorPoolStrategy(size=compute.num_actors) if compute.max_actors is None
-                 else ActorPoolStrategy(min_size=compute.num_actors, max_size=compute.max_actors)),
-        num_gpus=num_gpus,
-        num_cpus=compute.num_cpus_per_actor,
-    )
-    return ds.map_batches(
-        ResultWriter,
-        fn_constructor_kwargs={"cfg": cfg, "run_fields": dict(run_fields)},
-        batch_size=compute.videos_per_file,
-        batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=compute.num_writers),
-        num_cpus=compute.writer_num_cpus,
-    )
 
 
 def _plan(cfg: InferenceConfig, run_id: str,

@@ -124,3 +124,18 @@ def test_the_demo_parses_its_flags_with_the_shared_job_parser(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "size='12'" in err and "expression_types='0,5'" in err and "videos=0" in err  # every problem at once
+
+
+def test_a_local_demo_starts_its_ray_without_the_dashboard_and_a_submitted_one_starts_none(monkeypatch, tmp_path):
+    from jobs import infer
+
+    calls: list[dict] = []
+    monkeypatch.setattr(demo, "init_ray", lambda **options: calls.append(options))
+    monkeypatch.setattr(demo, "local_compute_args", lambda videos: [])
+    monkeypatch.setattr(infer, "main", lambda argv: infer.EXIT_USAGE)  # stop after the Ray start
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert demo.main(["--out", str(tmp_path / "demo"), "--videos", "1"]) == infer.EXIT_USAGE
+    assert calls == [{"include_dashboard": False}]
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")  # ray job submit: the cluster is given
+    assert demo.main(["--out", str(tmp_path / "demo"), "--videos", "1"]) == infer.EXIT_USAGE
+    assert calls == [{"include_dashboard": False}]
