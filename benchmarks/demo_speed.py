@@ -27,7 +27,7 @@ from pathlib import Path
 #: The demo with the earlier pipeline shape: one block for all the videos, Ray started with its dashboard.
 REFERENCE = (
     "import sys; import jobs.demo as demo; import pipelines.inference.dataset as dataset; "
-    "dataset._one_row_per_block = lambda ds: ds; demo.init_ray = lambda **options: None; "
+    "dataset._small_blocks = lambda ds: ds; demo.init_ray = lambda **options: None; "
     "sys.exit(demo.main(sys.argv[1:]))"
 )
 
