@@ -17,21 +17,18 @@ so a user fixes a bad command line in one go instead of one error per run.
 Config dataclasses follow two conventions:
 
 * a field's ``metadata={"help": "..."}`` is its ``--help`` text;
-* ``problems()`` lists the problems of its own fields and ``__post_init__`` calls ``validate(self)``
-  (:mod:`vrshq.validation`), which raises them, and those of nested configs, in one ``ConfigError``.
+* it derives from ``Validated`` and ``problems()`` lists the problems of its own fields
+  (:mod:`vrshq.validation`); making it raises them, and those of nested configs, in one ``ConfigError``.
 
 Example::
 
     @dataclass(frozen=True)
-    class MyConfig:
+    class MyConfig(Validated):
         out: str = field(metadata={"help": "output URI"})
         every: int = field(default=10, metadata={"help": "log a line every N videos"})
 
         def problems(self) -> list[str]:
             return [] if self.every >= 1 else [f"every={self.every}: must be >= 1"]
-
-        def __post_init__(self) -> None:
-            validate(self)
 
     cfg = parse_config(MyConfig, ["--out", "/tmp/x", "every=5"], prog="jobs.my", description="...")
 """

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from jobs._cli import ConfigError, log_config, new_run_id, parse_job_config, range_problems, setup_logging, validate
+from jobs._cli import ConfigError, log_config, new_run_id, parse_job_config, range_problems, setup_logging
+from vrshq.validation import Validated, required_problems
 
 __all__ = ["CompactConfig", "main", "run_compact"]
 
@@ -35,7 +36,7 @@ _LOG = logging.getLogger("jobs.compact")
 
 
 @dataclasses.dataclass(frozen=True)
-class CompactConfig:
+class CompactConfig(Validated):
     """Configuration of ``jobs.compact``."""
 
     out: str = dataclasses.field(
@@ -52,14 +53,9 @@ class CompactConfig:
     lock_stale_after_s: float = dataclasses.field(
         default=300.0, metadata={"help": "a lock whose heartbeat is older than this is stale"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
-        problems = []
-        if not self.out:
-            problems.append("out is required (output URI)")
+        problems = required_problems(self, out="output URI")
         problems += range_problems(self, ints=(("target_bytes", 1), ("row_group_rows", 1)),
                                    positive=("lock_stale_after_s",))
         return problems

@@ -29,8 +29,8 @@ import shutil
 import sys
 from collections.abc import Sequence
 
-from jobs._cli import ConfigError, init_ray, log_config, parse_job_config, setup_logging, validate
-from vrshq.validation import is_int
+from jobs._cli import ConfigError, init_ray, log_config, parse_job_config, setup_logging
+from vrshq.validation import is_int, Validated, required_problems
 
 __all__ = ["DEFAULT_CHECKPOINT", "TASK_FILE", "DemoConfig", "DemoData", "demo_data", "local_compute_args", "main",
            "read_task_file"]
@@ -159,7 +159,7 @@ def _type_ids(text: str | None) -> tuple[int, ...] | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Validated):
     """The demo's settings (``python -m jobs.demo --help``); every default is a runnable demo."""
 
     out: str = dataclasses.field(default="out/demo", metadata={"help": "folder for data, run and report"})
@@ -176,14 +176,9 @@ class DemoConfig:
         default=None,
         metadata={"help": f"model checkpoint (null: {DEFAULT_CHECKPOINT.name} if present, else random init)"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
-        problems = []
-        if not self.out:
-            problems.append("out is required (the demo folder)")
+        problems = required_problems(self, out="the demo folder")
         if not is_int(self.videos) or self.videos < 1:
             problems.append(f"videos={self.videos!r}: must be positive")
         if self.frames is not None and (not is_int(self.frames) or self.frames < 1):

@@ -36,8 +36,8 @@ from jobs._cli import (
     range_problems,
     read_dataset,
     setup_logging,
-    validate,
 )
+from vrshq.validation import Validated, required_problems
 
 if TYPE_CHECKING:
     from pipelines.evaluation.run import EvaluationSummary
@@ -49,7 +49,7 @@ _ENGINES = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Validated):
     """Configuration of ``jobs.evaluate`` (every field is a ``--flag`` or ``key=value`` override)."""
 
     dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
@@ -73,14 +73,9 @@ class EvaluateConfig:
     flush_every: int = dataclasses.field(default=1000, metadata={"help": "write a Parquet part every N videos"})
     ray_address: str | None = dataclasses.field(default=None, metadata={"help": "Ray address (default: auto)"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
-        problems = []
-        if not self.out:
-            problems.append("out is required (output URI)")
+        problems = required_problems(self, out="output URI")
         if (self.masks is None) == (self.pngs is None):
             problems.append("give exactly one of masks (masks table) or pngs (PNG folder)")
         if self.engine not in _ENGINES:

@@ -33,8 +33,8 @@ from jobs._cli import (
     range_problems,
     read_dataset,
     setup_logging,
-    validate,
 )
+from vrshq.validation import Validated, required_problems
 
 __all__ = ["ExportConfig", "main", "run_export"]
 
@@ -42,7 +42,7 @@ _LOG = logging.getLogger("jobs.export")
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(Validated):
     """Configuration of ``jobs.export``."""
 
     masks: str = dataclasses.field(default="", metadata={"help": "masks table URI (<run> or <run>/masks)"})
@@ -61,19 +61,12 @@ class ExportConfig:
     png_compress_level: int = dataclasses.field(
         default=6, metadata={"help": "PNG zlib level 0-9 (6: smallest zip; 1: ~3x faster)"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         from pipelines.evaluation.export import LAYOUTS
 
-        problems = []
-        if not self.masks:
-            problems.append("masks is required (masks table URI)")
-        if not self.out:
-            problems.append("out is required (zip URI)")
-        elif not self.out.endswith(".zip"):
+        problems = required_problems(self, masks="masks table URI", out="zip URI")
+        if self.out and not self.out.endswith(".zip"):
             problems.append(f"out={self.out!r}: must end with .zip")
         if self.layout not in LAYOUTS:
             problems.append(f"layout={self.layout!r}: must be one of {sorted(LAYOUTS)}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vrshq.validation import is_int, is_number, range_problems, validate
+from vrshq.validation import is_int, is_number, range_problems, Validated
 
 __all__ = [
     "LR_SCHEDULES",
@@ -45,7 +45,7 @@ def focus_problems(kinds: Any, share: Any) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TrackPretrainConfig:
+class TrackPretrainConfig(Validated):
     """Stage 0 of the learnability run: tracking pretraining of SAM2 (``research.track_pretrain``)."""
 
     steps: int = field(default=2000, metadata={"help": "optimiser steps (0: no tracking stage)"})
@@ -67,9 +67,6 @@ class TrackPretrainConfig:
                           "0.864"},
     )
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = range_problems(
@@ -79,7 +76,7 @@ class TrackPretrainConfig:
 
 
 @dataclass(frozen=True)
-class VisionPretrainConfig:
+class VisionPretrainConfig(Validated):
     """Stage V of the learnability run: pretraining of the random vision tower (``research.vision_pretrain``),
     what CLIP pretraining gives the real tower: patch features that say where they are and what covers them."""
 
@@ -91,9 +88,6 @@ class VisionPretrainConfig:
     probe_videos: int = field(default=16, metadata={"help": "videos of the position probe before and after"})
     log_every: int = field(default=100, metadata={"help": "log a line every N steps"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = range_problems(
@@ -104,7 +98,7 @@ class VisionPretrainConfig:
 
 
 @dataclass(frozen=True)
-class GroundingPretrainConfig:
+class GroundingPretrainConfig(Validated):
     """Stage G of the learnability run: grounding pretraining of the text path (``research.grounding_pretrain``),
     what MLLM pretraining gives the real LLM: a TAK' that names the expression's targets."""
 
@@ -152,9 +146,6 @@ class GroundingPretrainConfig:
                           "not depend on steps, so raising steps continues it (docs/research/learnability.md, \"Stage G learns motion\")"},
     )
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = range_problems(
@@ -181,7 +172,7 @@ class GroundingPretrainConfig:
 
 
 @dataclass(frozen=True)
-class LearnabilityConfig:
+class LearnabilityConfig(Validated):
     """Settings of the learnability run. The committed checkpoint's recipe (research/recipes/tiny_synthetic.yaml)
     sets the preset, the schedule and the from-scratch aids it used explicitly (e.g. ``preset: learn-256-pos``,
     ``track: {attribute_weight: 1, steps: 3200}``, ``expression_word_weight: 1``, ``ema_decay: 0.999``)."""
@@ -317,9 +308,6 @@ class LearnabilityConfig:
     )
     log_every: int = field(default=25, metadata={"help": "log a line every N steps"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (null: torch default)"})
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""

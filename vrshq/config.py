@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vrshq.sam2_config import Sam2Config
-from vrshq.validation import int_problems, range_problems, type_problem, validate
+from vrshq.validation import int_problems, range_problems, type_problem, Validated
 from vrshq.vision_config import AnchorConfig, VisionTowerConfig
 
 __all__ = [
@@ -28,7 +28,7 @@ _DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class LlmConfig:
+class LlmConfig(Validated):
     """The LLaMA language model (`transformers.LlamaForCausalLM`) and its tokenizer (method §0, §1.1).
 
     Attributes:
@@ -58,9 +58,6 @@ class LlmConfig:
     tokenizer: Literal["llama", "tiny"] = "llama"
     tokenizer_path: str | None = None
     gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
@@ -93,7 +90,7 @@ class LlmConfig:
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(Validated):
     """The VRS-HQ method constants; defaults are the official values.
 
     Attributes:
@@ -119,9 +116,6 @@ class MethodConfig:
     mask_threshold: float = 0.0
     train_num_frames: tuple[int, int] = (8, 12)
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
         problems = range_problems(self, non_negative=("tda_alpha", "tks_sam_weight", "tks_token_weight"))
@@ -146,7 +140,7 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(Validated):
     """Loss weights and DICE constants (method §6).
 
     Attributes:
@@ -163,9 +157,6 @@ class LossConfig:
     dice_scale: float = 1000.0
     dice_eps: float = 1e-6
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
         return range_problems(
@@ -174,7 +165,7 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
-class TrainableConfig:
+class TrainableConfig(Validated):
     """Which parameters train (method §6).
 
     Attributes:
@@ -192,9 +183,6 @@ class TrainableConfig:
     lora_dropout: float = 0.05
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
         problems = []
@@ -209,7 +197,7 @@ class TrainableConfig:
 
 
 @dataclass(frozen=True)
-class VrshqConfig:
+class VrshqConfig(Validated):
     """Everything needed to build a `VrshqModel`.
 
     Attributes:
@@ -234,9 +222,6 @@ class VrshqConfig:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     autocast_dtype: str = "bfloat16"
     name: str = "custom"
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields and of how the parts fit together (``vrshq.validation``)."""

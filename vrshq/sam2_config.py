@@ -19,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from vrshq.validation import range_problems, type_problem, validate
+from vrshq.validation import range_problems, type_problem, Validated
 
 __all__ = [
     "Sam2Config",
@@ -68,7 +68,7 @@ _MEMORY_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class Sam2Config:
+class Sam2Config(Validated):
     """How to build and run the SAM2 model of VRS-HQ.
 
     Args:
@@ -119,9 +119,6 @@ class Sam2Config:
         """Whether a video of ``num_frames`` frames keeps its features and tracked logits on the CPU."""
         by_length = self.offload_features_min_frames is not None and num_frames >= self.offload_features_min_frames
         return self.offload_features_to_cpu or by_length
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""

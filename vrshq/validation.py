@@ -5,7 +5,7 @@ settings) and of the jobs follows the same two rules:
 
 * ``problems(self) -> list[str]`` returns one message per problem of the config's *own* fields, each naming
   the field relative to the config (``"lr=-1: must be a finite number > 0"``); it never raises.
-* ``__post_init__`` calls ``validate(self)``.
+* it derives from :class:`Validated`, whose ``__post_init__`` calls ``validate(self)``.
 
 :func:`validate` walks the nested configs as well, prefixes their problems with the field path
 (``optim.lr=...``) and raises one :class:`ConfigError` that lists every problem, so a user fixes a bad config
@@ -16,13 +16,11 @@ a dict where a config is needed) is made with :func:`type_problem`; then the err
 Example:
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
-    ... class Window:
+    ... class Window(Validated):
     ...     frames: int = 3
     ...     stride: int = 1
     ...     def problems(self):
     ...         return range_problems(self, ints=(("frames", 1), ("stride", 1)))
-    ...     def __post_init__(self):
-    ...         validate(self)
     >>> Window(frames=0, stride=0)  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
@@ -40,11 +38,13 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "ConfigTypeError",
+    "Validated",
     "config_problems",
     "int_problems",
     "is_int",
     "is_number",
     "range_problems",
+    "required_problems",
     "type_problem",
     "validate",
 ]
@@ -146,3 +146,16 @@ def validate(config: Any) -> None:
     if problems:
         error = ConfigTypeError if any(isinstance(p, _TypeProblem) for p in problems) else ConfigError
         raise error([str(p) for p in problems], owner=type(config).__name__)
+
+
+def required_problems(config: Any, **meanings: str) -> list[str]:
+    """``"<field> is required (<meaning>)"`` for every named field of ``config`` that is empty or None."""
+    return [f"{name} is required ({meaning})" for name, meaning in meanings.items() if not getattr(config, name)]
+
+
+class Validated:
+    """Base of the config dataclasses: a config is validated when it is made (:func:`validate`), so a bad
+    one never exists; a subclass lists its own problems in ``problems()``."""
+
+    def __post_init__(self) -> None:
+        validate(self)

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from vrshq.validation import int_problems, type_problem, validate
+from vrshq.validation import int_problems, type_problem, Validated
 
 __all__ = [
     "CLIP_MEAN",
@@ -67,7 +67,7 @@ def effective_knn_k(knn_k: int, num_clusters: int) -> int:
 
 
 @dataclass(frozen=True)
-class TokenMergeConfig:
+class TokenMergeConfig(Validated):
     """Chat-UniVi spatial DPC-KNN merge levels (method §1.6).
 
     Level ``i`` clusters the tokens of level ``i-1`` (the CLIP patch tokens for level 0) into
@@ -88,9 +88,6 @@ class TokenMergeConfig:
     cluster_counts: tuple[int, ...] = (64, 32, 16)
     knn_k: tuple[int, ...] = (5, 3, 3)
     centroid_position_scale: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
@@ -154,7 +151,7 @@ class TokenMergeConfig:
 
 
 @dataclass(frozen=True)
-class ClipImageConfig:
+class ClipImageConfig(Validated):
     """CLIP image preprocessing: shortest side to ``shortest_edge`` (bicubic), centre crop, mean/std.
 
     Equals ``CLIPImageProcessor`` of the openai checkpoints (method §1.5): 224/224 for the MLLM tower,
@@ -165,9 +162,6 @@ class ClipImageConfig:
     crop_size: int = 224
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
@@ -187,7 +181,7 @@ class ClipImageConfig:
 
 
 @dataclass(frozen=True)
-class VisionTowerConfig:
+class VisionTowerConfig(Validated):
     """The MLLM's CLIP vision tower, the feature layer it is read at, and the projector (method §1.6).
 
     Attributes:
@@ -218,9 +212,6 @@ class VisionTowerConfig:
     weights_path: str | None = None
     image: ClipImageConfig = field(default_factory=ClipImageConfig)
     merge: TokenMergeConfig = field(default_factory=TokenMergeConfig)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields and of how image, patches and merge fit together (``vrshq.validation``)."""
@@ -267,7 +258,7 @@ class VisionTowerConfig:
 
 
 @dataclass(frozen=True)
-class AnchorConfig:
+class AnchorConfig(Validated):
     """CLIP text+vision model that scores every frame against an expression (method §1.4 step 1).
 
     The anchor (argmax over frames of ``softmax(logits_per_image)``) seeds the strided frame sampling
@@ -317,9 +308,6 @@ class AnchorConfig:
     text_max_length: int = 77
     image_batch_size: int = 64
     image: ClipImageConfig = field(default_factory=lambda: ClipImageConfig(shortest_edge=336, crop_size=336))
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields and of how text, vision and image fit together (``vrshq.validation``)."""

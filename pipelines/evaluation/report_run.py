@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.inference.config import DatasetConfig, read_dataset
-from vrshq.validation import ConfigError, range_problems, validate
+from vrshq.validation import ConfigError, range_problems, Validated, required_problems
 
 __all__ = ["ReportConfig", "build_report"]
 
@@ -27,7 +27,7 @@ _VIDEO_CHUNK = 32  # frames decoded at a time for --overlay-video
 
 
 @dataclasses.dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(Validated):
     """Configuration of ``jobs.report``."""
 
     scores: str = dataclasses.field(default="", metadata={"help": "scores table URI (<run> or <run>/scores)"})
@@ -51,16 +51,9 @@ class ReportConfig:
         default_factory=dict, metadata={"help": "fsspec options as JSON"})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace a report already at --out"})
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
-        problems = []
-        if not self.scores:
-            problems.append("scores is required (scores table URI)")
-        if not self.out:
-            problems.append("out is required (report folder URI)")
+        problems = required_problems(self, scores="scores table URI", out="report folder URI")
         for item in self.overlay:
             if ":" not in item or not item.rsplit(":", 1)[0] or not item.rsplit(":", 1)[1]:
                 problems.append(f"overlay={item!r}: expected video_id:exp_id")

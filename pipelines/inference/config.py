@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vrshq.presets import PRESETS
-from vrshq.validation import ConfigError, validate
+from vrshq.validation import ConfigError, Validated
 
 __all__ = [
     "ComputeConfig",
@@ -76,16 +76,13 @@ def redact(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig(Validated):
     """Which dataset split to read (frames and ground truth): ``--dataset.format/root/split/name``."""
 
     format: str = field(default="revos", metadata={"help": f"dataset layout: {' | '.join(DATASET_READERS)}"})
     root: str = field(default="", metadata={"help": "dataset root URI (local path or s3://...)"})
     split: str = field(default="valid", metadata={"help": "split name, e.g. valid, valid_u"})
     name: str | None = field(default=None, metadata={"help": "dataset name in the tables (default: the format)"})
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
@@ -123,7 +120,7 @@ SCORE_ON: tuple[str, ...] = ("actor", "writer")
 
 
 @dataclass(frozen=True)
-class ComputeConfig:
+class ComputeConfig(Validated):
     """How much Ray parallelism each stage gets.
 
     The GPU (or CPU) model actors are the expensive stage; frame decoding runs in CPU tasks in front
@@ -171,9 +168,6 @@ class ComputeConfig:
         },
     )
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
@@ -202,7 +196,7 @@ class ComputeConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(Validated):
     """Everything ``jobs.infer`` needs: input, output, model and compute.
 
     Input is either a manifest Parquet (``schemas.MANIFEST_SCHEMA``, one row per (video,
@@ -274,9 +268,6 @@ class InferenceConfig:
         default=300.0, metadata={"help": "a lock whose heartbeat is older than this is stale"}
     )
     compute: ComputeConfig = field(default_factory=ComputeConfig)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""

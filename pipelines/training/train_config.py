@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vrshq.presets import PRESETS, is_function_path, preset_config
-from vrshq.validation import is_int, is_number, range_problems, validate
+from vrshq.validation import is_int, is_number, range_problems, Validated
 
 __all__ = [
     "ModelSpec",
@@ -40,7 +40,7 @@ _FORMATS = ("revos", "mevis")
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Validated):
     """Which model trains and what of it trains (method §6)."""
 
     preset: str = field(
@@ -63,9 +63,6 @@ class ModelSpec:
         metadata={"help": "SAM2 frames per expression in training (null: the preset's, 3 as in the method; longer "
                           "windows are a from-scratch aid that trains the memory path over longer distances)"},
     )
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
@@ -96,7 +93,7 @@ def model_config_from_spec(spec: ModelSpec):
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Validated):
     """AdamW and the warm-up/linear-decay schedule (method §6: lr 3e-4, betas 0.9/0.95, wd 0,
     100 warm-up steps, clipping 1.0).
 
@@ -118,9 +115,6 @@ class OptimConfig:
     )
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     clip_grad_norm: float = field(default=1.0, metadata={"help": "max global gradient norm (0: no clipping)"})
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
@@ -151,7 +145,7 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(Validated):
     """Clip sampling of one training sample (method §1.4, §6 data mix).
 
     T is drawn from ``[min_frames, max_frames]`` (method: "8,12"); the frames are one random index in
@@ -182,9 +176,6 @@ class SamplingConfig:
         metadata={"help": "type_ids an image sample may hold (0 referring: answerable from one frame)"},
     )
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []
@@ -210,7 +201,7 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class TrainDataConfig:
+class TrainDataConfig(Validated):
     """The training split, read by ``vrshq.data`` readers (local or any fsspec URI)."""
 
     format: str = field(default="revos", metadata={"help": "dataset layout: revos | mevis"})
@@ -220,9 +211,6 @@ class TrainDataConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     shuffle_seed: int = field(default=0, metadata={"help": "seed of the per-epoch video order and clip draws"})
     num_cpus_per_task: float = field(default=1.0, metadata={"help": "CPUs per clip-sampling task"})
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
@@ -244,7 +232,7 @@ class TrainDataConfig:
 
 
 @dataclass(frozen=True)
-class ValidationConfig:
+class ValidationConfig(Validated):
     """Held-out J&F through the inference path (``VrshqModel.segment_video`` + ``vrshq.metrics``)."""
 
     every_steps: int = field(default=0, metadata={"help": "validate every N steps and at the end (0: never)"})
@@ -255,9 +243,6 @@ class ValidationConfig:
     expression_types: tuple[int, ...] = field(
         default=(0, 1), metadata={"help": "type_ids scored (ReVOS excludes type 2)"}
     )
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
@@ -276,7 +261,7 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Validated):
     """Everything ``jobs.train`` needs.
 
     Checkpoints go to ``<storage_path>/<name>/`` (Ray Train's run folder); the final full model
@@ -307,9 +292,6 @@ class TrainConfig:
     )
     export_uri: str | None = field(default=None, metadata={"help": "final model folder (null: <run>/final)"})
     resume: bool = field(default=True, metadata={"help": "continue from the run's latest checkpoint if any"})
-    def __post_init__(self) -> None:
-        validate(self)
-
     def problems(self) -> list[str]:
         """Every problem of this config's own fields (``vrshq.validation``)."""
         problems = []

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from vrshq.validation import Validated
 
-from vrshq.validation import validate
+
 
 __all__ = [
     "SHAPES",
@@ -76,7 +77,7 @@ _EXTENT = {"circle": 1.0, "square": 0.886 * np.sqrt(2), "triangle": 1.3}
 
 
 @dataclass(frozen=True)
-class SyntheticSceneConfig:
+class SyntheticSceneConfig(Validated):
     """Knobs of the scene grammar; sizes and speeds are fractions of ``min(height, width)``.
 
     Attributes:
@@ -113,9 +114,6 @@ class SyntheticSceneConfig:
     background_noise: float = 5.0
     expression_types: tuple[int, ...] = (0, 1, 2)
     max_attempts: int = 50
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     def problems(self) -> list[str]:
         """Every problem of these fields (``vrshq.validation``)."""
