@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-# The test heads run without token authentication. Ray reads the auth mode once per process, and a job
-# run in this process that starts a local cluster (the demo) would switch it to tokens for the whole
-# session (jobs._ray_console.choose_local_auth_mode), after which every test head rejects this driver.
+# The test heads run without token authentication, and so does every Ray client of this process: Ray
+# reads the mode when it is initialised, and a job run in this process that starts a local cluster (the
+# demo) would otherwise switch it to tokens (jobs._ray_console.choose_local_auth_mode). What a test still
+# leaves behind is undone after each test (``_ray_auth_mode_stays_disabled``).
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 _AWS_ENV = {
@@ -111,6 +112,39 @@ def s3_server():
             yield S3Server(endpoint_url=f"http://{host}:{port}")
         finally:
             server.stop()
+
+
+#: Tests after which this process's Ray had switched to token authentication (reset each time).
+AUTH_MODE_SWITCHES: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_stays_disabled(request):
+    """After each test, put this process's Ray back to no token authentication, token cache included.
+
+    Ray keeps the mode in its C++ config, read when it is initialised, and the token in a process-wide
+    cache that its gRPC servers check once it holds one. A test that lets Ray pick the mode of a new local
+    cluster (``ray.init`` with ``RAY_AUTH_MODE`` unset, or Ray's ``_enable_token_auth``) or that merely asks
+    whether a token exists (``AuthenticationTokenLoader.has_token``, which loads ``~/.ray/auth_token``)
+    leaves this process's driver rejecting its test head's raylet (``InvalidAuthToken`` in the raylet's
+    log) and every later driver losing its actors. Both are undone here; a mode switch is recorded in
+    :data:`AUTH_MODE_SWITCHES`.
+    """
+    yield
+    if "ray._raylet" not in sys.modules:
+        return
+    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, Config, get_authentication_mode
+
+    if os.environ.get("RAY_AUTH_MODE") != "disabled" or get_authentication_mode() != AuthenticationMode.DISABLED:
+        AUTH_MODE_SWITCHES.append(request.node.nodeid)
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if AUTH_MODE_SWITCHES:
+        terminalreporter.write_line(f"Ray token authentication switched on (and reset) by: {AUTH_MODE_SWITCHES}")
 
 
 @pytest.fixture(autouse=True)
