@@ -230,37 +230,6 @@ def _attend(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, row
     return torch.cat(out)[:rows]
 
 
-def _self_attention(layer: Any, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
-    """``MemoryAttentionLayer._forward_sa`` (RoPE self-attention), with :func:`_attend`'s kernels."""
-    attn = layer.self_attn
-    tgt2 = layer.norm1(tgt)
-    q = k = tgt2 + query_pos if layer.pos_enc_at_attn else tgt2
-    q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
-    k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
-    v = attn._separate_heads(attn.v_proj(tgt2), attn.num_heads)
-    q, k = apply_rotary_enc(q, k, freqs_cis=_rope_freqs(attn, q.shape[-2], q.device))
-    out = _attend(q, k, v, tgt.shape[0])
-    return tgt + layer.dropout1(attn.out_proj(attn._recombine_heads(out)))
-
-
-def _cross_attention(
-    layer: Any,
-    tgt: torch.Tensor,
-    query_pos: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-) -> torch.Tensor:
-    """``MemoryAttentionLayer._forward_ca`` with keys and values already projected and rotated."""
-    attn = layer.cross_attn_image
-    rows = tgt.shape[0]
-    tgt2 = layer.norm2(tgt)
-    queries = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-    queries = attn._separate_heads(queries, attn.num_heads)
-    queries = _rotate(queries, _rope_freqs(attn, queries.shape[-2], queries.device))
-    out = _attend(queries, keys, values, rows)
-    return tgt + layer.dropout2(attn.out_proj(attn._recombine_heads(out)))
-
-
 def _concat_rows(parts: list[torch.Tensor], rows: int, padded: int) -> torch.Tensor:
     """``torch.cat(parts, dim=2)`` into a buffer of ``padded`` rows (rows past ``rows`` unset)."""
     if padded == rows:
@@ -278,34 +247,38 @@ COMPILE_LAYER_WORK: bool = False
 _COMPILED: dict[str, Any] = {}
 
 
-def _rope_real(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE as real arithmetic (the complex product ``apply_rotary_enc`` computes, in float32), which
-    inductor can fuse; ``cos``/``sin`` (N, C/2)."""
+def _rope_real(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """:func:`_rotate`'s complex product as real arithmetic, which inductor can fuse; ``freqs`` (N, C/2, 2) =
+    (cos, sin)."""
+    cos, sin = freqs[..., 0], freqs[..., 1]
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
 
 
-def _self_attention_inputs(layer: Any, tgt: torch.Tensor, query_pos: torch.Tensor, cos: torch.Tensor,
-                           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _self_attention_inputs(layer: Any, tgt: torch.Tensor, query_pos: torch.Tensor, rope: Any,
+                           freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of ``MemoryAttentionLayer._forward_sa`` (RoPE self-attention)."""
     attn = layer.self_attn
     tgt2 = layer.norm1(tgt)
     q = k = tgt2 + query_pos if layer.pos_enc_at_attn else tgt2
-    q = _rope_real(attn._separate_heads(attn.q_proj(q), attn.num_heads), cos, sin)
-    k = _rope_real(attn._separate_heads(attn.k_proj(k), attn.num_heads), cos, sin)
+    q = rope(attn._separate_heads(attn.q_proj(q), attn.num_heads), freqs)
+    k = rope(attn._separate_heads(attn.k_proj(k), attn.num_heads), freqs)
     return q, k, attn._separate_heads(attn.v_proj(tgt2), attn.num_heads)
 
 
 def _self_output_cross_queries(layer: Any, tgt: torch.Tensor, out: torch.Tensor, query_pos: torch.Tensor,
-                               cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                               rope: Any, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rest of ``_forward_sa``, then ``_forward_ca``'s rotated queries (its keys and values come projected)."""
     tgt = tgt + layer.dropout1(layer.self_attn.out_proj(layer.self_attn._recombine_heads(out)))
     attn = layer.cross_attn_image
     tgt2 = layer.norm2(tgt)
     queries = attn.q_proj(tgt2 + query_pos if layer.pos_enc_at_cross_attn_queries else tgt2)
-    return tgt, _rope_real(attn._separate_heads(queries, attn.num_heads), cos, sin)
+    return tgt, rope(attn._separate_heads(queries, attn.num_heads), freqs)
 
 
 def _cross_output_mlp(layer: Any, tgt: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The rest of ``_forward_ca``, then the layer's MLP."""
     attn = layer.cross_attn_image
     tgt = tgt + layer.dropout2(attn.out_proj(attn._recombine_heads(out)))
     hidden = layer.norm3(tgt)
@@ -319,16 +292,22 @@ def _compiled(fn: Any) -> Any:
     return compiled
 
 
-def _layer_compiled(layer: Any, output: torch.Tensor, query_pos: torch.Tensor, keys: torch.Tensor,
-                    values: torch.Tensor, rows: int) -> torch.Tensor:
-    """One memory-attention layer with its non-attention work compiled (:data:`COMPILE_LAYER_WORK`)."""
+def _memory_attention_layer(layer: Any, output: torch.Tensor, query_pos: torch.Tensor, keys: torch.Tensor,
+                            values: torch.Tensor, rows: int) -> torch.Tensor:
+    """One ``MemoryAttentionLayer`` with keys and values already projected and rotated, attention through
+    :func:`_attend`; the work between the attention calls compiled where :data:`COMPILE_LAYER_WORK` says."""
     num_tokens, device = output.shape[1], output.device
-    sa = torch.view_as_real(_rope_freqs(layer.self_attn, num_tokens, device))
-    ca = torch.view_as_real(_rope_freqs(layer.cross_attn_image, num_tokens, device))
-    q, k, v = _compiled(_self_attention_inputs)(layer, output, query_pos, sa[..., 0], sa[..., 1])
-    output, queries = _compiled(_self_output_cross_queries)(
-        layer, output, _attend(q, k, v, rows), query_pos, ca[..., 0], ca[..., 1])
-    return _compiled(_cross_output_mlp)(layer, output, _attend(queries, keys, values, rows))
+    sa_freqs = _rope_freqs(layer.self_attn, num_tokens, device)
+    ca_freqs = _rope_freqs(layer.cross_attn_image, num_tokens, device)
+    if COMPILE_LAYER_WORK and device.type in CUDNN_DEVICE_TYPES:
+        rope, stage = _rope_real, _compiled
+        sa_freqs, ca_freqs = torch.view_as_real(sa_freqs), torch.view_as_real(ca_freqs)
+    else:
+        rope, stage = _rotate, (lambda fn: fn)
+    q, k, v = stage(_self_attention_inputs)(layer, output, query_pos, rope, sa_freqs)
+    output, queries = stage(_self_output_cross_queries)(layer, output, _attend(q, k, v, rows), query_pos, rope,
+                                                         ca_freqs)
+    return stage(_cross_output_mlp)(layer, output, _attend(queries, keys, values, rows))
 
 
 def condition_on_projected_memory(
@@ -380,12 +359,6 @@ def condition_on_projected_memory(
             values.append(attn._separate_heads(attn.v_proj(ptrs), attn.num_heads))
         padded = _padded_rows(batch, device)
         keys, values = _concat_rows(keys, batch, padded), _concat_rows(values, batch, padded)
-        if COMPILE_LAYER_WORK and device.type in CUDNN_DEVICE_TYPES:
-            output = _layer_compiled(layer, output, query_pos, keys, values, batch)
-            continue
-        output = _self_attention(layer, output, query_pos)
-        output = _cross_attention(layer, output, query_pos, keys, values)
-        hidden = layer.norm3(output)
-        output = output + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(hidden)))))
+        output = _memory_attention_layer(layer, output, query_pos, keys, values, batch)
     output = attention.norm(output)
     return output.permute(0, 2, 1).reshape(batch, channels, height, width)
