@@ -174,26 +174,15 @@ class RayHead:
         """
         import psutil
 
+        from pipelines.ray_reaper import reap
+
         if self._stopped:
             return
         self._stopped = True
-        procs = self._descendants()
         try:
-            procs.append(psutil.Process(self.process.pid))
+            reap([psutil.Process(self.process.pid)], grace_s=timeout)  # ``ray start`` and its descendants
         except psutil.NoSuchProcess:
             pass
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=timeout)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
